@@ -1,0 +1,3 @@
+from gpubio.cli import main
+
+main()

@@ -1,0 +1,243 @@
+"""Load and validate config/config.yaml and the three sample sheets.
+
+Every problem becomes one line naming the file, the row or key, and the fix, and all
+of them are raised together as a ConfigError before Snakemake builds a single job.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+DOMAINS = ("genomics", "transcriptomics", "imaging")
+SAFE_NAME = "[A-Za-z0-9._-]"
+
+
+class ConfigError(Exception):
+    """Bad configuration or sample sheet; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass
+class Project:
+    """A validated configuration: the config (defaults filled) and one table per active domain."""
+
+    config: dict
+    sheets: dict = field(default_factory=dict)  # domain -> pandas.DataFrame indexed by sample
+
+    def samples(self, domain: str) -> list[str]:
+        sheet = self.sheets.get(domain)
+        return [] if sheet is None else list(sheet.index)
+
+    def active(self, domain: str) -> bool:
+        return bool(self.samples(domain))
+
+
+def load_schema(name: str) -> dict:
+    with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
+        return yaml.safe_load(fh)
+
+
+def load_project(
+    config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = "."
+) -> Project:
+    """Validate `config` and every sample sheet it names; raise ConfigError listing all problems."""
+    workdir = Path(workdir)
+    schema = load_schema("config")
+    problems = _check_config(config, schema, config_file)
+    if problems:
+        raise ConfigError(problems)
+    _fill_defaults(config, schema)
+    project = Project(config=config)
+    for domain in DOMAINS:
+        if domain not in config:
+            continue
+        sheet_path = config[domain]["samples"]
+        table, sheet_problems = read_sample_sheet(domain, sheet_path, workdir)
+        problems += sheet_problems
+        if table is not None and len(table):
+            project.sheets[domain] = table
+    if project.active("genomics"):
+        problems += _check_reference(config, config_file, workdir)
+    if problems:
+        raise ConfigError(problems)
+    return project
+
+
+# --------------------------------------------------------------------------- config.yaml
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _check_config(config: dict, schema: dict, config_file: str) -> list[str]:
+    if not isinstance(config, dict):
+        return [f"{config_file}: expected a mapping of settings, found {type(config).__name__}"]
+    validator = jsonschema.Draft7Validator(schema)
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
+        problems.append(_describe_config_error(error, config_file))
+    return problems
+
+
+def _describe_config_error(error: jsonschema.ValidationError, config_file: str) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(known))
+        lines = []
+        for key in unknown:
+            full = f"{where}.{key}" if error.absolute_path else key
+            hint = difflib.get_close_matches(key, known, n=1)
+            fix = f"did you mean '{hint[0]}'?" if hint else f"known keys: {', '.join(known)}"
+            lines.append(f"{config_file}: unknown key '{full}'; {fix}")
+        return "\n".join(lines)
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return f"{config_file}: section '{where}' is missing the key '{missing}'; add it"
+    if error.validator == "type":
+        return (
+            f"{config_file}: key '{where}' must be {error.validator_value}, "
+            f"found {error.instance!r}; fix the value"
+        )
+    if error.validator in ("minimum", "maximum"):
+        return f"{config_file}: key '{where}' = {error.instance!r} is out of range ({error.message})"
+    return f"{config_file}: key '{where}': {error.message}"
+
+
+def _fill_defaults(node: dict, schema: dict, top: bool = True) -> None:
+    """Fill schema defaults in place; an absent domain section stays absent (module off)."""
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node:
+            if "default" in sub:
+                node[key] = copy.deepcopy(sub["default"])
+            elif sub.get("type") == "object" and not (top and key in DOMAINS):
+                node[key] = {}
+            else:
+                continue
+        if isinstance(node[key], dict) and "properties" in sub:
+            _fill_defaults(node[key], sub, top=False)
+
+
+def _check_reference(config: dict, config_file: str, workdir: Path) -> list[str]:
+    reference = config["genomics"].get("reference")
+    if not reference:
+        return [f"{config_file}: genomics has samples but no 'reference'; add genomics.reference: <FASTA>"]
+    if not (workdir / reference).is_file():
+        return [
+            f"{config_file}: genomics.reference '{reference}' does not exist; "
+            "fix the path (relative paths are from the working directory)"
+        ]
+    return []
+
+
+# --------------------------------------------------------------------------- sample sheets
+
+
+def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
+    """Read and validate one sheet; return (table or None, problems). Absent or empty = module off."""
+    import pandas as pd
+
+    full = Path(workdir) / path
+    if not full.exists():
+        return None, []
+    try:
+        table = pd.read_csv(
+            full, sep="\t", dtype=str, keep_default_na=False, comment="#", skip_blank_lines=True
+        )
+    except pd.errors.EmptyDataError:
+        return None, []
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        return None, [f"{path}: cannot be read as a tab-separated table ({exc}); fix the file"]
+    table.columns = [c.strip() for c in table.columns]
+    table = table.apply(lambda col: col.str.strip())
+    if table.empty:
+        return None, []
+    schema = load_schema(domain)
+    problems = []
+    missing = [c for c in schema.get("required", []) if c not in table.columns]
+    if missing:
+        return None, [
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
+            f"the header has: {', '.join(table.columns)}"
+        ]
+    validator = jsonschema.Draft7Validator(schema)
+    seen: dict[str, int] = {}
+    for i, row in enumerate(table.to_dict("records"), start=1):
+        values = {k: v for k, v in row.items() if v != ""}
+        name = row.get("sample", "")
+        where = f"{path} row {i} (line {i + 1}, sample '{name}')"
+        problems += _row_problems(values, schema, validator, where, Path(workdir))
+        if name in seen:
+            problems.append(
+                f"{where}: duplicate sample name, already used in row {seen[name]}; "
+                "give every row its own name"
+            )
+        else:
+            seen[name] = i
+    table = table.set_index("sample", drop=False)
+    return table, problems
+
+
+def _row_problems(values: dict, schema: dict, validator, where: str, workdir: Path) -> list[str]:
+    problems = []
+    for error in validator.iter_errors(values):
+        column = error.absolute_path[0] if error.absolute_path else None
+        if error.validator == "pattern" and column == "sample":
+            problems.append(
+                f"{where}: sample name {error.instance!r} may only contain {SAFE_NAME} "
+                "(it becomes a file name and a shell word); rename it"
+            )
+        elif error.validator == "enum":
+            allowed = ", ".join(error.validator_value)
+            problems.append(f"{where}: {column} {error.instance!r} is not one of: {allowed}; fix the value")
+        elif error.validator == "required":
+            missing = error.message.split("'")[1]
+            problems.append(f"{where}: column '{missing}' is empty; fill it in")
+        else:
+            problems.append(f"{where}: {column}: {error.message}")
+    inputs = [c for c in schema.get("x-one-input-of", []) if c in values]
+    options = " or ".join(schema.get("x-one-input-of", []))
+    if len(inputs) > 1:
+        problems.append(f"{where}: has {len(inputs)} inputs ({', '.join(inputs)}); give exactly one of {options}")
+    elif not inputs and len(schema.get("x-one-input-of", [])) > 1:
+        problems.append(f"{where}: has no input; give exactly one of {options}")
+    if "fastq_2" in values and "fastq_1" not in values:
+        problems.append(f"{where}: fastq_2 is set without fastq_1; put the first mate in fastq_1")
+    formats = schema.get("x-formats", {})
+    for column in schema.get("x-paths", []):
+        if column not in values:
+            continue
+        value = values[column]
+        target = workdir / value
+        if not target.exists():
+            problems.append(
+                f"{where}: {column} '{value}' does not exist; fix the path "
+                "(relative paths are from the working directory)"
+            )
+            continue
+        endings = formats.get(column)
+        if endings and not _has_format(target, endings):
+            problems.append(
+                f"{where}: {column} '{value}' is not a {' / '.join(endings)} "
+                f"{'file or directory' if '/' in endings else 'file'}; give a supported input"
+            )
+    return problems
+
+
+def _has_format(path: Path, endings: list[str]) -> bool:
+    if path.is_dir():
+        return "/" in endings
+    name = path.name.lower()
+    return any(name.endswith(e) for e in endings if e != "/")

@@ -1,0 +1,1 @@
+"""Genomics: reads, alignment, variants, variant effects."""

@@ -1,0 +1,63 @@
+"""Read QC for FASTQ and BAM: counts, lengths, N50, base quality."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def n50(lengths) -> int:
+    """Length L such that reads of length >= L hold at least half of all bases."""
+    lengths = np.sort(np.asarray(lengths, dtype=np.int64))[::-1]
+    if lengths.size == 0:
+        return 0
+    cumulative = np.cumsum(lengths)
+    return int(lengths[np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def _iter_reads(path: str):
+    """Yield (length, sum of base qualities) per read of a FASTQ(.gz) or BAM (secondary/supplementary skipped)."""
+    import pysam
+
+    if str(path).endswith(".bam"):
+        with pysam.AlignmentFile(path, "rb", check_sq=False) as bam:
+            for read in bam.fetch(until_eof=True):
+                if read.is_secondary or read.is_supplementary:
+                    continue
+                quals = read.query_qualities
+                yield read.query_length, (int(np.sum(quals)) if quals is not None else 0)
+    else:
+        with pysam.FastxFile(path) as fh:
+            for record in fh:
+                quals = record.get_quality_array()
+                yield len(record.sequence), int(sum(quals)) if quals is not None else 0
+
+
+def read_qc(paths: list[str]) -> dict:
+    """QC over all reads of the given files (both mates of a pair count as reads)."""
+    lengths, qual_sum = [], 0
+    for path in paths:
+        for length, qsum in _iter_reads(path):
+            lengths.append(length)
+            qual_sum += qsum
+    lengths = np.asarray(lengths, dtype=np.int64)
+    bases = int(lengths.sum())
+    return {
+        "files": [Path(p).name for p in paths],
+        "reads": int(lengths.size),
+        "bases": bases,
+        "n50": n50(lengths),
+        "mean_length": float(lengths.mean()) if lengths.size else 0.0,
+        "max_length": int(lengths.max()) if lengths.size else 0,
+        "mean_quality": qual_sum / bases if bases else 0.0,
+    }
+
+
+def write_read_qc(paths: list[str], out: str) -> dict:
+    from gpubio.atomic import write_text_atomic
+
+    result = read_qc(paths)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    return result

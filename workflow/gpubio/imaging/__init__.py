@@ -1,0 +1,1 @@
+"""Imaging: registration, segmentation, per-cell features."""

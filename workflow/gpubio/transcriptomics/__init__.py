@@ -1,0 +1,1 @@
+"""Transcriptomics: single-cell QC, clustering, annotation, spatial statistics."""

@@ -1,0 +1,77 @@
+"""Per-sample cell QC: counts, detected genes, mitochondrial fraction, filtering."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def qc_metrics(adata, mito_prefix: str = "MT-") -> None:
+    """Add obs total_counts, n_genes, pct_mito and var n_cells, mito (in place)."""
+    X = adata.X
+    adata.var["mito"] = adata.var_names.str.startswith(mito_prefix)
+    total = np.asarray(X.sum(axis=1)).ravel()
+    adata.obs["total_counts"] = total
+    adata.obs["n_genes"] = np.asarray((X > 0).sum(axis=1)).ravel()
+    mito = np.asarray(X[:, adata.var["mito"].to_numpy()].sum(axis=1)).ravel()
+    adata.obs["pct_mito"] = 100 * mito / np.maximum(total, 1)
+    adata.var["n_cells"] = np.asarray((X > 0).sum(axis=0)).ravel()
+
+
+def filter_cells(adata, min_genes: int, min_counts: int, max_mito_pct: float, min_cells: int, mito_prefix: str):
+    """Return (filtered copy, summary dict). Each removal reason is counted on its own."""
+    qc_metrics(adata, mito_prefix)
+    obs = adata.obs
+    low_counts = obs["total_counts"].to_numpy() < min_counts
+    low_genes = obs["n_genes"].to_numpy() < min_genes
+    high_mito = obs["pct_mito"].to_numpy() > max_mito_pct
+    keep = ~(low_counts | low_genes | high_mito)
+    filtered = adata[keep].copy()
+    qc_metrics(filtered, mito_prefix)
+    gene_keep = filtered.var["n_cells"].to_numpy() >= min_cells
+    filtered = filtered[:, gene_keep].copy()
+    summary = {
+        "cells": int(adata.n_obs),
+        "genes": int(adata.n_vars),
+        "total_counts": int(round(float(obs["total_counts"].sum()))),
+        "median_counts": float(np.median(obs["total_counts"])),
+        "median_genes": float(np.median(obs["n_genes"])),
+        "mito_genes": int(adata.var["mito"].sum()),
+        "mean_pct_mito": float(obs["pct_mito"].mean()),
+        "removed": {
+            "low_counts": int(low_counts.sum()),
+            "low_genes": int(low_genes.sum()),
+            "high_mito": int(high_mito.sum()),
+        },
+        "cells_after_qc": int(filtered.n_obs),
+        "genes_after_qc": int(filtered.n_vars),
+        "thresholds": {
+            "min_genes": min_genes,
+            "min_counts": min_counts,
+            "max_mito_pct": max_mito_pct,
+            "min_cells": min_cells,
+            "mito_prefix": mito_prefix,
+        },
+    }
+    return filtered, summary
+
+
+def sample_qc(counts: str, sample: str, batch: str, out_json: str, out_h5ad: str, **thresholds) -> dict:
+    """Read one sample, filter it, write the QC JSON and the filtered h5ad (atomically)."""
+    import json
+
+    from gpubio.atomic import atomic_path, write_text_atomic
+    from gpubio.transcriptomics.io import read_counts
+
+    adata = read_counts(counts)
+    if adata.n_obs == 0:
+        raise ValueError(f"{counts}: contains no cells")
+    filtered, summary = filter_cells(adata, **thresholds)
+    filtered.obs["sample"] = sample
+    filtered.obs["batch"] = batch
+    filtered.obs_names = [f"{sample}:{b}" for b in filtered.obs_names]
+    filtered.layers["counts"] = filtered.X.copy()
+    summary = {"sample": sample, "batch": batch} | summary
+    with atomic_path(out_h5ad) as tmp:
+        filtered.write_h5ad(tmp)
+    write_text_atomic(out_json, json.dumps(summary, indent=2) + "\n")
+    return summary

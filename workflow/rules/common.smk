@@ -1,0 +1,64 @@
+# Sample sheets, input functions (get_*) and wildcard constraints shared by every module.
+from gpubio.config import ConfigError, load_project
+
+CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
+
+try:
+    PROJECT = load_project(config, config_file=str(CONFIG_FILE), workdir=os.getcwd())
+except ConfigError as error:
+    # one line per problem, before any job is built
+    raise WorkflowError(
+        f"gpubio: {len(error.problems)} problem(s) in the configuration:\n"
+        + "\n".join(f"  {line}" for line in error.problems)
+    ) from None
+
+
+wildcard_constraints:
+    sample="[A-Za-z0-9._-]+",
+    domain="genomics|transcriptomics|imaging",
+
+
+def sheet_row(domain, sample):
+    return PROJECT.sheets[domain].loc[sample]
+
+
+def get_reads(wildcards):
+    """FASTQ mate(s) or BAM of a genomics sample."""
+    row = sheet_row("genomics", wildcards.sample)
+    if row.get("pod5"):
+        raise WorkflowError(
+            f"{config['genomics']['samples']}: sample '{wildcards.sample}' starts at POD5, which needs "
+            "the basecalling step; this version reads FASTQ or BAM: give fastq_1 or bam instead"
+        )
+    if row.get("bam"):
+        return [row["bam"]]
+    return [row["fastq_1"]] + ([row["fastq_2"]] if row.get("fastq_2") else [])
+
+
+def get_counts(wildcards):
+    return sheet_row("transcriptomics", wildcards.sample)["counts"]
+
+
+def get_image(wildcards):
+    return sheet_row("imaging", wildcards.sample)["image"]
+
+
+QC_FILES = {
+    "genomics": "results/genomics/{sample}/read_qc.json",
+    "transcriptomics": "results/transcriptomics/{sample}/qc.json",
+    "imaging": "results/imaging/{sample}/qc.json",
+}
+
+
+def get_qc_files(wildcards):
+    return expand(QC_FILES[wildcards.domain], sample=PROJECT.samples(wildcards.domain))
+
+
+def get_final_outputs():
+    """Every active module's per-sample QC and its summary for the report."""
+    targets = []
+    for domain, pattern in QC_FILES.items():
+        if PROJECT.active(domain):
+            targets += expand(pattern, sample=PROJECT.samples(domain))
+            targets += [f"results/{domain}/qc_summary.tsv", f"results/{domain}/qc_summary.png"]
+    return targets

@@ -1,0 +1,20 @@
+# Genomics: read QC (basecalling, alignment, variants and effects build on it).
+
+
+rule read_qc:
+    input:
+        get_reads,
+    output:
+        "results/genomics/{sample}/read_qc.json",
+    log:
+        "logs/genomics/{sample}/read_qc.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/read_qc.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} read-qc {input} --out {output} > {log} 2>&1"
