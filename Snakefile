@@ -1,7 +1,6 @@
 # gpubio: GPU-accelerated genomics, transcriptomics and imaging.
 # Edit config/config.yaml and the sample sheets it names, check `snakemake -n`, then run
 # `snakemake --profile profiles/local` (or profiles/slurm-gpu on a cluster).
-import os
 import sys
 from pathlib import Path
 
@@ -9,13 +8,12 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# The rules run `python -m gpubio ...`; make the package importable in every job,
-# including jobs in conda environments and on cluster nodes (the environment is exported).
+# The rules run `python -m gpubio ...`: make the package importable in every job, also in
+# conda environments and inside cluster jobs, which re-read this file.
 GPUBIO_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, GPUBIO_PATH)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (GPUBIO_PATH, os.environ.get("PYTHONPATH")) if p
-)
+# (doubled braces: Snakemake formats the prefix like any shell command)
+shell.prefix("export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % GPUBIO_PATH)
 
 
 configfile: "config/config.yaml"
@@ -29,6 +27,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_outputs(),
-    default_target: True

@@ -27,6 +27,10 @@ class ConfigError(Exception):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
 
+    def report(self) -> str:
+        lines = [f"gpubio: {len(self.problems)} problem(s) in the configuration:"]
+        return "\n".join(lines + [f"  {p}" for p in self.problems])
+
 
 @dataclass
 class Project:

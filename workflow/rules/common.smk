@@ -1,4 +1,6 @@
 # Sample sheets, input functions (get_*) and wildcard constraints shared by every module.
+import os
+
 from gpubio.config import ConfigError, load_project
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
@@ -7,10 +9,7 @@ try:
     PROJECT = load_project(config, config_file=str(CONFIG_FILE), workdir=os.getcwd())
 except ConfigError as error:
     # one line per problem, before any job is built
-    raise WorkflowError(
-        f"gpubio: {len(error.problems)} problem(s) in the configuration:\n"
-        + "\n".join(f"  {line}" for line in error.problems)
-    ) from None
+    raise WorkflowError(error.report()) from None
 
 
 wildcard_constraints:
@@ -60,5 +59,8 @@ def get_final_outputs():
     for domain, pattern in QC_FILES.items():
         if PROJECT.active(domain):
             targets += expand(pattern, sample=PROJECT.samples(domain))
-            targets += [f"results/{domain}/qc_summary.tsv", f"results/{domain}/qc_summary.png"]
+            targets += [
+                f"results/{domain}/qc_summary.tsv",
+                f"results/{domain}/qc_summary.png",
+            ]
     return targets

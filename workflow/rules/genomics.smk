@@ -10,11 +10,11 @@ rule read_qc:
         "logs/genomics/{sample}/read_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/read_qc.tsv"
+    conda:
+        "../../envs/genomics.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=30,
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "python -m gpubio --threads {threads} read-qc {input} --out {output} > {log} 2>&1"

@@ -10,14 +10,16 @@ rule image_qc:
         "logs/imaging/{sample}/image_qc.log",
     benchmark:
         "benchmarks/imaging/{sample}/image_qc.tsv"
-    params:
-        max_saturated=config.get("imaging", {}).get("qc", {}).get("max_saturated_fraction"),
+    conda:
+        "../../envs/imaging.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../../envs/imaging.yaml"
+    params:
+        max_saturated=config.get("imaging", {})
+        .get("qc", {})
+        .get("max_saturated_fraction"),
     shell:
         "python -m gpubio --threads {threads} image-qc {input} --out {output}"
         " --max-saturated-fraction {params.max_saturated} > {log} 2>&1"

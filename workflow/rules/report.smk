@@ -19,12 +19,12 @@ rule qc_summary:
         ),
     log:
         "logs/{domain}/qc_summary.log",
+    conda:
+        "../../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/report.yaml"
     shell:
         "python -m gpubio qc-summary --domain {wildcards.domain} --out-tsv {output.tsv}"
         " --out-png {output.png} {input} > {log} 2>&1"

@@ -11,15 +11,15 @@ rule cell_qc:
         "logs/transcriptomics/{sample}/cell_qc.log",
     benchmark:
         "benchmarks/transcriptomics/{sample}/cell_qc.tsv"
-    params:
-        batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
-        qc=config.get("transcriptomics", {}).get("qc", {}),
+    conda:
+        "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/transcriptomics.yaml"
+    params:
+        batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
+        qc=config.get("transcriptomics", {}).get("qc", {}),
     shell:
         "python -m gpubio --threads {threads} cell-qc --counts {input} --sample {wildcards.sample}"
         " --batch {params.batch:q} --min-genes {params.qc[min_genes]} --min-counts {params.qc[min_counts]}"

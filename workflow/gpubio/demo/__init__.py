@@ -45,3 +45,11 @@ def write_sheets(rows: dict[str, dict], sheet_dir: str | Path) -> None:
     sheet_dir.mkdir(parents=True, exist_ok=True)
     for domain, domain_rows in rows.items():
         (sheet_dir / f"{domain}.tsv").write_text(sheet_text(domain, domain_rows))
+
+
+def gzip_text(path: str | Path):
+    """A text handle writing gzip with a zero timestamp, so the same seed gives the same bytes."""
+    import gzip
+    import io
+
+    return io.TextIOWrapper(gzip.GzipFile(path, "wb", compresslevel=1, mtime=0), encoding="ascii")

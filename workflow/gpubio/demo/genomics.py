@@ -6,11 +6,12 @@ Truth: `truth.vcf` (every planted SNP and indel with its genotype) and, per samp
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
+
+from gpubio.demo import gzip_text
 
 from gpubio.genomics.read_qc import n50
 
@@ -140,7 +141,7 @@ def simulate_ont(rng, haps, depth: float, mean_len=3000, error_rate=0.005):
 
 
 def write_fastq(path: Path, records) -> None:
-    with gzip.open(path, "wt", compresslevel=1) as fh:
+    with gzip_text(path) as fh:
         for name, seq, quals in records:
             fh.write(_fastq_record(name, seq, quals))
 

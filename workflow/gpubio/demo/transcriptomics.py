@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from gpubio.demo import gzip_text
 import pandas as pd
 import scipy.sparse as sp
 
@@ -118,12 +120,12 @@ def write_10x_mtx(directory: Path, counts: sp.csr_matrix, barcodes, genes) -> No
     from scipy.io import mmwrite
 
     directory.mkdir(parents=True, exist_ok=True)
-    with gzip.open(directory / "matrix.mtx.gz", "wb") as fh:
+    with gzip.GzipFile(directory / "matrix.mtx.gz", "wb", mtime=0) as fh:
         mmwrite(fh, counts.T.tocoo().astype(np.int32), field="integer")
-    with gzip.open(directory / "features.tsv.gz", "wt") as fh:
+    with gzip_text(directory / "features.tsv.gz") as fh:
         for i, g in enumerate(genes):
             fh.write(f"ENSG{i:011d}\t{g}\tGene Expression\n")
-    with gzip.open(directory / "barcodes.tsv.gz", "wt") as fh:
+    with gzip_text(directory / "barcodes.tsv.gz") as fh:
         fh.writelines(f"{b}\n" for b in barcodes)
 
 

@@ -1,0 +1,51 @@
+# gpubio: `make demo` runs the demo end to end; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+CORES ?= all
+
+.PHONY: venv demo demo-data test lint format bench clean
+
+venv: $(VENV)/.installed
+
+# torch first, from the local CPU wheel, so nothing later pulls the CUDA build
+$(VENV)/.installed: requirements.txt requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements.txt -c requirements.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $@
+
+demo-data: resources/demo/.complete
+
+# regenerated only when the generator changes, so a second `make demo` reruns nothing
+resources/demo/.complete: $(VENV)/.installed $(wildcard workflow/gpubio/demo/*.py)
+	rm -rf resources/demo
+	$(BIN)/python -m gpubio demo-data --out resources/demo
+	touch $@
+
+demo: demo-data
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/snakemake --report results/report.html
+	@echo
+	@echo "Results: $(CURDIR)/results/ (one folder per module and sample)"
+	@echo "Report:  $(CURDIR)/results/report.html"
+
+test: venv
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+format: venv
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+bench: venv
+	$(BIN)/python bench/dag_overhead.py
+
+clean:
+	rm -rf results logs benchmarks .snakemake resources/demo

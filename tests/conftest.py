@@ -1,0 +1,97 @@
+"""Shared fixtures: the offline guard, the demo data set, and running Snakemake."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+OFFLINE_DIR = Path(__file__).resolve().parent / "offline"
+
+# Every process the tests start (snakemake, its jobs) loads tests/offline/sitecustomize.py.
+os.environ["GPUBIO_OFFLINE_GUARD"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(OFFLINE_DIR), os.environ.get("PYTHONPATH")) if p)
+os.environ["PATH"] = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
+sys.path.insert(0, str(OFFLINE_DIR))
+import sitecustomize  # noqa: E402,F401  (guards this process too)
+
+# sitecustomize may already have been imported from site-packages; install ours for certain
+if not hasattr(sitecustomize, "connect"):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpubio_offline_guard", OFFLINE_DIR / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """The demo data set, generated once per test session: <dir>/resources/demo/..."""
+    from gpubio.demo import make_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        make_demo("resources/demo", seed=1)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def workdir(demo_data, tmp_path) -> Path:
+    """A fresh project directory: the repository's config/ and a link to the demo data."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    (tmp_path / "resources").mkdir()
+    (tmp_path / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
+    return tmp_path
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in workdir; returns the completed process (output captured)."""
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# --------------------------------------------------------------------------- SLURM
+def _slurm_required() -> bool:
+    """CI sets GPUBIO_REQUIRE_SLURM=1: then a missing SLURM is a failure, not a skip."""
+    return os.environ.get("GPUBIO_REQUIRE_SLURM", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A throw-away single-host SLURM cluster with fake GPUs (tests/slurm_cluster.py).
+
+    Partitions gpu-t4 (8 x t4), gpu-a100 (4 x a100), gpu-h100 (2 x h100) and cpu
+    (default). Skipped where slurm-wlm/munge are not installed or we are not root,
+    unless GPUBIO_REQUIRE_SLURM=1: then that is a test failure.
+    """
+    tests_dir = str(Path(__file__).resolve().parent)
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    from slurm_cluster import SlurmCluster, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        reason = (
+            "SLURM test cluster unavailable, missing: "
+            + ", ".join(missing)
+            + " (install with .ci/install-slurm.sh, run the tests as root)"
+        )
+        if _slurm_required():
+            pytest.fail(reason + "; GPUBIO_REQUIRE_SLURM is set, so this is an error", pytrace=False)
+        pytest.skip(reason + "; set GPUBIO_REQUIRE_SLURM=1 to make this an error")
+
+    with SlurmCluster(tmp_path_factory.mktemp("slurm-cluster")) as cluster:
+        yield cluster

@@ -1,0 +1,120 @@
+"""Every kind of bad input gets its own one-line error naming file, row or key, and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpubio.config import ConfigError, load_project
+
+from conftest import REPO, run_snakemake
+
+HEADER = "sample\tplatform\tpod5\tfastq_1\tfastq_2\tbam\n"
+FQ = "resources/demo/genomics/ont.fastq.gz"
+
+
+def demo_config() -> dict:
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def problems_for(workdir: Path, config: dict | None = None, genomics: str | None = None) -> list[str]:
+    if genomics is not None:
+        (workdir / "config" / "genomics.tsv").write_text(genomics)
+    try:
+        load_project(copy.deepcopy(config or demo_config()), workdir=workdir)
+    except ConfigError as error:
+        return error.problems
+    return []
+
+
+def test_demo_config_is_valid_and_fills_defaults(workdir):
+    config = demo_config()
+    del config["transcriptomics"]["qc"]["min_cells"]
+    project = load_project(config, workdir=workdir)
+    assert project.samples("genomics") == ["illu1", "ont1"]
+    assert project.samples("transcriptomics") == ["pbmc1", "pbmc2"]
+    assert project.samples("imaging") == ["nuclei1", "nuclei2"]
+    assert project.config["transcriptomics"]["qc"]["min_cells"] == 3  # schema default
+    assert project.config["gpu"]["require"] is False
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda c: c["transcriptomics"]["qc"].update(min_gens=5), "unknown key 'transcriptomics.qc.min_gens'; did you mean 'min_genes'?"),
+        (lambda c: c.update(imagin={"samples": "x"}), "unknown key 'imagin'; did you mean 'imaging'?"),
+        (lambda c: c["transcriptomics"]["qc"].update(min_genes="many"), "key 'transcriptomics.qc.min_genes' must be integer"),
+        (lambda c: c["transcriptomics"]["qc"].update(max_mito_pct=150), "key 'transcriptomics.qc.max_mito_pct' = 150 is out of range"),
+        (lambda c: c["gpu"].update(require="yes"), "key 'gpu.require' must be boolean"),
+        (lambda c: c["genomics"].update(reference="missing.fa"), "genomics.reference 'missing.fa' does not exist"),
+        (lambda c: c["genomics"].pop("reference"), "genomics has samples but no 'reference'"),
+    ],
+)  # fmt: skip
+def test_bad_config_keys(workdir, edit, expected):
+    config = demo_config()
+    edit(config)
+    problems = problems_for(workdir, config)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("config/config.yaml: ")
+    assert expected in problems[0]
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        (f"bad name\tont\t\t{FQ}\t\t\n", "row 1 (line 2, sample 'bad name'): sample name 'bad name' may only contain [A-Za-z0-9._-]"),
+        (f"a;rm\tont\t\t{FQ}\t\t\n", "sample name 'a;rm' may only contain"),
+        (f"s1\tont\t\t{FQ}\t\t\ns1\tont\t\t{FQ}\t\t\n", "row 2 (line 3, sample 's1'): duplicate sample name, already used in row 1"),
+        (f"s1\tpacbio\t\t{FQ}\t\t\n", "platform 'pacbio' is not one of: ont, illumina"),
+        ("s1\tont\t\tnope.fastq.gz\t\t\n", "fastq_1 'nope.fastq.gz' does not exist"),
+        (f"s1\tont\tresources/demo/genomics\t{FQ}\t\t\n", "has 2 inputs (pod5, fastq_1); give exactly one of pod5 or fastq_1 or bam"),
+        ("s1\tont\t\t\t\t\n", "has no input; give exactly one of pod5 or fastq_1 or bam"),
+        (f"s1\tillumina\t\t\t{FQ}\t\n", "fastq_2 is set without fastq_1"),
+        ("s1\tont\t\tresources/demo/genomics/reference.fa\t\t\n", "fastq_1 'resources/demo/genomics/reference.fa' is not a .fastq"),
+        (f"s1\t\t\t{FQ}\t\t\n", "column 'platform' is empty"),
+    ],
+)  # fmt: skip
+def test_bad_genomics_rows(workdir, rows, expected):
+    problems = problems_for(workdir, genomics=HEADER + rows)
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith("config/genomics.tsv") for p in problems)
+
+
+def test_missing_column_and_extra_columns(workdir):
+    problems = problems_for(workdir, genomics=f"sample\tfastq_1\ns1\t{FQ}\n")
+    assert problems == ["config/genomics.tsv: missing column(s) 'platform'; the header has: sample, fastq_1"]
+    assert problems_for(workdir, genomics=f"sample\tplatform\tfastq_1\tdonor\ns1\tont\t{FQ}\tD7\n") == []
+    project = load_project(demo_config(), workdir=workdir)
+    assert project.sheets["genomics"].loc["s1", "donor"] == "D7"  # extra columns are kept
+
+
+def test_other_sheets_are_checked(workdir):
+    (workdir / "config" / "transcriptomics.tsv").write_text(
+        "sample\tcounts\tbatch\nc1\tresources/demo/genomics/ont.fastq.gz\tb1\nc2\tresources/demo/transcriptomics/pbmc2\t\n"
+    )
+    (workdir / "config" / "imaging.tsv").write_text("sample\timage\ni/1\tresources/demo/imaging/nuclei1.tif\n")
+    problems = problems_for(workdir)
+    assert any("transcriptomics.tsv row 1" in p and "is not a .h5 / .h5ad / / file or directory" in p for p in problems)
+    assert any("transcriptomics.tsv row 2" in p and "column 'batch' is empty" in p for p in problems)
+    assert any("imaging.tsv row 1" in p and "sample name 'i/1'" in p for p in problems)
+
+
+def test_empty_or_absent_sheet_switches_module_off(workdir):
+    (workdir / "config" / "imaging.tsv").write_text("")
+    (workdir / "config" / "transcriptomics.tsv").write_text("sample\tcounts\tbatch\n")
+    (workdir / "config" / "genomics.tsv").unlink()
+    project = load_project(demo_config(), workdir=workdir)
+    assert not any(project.active(d) for d in ("genomics", "transcriptomics", "imaging"))
+
+
+def test_bad_input_stops_snakemake_before_any_job(workdir):
+    (workdir / "config" / "genomics.tsv").write_text(HEADER + f"bad name\tont\t\t{FQ}\t\t\n")
+    proc = run_snakemake(workdir, "--cores", "1", check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "config/genomics.tsv row 1 (line 2, sample 'bad name'): sample name 'bad name'" in output
+    assert not (workdir / "results").exists()
+    assert "Building DAG" not in output

@@ -1,0 +1,473 @@
+"""Where a GPU job runs: a pure placement function and the rule-facing resources.
+
+``place_gpu_job`` picks a partition and GPU model for one job's need. ``gpu_resources``
+wraps it into the standard Snakemake resources a rule declares::
+
+    rule basecall:
+        ...
+        resources:
+            **gpu_resources(vram_gb=lambda size_mb: 4 + size_mb / 1000, policy="cheapest"),
+
+The site (inventory + catalogue) is module state set once by the Snakefile with
+``configure_site``; rules never name a partition or model. Without it, the built-in
+inventory (the shipped example partitions) and catalogue are used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from .catalogue import BUILTIN_CATALOGUE, Catalogue, CatalogueError, GpuModel, load_catalogue
+from .inventory import BUILTIN_INVENTORY, Inventory, SitePartition, load_inventory
+
+__all__ = [
+    "GpuNeed",
+    "GpuPool",
+    "Placement",
+    "PlacementError",
+    "Policy",
+    "Site",
+    "check_declared_needs",
+    "configure_site",
+    "current_site",
+    "gpu_pools",
+    "gpu_resources",
+    "place_gpu_job",
+    "pool_fits",
+    "reset_site",
+]
+
+Policy = Literal["cheapest", "fastest", "balanced"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+VramSpec = float | int | Callable[[float], float]
+
+# Defaults when a rule does not say; generous enough for typical GPU tools.
+DEFAULT_CPUS_PER_GPU = 4
+DEFAULT_MEM_MB_PER_GPU = 16_000
+DEFAULT_CPU_JOB_MEM_MB = 4_000
+DEFAULT_RUNTIME_MIN = 60
+
+
+class PlacementError(ValueError):
+    """No partition at the site fits a job's need."""
+
+
+@dataclass(frozen=True)
+class GpuNeed:
+    """What one job needs. ``vram_gb`` is per GPU: a number or ``f(input_size_mb)``."""
+
+    gpus: int = 1
+    vram_gb: VramSpec = 0.0
+    min_compute_capability: float = 0.0
+    policy: Policy = "cheapest"
+    cpus: int | None = None
+    mem_mb: int | None = None
+    runtime: int | None = None  # minutes
+    rule: str | None = None  # for messages only
+
+    def __post_init__(self) -> None:
+        where = f"rule {self.rule!r}: " if self.rule else ""
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ValueError(f"{where}gpus must be a whole number >= 0, got {self.gpus!r}")
+        if not callable(self.vram_gb):
+            _check_number(self.vram_gb, f"{where}vram_gb")
+        _check_number(self.min_compute_capability, f"{where}min_compute_capability")
+        if self.policy not in POLICIES:
+            raise ValueError(f"{where}policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("cpus", "mem_mb", "runtime"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_number(value, f"{where}{name}")
+
+    @property
+    def is_static(self) -> bool:
+        """True when VRAM does not depend on the input size."""
+        return not callable(self.vram_gb)
+
+    def at_input_size(self, size_mb: float) -> GpuNeed:
+        """This need with ``vram_gb`` evaluated for an input of ``size_mb`` MB."""
+        if self.is_static:
+            return self
+        assert callable(self.vram_gb)
+        value = self.vram_gb(size_mb)
+        where = f"rule {self.rule!r}: " if self.rule else ""
+        _check_number(value, f"{where}vram_gb({size_mb:g} MB)")
+        return replace(self, vram_gb=float(value))
+
+    def describe(self) -> str:
+        """``"2 GPUs with >= 24 GB VRAM each, compute capability >= 8.0"``."""
+        if self.gpus == 0:
+            text = "CPU only"
+        else:
+            text = f"{self.gpus} GPU{'s' if self.gpus > 1 else ''}"
+            if callable(self.vram_gb):
+                text += " with VRAM depending on input size"
+            elif self.vram_gb:
+                text += f" with >= {self.vram_gb:g} GB VRAM{' each' if self.gpus > 1 else ''}"
+            if self.min_compute_capability:
+                text += f", compute capability >= {self.min_compute_capability:g}"
+        limits = [
+            f"{v:g} {unit}"
+            for v, unit in ((self.cpus, "CPUs"), (self.mem_mb, "MB RAM"), (self.runtime, "min"))
+            if v is not None
+        ]
+        return text + (f" ({', '.join(limits)})" if limits else "")
+
+
+def _check_number(value: Any, at: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{at} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{at} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GpuPool:
+    """One GRES type in one partition, resolved to its catalogue model."""
+
+    partition: SitePartition
+    gres_type: str
+    model: GpuModel
+    order: int  # position at the site; breaks ties in file order
+
+    def describe(self) -> str:
+        return f"{self.partition.name}: {self.partition.max_gpu} x {self.model.describe()}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a job goes. ``gpu_model`` is the site's GRES type (what SLURM is asked for)."""
+
+    partition: str
+    gpus: int = 0
+    gpu_model: str | None = None
+    model: GpuModel | None = None
+    attempt: int = 1
+
+    def describe(self) -> str:
+        if self.model is None:
+            return f"partition {self.partition} (CPU)"
+        return (
+            f"partition {self.partition}, {self.gpus} x {self.model.describe()} "
+            f"(GRES type {self.gpu_model})"
+        )
+
+
+def gpu_pools(inventory: Inventory, catalogue: Catalogue) -> list[GpuPool]:
+    """Every (partition, GRES type) at the site, resolved through the catalogue."""
+    pools = []
+    for partition in inventory.partitions:
+        if not partition.has_gpus:
+            continue
+        for gres_type in partition.gpu_types:
+            try:
+                model = catalogue.resolve(partition.catalogue_name(gres_type))
+            except CatalogueError as err:
+                raise CatalogueError(
+                    f"{inventory.source}: partition {partition.name!r}: {err}"
+                ) from None
+            pools.append(GpuPool(partition, gres_type, model, order=len(pools)))
+    return pools
+
+
+def _fits_limits(need: GpuNeed, partition: SitePartition) -> bool:
+    return (
+        (need.cpus is None or need.cpus <= partition.max_cpus_per_task)
+        and (need.mem_mb is None or need.mem_mb <= partition.max_mem_mb)
+        and (need.runtime is None or need.runtime <= partition.max_runtime)
+        and (
+            need.cpus is None
+            or need.gpus == 0
+            or need.cpus / need.gpus <= partition.max_cpus_per_gpu
+        )
+    )
+
+
+def pool_fits(need: GpuNeed, pool: GpuPool) -> bool:
+    """Whether one job with this (static) need fits a pool."""
+    assert not callable(need.vram_gb)
+    return (
+        pool.model.vram_gb >= need.vram_gb
+        and pool.model.compute_capability >= need.min_compute_capability
+        and pool.partition.max_gpu >= need.gpus
+        and _fits_limits(need, pool.partition)
+    )
+
+
+_POLICY_KEYS: dict[str, Callable[[GpuPool], tuple[float, ...]]] = {
+    "cheapest": lambda p: (p.model.cost, -p.model.speed, p.order),
+    "fastest": lambda p: (-p.model.speed, p.model.cost, p.order),
+    # One job on its own: least cost per unit of work; the whole-workflow plan is
+    # gpubio.gpu.balance.plan_balanced.
+    "balanced": lambda p: (p.model.cost / p.model.speed, -p.model.speed, p.order),
+}
+
+
+def place_gpu_job(
+    need: GpuNeed,
+    inventory: Inventory,
+    catalogue: Catalogue,
+    attempt: int = 1,
+    *,
+    input_size_mb: float | None = None,
+) -> Placement:
+    """Pick the partition and GPU model for one job.
+
+    Attempt 1 takes the policy's choice among the pools that fit. Attempt k > 1 moves
+    to the (k-1)-th strictly larger VRAM size above that choice (the next larger GPU the
+    site has), choosing within that size by policy, and stays at the largest. A need
+    with ``gpus=0`` goes to a CPU partition. Raises PlacementError when nothing fits.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    if not need.is_static:
+        if input_size_mb is None:
+            raise ValueError(
+                "this need's vram_gb depends on the input size; pass input_size_mb"
+            )
+        need = need.at_input_size(input_size_mb)
+    if need.gpus == 0:
+        return _place_cpu_job(need, inventory)
+
+    pools = gpu_pools(inventory, catalogue)
+    fitting = [p for p in pools if pool_fits(need, p)]
+    if not fitting:
+        raise PlacementError(_no_fit_message(need, inventory, pools))
+    key = _POLICY_KEYS[need.policy]
+    chosen = min(fitting, key=key)
+    if attempt > 1:
+        larger = sorted({p.model.vram_gb for p in fitting if p.model.vram_gb > chosen.model.vram_gb})
+        if larger:
+            tier = larger[min(attempt - 2, len(larger) - 1)]
+            chosen = min((p for p in fitting if p.model.vram_gb == tier), key=key)
+    return Placement(
+        partition=chosen.partition.name,
+        gpus=need.gpus,
+        gpu_model=chosen.gres_type,
+        model=chosen.model,
+        attempt=attempt,
+    )
+
+
+def _place_cpu_job(need: GpuNeed, inventory: Inventory) -> Placement:
+    """CPU partitions first (file order); a GPU partition only if no CPU one fits."""
+    fitting = [p for p in inventory.partitions if _fits_limits(need, p)]
+    if not fitting:
+        raise PlacementError(
+            f"{_rule_prefix(need)}no partition in {inventory.source} fits the CPU job "
+            f"({need.describe()}). Lower cpus/mem_mb/runtime, or raise the partition "
+            f"limits in {inventory.source}."
+        )
+    chosen = min(fitting, key=lambda p: (p.max_gpu > 0, p.max_gpu))
+    return Placement(partition=chosen.name)
+
+
+def _rule_prefix(need: GpuNeed) -> str:
+    return f"rule {need.rule!r}: " if need.rule else ""
+
+
+def _no_fit_message(need: GpuNeed, inventory: Inventory, pools: list[GpuPool]) -> str:
+    head = (
+        f"{_rule_prefix(need)}no partition in {inventory.source} fits the GPU need "
+        f"({need.describe()})."
+    )
+    if not pools:
+        return (
+            f"{head} The site has no GPU partitions. Add one (max_gpu, "
+            f"available_gpu_models) to {inventory.source}, or configure the site "
+            f"with cpu_only=True to run GPU steps on their CPU path."
+        )
+    assert not callable(need.vram_gb)
+    largest = max(pools, key=lambda p: (p.model.vram_gb, p.model.speed))
+    reasons = []
+    if need.vram_gb > largest.model.vram_gb:
+        reasons.append(f"no GPU has {need.vram_gb:g} GB")
+    best_cc = max(p.model.compute_capability for p in pools)
+    if need.min_compute_capability > best_cc:
+        reasons.append(f"the highest compute capability is {best_cc:g}")
+    most = max(p.partition.max_gpu for p in pools)
+    if need.gpus > most:
+        reasons.append(f"no partition has more than {most} GPUs per node")
+    if not reasons:
+        reasons.append("no single partition meets all of it together with its limits")
+    site = "; ".join(p.describe() for p in pools)
+    return (
+        f"{head} Largest GPU available: {largest.model.describe()} in partition "
+        f"{largest.partition.name!r}. Why: {', '.join(reasons)}. Site GPUs: {site}. "
+        f"To fix: lower the need (smaller shards or batch size; vram_gb is per GPU), or "
+        f"add a partition with a larger GPU to {inventory.source} (and the model to "
+        f"config['gpu']['catalogue'] if it is not built in)."
+    )
+
+
+# --------------------------------------------------------------------------- site
+
+
+@dataclass(frozen=True)
+class Site:
+    """Inventory + catalogue. ``cpu_only`` places every job on a CPU partition."""
+
+    inventory: Inventory
+    catalogue: Catalogue
+    cpu_only: bool = False
+
+    def place(
+        self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None
+    ) -> Placement:
+        if self.cpu_only and need.gpus:
+            need = replace(need, gpus=0)
+        return place_gpu_job(
+            need, self.inventory, self.catalogue, attempt, input_size_mb=input_size_mb
+        )
+
+
+DEFAULT_SITE = Site(BUILTIN_INVENTORY, BUILTIN_CATALOGUE)
+_configured: Site | None = None
+# Needs declared through gpu_resources, for check_declared_needs; keyed to drop repeats.
+_declared: dict[GpuNeed, None] = {}
+
+
+def configure_site(
+    partitions_file: str | Path | None = None,
+    catalogue_overrides: Mapping[str, Any] | None = None,
+    cpu_only: bool = False,
+) -> Site:
+    """Set the site every later placement uses; call once, before the rules.
+
+    ``partitions_file`` None keeps the built-in inventory. Every GRES type must resolve
+    in the catalogue (checked here), and needs already declared are re-checked.
+    """
+    global _configured
+    inventory = BUILTIN_INVENTORY if partitions_file is None else load_inventory(partitions_file)
+    site = Site(inventory, load_catalogue(catalogue_overrides), cpu_only)
+    gpu_pools(site.inventory, site.catalogue)  # fail now on an unknown GRES type
+    _configured = site
+    check_declared_needs(site)
+    return site
+
+
+def current_site() -> Site:
+    """The configured site, else the built-in default."""
+    return _configured if _configured is not None else DEFAULT_SITE
+
+
+def reset_site() -> None:
+    """Forget the configured site and declared needs (tests, notebooks)."""
+    global _configured
+    _configured = None
+    _declared.clear()
+
+
+def check_declared_needs(site: Site | None = None) -> list[Placement]:
+    """Place every static need declared so far (attempt 1); raise one error listing all misfits.
+
+    Size-dependent needs are checked when Snakemake evaluates them, which is still
+    while it builds the DAG.
+    """
+    site = site or current_site()
+    placements, errors = [], []
+    for need in _declared:
+        if not need.is_static:
+            continue
+        try:
+            placements.append(site.place(need))
+        except PlacementError as err:
+            errors.append(str(err))
+    if errors:
+        raise PlacementError("\n".join(errors))
+    return placements
+
+
+def gpu_resources(
+    gpus: int = 1,
+    vram_gb: VramSpec = 0.0,
+    min_compute_capability: float = 0.0,
+    policy: Policy = "cheapest",
+    cpus: int | None = None,
+    mem_mb: int | Callable[..., Any] | None = None,
+    runtime: int | str | Callable[..., Any] | None = None,
+    *,
+    rule: str | None = None,
+) -> dict[str, Any]:
+    """Standard Snakemake resources for a GPU job: ``resources: **gpu_resources(...)``.
+
+    Returns ``gpu`` (int), ``gpu_model`` and ``slurm_partition`` (callables of
+    ``attempt``, and of ``input`` when VRAM depends on input size), ``cpus_per_task``,
+    ``mem_mb``, ``runtime`` (minutes) and ``vram_gb``. ``mem_mb``/``runtime`` may be
+    Snakemake resource callables; they pass through. A static need is checked against
+    a configured site at once, so an impossible one fails when the rule is parsed.
+    """
+    site_now = current_site()
+    need = GpuNeed(
+        gpus=gpus,
+        vram_gb=vram_gb,
+        min_compute_capability=min_compute_capability,
+        policy=policy,
+        cpus=cpus,
+        mem_mb=mem_mb if isinstance(mem_mb, int) else None,
+        runtime=runtime if isinstance(runtime, int) else None,
+        rule=rule,
+    )
+    _declared[need] = None
+    if _configured is not None and need.is_static:
+        site_now.place(need)
+
+    gpu_count = 0 if site_now.cpu_only else gpus
+    resources: dict[str, Any] = {
+        "gpu": gpu_count,
+        "slurm_partition": _placement_resource(need, lambda p: p.partition),
+        "cpus_per_task": cpus if cpus is not None else max(1, DEFAULT_CPUS_PER_GPU * gpus),
+        "mem_mb": mem_mb
+        if mem_mb is not None
+        else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB),
+        "runtime": runtime if runtime is not None else DEFAULT_RUNTIME_MIN,
+        "vram_gb": _vram_resource(need),
+    }
+    if gpu_count:
+        resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model)
+    return resources
+
+
+def _placement_resource(
+    need: GpuNeed, pick: Callable[[Placement], Any]
+) -> Callable[..., Any]:
+    """A Snakemake resource callable; Snakemake passes only the parameters named here.
+
+    The site is read when Snakemake evaluates the resource, so a changed inventory
+    re-places jobs without touching any rule.
+    """
+    if need.is_static:
+
+        def static_resource(wildcards: Any, attempt: int = 1, rulename: str | None = None) -> Any:
+            return pick(current_site().place(_named(need, rulename), attempt))
+
+        return static_resource
+
+    def sized_resource(
+        wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None
+    ) -> Any:
+        return pick(current_site().place(_named(need, rulename), attempt, input.size_mb))
+
+    return sized_resource
+
+
+def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
+    """VRAM per GPU in whole GB (Snakemake rounds floats; round up instead)."""
+    if need.is_static:
+        assert not callable(need.vram_gb)
+        return math.ceil(need.vram_gb)
+
+    def vram_gb(wildcards: Any, input: Any, rulename: str | None = None) -> int:
+        sized = _named(need, rulename).at_input_size(input.size_mb)
+        assert not callable(sized.vram_gb)
+        return math.ceil(sized.vram_gb)
+
+    return vram_gb
+
+
+def _named(need: GpuNeed, rulename: str | None) -> GpuNeed:
+    return need if need.rule or not rulename else replace(need, rule=rulename)
