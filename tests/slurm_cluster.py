@@ -101,14 +101,23 @@ class Node:
     devices: list[Path] = field(default_factory=list)
 
 
-def default_nodes() -> list[Node]:
-    nodes = [
-        Node("gpubio-t4", "gpu-t4", "t4", 8, cpus=8),
-        Node("gpubio-a100", "gpu-a100", "a100", 4, cpus=4),
-        Node("gpubio-h100", "gpu-h100", "h100", 2, cpus=2),
-        Node("gpubio-cpu", "cpu", cpus=2),
+def default_nodes(cpus: int | None = None, memory_mb: int = 4096) -> list[Node]:
+    """The standard test nodes: T4 x8, A100 x4, H100 x2 and a CPU node.
+
+    CPUs default to one per GPU (at least 2), so any GPU count can be asked for with
+    one task per GPU. Neither CPUs nor memory are enforced (no cgroups) and slurmd
+    trusts the configuration (config_overrides), so larger values, e.g. to accept a
+    workflow's real mem_mb requests, cost nothing.
+    """
+    def c(n: int) -> int:
+        return cpus if cpus is not None else n
+
+    return [
+        Node("gpubio-t4", "gpu-t4", "t4", 8, cpus=c(8), memory_mb=memory_mb),
+        Node("gpubio-a100", "gpu-a100", "a100", 4, cpus=c(4), memory_mb=memory_mb),
+        Node("gpubio-h100", "gpu-h100", "h100", 2, cpus=c(2), memory_mb=memory_mb),
+        Node("gpubio-cpu", "cpu", cpus=c(2), memory_mb=memory_mb),
     ]
-    return nodes
 
 
 def _free_ports(n: int) -> list[int]:
@@ -229,7 +238,9 @@ class SlurmCluster:
         # Cancel jobs while slurmctld/slurmd still run, so job processes are reaped.
         if self._alive("slurmctld") and any(self._alive(f"slurmd:{n.name}") for n in self.nodes):
             try:
-                self.run(["scancel", "--full", "--user=root"], check=False, timeout=10)
+                jobs = self.run(["squeue", "-h", "-o", "%i"], check=False, timeout=10).stdout.split()
+                if jobs:
+                    self.run(["scancel", "--full", *jobs], check=False, timeout=10)
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
                     out = self.run(["squeue", "-h", "-o", "%i"], check=False, timeout=10).stdout
@@ -245,8 +256,7 @@ class SlurmCluster:
         if self._lock_fd is not None:
             (STATE_DIR / "pids").unlink(missing_ok=True)
             self._restore_etc()
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = None
+            self._release_lock()
         if self._munge_dir is not None:
             shutil.rmtree(self._munge_dir, ignore_errors=True)
             self._munge_dir = None
@@ -388,7 +398,7 @@ class SlurmCluster:
             "SwitchType=switch/none",
             "SchedulerType=sched/builtin",
             # Start batch jobs at once (the default batches them up for ~3 s).
-            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,default_queue_depth=100",
+            "SchedulerParameters=batch_sched_delay=0,default_queue_depth=100",
             "MailProg=/bin/true",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU_Memory",
@@ -441,23 +451,42 @@ class SlurmCluster:
 
     def _acquire_lock(self) -> None:
         """One test cluster per machine: they would share /etc/slurm/slurm.conf."""
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(STATE_DIR / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            holder = ""
+        lock = STATE_DIR / "lock"
+        while True:
+            STATE_DIR.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                holder = (STATE_DIR / "owner").read_text().strip()
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                os.close(fd)
+                try:
+                    holder = (STATE_DIR / "owner").read_text().strip()
+                except OSError:
+                    holder = "unknown owner"
+                raise SlurmClusterError(
+                    f"another SlurmCluster is running on this machine ({holder}); "
+                    "only one can own /etc/slurm at a time"
+                ) from None
+            try:
+                if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
                 pass
-            raise SlurmClusterError(
-                f"another SlurmCluster is running on this machine ({holder or 'unknown owner'}); "
-                "only one can own /etc/slurm at a time"
-            ) from None
+            os.close(fd)  # the previous owner removed the file meanwhile: take the new one
         self._lock_fd = fd
         (STATE_DIR / "owner").write_text(f"pid {os.getpid()}, workdir {self.workdir}\n")
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is None:
+            return
+        for name in ("owner", "lock"):
+            (STATE_DIR / name).unlink(missing_ok=True)
+        try:
+            STATE_DIR.rmdir()  # only if nothing else (a kept backup) is left
+        except OSError:
+            pass
+        os.close(self._lock_fd)
+        self._lock_fd = None
 
     def _recover_stale(self) -> None:
         """Clean up after a test run that was killed before stop(): its daemons, /etc/slurm."""

@@ -283,21 +283,28 @@ def _no_fit_message(need: GpuNeed, inventory: Inventory, pools: list[GpuPool]) -
         )
     assert not callable(need.vram_gb)
     largest = max(pools, key=lambda p: (p.model.vram_gb, p.model.speed))
-    reasons = []
-    if need.vram_gb > largest.model.vram_gb:
-        reasons.append(f"no GPU has {need.vram_gb:g} GB")
-    best_cc = max(p.model.compute_capability for p in pools)
-    if need.min_compute_capability > best_cc:
-        reasons.append(f"the highest compute capability is {best_cc:g}")
-    most = max(p.partition.max_gpu for p in pools)
-    if need.gpus > most:
-        reasons.append(f"no partition has more than {most} GPUs per node")
-    if not reasons:
-        reasons.append("no single partition meets all of it together with its limits")
+    big = [p for p in pools if p.model.vram_gb >= need.vram_gb]
+    capable = [p for p in big if p.model.compute_capability >= need.min_compute_capability]
+    roomy = [p for p in capable if p.partition.max_gpu >= need.gpus]
+    # The first filter that empties the field is the reason.
+    if not big:
+        why = f"no GPU has {need.vram_gb:g} GB"
+    elif not capable:
+        best_cc = max(p.model.compute_capability for p in big)
+        why = f"the highest compute capability among them is {best_cc:g}"
+    elif not roomy:
+        most = max(capable, key=lambda p: p.partition.max_gpu)
+        why = (
+            f"no partition with such GPUs has more than {most.partition.max_gpu} GPUs "
+            f"per node ({most.partition.name!r})"
+        )
+    else:
+        names = ", ".join(sorted({p.partition.name for p in roomy}))
+        why = f"the cpus/mem_mb/runtime asked for exceed the limits of {names}"
     site = "; ".join(p.describe() for p in pools)
     return (
         f"{head} Largest GPU available: {largest.model.describe()} in partition "
-        f"{largest.partition.name!r}. Why: {', '.join(reasons)}. Site GPUs: {site}. "
+        f"{largest.partition.name!r}. Why: {why}. Site GPUs: {site}. "
         f"To fix: lower the need (smaller shards or batch size; vram_gb is per GPU), or "
         f"add a partition with a larger GPU to {inventory.source} (and the model to "
         f"config['gpu']['catalogue'] if it is not built in)."
