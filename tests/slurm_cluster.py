@@ -444,7 +444,8 @@ class SlurmCluster:
                 gres.append(f"NodeName={n.name} Name=gpu Type={n.gpu_type} File={files}")
         (self.etc / "gres.conf").write_text("\n".join(gres) + "\n")
 
-        # Only read if a cgroup plugin is ever loaded; keeps slurmd from probing cgroup v2.
+        # Read only if some cgroup plugin gets loaded (proctrack/linuxproc + task/none load
+        # none); then nothing is to be constrained either.
         (self.etc / "cgroup.conf").write_text(
             f"{MARKER}\nCgroupPlugin=autodetect\nIgnoreSystemd=yes\nConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n"
         )
