@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from gpubio.gpu import (
     BUILTIN_CATALOGUE,
     BUILTIN_INVENTORY,
@@ -76,14 +75,23 @@ def evaluate(resource, attempt=1, size_mb=0.0, rulename="demo"):
 
 def test_builtin_catalogue_figures():
     assert {m.name for m in CAT.values()} >= {
-        "T4", "L4", "A10", "L40S", "A100-40", "A100-80", "H100", "H200",
+        "T4",
+        "L4",
+        "A10",
+        "L40S",
+        "A100-40",
+        "A100-80",
+        "H100",
+        "H200",
     }
     t4, h200 = CAT["t4"], CAT["H200"]
     assert (t4.vram_gb, t4.compute_capability, t4.speed, t4.cost) == (16, 7.5, 1.0, 1.0)
     assert (h200.vram_gb, h200.compute_capability) == (141, 9.0)
     assert (CAT["a100-40"].vram_gb, CAT["A100-80"].vram_gb) == (40, 80)
     assert CAT["l4"].compute_capability == 8.9 and CAT["a10"].compute_capability == 8.6
-    speeds = [CAT[n].speed for n in ("t4", "l4", "a10", "l40s", "a100-40", "h100", "h200")]
+    speeds = [
+        CAT[n].speed for n in ("t4", "l4", "a10", "l40s", "a100-40", "h100", "h200")
+    ]
     assert speeds == sorted(speeds) and speeds[-2] == 7.0
     assert 4 <= CAT["a100-80"].cost <= 5 and 9 <= CAT["h100"].cost <= 10
 
@@ -110,7 +118,9 @@ def test_gres_type_resolves_to_model(name, model):
 
 
 def test_unknown_gres_type_names_it_and_says_what_to_do():
-    with pytest.raises(CatalogueError, match=r"'mi300x'.*config\['gpu'\]\['catalogue'\]"):
+    with pytest.raises(
+        CatalogueError, match=r"'mi300x'.*config\['gpu'\]\['catalogue'\]"
+    ):
         CAT.resolve("mi300x")
     with pytest.raises(CatalogueError, match="'a100-60'"):
         CAT.resolve("a100-60")  # the family exists, the size does not
@@ -119,7 +129,12 @@ def test_unknown_gres_type_names_it_and_says_what_to_do():
 def test_catalogue_overrides_extend_and_override():
     cat = load_catalogue(
         {
-            "rtx4090": {"vram_gb": 24, "compute_capability": 8.9, "speed": 3.2, "cost": 1.2},
+            "rtx4090": {
+                "vram_gb": 24,
+                "compute_capability": 8.9,
+                "speed": 3.2,
+                "cost": 1.2,
+            },
             "T4": {"cost": 0.5},
         }
     )
@@ -132,11 +147,18 @@ def test_catalogue_overrides_extend_and_override():
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"vram_gb": 24}, r"\['rtx4090'\]: new GPU model is missing compute_capability, speed, cost"),
-        ({"vram_gb": "lots", "compute_capability": 8.9, "speed": 3, "cost": 1},
-         r"\['rtx4090'\]\['vram_gb'\] must be a number"),
-        ({"vram_gb": -1, "compute_capability": 8.9, "speed": 3, "cost": 1},
-         r"\['rtx4090'\]\['vram_gb'\] must be a positive number"),
+        (
+            {"vram_gb": 24},
+            r"\['rtx4090'\]: new GPU model is missing compute_capability, speed, cost",
+        ),
+        (
+            {"vram_gb": "lots", "compute_capability": 8.9, "speed": 3, "cost": 1},
+            r"\['rtx4090'\]\['vram_gb'\] must be a number",
+        ),
+        (
+            {"vram_gb": -1, "compute_capability": 8.9, "speed": 3, "cost": 1},
+            r"\['rtx4090'\]\['vram_gb'\] must be a positive number",
+        ),
         ({"vram": 24}, r"\['rtx4090'\]: unknown field\(s\) vram"),
         (24, r"\['rtx4090'\] must be a mapping"),
     ],
@@ -163,7 +185,9 @@ def test_example_inventory_loads_with_the_slurm_plugins_reader(site_inv):
     partitions = pytest.importorskip("snakemake_executor_plugin_slurm.partitions")
     theirs = partitions.read_partition_file(PARTITIONS)
     assert [p.name for p in theirs] == list(site_inv.names)
-    assert {p.name: (p.limits.max_gpu, p.limits.available_gpu_models) for p in theirs} == {
+    assert {
+        p.name: (p.limits.max_gpu, p.limits.available_gpu_models) for p in theirs
+    } == {
         "gpu-t4": (8, ["t4"]),
         "gpu-a100": (4, ["a100"]),
         "gpu-h100": (2, ["h100"]),
@@ -191,14 +215,22 @@ def test_plugin_accepts_every_placement_we_make(site_inv):
                 "runtime": res["runtime"],
             },
         )
-        accepted = {name for name, p in theirs.items() if p.score_job_fit(job) is not None}
+        accepted = {
+            name for name, p in theirs.items() if p.score_job_fit(job) is not None
+        }
         assert accepted == {evaluate(res["slurm_partition"], attempt)}
 
 
 def test_inventory_errors_name_file_partition_and_key(tmp_path):
     bad = tmp_path / "partitions.yaml"
-    bad.write_text("partitions:\n  gpu-x:\n    max_gpu: 2\n    available_gpu_models: [t4]\n    gpus_total: 16\n")
-    with pytest.raises(InventoryError, match=r"partitions.yaml: partitions\['gpu-x'\]: unknown key\(s\) \['gpus_total'\]"):
+    bad.write_text(
+        "partitions:\n  gpu-x:\n    max_gpu: 2\n    available_gpu_models: [t4]\n"
+        "    gpus_total: 16\n"
+    )
+    with pytest.raises(
+        InventoryError,
+        match=r"partitions.yaml: partitions\['gpu-x'\]: unknown key\(s\) \['gpus_total'\]",
+    ):
         load_inventory(bad)
     # ...and the plugin would reject the same file
     partitions = pytest.importorskip("snakemake_executor_plugin_slurm.partitions")
@@ -207,9 +239,14 @@ def test_inventory_errors_name_file_partition_and_key(tmp_path):
 
     with pytest.raises(InventoryError, match="not found: .*nope.yaml"):
         load_inventory(tmp_path / "nope.yaml")
-    with pytest.raises(InventoryError, match=r"\['gpu-x'\]: max_gpu is 2 but available_gpu_models is empty"):
+    with pytest.raises(
+        InventoryError,
+        match=r"\['gpu-x'\]: max_gpu is 2 but available_gpu_models is empty",
+    ):
         inventory_from_dict({"partitions": {"gpu-x": {"max_gpu": 2}}})
-    with pytest.raises(InventoryError, match=r"gpu_models names partition\(s\) \['gpu-y'\]"):
+    with pytest.raises(
+        InventoryError, match=r"gpu_models names partition\(s\) \['gpu-y'\]"
+    ):
         inventory_from_dict({"partitions": {"cpu": {}}, "gpu_models": {"gpu-y": "t4"}})
     with pytest.raises(InventoryError, match=r"GRES type\(s\) \['v100'\] are not in"):
         inventory_from_dict(
@@ -222,7 +259,14 @@ def test_inventory_errors_name_file_partition_and_key(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "minutes"),
-    [(90, 90), ("90", 90), ("12h30m", 750), ("2d", 2880), ("1-12:00:00", 2160), ("01:30:00", 90)],
+    [
+        (90, 90),
+        ("90", 90),
+        ("12h30m", 750),
+        ("2d", 2880),
+        ("1-12:00:00", 2160),
+        ("01:30:00", 90),
+    ],
 )
 def test_max_runtime_forms(value, minutes):
     inv = inventory_from_dict({"partitions": {"cpu": {"max_runtime": value}}})
@@ -230,23 +274,35 @@ def test_max_runtime_forms(value, minutes):
 
 
 def test_ambiguous_runtime_is_refused():
-    with pytest.raises(InventoryError, match=r"\['max_runtime'\]: cannot read duration '60:30'"):
+    with pytest.raises(
+        InventoryError, match=r"\['max_runtime'\]: cannot read duration '60:30'"
+    ):
         inventory_from_dict({"partitions": {"cpu": {"max_runtime": "60:30"}}})
 
 
 def test_unknown_gres_type_fails_when_the_site_is_configured(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("partitions:\n  gpu-mi:\n    max_gpu: 8\n    available_gpu_models: [mi300x]\n")
+    path.write_text(
+        "partitions:\n  gpu-mi:\n    max_gpu: 8\n    available_gpu_models: [mi300x]\n"
+    )
     with pytest.raises(CatalogueError, match=r"partition 'gpu-mi': GPU type 'mi300x'"):
         configure_site(partitions_file=path)
     # declaring the model in the catalogue fixes it
     site = configure_site(
         partitions_file=path,
         catalogue_overrides={
-            "mi300x": {"vram_gb": 192, "compute_capability": 9.4, "speed": 7.5, "cost": 8}
+            "mi300x": {
+                "vram_gb": 192,
+                "compute_capability": 9.4,
+                "speed": 7.5,
+                "cost": 8,
+            }
         },
     )
-    assert place_gpu_job(GpuNeed(vram_gb=150), site.inventory, site.catalogue).gpu_model == "mi300x"
+    assert (
+        place_gpu_job(GpuNeed(vram_gb=150), site.inventory, site.catalogue).gpu_model
+        == "mi300x"
+    )
 
 
 # --------------------------------------------------------------------------- placement
@@ -265,12 +321,20 @@ def test_unknown_gres_type_fails_when_the_site_is_configured(tmp_path):
         (GpuNeed(vram_gb=8, min_compute_capability=8.5), "gpu-h100", "H100"),
         (GpuNeed(gpus=4, vram_gb=30), "gpu-a100", "A100-40"),
         (GpuNeed(gpus=8, vram_gb=8, policy="fastest"), "gpu-t4", "T4"),  # only t4 has 8
-        (GpuNeed(vram_gb=8, mem_mb=600_000), "gpu-h100", "H100"),  # only h100 nodes have the RAM
+        (
+            GpuNeed(vram_gb=8, mem_mb=600_000),
+            "gpu-h100",
+            "H100",
+        ),  # only h100 nodes have the RAM
     ],
 )
 def test_place_gpu_job_picks(site_inv, need, partition, model):
     placed = place_gpu_job(need, site_inv, CAT)
-    assert (placed.partition, placed.model.name, placed.gpus) == (partition, model, need.gpus)
+    assert (placed.partition, placed.model.name, placed.gpus) == (
+        partition,
+        model,
+        need.gpus,
+    )
     assert placed.gpu_model in site_inv[partition].gpu_types
 
 
@@ -279,24 +343,38 @@ def test_cpu_job_goes_to_the_cpu_partition(site_inv):
     assert (placed.partition, placed.gpu_model, placed.model) == ("cpu", None, None)
 
 
-@pytest.mark.parametrize(("attempt", "partition"), [(1, "gpu-t4"), (2, "gpu-a100"), (3, "gpu-h100"), (4, "gpu-h100")])
+@pytest.mark.parametrize(
+    ("attempt", "partition"),
+    [(1, "gpu-t4"), (2, "gpu-a100"), (3, "gpu-h100"), (4, "gpu-h100")],
+)
 def test_escalation_on_retry(site_inv, attempt, partition):
-    assert place_gpu_job(GpuNeed(vram_gb=8), site_inv, CAT, attempt).partition == partition
+    assert (
+        place_gpu_job(GpuNeed(vram_gb=8), site_inv, CAT, attempt).partition == partition
+    )
 
 
-@pytest.mark.parametrize(("attempt", "partition"), [(1, "gpu-t4"), (2, "gpu-a100"), (3, "gpu-a100")])
+@pytest.mark.parametrize(
+    ("attempt", "partition"), [(1, "gpu-t4"), (2, "gpu-a100"), (3, "gpu-a100")]
+)
 def test_escalation_without_h100_clamps_at_a100(site_inv, attempt, partition):
     smaller = site_inv.without("gpu-h100")
-    assert place_gpu_job(GpuNeed(vram_gb=8), smaller, CAT, attempt).partition == partition
+    assert (
+        place_gpu_job(GpuNeed(vram_gb=8), smaller, CAT, attempt).partition == partition
+    )
 
 
 def test_escalation_follows_vram_not_speed():
     # Without the gpu_models line, "a100" is the 80 GB card: same VRAM as the H100, so a
     # retry after out-of-memory stops there (the cheaper of the two 80 GB models).
-    inv = inventory_from_dict(yaml.safe_load(PARTITIONS.read_text()) | {"gpu_models": {}})
+    inv = inventory_from_dict(
+        yaml.safe_load(PARTITIONS.read_text()) | {"gpu_models": {}}
+    )
     got = [place_gpu_job(GpuNeed(vram_gb=8), inv, CAT, a).model.name for a in (1, 2, 3)]
     assert got == ["T4", "A100-80", "A100-80"]
-    fastest = [place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), inv, CAT, a).partition for a in (1, 2)]
+    fastest = [
+        place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), inv, CAT, a).partition
+        for a in (1, 2)
+    ]
     assert fastest == ["gpu-h100", "gpu-h100"]
 
 
@@ -308,20 +386,32 @@ def test_impossible_need_explains_itself(site_inv):
     assert "Largest GPU available: H100 (80 GB, cc 9.0) in partition 'gpu-h100'" in text
     assert str(PARTITIONS) in text and "To fix" in text
 
-    with pytest.raises(PlacementError, match="more than 2 GPUs per node \\('gpu-h100'\\)"):
+    with pytest.raises(
+        PlacementError, match="more than 2 GPUs per node \\('gpu-h100'\\)"
+    ):
         place_gpu_job(GpuNeed(gpus=3, vram_gb=60), site_inv, CAT)
-    with pytest.raises(PlacementError, match="highest compute capability among them is 9"):
+    with pytest.raises(
+        PlacementError, match="highest compute capability among them is 9"
+    ):
         place_gpu_job(GpuNeed(min_compute_capability=10.0), site_inv, CAT)
     with pytest.raises(PlacementError, match="exceed the limits of gpu-h100"):
-        place_gpu_job(GpuNeed(vram_gb=60, runtime=2000), site_inv, CAT)  # h100: 1 day max
+        place_gpu_job(
+            GpuNeed(vram_gb=60, runtime=2000), site_inv, CAT
+        )  # h100: 1 day max
     with pytest.raises(PlacementError, match="no GPU partitions.*cpu_only=True"):
-        place_gpu_job(GpuNeed(), site_inv.without("gpu-t4", "gpu-a100", "gpu-h100"), CAT)
+        place_gpu_job(
+            GpuNeed(), site_inv.without("gpu-t4", "gpu-a100", "gpu-h100"), CAT
+        )
 
 
 def test_size_dependent_need(site_inv):
     need = GpuNeed(vram_gb=lambda size_mb: 2 + size_mb / 100)
-    assert place_gpu_job(need, site_inv, CAT, input_size_mb=1000).partition == "gpu-t4"  # 12 GB
-    assert place_gpu_job(need, site_inv, CAT, input_size_mb=3000).partition == "gpu-a100"  # 32 GB
+    assert (
+        place_gpu_job(need, site_inv, CAT, input_size_mb=1000).partition == "gpu-t4"
+    )  # 12 GB
+    assert (
+        place_gpu_job(need, site_inv, CAT, input_size_mb=3000).partition == "gpu-a100"
+    )  # 32 GB
     with pytest.raises(ValueError, match="pass input_size_mb"):
         place_gpu_job(need, site_inv, CAT)
 
@@ -344,26 +434,60 @@ def test_bad_need(kwargs, message):
 
 def test_gpu_resources_standard_keys():
     res = gpu_resources(vram_gb=7.2)
-    assert set(res) == {"gpu", "gpu_model", "slurm_partition", "cpus_per_task", "mem_mb", "runtime", "vram_gb"}
-    assert (res["gpu"], res["cpus_per_task"], res["mem_mb"], res["runtime"], res["vram_gb"]) == (1, 4, 16000, 60, 8)
-    assert gpu_resources(gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
+    assert set(res) == {
+        "gpu",
+        "gpu_model",
+        "slurm_partition",
+        "cpus_per_task",
+        "mem_mb",
+        "runtime",
+        "vram_gb",
+    }
+    assert (
+        res["gpu"],
+        res["cpus_per_task"],
+        res["mem_mb"],
+        res["runtime"],
+        res["vram_gb"],
+    ) == (1, 4, 16000, 60, 8)
+    assert (
+        gpu_resources(gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
+    )
 
 
 def test_gpu_resources_default_site_is_built_in():
     # no configure_site: the built-in inventory (= the shipped example partitions)
     assert current_site().inventory is BUILTIN_INVENTORY
     res = gpu_resources(vram_gb=8)
-    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == ["gpu-t4", "gpu-a100", "gpu-h100"]
+    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
+        "gpu-t4",
+        "gpu-a100",
+        "gpu-h100",
+    ]
 
 
 def test_gpu_resources_escalate_and_follow_the_inventory(tmp_path):
     configure_site(partitions_file=PARTITIONS)
     res = gpu_resources(vram_gb=8)  # the rule: declared once, never edited below
-    place = [(evaluate(res["slurm_partition"], a), evaluate(res["gpu_model"], a)) for a in (1, 2, 3, 4)]
-    assert place == [("gpu-t4", "t4"), ("gpu-a100", "a100"), ("gpu-h100", "h100"), ("gpu-h100", "h100")]
+    place = [
+        (evaluate(res["slurm_partition"], a), evaluate(res["gpu_model"], a))
+        for a in (1, 2, 3, 4)
+    ]
+    assert place == [
+        ("gpu-t4", "t4"),
+        ("gpu-a100", "a100"),
+        ("gpu-h100", "h100"),
+        ("gpu-h100", "h100"),
+    ]
 
-    configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
-    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == ["gpu-t4", "gpu-a100", "gpu-a100"]
+    configure_site(
+        partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",))
+    )
+    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
+        "gpu-t4",
+        "gpu-a100",
+        "gpu-a100",
+    ]
 
 
 def test_gpu_resources_size_dependent():
@@ -386,9 +510,13 @@ def test_needs_declared_before_the_site_are_checked_when_it_is_set(tmp_path):
     gpu_resources(vram_gb=8)
     gpu_resources(vram_gb=60, rule="big")  # fits the built-in default (H100)...
     assert [p.partition for p in check_declared_needs()] == ["gpu-t4", "gpu-h100"]
-    with pytest.raises(PlacementError, match="rule 'big'.*Largest GPU available: A100-40"):
+    with pytest.raises(
+        PlacementError, match="rule 'big'.*Largest GPU available: A100-40"
+    ):
         # ...but not a site without H100s
-        configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+        configure_site(
+            partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",))
+        )
 
 
 def test_cpu_only_site():
@@ -412,7 +540,9 @@ rule retried:
     output: "retried.txt"
     resources: **gpu_resources(vram_gb=8)
     # fails twice, as if out of GPU memory, then succeeds
-    shell: "echo {resources.slurm_partition} >> attempts.txt; test $(wc -l < attempts.txt) -ge 3 && touch {output}"
+    shell:
+        "echo {resources.slurm_partition} >> attempts.txt; "
+        "test $(wc -l < attempts.txt) -ge 3 && touch {output}"
 
 rule sized:
     input: "input.bin"
@@ -422,18 +552,38 @@ rule sized:
 """
 
 
-def snakemake(workdir: Path, partitions: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=f"{REPO / 'workflow'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+def snakemake(
+    workdir: Path, partitions: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{REPO / 'workflow'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    )
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "1", "--config", f"partitions={partitions}", *args],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            "--config",
+            f"partitions={partitions}",
+            *args,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
 @pytest.fixture
 def workdir(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
-    (tmp_path / "input.bin").write_bytes(b"\0" * (2 * 1024 * 1024))  # 2 MB -> 20 GB VRAM
+    (tmp_path / "input.bin").write_bytes(
+        b"\0" * (2 * 1024 * 1024)
+    )  # 2 MB -> 20 GB VRAM
     return tmp_path
 
 
@@ -442,12 +592,19 @@ def test_dry_run_shows_where_each_job_goes(workdir):
     assert run.returncode == 0, run.stderr
     out = run.stdout + run.stderr
     assert "gpu=1, slurm_partition=gpu-t4" in out and "gpu_model=t4" in out
-    assert "slurm_partition=gpu-a100" in out and "vram_gb=20" in out and "gpu_model=a100" in out
+    assert (
+        "slurm_partition=gpu-a100" in out
+        and "vram_gb=20" in out
+        and "gpu_model=a100" in out
+    )
 
 
 @pytest.mark.parametrize(
     ("drop", "expected"),
-    [((), ["gpu-t4", "gpu-a100", "gpu-h100"]), (("gpu-h100",), ["gpu-t4", "gpu-a100", "gpu-a100"])],
+    [
+        ((), ["gpu-t4", "gpu-a100", "gpu-h100"]),
+        (("gpu-h100",), ["gpu-t4", "gpu-a100", "gpu-a100"]),
+    ],
 )
 def test_snakemake_retries_escalate(workdir, drop, expected):
     partitions = write_partitions(workdir / "partitions.yaml", drop=drop)
@@ -460,6 +617,7 @@ def test_snakemake_retries_escalate(workdir, drop, expected):
 def test_snakemake_rejects_an_impossible_need_before_running(workdir):
     (workdir / "Snakefile").write_text(SNAKEFILE.replace("vram_gb=8)", "vram_gb=300)"))
     run = snakemake(workdir, PARTITIONS, "-n")
+    out = run.stdout + run.stderr
     assert run.returncode != 0
-    assert "PlacementError" in run.stderr and "Largest GPU available: H100" in run.stderr
+    assert "PlacementError" in out and "Largest GPU available: H100" in out
     assert not (workdir / "attempts.txt").exists()

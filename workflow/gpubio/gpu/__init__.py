@@ -10,7 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .catalogue import BUILTIN_CATALOGUE, Catalogue, CatalogueError, GpuModel, load_catalogue
+from .catalogue import (
+    BUILTIN_CATALOGUE,
+    Catalogue,
+    CatalogueError,
+    GpuModel,
+    load_catalogue,
+)
 from .inventory import (
     BUILTIN_INVENTORY,
     Inventory,
@@ -36,8 +42,20 @@ from .placement import (
 )
 
 if TYPE_CHECKING:
-    from .balance import BalancedPlan, BalanceJob, estimate_assignment, plan_balanced, schedule_makespan
-    from .devices import DeviceError, DeviceTimeout, acquire_gpus, detect_gpu_count, pin_gpus
+    from .balance import (
+        BalancedPlan,
+        BalanceJob,
+        estimate_assignment,
+        plan_balanced,
+        schedule_makespan,
+    )
+    from .devices import (
+        DeviceError,
+        DeviceTimeout,
+        acquire_gpus,
+        detect_gpu_count,
+        pin_gpus,
+    )
 
 # Loaded on first use: balance needs pulp, and eager import of devices would make
 # `python -m gpubio.gpu.devices` warn about a module imported twice.

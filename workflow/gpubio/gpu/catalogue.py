@@ -137,7 +137,9 @@ class Catalogue(Mapping[str, GpuModel]):
         )
 
     def with_overrides(
-        self, overrides: Mapping[str, Any] | None, where: str = "config['gpu']['catalogue']"
+        self,
+        overrides: Mapping[str, Any] | None,
+        where: str = "config['gpu']['catalogue']",
     ) -> Catalogue:
         """A copy extended/overridden by ``{name: {vram_gb, compute_capability, speed, cost}}``.
 
@@ -168,7 +170,9 @@ class Catalogue(Mapping[str, GpuModel]):
                     f"{at}: unknown field(s) {', '.join(map(str, unknown))}; "
                     f"allowed: {', '.join(_ENTRY_FIELDS)}"
                 )
-            values = {k: _positive_number(entry[k], f"{at}[{k!r}]") for k in entry}
+            values: dict[str, Any] = {
+                str(k): _positive_number(v, f"{at}[{k!r}]") for k, v in entry.items()
+            }
             base = models.get(name.lower())
             if base is None:
                 missing = [k for k in _ENTRY_FIELDS if k not in values]

@@ -43,6 +43,8 @@ __all__ = [
 
 ENV_NUM_GPUS = "GPUBIO_NUM_GPUS"
 ENV_LOCK_DIR = "GPUBIO_GPU_LOCK_DIR"
+# Set next to CUDA_VISIBLE_DEVICES by a pin: the devices this process tree already holds.
+ENV_PINNED = "GPUBIO_PINNED_GPUS"
 log = logging.getLogger("gpubio.gpu")
 
 
@@ -65,7 +67,9 @@ def detect_gpu_count() -> int:
         try:
             count = int(override)
         except ValueError:
-            raise DeviceError(f"${ENV_NUM_GPUS} must be a whole number, got {override!r}") from None
+            raise DeviceError(
+                f"${ENV_NUM_GPUS} must be a whole number, got {override!r}"
+            ) from None
         if count < 0:
             raise DeviceError(f"${ENV_NUM_GPUS} must be >= 0, got {count}")
         return count
@@ -73,7 +77,9 @@ def detect_gpu_count() -> int:
     if smi is None:
         return 0
     try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            [smi, "-L"], capture_output=True, text=True, timeout=30, check=True
+        )
     except (OSError, subprocess.SubprocessError) as err:
         # A broken driver is "no usable GPU", which callers already handle.
         log.warning("nvidia-smi -L failed (%s); assuming no GPU", err)
@@ -96,12 +102,13 @@ class DeviceLease:
 
     devices: list[int]
     fds: list[int] = field(default_factory=list)
-    # SLURM assigned these and set CUDA_VISIBLE_DEVICES itself: leave it as it is.
-    from_scheduler: bool = False
+    # "lock": locked here; "inherited": a parent pin holds them; "slurm": SLURM
+    # assigned them and set CUDA_VISIBLE_DEVICES itself, which must stay as it is.
+    source: str = "lock"
 
     @property
     def sets_environment(self) -> bool:
-        return bool(self.devices) and not self.from_scheduler
+        return bool(self.devices) and self.source != "slurm"
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -135,10 +142,22 @@ def _scheduler_devices() -> list[int] | None:
         return list(range(len(entries)))
 
 
+def _inherited_devices() -> list[int] | None:
+    """Devices an enclosing pin holds for this process tree, or None.
+
+    A command started by the CLI inherits the lock; if it pinned again it would wait
+    for itself forever, so it reuses what it has instead.
+    """
+    pinned = os.environ.get(ENV_PINNED)
+    if not pinned or pinned != os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return None
+    return [int(d) for d in pinned.split(",")]
+
+
 def _candidates(total: int) -> list[int]:
     """Device indices to choose from: a preset CUDA_VISIBLE_DEVICES narrows them."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is None:
+    if visible is None or total == 0:
         return list(range(total))
     try:
         return [int(e) for e in visible.split(",") if e.strip()]
@@ -159,6 +178,8 @@ def acquire_gpus(
 
     Returns an empty lease when ``n`` is 0 or the machine has no GPU. Takes all ``n``
     at once or none, so two multi-GPU jobs never hold half each and wait forever.
+    Inside a SLURM GPU allocation or an enclosing pin it returns those devices as they
+    are, without locking.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -166,7 +187,15 @@ def acquire_gpus(
         return DeviceLease([])
     assigned = _scheduler_devices()
     if assigned is not None:
-        return DeviceLease(assigned, from_scheduler=True)
+        return DeviceLease(assigned, source="slurm")
+    inherited = _inherited_devices()
+    if inherited is not None:
+        if n > len(inherited):
+            raise DeviceError(
+                f"asked for {n} GPUs inside a pin that holds {len(inherited)} "
+                f"(devices {inherited}); pin {n} in the outer command instead"
+            )
+        return DeviceLease(inherited[:n], source="inherited")
     candidates = _candidates(detect_gpu_count())
     if not candidates:
         return DeviceLease([])
@@ -238,23 +267,36 @@ def pin_gpus(
     lease = acquire_gpus(n, lock_dir, timeout)
     if n and not lease.devices:
         if strict:
-            raise DeviceError(f"GPU requested ({n}) but none found (nvidia-smi -L, ${ENV_NUM_GPUS})")
+            raise DeviceError(
+                f"GPU requested ({n}) but none found (nvidia-smi -L, ${ENV_NUM_GPUS})"
+            )
         log.warning("no GPU found; running on CPU")
-    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    previous = {
+        var: os.environ.get(var) for var in ("CUDA_VISIBLE_DEVICES", ENV_PINNED)
+    }
     try:
         if lease.sets_environment:
-            os.environ["CUDA_VISIBLE_DEVICES"] = lease.cuda_visible_devices
+            _export(lease)
         if lease.devices:
-            log.info("using GPU(s) %s (CUDA_VISIBLE_DEVICES=%s)", lease.devices,
-                     os.environ.get("CUDA_VISIBLE_DEVICES"))
+            log.info(
+                "using GPU(s) %s (CUDA_VISIBLE_DEVICES=%s)",
+                lease.devices,
+                os.environ.get("CUDA_VISIBLE_DEVICES"),
+            )
         yield list(lease.devices)
     finally:
         lease.release()
         if lease.sets_environment:
-            if previous is None:
-                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-            else:
-                os.environ["CUDA_VISIBLE_DEVICES"] = previous
+            for var, value in previous.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
+
+
+def _export(lease: DeviceLease) -> None:
+    os.environ["CUDA_VISIBLE_DEVICES"] = lease.cuda_visible_devices
+    os.environ[ENV_PINNED] = lease.cuda_visible_devices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,11 +305,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m gpubio.gpu.devices",
         description="Run a command on free GPU(s) of this machine, holding them until it exits.",
     )
-    parser.add_argument("--gpus", type=int, default=1, help="devices to hold (default 1)")
-    parser.add_argument("--lock-dir", type=Path, default=None, help="lock file directory")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for free GPUs")
-    parser.add_argument("--strict", action="store_true", help="fail instead of running on CPU")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
+    parser.add_argument(
+        "--gpus", type=int, default=1, help="devices to hold (default 1)"
+    )
+    parser.add_argument(
+        "--lock-dir", type=Path, default=None, help="lock file directory"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait for free GPUs"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="fail instead of running on CPU"
+    )
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- command and arguments"
+    )
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -284,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gpubio: no GPU found; running on CPU: {command[0]}", file=sys.stderr)
     elif lease.devices:
         if lease.sets_environment:
-            os.environ["CUDA_VISIBLE_DEVICES"] = lease.cuda_visible_devices
+            _export(lease)
         print(
             f"gpubio: using GPU(s) {lease.cuda_visible_devices} "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): {command[0]}",

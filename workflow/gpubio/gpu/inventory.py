@@ -156,7 +156,9 @@ def inventory_from_dict(data: Any, source: str = "<dict>") -> Inventory:
         raise InventoryError(f"{source}: 'partitions' must be a non-empty mapping")
     raw_models = data.get("gpu_models") or {}
     if not isinstance(raw_models, Mapping):
-        raise InventoryError(f"{source}: 'gpu_models' must be a mapping partition -> ...")
+        raise InventoryError(
+            f"{source}: 'gpu_models' must be a mapping partition -> ..."
+        )
     stray = sorted(set(map(str, raw_models)) - set(map(str, raw_partitions)))
     if stray:
         raise InventoryError(
@@ -187,9 +189,13 @@ def _partition(name: str, limits: Any, models: Any, source: str) -> SitePartitio
         )
     max_gpu = limits.get("max_gpu", 0)
     if isinstance(max_gpu, bool) or not isinstance(max_gpu, int) or max_gpu < 0:
-        raise InventoryError(f"{at}['max_gpu'] must be a whole number >= 0, got {max_gpu!r}")
+        raise InventoryError(
+            f"{at}['max_gpu'] must be a whole number >= 0, got {max_gpu!r}"
+        )
     gpu_types = limits.get("available_gpu_models") or []
-    if not isinstance(gpu_types, list) or not all(isinstance(t, str) for t in gpu_types):
+    if not isinstance(gpu_types, list) or not all(
+        isinstance(t, str) for t in gpu_types
+    ):
         raise InventoryError(
             f"{at}['available_gpu_models'] must be a list of GRES type names, "
             f"got {gpu_types!r}"
@@ -203,7 +209,9 @@ def _partition(name: str, limits: Any, models: Any, source: str) -> SitePartitio
         name=name,
         max_gpu=max_gpu,
         gpu_types=tuple(gpu_types),
-        max_runtime=_minutes(limits.get("max_runtime", math.inf), f"{at}['max_runtime']"),
+        max_runtime=_minutes(
+            limits.get("max_runtime", math.inf), f"{at}['max_runtime']"
+        ),
         max_mem_mb=_limit(limits.get("max_mem_mb", math.inf), f"{at}['max_mem_mb']"),
         max_cpus_per_task=_limit(
             limits.get("max_cpus_per_task", math.inf), f"{at}['max_cpus_per_task']"
@@ -269,7 +277,8 @@ def _minutes(value: Any, at: str) -> float:
         return _minutes(number, at)
     if _UNITS_RE.match(text):
         return sum(
-            float(n) * _UNIT_MINUTES[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
+            float(n) * _UNIT_MINUTES[u]
+            for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
         )
     m = _SLURM_RE.match(text)
     if m and (m.group("d") or m.group("s")):

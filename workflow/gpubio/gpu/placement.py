@@ -21,7 +21,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from .catalogue import BUILTIN_CATALOGUE, Catalogue, CatalogueError, GpuModel, load_catalogue
+from .catalogue import (
+    BUILTIN_CATALOGUE,
+    Catalogue,
+    CatalogueError,
+    GpuModel,
+    load_catalogue,
+)
 from .inventory import BUILTIN_INVENTORY, Inventory, SitePartition, load_inventory
 
 __all__ = [
@@ -71,13 +77,21 @@ class GpuNeed:
 
     def __post_init__(self) -> None:
         where = f"rule {self.rule!r}: " if self.rule else ""
-        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
-            raise ValueError(f"{where}gpus must be a whole number >= 0, got {self.gpus!r}")
+        if (
+            isinstance(self.gpus, bool)
+            or not isinstance(self.gpus, int)
+            or self.gpus < 0
+        ):
+            raise ValueError(
+                f"{where}gpus must be a whole number >= 0, got {self.gpus!r}"
+            )
         if not callable(self.vram_gb):
             _check_number(self.vram_gb, f"{where}vram_gb")
         _check_number(self.min_compute_capability, f"{where}min_compute_capability")
         if self.policy not in POLICIES:
-            raise ValueError(f"{where}policy must be one of {POLICIES}, got {self.policy!r}")
+            raise ValueError(
+                f"{where}policy must be one of {POLICIES}, got {self.policy!r}"
+            )
         for name in ("cpus", "mem_mb", "runtime"):
             value = getattr(self, name)
             if value is not None:
@@ -112,7 +126,11 @@ class GpuNeed:
                 text += f", compute capability >= {self.min_compute_capability:g}"
         limits = [
             f"{v:g} {unit}"
-            for v, unit in ((self.cpus, "CPUs"), (self.mem_mb, "MB RAM"), (self.runtime, "min"))
+            for v, unit in (
+                (self.cpus, "CPUs"),
+                (self.mem_mb, "MB RAM"),
+                (self.runtime, "min"),
+            )
             if v is not None
         ]
         return text + (f" ({', '.join(limits)})" if limits else "")
@@ -135,7 +153,9 @@ class GpuPool:
     order: int  # position at the site; breaks ties in file order
 
     def describe(self) -> str:
-        return f"{self.partition.name}: {self.partition.max_gpu} x {self.model.describe()}"
+        return (
+            f"{self.partition.name}: {self.partition.max_gpu} x {self.model.describe()}"
+        )
 
 
 @dataclass(frozen=True)
@@ -159,7 +179,7 @@ class Placement:
 
 def gpu_pools(inventory: Inventory, catalogue: Catalogue) -> list[GpuPool]:
     """Every (partition, GRES type) at the site, resolved through the catalogue."""
-    pools = []
+    pools: list[GpuPool] = []
     for partition in inventory.partitions:
         if not partition.has_gpus:
             continue
@@ -217,6 +237,12 @@ def place_gpu_job(
 ) -> Placement:
     """Pick the partition and GPU model for one job.
 
+    A pool fits when its model has >= the VRAM (per GPU) and compute capability asked
+    for, its partition has >= ``gpus`` per node, and the need's cpus/mem_mb/runtime are
+    within the partition's limits. Policies: cheapest = lowest relative hourly cost
+    (tie: faster); fastest = highest speed (tie: cheaper); balanced = lowest cost per
+    unit of work (tie: faster); then file order.
+
     Attempt 1 takes the policy's choice among the pools that fit. Attempt k > 1 moves
     to the (k-1)-th strictly larger VRAM size above that choice (the next larger GPU the
     site has), choosing within that size by policy, and stays at the largest. A need
@@ -240,7 +266,9 @@ def place_gpu_job(
     key = _POLICY_KEYS[need.policy]
     chosen = min(fitting, key=key)
     if attempt > 1:
-        larger = sorted({p.model.vram_gb for p in fitting if p.model.vram_gb > chosen.model.vram_gb})
+        larger = sorted(
+            {p.model.vram_gb for p in fitting if p.model.vram_gb > chosen.model.vram_gb}
+        )
         if larger:
             tier = larger[min(attempt - 2, len(larger) - 1)]
             chosen = min((p for p in fitting if p.model.vram_gb == tier), key=key)
@@ -284,7 +312,9 @@ def _no_fit_message(need: GpuNeed, inventory: Inventory, pools: list[GpuPool]) -
     assert not callable(need.vram_gb)
     largest = max(pools, key=lambda p: (p.model.vram_gb, p.model.speed))
     big = [p for p in pools if p.model.vram_gb >= need.vram_gb]
-    capable = [p for p in big if p.model.compute_capability >= need.min_compute_capability]
+    capable = [
+        p for p in big if p.model.compute_capability >= need.min_compute_capability
+    ]
     roomy = [p for p in capable if p.partition.max_gpu >= need.gpus]
     # The first filter that empties the field is the reason.
     if not big:
@@ -349,7 +379,11 @@ def configure_site(
     in the catalogue (checked here), and needs already declared are re-checked.
     """
     global _configured
-    inventory = BUILTIN_INVENTORY if partitions_file is None else load_inventory(partitions_file)
+    inventory = (
+        BUILTIN_INVENTORY
+        if partitions_file is None
+        else load_inventory(partitions_file)
+    )
     site = Site(inventory, load_catalogue(catalogue_overrides), cpu_only)
     gpu_pools(site.inventory, site.catalogue)  # fail now on an unknown GRES type
     _configured = site
@@ -427,10 +461,14 @@ def gpu_resources(
     resources: dict[str, Any] = {
         "gpu": gpu_count,
         "slurm_partition": _placement_resource(need, lambda p: p.partition),
-        "cpus_per_task": cpus if cpus is not None else max(1, DEFAULT_CPUS_PER_GPU * gpus),
-        "mem_mb": mem_mb
-        if mem_mb is not None
-        else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB),
+        "cpus_per_task": (
+            cpus if cpus is not None else max(1, DEFAULT_CPUS_PER_GPU * gpus)
+        ),
+        "mem_mb": (
+            mem_mb
+            if mem_mb is not None
+            else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB)
+        ),
         "runtime": runtime if runtime is not None else DEFAULT_RUNTIME_MIN,
         "vram_gb": _vram_resource(need),
     }
@@ -449,7 +487,9 @@ def _placement_resource(
     """
     if need.is_static:
 
-        def static_resource(wildcards: Any, attempt: int = 1, rulename: str | None = None) -> Any:
+        def static_resource(
+            wildcards: Any, attempt: int = 1, rulename: str | None = None
+        ) -> Any:
             return pick(current_site().place(_named(need, rulename), attempt))
 
         return static_resource
@@ -457,7 +497,9 @@ def _placement_resource(
     def sized_resource(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None
     ) -> Any:
-        return pick(current_site().place(_named(need, rulename), attempt, input.size_mb))
+        return pick(
+            current_site().place(_named(need, rulename), attempt, input.size_mb)
+        )
 
     return sized_resource
 
