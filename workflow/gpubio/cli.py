@@ -54,6 +54,51 @@ def _image_qc(args) -> None:
         log.warning("saturated pixels above %.3g in %s", args.max_saturated_fraction, args.image)
 
 
+def _plan(args) -> None:
+    import yaml
+
+    from gpubio.config import project_file
+    from gpubio.gpu import configure_site
+    from gpubio.gpu.plan import dry_run, format_plan, parse_dry_run, partition_totals, plan_table, write_plan
+
+    config = yaml.safe_load(open(args.configfile)) or {}
+    gpu = config.get("gpu") or {}
+    partitions = gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
+    site = configure_site(project_file(partitions, args.directory) or partitions, gpu.get("catalogue"))
+    extra = ["--configfile", args.configfile, *args.snakemake_args]
+    table = plan_table(parse_dry_run(dry_run(args.snakefile, args.directory, extra)), site)
+    if args.out:
+        write_plan(table, args.out)
+    print(format_plan(table, partition_totals(table)))
+
+
+def _device_info(args) -> None:
+    """Which device this job sees: what SLURM or the local pinning gave it, and torch's view."""
+    import json
+    import socket
+
+    from gpubio.atomic import write_text_atomic
+
+    info = {
+        "host": socket.gethostname(),
+        "slurm_job_partition": os.environ.get("SLURM_JOB_PARTITION"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "backend": GPU_BACKEND["name"],
+        "devices": GPU_BACKEND["devices"],
+    }
+    try:
+        import torch
+
+        info["torch_cuda"] = torch.cuda.is_available()
+        info["torch_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        info["torch_cuda"] = None
+    text = json.dumps(info, indent=2) + "\n"
+    if args.out:
+        write_text_atomic(args.out, text)
+    print(text, end="")
+
+
 def _qc_summary(args) -> None:
     from gpubio.qc_summary import write_qc_summary
 
@@ -63,6 +108,12 @@ def _qc_summary(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpubio", description=__doc__)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for BLAS/OpenMP/torch")
+    parser.add_argument(
+        "--gpus", type=int, default=0, help="GPUs this step may use (the rule's resources.gpu); 0 = CPU step"
+    )
+    parser.add_argument(
+        "--require-gpu", action="store_true", help="fail when --gpus > 0 and no GPU is found (config gpu.require)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-data", help="write the synthetic demo data set with planted truth")
@@ -95,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-saturated-fraction", type=float, default=0.01)
     p.set_defaults(func=_image_qc)
 
+    p = sub.add_parser("plan", help="where every job of the DAG goes: GPU model, partition, GPU-hours, cost")
+    p.add_argument("--snakefile", default="Snakefile")
+    p.add_argument("--directory", default=".")
+    p.add_argument("--configfile", default="config/config.yaml")
+    p.add_argument("--out", help="also write the table as TSV (and <out>.partitions.tsv with the totals)")
+    p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments, after --")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("device-info", help="report the device(s) this job sees (SLURM, local pinning, torch)")
+    p.add_argument("--out")
+    p.set_defaults(func=_device_info)
+
     p = sub.add_parser("qc-summary", help="one table and figure per domain from QC JSON files")
     p.add_argument("--domain", required=True, choices=["genomics", "transcriptomics", "imaging"])
     p.add_argument("--out-tsv", required=True)
@@ -104,11 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the running step uses; set by main() before the command runs.
+GPU_BACKEND: dict = {"name": "cpu", "devices": []}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     limit_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpubio %(levelname)s %(message)s")
-    args.func(args)
+    if args.gpus <= 0:
+        args.func(args)
+        return
+    from gpubio.gpu.devices import DeviceError, pin_gpus
+
+    try:
+        with pin_gpus(args.gpus, strict=args.require_gpu) as devices:
+            GPU_BACKEND.update(name="cuda" if devices else "cpu", devices=devices)
+            args.func(args)
+    except DeviceError as error:
+        sys.exit(f"gpubio: {args.command}: {error}; this step requires a GPU (gpu.require: true in config.yaml)")
 
 
 if __name__ == "__main__":

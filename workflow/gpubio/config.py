@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+REPO_DIR = SCHEMA_DIR.parent.parent
 DOMAINS = ("genomics", "transcriptomics", "imaging")
 SAFE_NAME = "[A-Za-z0-9._-]"
 
@@ -73,6 +74,14 @@ def load_project(
             project.sheets[domain] = table
     if project.active("genomics"):
         problems += _check_reference(config, config_file, workdir)
+    partitions = project_file(config["gpu"]["partitions"], workdir)
+    if partitions is None:
+        problems.append(
+            f"{config_file}: gpu.partitions '{config['gpu']['partitions']}' does not exist; "
+            "point it at your site's partitions file (see profiles/slurm-gpu/partitions.yaml)"
+        )
+    else:
+        config["gpu"]["partitions"] = str(partitions)
     if problems:
         raise ConfigError(problems)
     return project
@@ -132,6 +141,16 @@ def _fill_defaults(node: dict, schema: dict, top: bool = True) -> None:
                 continue
         if isinstance(node[key], dict) and "properties" in sub:
             _fill_defaults(node[key], sub, top=False)
+
+
+def project_file(value: str, workdir: str | os.PathLike = ".") -> Path | None:
+    """A file named in config: from the working directory, else from the repository
+    (so the shipped profiles are found when running with --directory elsewhere)."""
+    for base in (Path(workdir), REPO_DIR):
+        candidate = base / value
+        if candidate.is_file():
+            return candidate if base == Path(workdir) else candidate.resolve()
+    return None
 
 
 def _check_reference(config: dict, config_file: str, workdir: Path) -> list[str]:

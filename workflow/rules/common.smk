@@ -2,6 +2,14 @@
 import os
 
 from gpubio.config import ConfigError, load_project
+from gpubio.gpu import (
+    CatalogueError,
+    InventoryError,
+    PlacementError,
+    configure_site,
+    cpu_resources,
+    gpu_resources,
+)
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 
@@ -10,6 +18,18 @@ try:
 except ConfigError as error:
     # one line per problem, before any job is built
     raise WorkflowError(error.report()) from None
+
+# The site every GPU rule is placed on: rules declare needs, this file says what exists.
+try:
+    SITE = configure_site(
+        partitions_file=config["gpu"]["partitions"],
+        catalogue_overrides=config["gpu"]["catalogue"],
+    )
+except (CatalogueError, InventoryError, PlacementError) as error:
+    raise WorkflowError(f"gpubio: {error}") from None
+
+# passed to every GPU step: fail instead of running the CPU path when no GPU is found
+REQUIRE_GPU = "--require-gpu" if config["gpu"]["require"] else ""
 
 
 wildcard_constraints:
@@ -63,4 +83,4 @@ def get_final_outputs():
                 f"results/{domain}/qc_summary.tsv",
                 f"results/{domain}/qc_summary.png",
             ]
-    return targets
+    return targets + ["results/gpu_plan.tsv"]

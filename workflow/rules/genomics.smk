@@ -14,7 +14,6 @@ rule read_qc:
         "../../envs/genomics.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=30,
+        **cpu_resources(mem_mb=1000, runtime=30),
     shell:
         "python -m gpubio --threads {threads} read-qc {input} --out {output} > {log} 2>&1"

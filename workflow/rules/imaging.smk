@@ -14,8 +14,7 @@ rule image_qc:
         "../../envs/imaging.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **cpu_resources(mem_mb=2000, runtime=30),
     params:
         max_saturated=config.get("imaging", {})
         .get("qc", {})

@@ -23,8 +23,33 @@ rule qc_summary:
         "../../envs/report.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **cpu_resources(mem_mb=1000, runtime=10),
     shell:
         "python -m gpubio qc-summary --domain {wildcards.domain} --out-tsv {output.tsv}"
         " --out-png {output.png} {input} > {log} 2>&1"
+
+
+# Where every job of the DAG goes (model, partition, GPU-hours, cost), from the dry-run.
+rule gpu_plan:
+    input:
+        CONFIG_FILE,
+        config["gpu"]["partitions"],
+    output:
+        report(
+            "results/gpu_plan.tsv",
+            caption="../report/gpu_plan.rst",
+            category="GPU plan",
+        ),
+        "results/gpu_plan.partitions.tsv",
+    log:
+        "logs/gpu_plan.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=1000, runtime=10),
+    params:
+        snakefile=workflow.main_snakefile,
+    shell:
+        "python -m gpubio plan --snakefile {params.snakefile} --configfile {input[0]}"
+        " --out {output[0]} > {log} 2>&1"

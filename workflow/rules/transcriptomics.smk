@@ -15,8 +15,7 @@ rule cell_qc:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **cpu_resources(mem_mb=4000, runtime=30),
     params:
         batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
         qc=config.get("transcriptomics", {}).get("qc", {}),

@@ -38,6 +38,7 @@ from .placement import (
 
 __all__ = [
     "BalanceJob",
+    "BalancedGroup",
     "BalancedPlan",
     "estimate_assignment",
     "plan_balanced",
@@ -313,3 +314,49 @@ def schedule_makespan(
                 heapq.heappush(free, end)
             span = max(span, end)
     return span
+
+
+class BalancedGroup:
+    """All jobs of one rule, placed together by :func:`plan_balanced`.
+
+    ``jobs`` maps a job key to its estimated hours on a T4 (or is a function returning
+    that mapping, called once when the plan is first needed); ``key`` turns a job's
+    wildcards into its key. A rule uses it as
+    ``resources: **gpu_resources(vram_gb=8, policy="balanced", group=BalancedGroup(...))``.
+    The plan is made once per site (so a changed inventory re-plans); on a retry the job
+    escalates from its planned GPU to the next larger one, as any other job does.
+    """
+
+    def __init__(self, jobs, key, objective: Objective = "makespan", makespan_bound_h: float | None = None):
+        self._jobs = jobs
+        self._key = key
+        self._objective = objective
+        self._bound = makespan_bound_h
+        self._plans: dict[int, tuple[object, BalancedPlan]] = {}
+
+    def plan(self, need: GpuNeed, site) -> BalancedPlan:
+        cached = self._plans.get(id(site))
+        if cached is None or cached[0] is not site:
+            jobs = self._jobs() if callable(self._jobs) else self._jobs
+            balance_jobs = [BalanceJob(str(k), need, float(h)) for k, h in jobs.items()]
+            plan = plan_balanced(
+                balance_jobs, site.inventory, site.catalogue,
+                objective=self._objective, makespan_bound_h=self._bound,
+            )  # fmt: skip
+            cached = self._plans[id(site)] = (site, plan)
+        return cached[1]
+
+    def place(self, need: GpuNeed, wildcards, attempt: int, site) -> Placement:
+        from .placement import escalate
+
+        key = str(self._key(wildcards))
+        plan = self.plan(need, site)
+        if key not in plan.assignment:
+            raise PlacementError(f"job {key!r} is not one of the jobs its balanced group was planned for")
+        planned = plan.assignment[key]
+        if attempt == 1:
+            return planned
+        pools = gpu_pools(site.inventory, site.catalogue)
+        fitting = [p for p in pools if pool_fits(need, p)]
+        start = next(p for p in fitting if (p.partition.name, p.gres_type) == (planned.partition, planned.gpu_model))
+        return escalate(need, fitting, start, attempt)

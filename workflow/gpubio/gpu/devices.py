@@ -270,7 +270,7 @@ def pin_gpus(
             raise DeviceError(
                 f"GPU requested ({n}) but none found (nvidia-smi -L, ${ENV_NUM_GPUS})"
             )
-        log.warning("no GPU found; running on CPU")
+        log.warning("no GPU found: running on the CPU (gpu.require: true makes this an error)")
     previous = {
         var: os.environ.get(var) for var in ("CUDA_VISIBLE_DEVICES", ENV_PINNED)
     }

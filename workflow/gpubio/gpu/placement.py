@@ -38,7 +38,9 @@ __all__ = [
     "Policy",
     "Site",
     "check_declared_needs",
+    "escalate",
     "configure_site",
+    "cpu_resources",
     "current_site",
     "gpu_pools",
     "gpu_resources",
@@ -263,12 +265,17 @@ def place_gpu_job(
     fitting = [p for p in pools if pool_fits(need, p)]
     if not fitting:
         raise PlacementError(_no_fit_message(need, inventory, pools))
-    key = _POLICY_KEYS[need.policy]
-    chosen = min(fitting, key=key)
+    chosen = min(fitting, key=_POLICY_KEYS[need.policy])
+    return escalate(need, fitting, chosen, attempt)
+
+
+def escalate(need: GpuNeed, fitting: list[GpuPool], chosen: GpuPool, attempt: int) -> Placement:
+    """Attempt k > 1: the (k-1)-th strictly larger VRAM size above ``chosen`` among the
+    fitting pools (the next larger GPU the site has), by policy within a size; the
+    largest stays the largest."""
     if attempt > 1:
-        larger = sorted(
-            {p.model.vram_gb for p in fitting if p.model.vram_gb > chosen.model.vram_gb}
-        )
+        key = _POLICY_KEYS[need.policy]
+        larger = sorted({p.model.vram_gb for p in fitting if p.model.vram_gb > chosen.model.vram_gb})
         if larger:
             tier = larger[min(attempt - 2, len(larger) - 1)]
             chosen = min((p for p in fitting if p.model.vram_gb == tier), key=key)
@@ -433,6 +440,7 @@ def gpu_resources(
     runtime: int | str | Callable[..., Any] | None = None,
     *,
     rule: str | None = None,
+    group: Any = None,
 ) -> dict[str, Any]:
     """Standard Snakemake resources for a GPU job: ``resources: **gpu_resources(...)``.
 
@@ -441,7 +449,14 @@ def gpu_resources(
     ``mem_mb``, ``runtime`` (minutes) and ``vram_gb``. ``mem_mb``/``runtime`` may be
     Snakemake resource callables; they pass through. A static need is checked against
     a configured site at once, so an impossible one fails when the rule is parsed.
+
+    ``policy="balanced"`` takes ``group``, a :class:`gpubio.gpu.balance.BalancedGroup`
+    holding all jobs of the rule: each job then goes where the group's plan puts it.
     """
+    if (policy == "balanced") != (group is not None):
+        raise ValueError(
+            f"{'rule ' + repr(rule) + ': ' if rule else ''}policy='balanced' and group=BalancedGroup(...) go together"
+        )
     site_now = current_site()
     need = GpuNeed(
         gpus=gpus,
@@ -460,7 +475,7 @@ def gpu_resources(
     gpu_count = 0 if site_now.cpu_only else gpus
     resources: dict[str, Any] = {
         "gpu": gpu_count,
-        "slurm_partition": _placement_resource(need, lambda p: p.partition),
+        "slurm_partition": _placement_resource(need, lambda p: p.partition, group),
         "cpus_per_task": (
             cpus if cpus is not None else max(1, DEFAULT_CPUS_PER_GPU * gpus)
         ),
@@ -473,18 +488,44 @@ def gpu_resources(
         "vram_gb": _vram_resource(need),
     }
     if gpu_count:
-        resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model)
+        resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model, group)
+    return resources
+
+
+def cpu_resources(
+    cpus: int | None = None,
+    mem_mb: int | Callable[..., Any] | None = None,
+    runtime: int | str | Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """Resources of a CPU job: the CPU partition of the site, memory and runtime.
+
+    ``cpus_per_task`` is left out unless given, so SLURM gets the rule's ``threads``.
+    """
+    resources = gpu_resources(gpus=0, cpus=cpus, mem_mb=mem_mb, runtime=runtime)
+    for key in ("gpu", "vram_gb"):
+        resources.pop(key, None)
+    if cpus is None:
+        resources.pop("cpus_per_task")
     return resources
 
 
 def _placement_resource(
-    need: GpuNeed, pick: Callable[[Placement], Any]
+    need: GpuNeed, pick: Callable[[Placement], Any], group: Any = None
 ) -> Callable[..., Any]:
     """A Snakemake resource callable; Snakemake passes only the parameters named here.
 
     The site is read when Snakemake evaluates the resource, so a changed inventory
     re-places jobs without touching any rule.
     """
+    if group is not None:
+        if not need.is_static:
+            raise ValueError("a balanced group needs a fixed vram_gb (its jobs are planned together)")
+
+        def balanced_resource(wildcards: Any, attempt: int = 1, rulename: str | None = None) -> Any:
+            return pick(group.place(_named(need, rulename), wildcards, attempt, current_site()))
+
+        return balanced_resource
+
     if need.is_static:
 
         def static_resource(

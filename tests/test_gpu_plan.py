@@ -1,0 +1,118 @@
+"""`gpubio plan` and the dry-run: every job's GPU model and partition, from the partitions file alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from gpubio.gpu.plan import parse_dry_run
+
+from conftest import BIN, REPO
+
+GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
+TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
+
+
+def site_config(tmp_path: Path, partitions: dict | None = None) -> Path:
+    path = TEST_PARTITIONS
+    if partitions is not None:
+        path = tmp_path / "partitions.yaml"
+        path.write_text(yaml.safe_dump(partitions))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"gpu": {"partitions": str(path)}}))
+    return config
+
+
+def plan(tmp_path: Path, config: Path, *extra: str) -> tuple[pd.DataFrame, str]:
+    out = tmp_path / "plan.tsv"
+    cmd = [sys.executable, "-m", "gpubio", "plan", "--snakefile", str(GPU_WORKFLOW), "--directory", str(tmp_path),
+           "--configfile", str(config), "--out", str(out), *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return pd.read_csv(out, sep="\t", keep_default_na=False), proc.stdout
+
+
+def where(table: pd.DataFrame) -> dict[str, str]:
+    return {(r.wildcards or r.rule): r.partition for r in table.itertuples()}
+
+
+def test_plan_places_every_job_from_the_partitions_file(tmp_path):
+    table, printed = plan(tmp_path, site_config(tmp_path))
+    placed = where(table)
+    assert placed["small"] == "gpu-t4"  # 8 GB fits the cheapest GPU
+    assert placed["medium"] == "gpu-a100"  # 30 GB: not a 16 GB T4; A100-40 is the cheapest that fits
+    assert placed["large"] == "gpu-h100"  # policy fastest
+    assert placed["cpu"] == "cpu"
+    assert placed["oom"] == "gpu-t4"  # attempt 1
+    shards = [p for k, p in placed.items() if k.startswith("shard=")]
+    assert len(shards) == 6 and set(shards) == {"gpu-a100", "gpu-h100"}  # balanced: spread, no slow T4
+    row = table.set_index("rule").loc["large"]
+    assert (row["gpus"], row["vram_gb"], row["model"]) == (2, 30, "H100")
+    assert row["gpu_hours"] == round(2 * 5 / 60, 4)
+    assert row["relative_cost"] > row["gpu_hours"]  # an H100 hour costs more than a T4 hour
+    totals = pd.read_csv(tmp_path / "plan.partitions.tsv", sep="\t").set_index("partition")
+    assert totals.loc["gpu-t4", "jobs"] == 2 and totals.loc["cpu", "gpu_jobs"] == 0
+    assert totals["jobs"].sum() == len(table) == 11
+    assert "per partition:" in printed
+
+
+def test_inventory_change_replaces_jobs_without_touching_rules(tmp_path):
+    partitions = yaml.safe_load(TEST_PARTITIONS.read_text())
+    del partitions["partitions"]["gpu-h100"]
+    table, _ = plan(tmp_path, site_config(tmp_path, partitions))
+    placed = where(table)
+    assert placed["large"] == "gpu-a100"  # the fastest GPU left
+    assert "gpu-h100" not in set(placed.values())
+    assert placed["small"] == "gpu-t4"
+
+
+def test_dry_run_with_the_cluster_profile_shows_model_and_partition(tmp_path):
+    config = site_config(tmp_path)
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--configfile", str(config), "-n",
+         "--profile", str(REPO / "profiles" / "slurm-gpu")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    jobs = {j.rule: j for j in parse_dry_run(proc.stdout)}
+    assert jobs["medium"].resources["gpu_model"] == "a100"
+    assert jobs["medium"].resources["slurm_partition"] == "gpu-a100"
+    assert jobs["cpu"].resources["slurm_partition"] == "cpu" and "gpu_model" not in jobs["cpu"].resources
+
+
+def test_impossible_need_fails_at_start_up(tmp_path):
+    config = site_config(tmp_path)
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--configfile", str(config), "-n",
+         "--config", "large_vram_gb=300"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "no partition in" in output and "fits the GPU need" in output
+    assert "Largest GPU available: H100" in output
+    assert "Building DAG" not in output  # before any job is planned
+
+
+def test_parse_dry_run_reads_jobs():
+    text = """
+rule shard:
+    output: where/shard00.json
+    jobid: 7
+    wildcards: shard=00
+    resources: tmpdir=/tmp, mem_mb=200, mem=200 MB, runtime=5, gpu=1, slurm_partition=gpu-a100, gpu_model=a100
+Shell command: true
+
+localrule all:
+    input: a, b
+    jobid: 0
+    resources: tmpdir=/tmp
+"""
+    jobs = parse_dry_run(text)
+    assert [j.rule for j in jobs] == ["shard", "all"]
+    assert jobs[0].wildcards == {"shard": "00"}
+    assert jobs[0].resources["mem"] == "200 MB" and jobs[0].resources["gpu_model"] == "a100"

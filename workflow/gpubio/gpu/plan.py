@@ -1,0 +1,132 @@
+"""`gpubio plan`: where every job of the DAG goes, read from Snakemake's own dry-run.
+
+The dry-run is the source of truth (it evaluates each job's resources exactly as a real
+run submits them); this module turns its job list into one row per job, with the GPU
+model, partition, allocation GPU-hours and relative cost, plus totals per partition.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_RULE = re.compile(r"^(?:local)?rule (\w+):$")
+_FIELD = re.compile(r"^\s+(wildcards|resources|jobid): (.*)$")
+
+COLUMNS = [
+    "rule", "sample", "wildcards", "gpus", "vram_gb", "gpu_model", "model", "partition",
+    "runtime_min", "gpu_hours", "relative_cost",
+]  # fmt: skip
+
+
+@dataclass
+class DryRunJob:
+    rule: str
+    wildcards: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)
+
+
+def _pairs(text: str) -> dict:
+    pairs = {}
+    for item in re.split(r", (?=[\w.-]+=)", text.strip()):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def parse_dry_run(output: str) -> list[DryRunJob]:
+    """Jobs of a `snakemake -n` listing (default, non-quiet output)."""
+    jobs: list[DryRunJob] = []
+    current = None
+    for line in output.splitlines():
+        match = _RULE.match(line)
+        if match:
+            current = DryRunJob(match.group(1))
+            jobs.append(current)
+            continue
+        match = _FIELD.match(line)
+        if current is not None and match:
+            if match.group(1) == "wildcards":
+                current.wildcards = _pairs(match.group(2))
+            elif match.group(1) == "resources":
+                current.resources = _pairs(match.group(2))
+    return jobs
+
+
+def dry_run(snakefile: str, workdir: str, extra_args: list[str]) -> str:
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", snakefile, "--directory", workdir,
+        "-n", "--forceall", "--nolock", "--cores", "1", *extra_args,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the dry-run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc.stdout + proc.stderr
+
+
+def plan_table(jobs: list[DryRunJob], site):
+    """One row per job (rule `all` left out); cost = GPU-hours x the model's relative hourly cost."""
+    import pandas as pd
+
+    from gpubio.gpu.placement import gpu_pools
+
+    pools = {(p.partition.name, p.gres_type): p.model for p in gpu_pools(site.inventory, site.catalogue)}
+    rows = []
+    for job in jobs:
+        if job.rule == "all":
+            continue
+        res = job.resources
+        gpus = int(res.get("gpu", 0) or 0)
+        partition = res.get("slurm_partition", "")
+        gres = res.get("gpu_model", "") if gpus else ""
+        model = pools.get((partition, gres))
+        runtime = float(res.get("runtime", 0) or 0)
+        gpu_hours = gpus * runtime / 60
+        rows.append(
+            {
+                "rule": job.rule,
+                "sample": job.wildcards.get("sample", ""),
+                "wildcards": ",".join(f"{k}={v}" for k, v in job.wildcards.items()),
+                "gpus": gpus,
+                "vram_gb": int(res.get("vram_gb", 0) or 0) if gpus else 0,
+                "gpu_model": gres,
+                "model": model.name if model else "",
+                "partition": partition,
+                "runtime_min": runtime,
+                "gpu_hours": round(gpu_hours, 4),
+                "relative_cost": round(gpu_hours * model.cost, 4) if model else 0.0,
+            }
+        )
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values(["rule", "wildcards"], kind="stable", ignore_index=True)
+
+
+def partition_totals(table):
+    totals = table.groupby("partition", sort=True).agg(
+        jobs=("rule", "size"), gpu_jobs=("gpus", lambda g: int((g > 0).sum())),
+        gpu_hours=("gpu_hours", "sum"), relative_cost=("relative_cost", "sum"),
+    )  # fmt: skip
+    return totals.reset_index()
+
+
+def format_plan(table, totals) -> str:
+    lines = [table.to_string(index=False), "", "per partition:", totals.to_string(index=False)]
+    lines.append(
+        "\ngpu_hours: GPUs x runtime limit (an upper bound); relative_cost: gpu_hours x the "
+        "model's relative hourly cost (T4 = 1)."
+    )
+    return "\n".join(lines)
+
+
+def write_plan(table, out: str) -> None:
+    from gpubio.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    totals = partition_totals(table)
+    with atomic_path(Path(out).with_suffix(".partitions.tsv")) as tmp:
+        totals.to_csv(tmp, sep="\t", index=False)
