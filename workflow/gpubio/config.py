@@ -49,8 +49,13 @@ class Project:
 
 
 def load_schema(name: str) -> dict:
+    """A schema from workflow/schemas; "config" gets each domain's section merged in."""
     with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    if name == "config":
+        for domain in DOMAINS:
+            schema["properties"][domain] = load_schema(f"config.{domain}")
+    return schema
 
 
 def load_project(

@@ -19,7 +19,7 @@ except ConfigError as error:
     # one line per problem, before any job is built
     raise WorkflowError(error.report()) from None
 
-# The site every GPU rule is placed on: rules declare needs, this file says what exists.
+# The site GPU jobs are placed on. Rules declare needs; the partitions file says what exists.
 try:
     SITE = configure_site(
         partitions_file=config["gpu"]["partitions"],
@@ -41,6 +41,38 @@ def sheet_row(domain, sample):
     return PROJECT.sheets[domain].loc[sample]
 
 
+# What the default target asks of each active module. Patterns expanded over its samples, and
+# files made once per module. A new step adds its outputs here.
+SAMPLE_TARGETS = {
+    "genomics": ["results/genomics/{sample}/read_qc.json"],
+    "transcriptomics": ["results/transcriptomics/{sample}/qc.json"],
+    "imaging": ["results/imaging/{sample}/qc.json"],
+}
+MODULE_TARGETS = {
+    domain: [f"results/{domain}/qc_summary.tsv", f"results/{domain}/qc_summary.png"]
+    for domain in SAMPLE_TARGETS
+}
+
+
+def get_final_outputs():
+    """Every active module's targets, and the GPU plan."""
+    targets = []
+    for domain in SAMPLE_TARGETS:
+        if PROJECT.active(domain):
+            targets += expand(SAMPLE_TARGETS[domain], sample=PROJECT.samples(domain))
+            targets += MODULE_TARGETS[domain]
+    return targets + ["results/gpu_plan.tsv"]
+
+
+def get_qc_files(wildcards):
+    """Per-sample QC JSON files of one module (the first per-sample target)."""
+    pattern = SAMPLE_TARGETS[wildcards.domain][0]
+    return expand(pattern, sample=PROJECT.samples(wildcards.domain))
+
+
+# ---------------------------------------------------------------- genomics
+
+
 def get_reads(wildcards):
     """FASTQ mate(s) or BAM of a genomics sample."""
     row = sheet_row("genomics", wildcards.sample)
@@ -54,33 +86,15 @@ def get_reads(wildcards):
     return [row["fastq_1"]] + ([row["fastq_2"]] if row.get("fastq_2") else [])
 
 
+# ---------------------------------------------------------------- transcriptomics
+
+
 def get_counts(wildcards):
     return sheet_row("transcriptomics", wildcards.sample)["counts"]
 
 
+# ---------------------------------------------------------------- imaging
+
+
 def get_image(wildcards):
     return sheet_row("imaging", wildcards.sample)["image"]
-
-
-QC_FILES = {
-    "genomics": "results/genomics/{sample}/read_qc.json",
-    "transcriptomics": "results/transcriptomics/{sample}/qc.json",
-    "imaging": "results/imaging/{sample}/qc.json",
-}
-
-
-def get_qc_files(wildcards):
-    return expand(QC_FILES[wildcards.domain], sample=PROJECT.samples(wildcards.domain))
-
-
-def get_final_outputs():
-    """Every active module's per-sample QC and its summary for the report."""
-    targets = []
-    for domain, pattern in QC_FILES.items():
-        if PROJECT.active(domain):
-            targets += expand(pattern, sample=PROJECT.samples(domain))
-            targets += [
-                f"results/{domain}/qc_summary.tsv",
-                f"results/{domain}/qc_summary.png",
-            ]
-    return targets + ["results/gpu_plan.tsv"]

@@ -32,15 +32,15 @@ rule qc_summary:
 # Where every job of the DAG goes (model, partition, GPU-hours, cost), from the dry-run.
 rule gpu_plan:
     input:
-        CONFIG_FILE,
-        config["gpu"]["partitions"],
+        config=CONFIG_FILE,
+        partitions=config["gpu"]["partitions"],
     output:
-        report(
+        plan=report(
             "results/gpu_plan.tsv",
             caption="../report/gpu_plan.rst",
             category="GPU plan",
         ),
-        "results/gpu_plan.partitions.tsv",
+        totals="results/gpu_plan.partitions.tsv",
     log:
         "logs/gpu_plan.log",
     conda:
@@ -51,5 +51,5 @@ rule gpu_plan:
     params:
         snakefile=workflow.main_snakefile,
     shell:
-        "python -m gpubio plan --snakefile {params.snakefile} --configfile {input[0]}"
-        " --out {output[0]} > {log} 2>&1"
+        "python -m gpubio plan --snakefile {params.snakefile} --configfile {input.config}"
+        " --out {output.plan} > {log} 2>&1"

@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=float, default=None, help="seconds to wait for free GPUs"
     )
     parser.add_argument(
-        "--strict", action="store_true", help="fail instead of running on CPU"
+        "--strict", "--require-gpu", dest="strict", action="store_true", help="fail instead of running on CPU"
     )
     parser.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- command and arguments"

@@ -60,7 +60,7 @@ def parse_dry_run(output: str) -> list[DryRunJob]:
 def dry_run(snakefile: str, workdir: str, extra_args: list[str]) -> str:
     cmd = [
         sys.executable, "-m", "snakemake", "-s", snakefile, "--directory", workdir,
-        "-n", "--forceall", "--nolock", "--cores", "1", *extra_args,
+        "-n", "--forceall", "--nolock", "--ignore-incomplete", "--cores", "1", *extra_args,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
