@@ -54,6 +54,19 @@ def workdir(demo_data, tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def demo_run(demo_data, tmp_path_factory) -> Path:
+    """The whole demo workflow run once per session with the local profile (2 cores), plus
+    the report; tests of every module assert on its outputs under <dir>/results."""
+    root = tmp_path_factory.mktemp("demo-run")
+    shutil.copytree(REPO / "config", root / "config")
+    (root / "resources").mkdir()
+    (root / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
+    run_snakemake(root, "--profile", str(REPO / "profiles" / "local"), "--cores", "2")
+    run_snakemake(root, "--report", "results/report.html")
+    return root
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the repository's workflow in workdir; returns the completed process (output captured)."""
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]

@@ -41,8 +41,8 @@ def test_module_switches_off_with_empty_sheet(workdir):
 
 
 @pytest.mark.e2e
-def test_demo_end_to_end_matches_planted_truth(workdir, demo_data):
-    run_snakemake(workdir, "--profile", PROFILE_LOCAL, "--cores", "2")
+def test_demo_end_to_end_matches_planted_truth(demo_run, demo_data):
+    workdir = demo_run
     demo = demo_data / "resources" / "demo"
     for sample in ("illu1", "ont1"):
         qc = json.loads((workdir / f"results/genomics/{sample}/read_qc.json").read_text())
@@ -77,7 +77,6 @@ def test_demo_end_to_end_matches_planted_truth(workdir, demo_data):
     assert not list((workdir / "results").rglob(".*.tmp*"))
     again = run_snakemake(workdir, "-n", "--profile", PROFILE_LOCAL)
     assert "Nothing to be done" in again.stdout + again.stderr
-    run_snakemake(workdir, "--report", "results/report.html")
     html = (workdir / "results/report.html").read_text(errors="replace")
     assert "qc_summary.png" in html and "qc_summary.tsv" in html and "gpu_plan.tsv" in html
     plan = (workdir / "results/gpu_plan.tsv").read_text().splitlines()

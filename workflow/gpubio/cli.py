@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 
 log = logging.getLogger("gpubio")
+
+# Each module's own subcommands: a module defines register(subparsers) and keeps its
+# imports inside the command functions, so `--help` stays fast and light.
+DOMAIN_COMMANDS = ("gpubio.genomics.commands", "gpubio.transcriptomics.commands", "gpubio.imaging.commands")
 
 
 def limit_threads(threads: int) -> None:
@@ -25,33 +30,6 @@ def _demo_data(args) -> None:
     if args.sheets:
         write_sheets(rows, args.sheets)
     print(f"demo data written to {args.out}" + (f", sample sheets to {args.sheets}" if args.sheets else ""))
-
-
-def _read_qc(args) -> None:
-    from gpubio.genomics.read_qc import write_read_qc
-
-    result = write_read_qc(args.reads, args.out)
-    log.info("read QC: %d reads, N50 %d, mean quality %.2f", result["reads"], result["n50"], result["mean_quality"])
-
-
-def _cell_qc(args) -> None:
-    from gpubio.transcriptomics.qc import sample_qc
-
-    result = sample_qc(
-        args.counts, args.sample, args.batch, args.out_json, args.out_h5ad,
-        min_genes=args.min_genes, min_counts=args.min_counts, max_mito_pct=args.max_mito_pct,
-        min_cells=args.min_cells, mito_prefix=args.mito_prefix,
-    )  # fmt: skip
-    log.info("cell QC %s: %d of %d cells kept", args.sample, result["cells_after_qc"], result["cells"])
-
-
-def _image_qc(args) -> None:
-    from gpubio.imaging.qc import write_image_qc
-
-    result = write_image_qc(args.image, args.out, args.max_saturated_fraction)
-    log.info("image QC: %s x %d channels", result["shape"], result["channels"])
-    if result["saturation_flag"]:
-        log.warning("saturated pixels above %.3g in %s", args.max_saturated_fraction, args.image)
 
 
 def _plan(args) -> None:
@@ -116,35 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    for module in DOMAIN_COMMANDS:
+        importlib.import_module(module).register(sub)
+
     p = sub.add_parser("demo-data", help="write the synthetic demo data set with planted truth")
     p.add_argument("--out", default="resources/demo")
     p.add_argument("--sheets", help="also write sample sheets (genomics/transcriptomics/imaging.tsv) here")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=_demo_data)
-
-    p = sub.add_parser("read-qc", help="read count, N50 and base quality of FASTQ/BAM files")
-    p.add_argument("reads", nargs="+")
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=_read_qc)
-
-    p = sub.add_parser("cell-qc", help="single-cell QC and filtering of one sample")
-    p.add_argument("--counts", required=True)
-    p.add_argument("--sample", required=True)
-    p.add_argument("--batch", required=True)
-    p.add_argument("--out-json", required=True)
-    p.add_argument("--out-h5ad", required=True)
-    p.add_argument("--min-genes", type=int, default=200)
-    p.add_argument("--min-counts", type=int, default=500)
-    p.add_argument("--max-mito-pct", type=float, default=20.0)
-    p.add_argument("--min-cells", type=int, default=3)
-    p.add_argument("--mito-prefix", default="MT-")
-    p.set_defaults(func=_cell_qc)
-
-    p = sub.add_parser("image-qc", help="shape, channels, intensity range and saturation of an image")
-    p.add_argument("image")
-    p.add_argument("--out", required=True)
-    p.add_argument("--max-saturated-fraction", type=float, default=0.01)
-    p.set_defaults(func=_image_qc)
 
     p = sub.add_parser("plan", help="where every job of the DAG goes: GPU model, partition, GPU-hours, cost")
     p.add_argument("--snakefile", default="Snakefile")
