@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 CORES ?= all
 
-.PHONY: venv demo demo-data test lint format bench clean
+.PHONY: venv demo demo-data test lint format bench plan profiles clean
 
 venv: $(VENV)/.installed
 
@@ -46,6 +46,18 @@ format: venv
 
 bench: venv
 	$(BIN)/python bench/dag_overhead.py
+
+# where every job goes: GPU model, partition, GPU-hours, cost (also results/gpu_plan.tsv)
+plan: venv
+	$(BIN)/python -m gpubio plan --out results/gpu_plan.tsv
+
+# make `snakemake --profile slurm-gpu` (and `--profile local`) work as typed: Snakemake
+# looks profile names up in the working directory and in the user's config directory
+PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
+profiles:
+	mkdir -p $(PROFILE_HOME)
+	for p in profiles/*/; do ln -sfn $(CURDIR)/$${p%/} $(PROFILE_HOME)/$$(basename $$p); done
+	@echo "linked $$(ls -d profiles/*/ | xargs -n1 basename | tr '\n' ' ')into $(PROFILE_HOME)"
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

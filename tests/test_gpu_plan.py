@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,19 @@ localrule all:
     assert [j.rule for j in jobs] == ["shard", "all"]
     assert jobs[0].wildcards == {"shard": "00"}
     assert jobs[0].resources["mem"] == "200 MB" and jobs[0].resources["gpu_model"] == "a100"
+
+
+def test_make_profiles_lets_snakemake_find_the_profile_by_name(workdir, tmp_path):
+    xdg = tmp_path / "xdg"
+    env = {**os.environ, "XDG_CONFIG_HOME": str(xdg)}
+    subprocess.run(["make", "-s", "profiles"], cwd=REPO, env=env, check=True, capture_output=True)
+    assert (xdg / "snakemake" / "slurm-gpu").resolve() == REPO / "profiles" / "slurm-gpu"
+    proc = subprocess.run(
+        # no conda on this machine: replace the profile's deployment method for the dry-run
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--profile", "slurm-gpu", "-n", "--sdm", "env-modules"],
+        capture_output=True, text=True, cwd=workdir, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Using profile slurm-gpu" in proc.stdout + proc.stderr
+    jobs = parse_dry_run(proc.stdout)
+    assert jobs and all(j.resources.get("slurm_partition") for j in jobs if j.rule != "all")
