@@ -1,4 +1,189 @@
-# Genomics: read QC (basecalling, alignment, variants and effects build on it).
+# Genomics: POD5 -> dorado basecalling (sharded over GPUs) -> demux -> alignment -> read and
+# alignment QC -> variant calling (bcftools / Parabricks / DeepVariant / Clair3) ->
+# normalised, QUAL-filtered VCF -> variant effects (Enformer). Entry at POD5, FASTQ or BAM.
+
+
+wildcard_constraints:
+    run="[A-Za-z0-9._-]+",
+    shard="shard[0-9]+",
+
+
+# Every tool that reads the reference gets its index as an input, so it is made once.
+rule reference_index:
+    input:
+        GENOMICS_REFERENCE,
+    output:
+        f"{GENOMICS_REFERENCE}.fai",
+    log:
+        "logs/genomics/reference_index.log",
+    benchmark:
+        "benchmarks/genomics/reference_index.tsv"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=30),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -c 'import pysam, sys; pysam.faidx(sys.argv[1])' {input} > {log} 2>&1"
+
+
+# ---------------------------------------------------------------- basecalling (POD5 input)
+
+
+rule pod5_read_table:
+    input:
+        get_pod5,
+    output:
+        temp("results/genomics/runs/{run}/pod5_reads.tsv"),
+    log:
+        "logs/genomics/runs/{run}/pod5_read_table.log",
+    benchmark:
+        "benchmarks/genomics/runs/{run}/pod5_read_table.tsv"
+    threads: 2
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=60),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "pod5 view {input} --recursive --include read_id,num_samples --threads {threads}"
+        " --output {output} > {log} 2>&1"
+
+
+# Shards are balanced by signal length; each one is basecalled as its own GPU job.
+rule pod5_shards:
+    input:
+        pod5=get_pod5,
+        table="results/genomics/runs/{run}/pod5_reads.tsv",
+    output:
+        plan="results/genomics/runs/{run}/shard_plan.tsv",
+        shards=temp(directory("results/genomics/runs/{run}/pod5_shards")),
+    log:
+        "logs/genomics/runs/{run}/pod5_shards.log",
+    benchmark:
+        "benchmarks/genomics/runs/{run}/pod5_shards.tsv"
+    params:
+        shards=get_shard_count,
+    threads: 2
+    resources:
+        **cpu_resources(mem_mb=4000, runtime=120),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "(python -m gpubio pod5-shard-plan {input.table} --shards {params.shards} --out {output.plan}"
+        " && pod5 subset {input.pod5} --recursive --table {output.plan} --columns shard"
+        " --template '{{shard}}.pod5' --threads {threads} --output {output.shards}) > {log} 2>&1"
+
+
+# dorado on the GPU(s) this job holds (--device cuda:all), or on the CPU (-x cpu).
+rule basecall:
+    input:
+        "results/genomics/runs/{run}/pod5_shards",
+    output:
+        temp("results/genomics/runs/{run}/basecalls/{shard}.bam"),
+    log:
+        "logs/genomics/runs/{run}/basecall_{shard}.log",
+    benchmark:
+        "benchmarks/genomics/runs/{run}/basecall_{shard}.tsv"
+    params:
+        model=GENOMICS["basecall"]["model"],
+        models_dir=(
+            f"--models-directory {GENOMICS['basecall']['models_directory']}"
+            if GENOMICS["basecall"]["models_directory"]
+            else ""
+        ),
+        kit=(
+            f"--kit-name {GENOMICS['basecall']['kit_name']}"
+            if GENOMICS["basecall"]["kit_name"]
+            else ""
+        ),
+        options=GENOMICS["basecall"]["options"],
+    threads: 8
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=8,
+            min_compute_capability=6.0,
+            policy="fastest",
+            cpus=8,
+            mem_mb=32000,
+            runtime=720,
+        ),
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://nanoporetech/dorado:shae423e761540b9d08b526a1eb32faf498f32e8f22"
+    envmodules:
+        GENOMICS["modules"]["dorado"],
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} tool-on-device"
+        " --gpu-args='--device cuda:all' --cpu-args='-x cpu' --stdout {output} --"
+        " dorado basecaller {params.model} {input}/{wildcards.shard}.pod5 {params.models_dir}"
+        " {params.kit} {params.options} > {log} 2>&1"
+
+
+rule merge_basecalls:
+    input:
+        get_pod5_shards,
+    output:
+        temp("results/genomics/runs/{run}/basecalled.bam"),
+    log:
+        "logs/genomics/runs/{run}/merge_basecalls.log",
+    benchmark:
+        "benchmarks/genomics/runs/{run}/merge_basecalls.tsv"
+    threads: 2
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=120),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} merge-basecalls {input} --out {output} > {log} 2>&1"
+
+
+# Reads were classified while basecalling (--kit-name); demux only splits them by barcode.
+rule demux:
+    input:
+        "results/genomics/runs/{run}/basecalled.bam",
+    output:
+        temp(directory("results/genomics/runs/{run}/demux")),
+    log:
+        "logs/genomics/runs/{run}/demux.log",
+    benchmark:
+        "benchmarks/genomics/runs/{run}/demux.tsv"
+    threads: 4
+    resources:
+        **cpu_resources(mem_mb=8000, runtime=240),
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://nanoporetech/dorado:shae423e761540b9d08b526a1eb32faf498f32e8f22"
+    envmodules:
+        GENOMICS["modules"]["dorado"],
+    shell:
+        "dorado demux --no-classify --output-dir {output} --threads {threads} {input} > {log} 2>&1"
+
+
+rule sample_reads:
+    input:
+        get_run_reads,
+    output:
+        "results/genomics/{sample}/reads.bam",
+    log:
+        "logs/genomics/{sample}/sample_reads.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/sample_reads.tsv"
+    params:
+        barcode=get_barcode_option,
+    threads: 2
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=120),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} sample-reads {input} --sample {wildcards.sample}"
+        " {params.barcode} --out {output} > {log} 2>&1"
+
+
+# ---------------------------------------------------------------- reads and alignment
 
 
 rule read_qc:
@@ -10,10 +195,359 @@ rule read_qc:
         "logs/genomics/{sample}/read_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/read_qc.tsv"
-    conda:
-        "../../envs/genomics.yaml"
     threads: 1
     resources:
         **cpu_resources(mem_mb=1000, runtime=30),
+    conda:
+        "../../envs/genomics.yaml"
     shell:
         "python -m gpubio --threads {threads} read-qc {input} --out {output} > {log} 2>&1"
+
+
+rule align_mappy:
+    input:
+        reads=get_reads,
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+    output:
+        temp("results/genomics/{sample}/mappy.unsorted.bam"),
+    log:
+        "logs/genomics/{sample}/align_mappy.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/align_mappy.tsv"
+    params:
+        platform=genomics_platform,
+    threads: 4
+    resources:
+        **cpu_resources(mem_mb=8000, runtime=240),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} align-reads {input.reads} --reference {input.reference}"
+        " --platform {params.platform} --sample {wildcards.sample} --out {output} > {log} 2>&1"
+
+
+rule align_dorado:
+    input:
+        reads=get_reads,
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+    output:
+        temp("results/genomics/{sample}/dorado.unsorted.bam"),
+    log:
+        "logs/genomics/{sample}/align_dorado.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/align_dorado.tsv"
+    params:
+        options=GENOMICS["align"]["dorado_options"],
+    threads: 8
+    resources:
+        **cpu_resources(mem_mb=16000, runtime=240),
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://nanoporetech/dorado:shae423e761540b9d08b526a1eb32faf498f32e8f22"
+    envmodules:
+        GENOMICS["modules"]["dorado"],
+    shell:
+        "dorado aligner --threads {threads} {params.options} {input.reference} {input.reads}"
+        " > {output} 2> {log}"
+
+
+rule sort_bam:
+    input:
+        get_unsorted_alignment,
+    output:
+        bam="results/genomics/{sample}/aligned.bam",
+        bai="results/genomics/{sample}/aligned.bam.bai",
+    log:
+        "logs/genomics/{sample}/sort_bam.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/sort_bam.tsv"
+    params:
+        platform=genomics_platform,
+    threads: 2
+    resources:
+        **cpu_resources(mem_mb=4000, runtime=120),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} sort-bam {input} --sample {wildcards.sample}"
+        " --platform {params.platform} --out {output.bam} > {log} 2>&1"
+
+
+rule alignment_qc:
+    input:
+        bam="results/genomics/{sample}/aligned.bam",
+        bai="results/genomics/{sample}/aligned.bam.bai",
+        read_qc="results/genomics/{sample}/read_qc.json",
+    output:
+        json="results/genomics/{sample}/qc.json",
+        coverage="results/genomics/{sample}/coverage.tsv",
+    log:
+        "logs/genomics/{sample}/alignment_qc.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/alignment_qc.tsv"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=60),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} alignment-qc {input.bam} --read-qc {input.read_qc}"
+        " --out-json {output.json} --out-coverage {output.coverage} > {log} 2>&1"
+
+
+# ---------------------------------------------------------------- variant calling
+
+
+rule call_bcftools:
+    input:
+        bam="results/genomics/{sample}/aligned.bam",
+        bai="results/genomics/{sample}/aligned.bam.bai",
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+    output:
+        temp("results/genomics/{sample}/calls.bcftools.vcf.gz"),
+    log:
+        "logs/genomics/{sample}/call_bcftools.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/call_bcftools.tsv"
+    params:
+        platform=genomics_platform,
+        options=(
+            f"--options='{GENOMICS['variants']['bcftools_options']}'"
+            if GENOMICS["variants"]["bcftools_options"]
+            else ""
+        ),
+    threads: 2
+    resources:
+        **cpu_resources(mem_mb=4000, runtime=240),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} call-bcftools {input.bam} --reference {input.reference}"
+        " --platform {params.platform} {params.options} --out {output} > {log} 2>&1"
+
+
+# Parabricks DeepVariant: GPU only (no CPU path of its own; pick deepvariant for CPU nodes).
+rule call_parabricks:
+    input:
+        bam="results/genomics/{sample}/aligned.bam",
+        bai="results/genomics/{sample}/aligned.bam.bai",
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+    output:
+        temp("results/genomics/{sample}/calls.parabricks.vcf"),
+    log:
+        "logs/genomics/{sample}/call_parabricks.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/call_parabricks.tsv"
+    params:
+        mode=lambda wc: {"illumina": "shortread", "ont": "ont"}[genomics_platform(wc)],
+        memory=lambda wc, resources: parabricks_memory_options(
+            resources.get("slurm_partition"), resources.get("gpu_model")
+        ),
+        options=GENOMICS["variants"]["parabricks"]["options"],
+    threads: 16
+    resources:
+        **gpu_resources(
+            gpus=GENOMICS["variants"]["parabricks"]["gpus"],
+            vram_gb=16,
+            policy="cheapest",
+            cpus=16,
+            mem_mb=64000,
+            runtime=240,
+        ),
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://nvcr.io/nvidia/clara/clara-parabricks:4.5.1-1"
+    envmodules:
+        GENOMICS["modules"]["parabricks"],
+    shell:
+        "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu --"
+        " pbrun deepvariant --ref {input.reference} --in-bam {input.bam} --out-variants {output}"
+        " --mode {params.mode} --num-gpus {resources.gpu} {params.memory} {params.options}"
+        " > {log} 2>&1"
+
+
+rule call_deepvariant:
+    input:
+        bam="results/genomics/{sample}/aligned.bam",
+        bai="results/genomics/{sample}/aligned.bam.bai",
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+    output:
+        temp("results/genomics/{sample}/calls.deepvariant.vcf.gz"),
+    log:
+        "logs/genomics/{sample}/call_deepvariant.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/call_deepvariant.tsv"
+    params:
+        model_type=lambda wc: GENOMICS["variants"]["deepvariant"]["model_type"][
+            genomics_platform(wc)
+        ],
+        workdir="results/genomics/{sample}/deepvariant_tmp",
+        options=GENOMICS["variants"]["deepvariant"]["options"],
+    threads: 8
+    resources:
+        **cpu_resources(mem_mb=32000, runtime=1440),
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://google/deepvariant:1.9.0"
+    envmodules:
+        GENOMICS["modules"]["deepvariant"],
+    shell:
+        "run_deepvariant --model_type={params.model_type} --ref={input.reference}"
+        " --reads={input.bam} --output_vcf={output} --num_shards={threads}"
+        " --sample_name={wildcards.sample} --intermediate_results_dir={params.workdir}"
+        " {params.options} > {log} 2>&1 && rm -rf {params.workdir}"
+
+
+rule call_clair3:
+    input:
+        bam="results/genomics/{sample}/aligned.bam",
+        bai="results/genomics/{sample}/aligned.bam.bai",
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+    output:
+        temp("results/genomics/{sample}/clair3/merge_output.vcf.gz"),
+    log:
+        "logs/genomics/{sample}/call_clair3.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/call_clair3.tsv"
+    params:
+        platform=lambda wc: {"illumina": "ilmn", "ont": "ont"}[genomics_platform(wc)],
+        model=GENOMICS["variants"]["clair3"]["model"],
+        outdir=subpath(output[0], parent=True),
+        options=GENOMICS["variants"]["clair3"]["options"],
+    threads: 8
+    resources:
+        **cpu_resources(mem_mb=32000, runtime=720),
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://hkubal/clair3:v1.2.0"
+    envmodules:
+        GENOMICS["modules"]["clair3"],
+    shell:
+        "run_clair3.sh --bam_fn={input.bam} --ref_fn={input.reference} --threads={threads}"
+        " --platform={params.platform} --model_path={params.model} --output={params.outdir}"
+        " --sample_name={wildcards.sample} {params.options} > {log} 2>&1"
+
+
+# Every caller ends here: normalised against the reference, QUAL-filtered, bgzipped, indexed.
+rule finish_variants:
+    input:
+        calls=get_raw_calls,
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+    output:
+        vcf="results/genomics/{sample}/variants.vcf.gz",
+        tbi="results/genomics/{sample}/variants.vcf.gz.tbi",
+    log:
+        "logs/genomics/{sample}/finish_variants.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/finish_variants.tsv"
+    params:
+        min_qual=GENOMICS["variants"]["min_qual"],
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=60),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio --threads {threads} finish-variants {input.calls} --reference {input.reference}"
+        " --sample {wildcards.sample} --min-qual {params.min_qual} --out {output.vcf} > {log} 2>&1"
+
+
+# ---------------------------------------------------------------- variant effects
+
+
+rule variant_effects:
+    input:
+        vcf="results/genomics/{sample}/variants.vcf.gz",
+        tbi="results/genomics/{sample}/variants.vcf.gz.tbi",
+        reference=GENOMICS_REFERENCE,
+        fai=f"{GENOMICS_REFERENCE}.fai",
+        weights=GENOMICS["variant_effects"]["weights"] or [],
+    output:
+        "results/genomics/{sample}/variant_effects.tsv",
+    log:
+        "logs/genomics/{sample}/variant_effects.log",
+    benchmark:
+        "benchmarks/genomics/{sample}/variant_effects.tsv"
+    params:
+        effects=GENOMICS["variant_effects"],
+        track_names=(
+            f"--track-names {GENOMICS['variant_effects']['track_names']}"
+            if GENOMICS["variant_effects"]["track_names"]
+            else ""
+        ),
+    threads: 4
+    resources:
+        **gpu_resources(
+            gpus=1, vram_gb=12, policy="cheapest", cpus=4, mem_mb=16000, runtime=240
+        ),
+    conda:
+        "../../envs/genomics-effects.yaml"
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} variant-effects"
+        " --vcf {input.vcf} --reference {input.reference} --family {params.effects[family]}"
+        " --weights {input.weights} --sequence-length {params.effects[sequence_length]}"
+        " --batch-size {params.effects[batch_size]} --head {params.effects[head]}"
+        " {params.track_names} --out {output} > {log} 2>&1"
+
+
+# ---------------------------------------------------------------- report
+
+
+rule genomics_plots:
+    input:
+        unpack(get_genomics_plot_inputs),
+    output:
+        read_qc=report(
+            "results/genomics/read_qc.png",
+            caption="../report/genomics_read_qc.rst",
+            category="genomics",
+            subcategory="QC",
+        ),
+        coverage=report(
+            "results/genomics/coverage.png",
+            caption="../report/genomics_coverage.rst",
+            category="genomics",
+            subcategory="QC",
+        ),
+        variants=report(
+            "results/genomics/variants.png",
+            caption="../report/genomics_variants.rst",
+            category="genomics",
+            subcategory="variants",
+        ),
+        summary=report(
+            "results/genomics/variant_summary.tsv",
+            caption="../report/genomics_variants.rst",
+            category="genomics",
+            subcategory="variants",
+        ),
+    log:
+        "logs/genomics/genomics_plots.log",
+    benchmark:
+        "benchmarks/genomics/genomics_plots.tsv"
+    params:
+        min_qual=GENOMICS["variants"]["min_qual"],
+        effects=lambda wc, input: (
+            "--effects " + " ".join(input.effects) if "effects" in input.keys() else ""
+        ),
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=30),
+    conda:
+        "../../envs/genomics.yaml"
+    shell:
+        "python -m gpubio genomics-plots --qc {input.qc} --coverage {input.coverage} --vcf {input.vcf}"
+        " {params.effects} --min-qual {params.min_qual} --out-read-qc {output.read_qc}"
+        " --out-coverage {output.coverage} --out-variants {output.variants}"
+        " --out-summary {output.summary} > {log} 2>&1"

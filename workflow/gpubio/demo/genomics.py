@@ -176,8 +176,28 @@ def write_vcf(path: Path, variants: list[dict], sample: str = "truth") -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+# A randomly initialised Enformer small enough for the CPU: same code path as the published
+# model (from_pretrained on a local directory), 512-bp windows, 8 output tracks.
+TINY_ENFORMER = dict(
+    dim=48, depth=1, heads=2, attn_dim_key=8, num_downsamples=4, dim_divisible_by=8,
+    output_heads={"human": 8}, target_length=-1, dropout_rate=0.0, attn_dropout=0.0, pos_dropout=0.0,
+)  # fmt: skip
+TINY_ENFORMER_WINDOW = 512
+
+
+def write_tiny_enformer(path: Path, seed: int, **hparams) -> Path:
+    """Save a random Enformer (deterministic for a seed) where a real one would be staged."""
+    import torch
+    from enformer_pytorch import Enformer
+
+    torch.manual_seed(seed)
+    model = Enformer.from_hparams(**{**TINY_ENFORMER, **hparams})
+    model.save_pretrained(str(path), safe_serialization=False)
+    return path
+
+
 def make_genomics(outdir: Path, rng: np.random.Generator, depth: float = 30) -> dict:
-    """Write reference.fa, truth.vcf and two samples' FASTQs; return the sheet rows."""
+    """Write reference.fa, truth.vcf, two samples' FASTQs and a tiny Enformer; return the sheet rows."""
     outdir.mkdir(parents=True, exist_ok=True)
     genome = random_genome(rng)
     with open(outdir / "reference.fa", "w") as fh:
@@ -198,6 +218,7 @@ def make_genomics(outdir: Path, rng: np.random.Generator, depth: float = 30) -> 
     for sample, truth in truths.items():
         truth["variants"] = len(variants)
         (outdir / f"{sample}.truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    write_tiny_enformer(outdir / "enformer_tiny", seed=int(rng.integers(2**31)))
     return {
         "illu1": {"platform": "illumina", "fastq_1": "illumina_R1.fastq.gz", "fastq_2": "illumina_R2.fastq.gz"},
         "ont1": {"platform": "ont", "fastq_1": "ont.fastq.gz"},

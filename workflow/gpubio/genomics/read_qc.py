@@ -35,15 +35,30 @@ def _iter_reads(path: str):
                 yield len(record.sequence), int(sum(quals)) if quals is not None else 0
 
 
+def histograms(lengths: np.ndarray, read_quals: np.ndarray) -> dict:
+    """Read lengths on log10-spaced bins and per-read mean base quality on 1-Phred bins (for plots)."""
+    top = max(1, int(lengths.max())) if lengths.size else 1
+    length_edges = np.unique(np.round(np.logspace(0, np.log10(top) + 0.05, 41)).astype(int))
+    length_counts, _ = np.histogram(lengths, bins=length_edges)
+    qual_edges = np.arange(0, 62)
+    qual_counts, _ = np.histogram(read_quals, bins=qual_edges)
+    return {
+        "length_histogram": {"edges": length_edges.tolist(), "counts": length_counts.tolist()},
+        "quality_histogram": {"edges": qual_edges.tolist(), "counts": qual_counts.tolist()},
+    }
+
+
 def read_qc(paths: list[str]) -> dict:
     """QC over all reads of the given files (both mates of a pair count as reads)."""
-    lengths, qual_sum = [], 0
+    lengths, qual_sums = [], []
     for path in paths:
         for length, qsum in _iter_reads(path):
             lengths.append(length)
-            qual_sum += qsum
+            qual_sums.append(qsum)
     lengths = np.asarray(lengths, dtype=np.int64)
+    qual_sums = np.asarray(qual_sums, dtype=np.int64)
     bases = int(lengths.sum())
+    read_quals = qual_sums / np.maximum(lengths, 1)
     return {
         "files": [Path(p).name for p in paths],
         "reads": int(lengths.size),
@@ -51,7 +66,8 @@ def read_qc(paths: list[str]) -> dict:
         "n50": n50(lengths),
         "mean_length": float(lengths.mean()) if lengths.size else 0.0,
         "max_length": int(lengths.max()) if lengths.size else 0,
-        "mean_quality": qual_sum / bases if bases else 0.0,
+        "mean_quality": int(qual_sums.sum()) / bases if bases else 0.0,
+        **histograms(lengths, read_quals),
     }
 
 

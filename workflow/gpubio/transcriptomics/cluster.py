@@ -1,0 +1,133 @@
+"""All samples in one object: normalize, HVG, PCA, Harmony, neighbors, UMAP, Leiden, markers.
+
+Written once against scanpy's names; the backend (``gpubio.transcriptomics.backend``)
+decides whether that means scanpy on the CPU or rapids-singlecell on a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger("gpubio")
+
+MARKER_COLUMNS = {
+    "group": "cluster",
+    "names": "gene",
+    "scores": "score",
+    "logfoldchanges": "logfoldchange",
+    "pvals": "pval",
+    "pvals_adj": "pval_adj",
+}
+
+
+@dataclass(frozen=True)
+class ClusterParams:
+    """transcriptomics.cluster in config.yaml."""
+
+    target_sum: float = 1e4
+    n_top_genes: int = 2000
+    n_pcs: int = 30
+    harmony: bool = True
+    harmony_max_iter: int = 10
+    harmony_theta: float = 2.0
+    n_neighbors: int = 15
+    umap_min_dist: float = 0.5
+    leiden_resolution: float = 0.5
+    marker_method: str = "wilcoxon"
+    seed: int = 0
+
+
+def combine_samples(paths: list[str]):
+    """One AnnData of every sample's filtered cells; a gene missing from a sample counts 0 there."""
+    import anndata as ad
+    import numpy as np
+    import scipy.sparse as sp
+
+    parts = [ad.read_h5ad(p) for p in paths]
+    for path, part in zip(paths, parts):
+        if "counts" not in part.layers or "batch" not in part.obs or "sample" not in part.obs:
+            raise ValueError(f"{path}: expected the output of cell QC (layers['counts'], obs sample and batch)")
+    common = set.intersection(*(set(p.var_names) for p in parts))
+    combined = ad.concat(parts, join="outer", fill_value=0, merge="same")
+    if combined.n_vars > len(common):
+        log.info("%d genes are missing from some samples (filtered there); counted as 0", combined.n_vars - len(common))
+    combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
+    combined.layers["counts"] = sp.csr_matrix(combined.layers["counts"], dtype=np.float32)
+    for column in ("sample", "batch"):
+        combined.obs[column] = combined.obs[column].astype(str).astype("category")
+    return combined
+
+
+def cluster_cells(adata, params: ClusterParams, backend) -> None:
+    """The analysis, in place: X becomes log-normalized; obsm X_pca(_harmony), X_umap; obs leiden;
+    uns rank_genes_groups. ``layers['counts']`` must hold raw counts."""
+    pp, tl = backend.pp, backend.tl
+    n_batches = adata.obs["batch"].nunique()
+    backend.to_device(adata)
+    pp.highly_variable_genes(
+        adata, flavor="seurat_v3", n_top_genes=min(params.n_top_genes, adata.n_vars), layer="counts",
+        batch_key="batch" if n_batches > 1 else None,
+    )  # fmt: skip
+    pp.normalize_total(adata, target_sum=params.target_sum)
+    pp.log1p(adata)
+    pp.pca(adata, n_comps=min(params.n_pcs, adata.n_obs - 1), mask_var="highly_variable", random_state=params.seed)
+    representation = "X_pca"
+    if params.harmony and n_batches > 1:
+        pp.harmony_integrate(
+            adata, "batch", max_iter_harmony=params.harmony_max_iter, theta=params.harmony_theta,
+            random_state=params.seed,
+        )  # fmt: skip
+        representation = "X_pca_harmony"
+    else:
+        log.info("Harmony skipped: %s", "one batch" if n_batches < 2 else "cluster.harmony is false")
+    pp.neighbors(adata, n_neighbors=params.n_neighbors, use_rep=representation, random_state=params.seed)
+    tl.umap(adata, min_dist=params.umap_min_dist, random_state=params.seed)
+    tl.leiden(adata, resolution=params.leiden_resolution, random_state=params.seed, key_added="leiden")
+    tl.rank_genes_groups(adata, "leiden", method=params.marker_method)
+    backend.to_host(adata)
+    adata.uns["gpubio"] = {"backend": backend.name, "device": backend.device, "representation": representation}
+
+
+def marker_table(adata, n_genes: int):
+    """The top ``n_genes`` marker genes per Leiden cluster (from uns rank_genes_groups)."""
+    import pandas as pd
+    import scanpy as sc
+
+    table = sc.get.rank_genes_groups_df(adata, group=None)
+    if "group" not in table:  # a single cluster
+        table.insert(0, "group", adata.obs["leiden"].cat.categories[0])
+    table = table.groupby("group", observed=True, sort=False).head(n_genes).rename(columns=MARKER_COLUMNS)
+    table = table[[c for c in MARKER_COLUMNS.values() if c in table.columns]]
+    table.insert(1, "rank", table.groupby("cluster", observed=True).cumcount() + 1)
+    return pd.DataFrame(table).reset_index(drop=True)
+
+
+def integrate_samples(
+    filtered: list[str], out_h5ad: str, out_markers: str, params: ClusterParams,
+    backend: str = "auto", threads: int = 1, n_markers: int = 25,
+) -> dict:  # fmt: skip
+    """Read every sample's filtered cells, cluster them together, write the object and the markers."""
+    from gpubio.atomic import atomic_path
+    from gpubio.transcriptomics.backend import select_backend
+
+    chosen = select_backend(backend, threads=threads)
+    adata = combine_samples(filtered)
+    log.info("integrating %d cells x %d genes from %d samples (%s)", adata.n_obs, adata.n_vars,
+             adata.obs["sample"].nunique(), ", ".join(adata.obs["sample"].cat.categories))  # fmt: skip
+    cluster_cells(adata, params, chosen)
+    adata.uns["gpubio"]["params"] = asdict(params)
+    markers = marker_table(adata, n_markers)
+    with atomic_path(out_markers) as tmp:
+        markers.to_csv(tmp, sep="\t", index=False)
+    with atomic_path(out_h5ad) as tmp:
+        adata.write_h5ad(tmp)
+    summary = {
+        "cells": int(adata.n_obs),
+        "genes": int(adata.n_vars),
+        "highly_variable": int(adata.var["highly_variable"].sum()),
+        "clusters": int(adata.obs["leiden"].nunique()),
+        "backend": chosen.name,
+    }
+    log.info("integration done: %s", summary)
+    return summary
