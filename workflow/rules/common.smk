@@ -80,14 +80,21 @@ def get_qc_files(wildcards):
 # ---------------------------------------------------------------- genomics
 from gpubio.genomics.align import is_aligned_bam
 from gpubio.genomics.basecall import shard_count, shard_names
-from gpubio.genomics.sheet import caller_for, genomics_settings, sequencing_runs, sheet_problems
+from gpubio.genomics.sheet import (
+    caller_for,
+    genomics_settings,
+    sequencing_runs,
+    sheet_problems,
+)
 from gpubio.genomics.variants import parabricks_memory_options
 
 GENOMICS = genomics_settings(config)
 GENOMICS_SHEET = PROJECT.sheets.get("genomics")
 GENOMICS_REFERENCE = GENOMICS.get("reference") or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
-_genomics_problems = sheet_problems(GENOMICS_SHEET, GENOMICS["samples"], GENOMICS, str(CONFIG_FILE))
+_genomics_problems = sheet_problems(
+    GENOMICS_SHEET, GENOMICS["samples"], GENOMICS, str(CONFIG_FILE)
+)
 if _genomics_problems:
     raise WorkflowError(ConfigError(_genomics_problems).report())
 if GENOMICS["variant_effects"]["enabled"]:
@@ -179,15 +186,89 @@ def get_genomics_plot_inputs(wildcards):
         "vcf": expand("results/genomics/{sample}/variants.vcf.gz", sample=samples),
     }
     if GENOMICS["variant_effects"]["enabled"]:
-        inputs["effects"] = expand("results/genomics/{sample}/variant_effects.tsv", sample=samples)
+        inputs["effects"] = expand(
+            "results/genomics/{sample}/variant_effects.tsv", sample=samples
+        )
     return inputs
 
 
 # ---------------------------------------------------------------- transcriptomics
+from gpubio.transcriptomics.settings import (
+    annotation_steps,
+    config_problems as transcriptomics_config_problems,
+    transcriptomics_settings,
+)
+from gpubio.transcriptomics.sizing import expected_input_mb
+
+TRANSCRIPTOMICS = transcriptomics_settings(config)
+TRANSCRIPTOMICS_STEPS = annotation_steps(TRANSCRIPTOMICS)
+# size of what the integration step will read (cells x genes), for its VRAM and memory
+TRANSCRIPTOMICS_INPUT_MB = 0.0
+if PROJECT.active("transcriptomics"):
+    _transcriptomics_problems = transcriptomics_config_problems(
+        TRANSCRIPTOMICS, str(CONFIG_FILE), os.getcwd()
+    )
+    if _transcriptomics_problems:
+        raise WorkflowError(ConfigError(_transcriptomics_problems).report())
+    TRANSCRIPTOMICS_INPUT_MB = expected_input_mb(
+        list(PROJECT.sheets["transcriptomics"]["counts"])
+    )
+    MODULE_TARGETS["transcriptomics"] += [
+        "results/transcriptomics/atlas.h5ad",
+        "results/transcriptomics/markers.tsv",
+        "results/transcriptomics/plots/umap.png",
+        "results/transcriptomics/plots/qc_violins.png",
+        "results/transcriptomics/plots/markers_dotplot.png",
+    ]
+    MODULE_TARGETS["transcriptomics"] += [
+        f"results/transcriptomics/spatial/{sample}.{ext}"
+        for sample in PROJECT.samples("transcriptomics")
+        if sheet_row("transcriptomics", sample).get("spatial")
+        for ext in ("tsv", "png")
+    ]
 
 
 def get_counts(wildcards):
     return sheet_row("transcriptomics", wildcards.sample)["counts"]
+
+
+def get_filtered_cells(wildcards):
+    """Every sample's QC-filtered cells: the integration step reads them all."""
+    return expand(
+        "results/transcriptomics/{sample}/filtered.h5ad",
+        sample=PROJECT.samples("transcriptomics"),
+    )
+
+
+def get_celltypist_model(wildcards):
+    """The configured CellTypist model file, else the one trained on the reference."""
+    model = TRANSCRIPTOMICS["annotation"]["celltypist"]["model"]
+    return model or "results/transcriptomics/celltypist/model.pkl"
+
+
+def get_atlas_inputs(wildcards):
+    """The integrated cells plus the label tables and embeddings of the steps that run."""
+    labels = [
+        f"results/transcriptomics/annotation/{method}.tsv"
+        for method in ("celltypist", "scanvi")
+        if TRANSCRIPTOMICS_STEPS[method]
+    ]
+    embeddings = ["results/transcriptomics/embeddings.h5ad"]
+    return {
+        "integrated": "results/transcriptomics/integrated.h5ad",
+        "labels": labels,
+        "embeddings": embeddings if TRANSCRIPTOMICS_STEPS["embeddings"] else [],
+    }
+
+
+def get_interactions(wildcards):
+    """Ligand-receptor pairs for ligrec, when configured."""
+    interactions = TRANSCRIPTOMICS["spatial"]["interactions"]
+    return [interactions] if interactions else []
+
+
+def get_coordinates(wildcards):
+    return sheet_row("transcriptomics", wildcards.sample)["spatial"]
 
 
 # ---------------------------------------------------------------- imaging

@@ -18,11 +18,11 @@ rule reference_index:
         "logs/genomics/reference_index.log",
     benchmark:
         "benchmarks/genomics/reference_index.tsv"
+    conda:
+        "../../envs/genomics.yaml"
     threads: 1
     resources:
         **cpu_resources(mem_mb=2000, runtime=30),
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "python -c 'import pysam, sys; pysam.faidx(sys.argv[1])' {input} > {log} 2>&1"
 
@@ -39,11 +39,11 @@ rule pod5_read_table:
         "logs/genomics/runs/{run}/pod5_read_table.log",
     benchmark:
         "benchmarks/genomics/runs/{run}/pod5_read_table.tsv"
+    conda:
+        "../../envs/genomics.yaml"
     threads: 2
     resources:
         **cpu_resources(mem_mb=2000, runtime=60),
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "pod5 view {input} --recursive --include read_id,num_samples --threads {threads}"
         " --output {output} > {log} 2>&1"
@@ -61,13 +61,13 @@ rule pod5_shards:
         "logs/genomics/runs/{run}/pod5_shards.log",
     benchmark:
         "benchmarks/genomics/runs/{run}/pod5_shards.tsv"
-    params:
-        shards=get_shard_count,
+    conda:
+        "../../envs/genomics.yaml"
     threads: 2
     resources:
         **cpu_resources(mem_mb=4000, runtime=120),
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        shards=get_shard_count,
     shell:
         "(python -m gpubio pod5-shard-plan {input.table} --shards {params.shards} --out {output.plan}"
         " && pod5 subset {input.pod5} --recursive --table {output.plan} --columns shard"
@@ -84,6 +84,23 @@ rule basecall:
         "logs/genomics/runs/{run}/basecall_{shard}.log",
     benchmark:
         "benchmarks/genomics/runs/{run}/basecall_{shard}.tsv"
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://nanoporetech/dorado:shae423e761540b9d08b526a1eb32faf498f32e8f22"
+    envmodules:
+        GENOMICS["modules"]["dorado"],
+    threads: 8
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=8,
+            min_compute_capability=6.0,
+            policy="fastest",
+            cpus=8,
+            mem_mb=32000,
+            runtime=720,
+        ),
     params:
         model=GENOMICS["basecall"]["model"],
         models_dir=(
@@ -97,25 +114,9 @@ rule basecall:
             else ""
         ),
         options=GENOMICS["basecall"]["options"],
-    threads: 8
-    resources:
-        **gpu_resources(
-            gpus=1,
-            vram_gb=8,
-            min_compute_capability=6.0,
-            policy="fastest",
-            cpus=8,
-            mem_mb=32000,
-            runtime=720,
-        ),
-    conda:
-        "../../envs/genomics.yaml"
-    container:
-        "docker://nanoporetech/dorado:shae423e761540b9d08b526a1eb32faf498f32e8f22"
-    envmodules:
-        GENOMICS["modules"]["dorado"],
+        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} tool-on-device"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} tool-on-device"
         " --gpu-args='--device cuda:all' --cpu-args='-x cpu' --stdout {output} --"
         " dorado basecaller {params.model} {input}/{wildcards.shard}.pod5 {params.models_dir}"
         " {params.kit} {params.options} > {log} 2>&1"
@@ -130,11 +131,11 @@ rule merge_basecalls:
         "logs/genomics/runs/{run}/merge_basecalls.log",
     benchmark:
         "benchmarks/genomics/runs/{run}/merge_basecalls.tsv"
+    conda:
+        "../../envs/genomics.yaml"
     threads: 2
     resources:
         **cpu_resources(mem_mb=2000, runtime=120),
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "python -m gpubio --threads {threads} merge-basecalls {input} --out {output} > {log} 2>&1"
 
@@ -149,15 +150,15 @@ rule demux:
         "logs/genomics/runs/{run}/demux.log",
     benchmark:
         "benchmarks/genomics/runs/{run}/demux.tsv"
-    threads: 4
-    resources:
-        **cpu_resources(mem_mb=8000, runtime=240),
     conda:
         "../../envs/genomics.yaml"
     container:
         "docker://nanoporetech/dorado:shae423e761540b9d08b526a1eb32faf498f32e8f22"
     envmodules:
         GENOMICS["modules"]["dorado"],
+    threads: 4
+    resources:
+        **cpu_resources(mem_mb=8000, runtime=240),
     shell:
         "dorado demux --no-classify --output-dir {output} --threads {threads} {input} > {log} 2>&1"
 
@@ -171,13 +172,13 @@ rule sample_reads:
         "logs/genomics/{sample}/sample_reads.log",
     benchmark:
         "benchmarks/genomics/{sample}/sample_reads.tsv"
-    params:
-        barcode=get_barcode_option,
+    conda:
+        "../../envs/genomics.yaml"
     threads: 2
     resources:
         **cpu_resources(mem_mb=2000, runtime=120),
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        barcode=get_barcode_option,
     shell:
         "python -m gpubio --threads {threads} sample-reads {input} --sample {wildcards.sample}"
         " {params.barcode} --out {output} > {log} 2>&1"
@@ -195,11 +196,11 @@ rule read_qc:
         "logs/genomics/{sample}/read_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/read_qc.tsv"
+    conda:
+        "../../envs/genomics.yaml"
     threads: 1
     resources:
         **cpu_resources(mem_mb=1000, runtime=30),
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "python -m gpubio --threads {threads} read-qc {input} --out {output} > {log} 2>&1"
 
@@ -215,13 +216,13 @@ rule align_mappy:
         "logs/genomics/{sample}/align_mappy.log",
     benchmark:
         "benchmarks/genomics/{sample}/align_mappy.tsv"
-    params:
-        platform=genomics_platform,
+    conda:
+        "../../envs/genomics.yaml"
     threads: 4
     resources:
         **cpu_resources(mem_mb=8000, runtime=240),
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        platform=genomics_platform,
     shell:
         "python -m gpubio --threads {threads} align-reads {input.reads} --reference {input.reference}"
         " --platform {params.platform} --sample {wildcards.sample} --out {output} > {log} 2>&1"
@@ -238,17 +239,17 @@ rule align_dorado:
         "logs/genomics/{sample}/align_dorado.log",
     benchmark:
         "benchmarks/genomics/{sample}/align_dorado.tsv"
-    params:
-        options=GENOMICS["align"]["dorado_options"],
-    threads: 8
-    resources:
-        **cpu_resources(mem_mb=16000, runtime=240),
     conda:
         "../../envs/genomics.yaml"
     container:
         "docker://nanoporetech/dorado:shae423e761540b9d08b526a1eb32faf498f32e8f22"
     envmodules:
         GENOMICS["modules"]["dorado"],
+    threads: 8
+    resources:
+        **cpu_resources(mem_mb=16000, runtime=240),
+    params:
+        options=GENOMICS["align"]["dorado_options"],
     shell:
         "dorado aligner --threads {threads} {params.options} {input.reference} {input.reads}"
         " > {output} 2> {log}"
@@ -264,13 +265,13 @@ rule sort_bam:
         "logs/genomics/{sample}/sort_bam.log",
     benchmark:
         "benchmarks/genomics/{sample}/sort_bam.tsv"
-    params:
-        platform=genomics_platform,
+    conda:
+        "../../envs/genomics.yaml"
     threads: 2
     resources:
         **cpu_resources(mem_mb=4000, runtime=120),
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        platform=genomics_platform,
     shell:
         "python -m gpubio --threads {threads} sort-bam {input} --sample {wildcards.sample}"
         " --platform {params.platform} --out {output.bam} > {log} 2>&1"
@@ -288,11 +289,11 @@ rule alignment_qc:
         "logs/genomics/{sample}/alignment_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/alignment_qc.tsv"
+    conda:
+        "../../envs/genomics.yaml"
     threads: 1
     resources:
         **cpu_resources(mem_mb=2000, runtime=60),
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "python -m gpubio --threads {threads} alignment-qc {input.bam} --read-qc {input.read_qc}"
         " --out-json {output.json} --out-coverage {output.coverage} > {log} 2>&1"
@@ -313,6 +314,11 @@ rule call_bcftools:
         "logs/genomics/{sample}/call_bcftools.log",
     benchmark:
         "benchmarks/genomics/{sample}/call_bcftools.tsv"
+    conda:
+        "../../envs/genomics.yaml"
+    threads: 2
+    resources:
+        **cpu_resources(mem_mb=4000, runtime=240),
     params:
         platform=genomics_platform,
         options=(
@@ -320,11 +326,6 @@ rule call_bcftools:
             if GENOMICS["variants"]["bcftools_options"]
             else ""
         ),
-    threads: 2
-    resources:
-        **cpu_resources(mem_mb=4000, runtime=240),
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "python -m gpubio --threads {threads} call-bcftools {input.bam} --reference {input.reference}"
         " --platform {params.platform} {params.options} --out {output} > {log} 2>&1"
@@ -343,12 +344,12 @@ rule call_parabricks:
         "logs/genomics/{sample}/call_parabricks.log",
     benchmark:
         "benchmarks/genomics/{sample}/call_parabricks.tsv"
-    params:
-        mode=lambda wc: {"illumina": "shortread", "ont": "ont"}[genomics_platform(wc)],
-        memory=lambda wc, resources: parabricks_memory_options(
-            resources.get("slurm_partition"), resources.get("gpu_model")
-        ),
-        options=GENOMICS["variants"]["parabricks"]["options"],
+    conda:
+        "../../envs/genomics.yaml"
+    container:
+        "docker://nvcr.io/nvidia/clara/clara-parabricks:4.5.1-1"
+    envmodules:
+        GENOMICS["modules"]["parabricks"],
     threads: 16
     resources:
         **gpu_resources(
@@ -359,12 +360,12 @@ rule call_parabricks:
             mem_mb=64000,
             runtime=240,
         ),
-    conda:
-        "../../envs/genomics.yaml"
-    container:
-        "docker://nvcr.io/nvidia/clara/clara-parabricks:4.5.1-1"
-    envmodules:
-        GENOMICS["modules"]["parabricks"],
+    params:
+        mode=lambda wc: {"illumina": "shortread", "ont": "ont"}[genomics_platform(wc)],
+        memory=lambda wc, resources: parabricks_memory_options(
+            resources.get("slurm_partition"), resources.get("gpu_model")
+        ),
+        options=GENOMICS["variants"]["parabricks"]["options"],
     shell:
         "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu --"
         " pbrun deepvariant --ref {input.reference} --in-bam {input.bam} --out-variants {output}"
@@ -384,21 +385,21 @@ rule call_deepvariant:
         "logs/genomics/{sample}/call_deepvariant.log",
     benchmark:
         "benchmarks/genomics/{sample}/call_deepvariant.tsv"
-    params:
-        model_type=lambda wc: GENOMICS["variants"]["deepvariant"]["model_type"][
-            genomics_platform(wc)
-        ],
-        workdir="results/genomics/{sample}/deepvariant_tmp",
-        options=GENOMICS["variants"]["deepvariant"]["options"],
-    threads: 8
-    resources:
-        **cpu_resources(mem_mb=32000, runtime=1440),
     conda:
         "../../envs/genomics.yaml"
     container:
         "docker://google/deepvariant:1.9.0"
     envmodules:
         GENOMICS["modules"]["deepvariant"],
+    threads: 8
+    resources:
+        **cpu_resources(mem_mb=32000, runtime=1440),
+    params:
+        model_type=lambda wc: GENOMICS["variants"]["deepvariant"]["model_type"][
+            genomics_platform(wc)
+        ],
+        workdir="results/genomics/{sample}/deepvariant_tmp",
+        options=GENOMICS["variants"]["deepvariant"]["options"],
     shell:
         "run_deepvariant --model_type={params.model_type} --ref={input.reference}"
         " --reads={input.bam} --output_vcf={output} --num_shards={threads}"
@@ -418,20 +419,20 @@ rule call_clair3:
         "logs/genomics/{sample}/call_clair3.log",
     benchmark:
         "benchmarks/genomics/{sample}/call_clair3.tsv"
-    params:
-        platform=lambda wc: {"illumina": "ilmn", "ont": "ont"}[genomics_platform(wc)],
-        model=GENOMICS["variants"]["clair3"]["model"],
-        outdir=subpath(output[0], parent=True),
-        options=GENOMICS["variants"]["clair3"]["options"],
-    threads: 8
-    resources:
-        **cpu_resources(mem_mb=32000, runtime=720),
     conda:
         "../../envs/genomics.yaml"
     container:
         "docker://hkubal/clair3:v1.2.0"
     envmodules:
         GENOMICS["modules"]["clair3"],
+    threads: 8
+    resources:
+        **cpu_resources(mem_mb=32000, runtime=720),
+    params:
+        platform=lambda wc: {"illumina": "ilmn", "ont": "ont"}[genomics_platform(wc)],
+        model=GENOMICS["variants"]["clair3"]["model"],
+        outdir=subpath(output[0], parent=True),
+        options=GENOMICS["variants"]["clair3"]["options"],
     shell:
         "run_clair3.sh --bam_fn={input.bam} --ref_fn={input.reference} --threads={threads}"
         " --platform={params.platform} --model_path={params.model} --output={params.outdir}"
@@ -451,13 +452,13 @@ rule finish_variants:
         "logs/genomics/{sample}/finish_variants.log",
     benchmark:
         "benchmarks/genomics/{sample}/finish_variants.tsv"
-    params:
-        min_qual=GENOMICS["variants"]["min_qual"],
+    conda:
+        "../../envs/genomics.yaml"
     threads: 1
     resources:
         **cpu_resources(mem_mb=2000, runtime=60),
-    conda:
-        "../../envs/genomics.yaml"
+    params:
+        min_qual=GENOMICS["variants"]["min_qual"],
     shell:
         "python -m gpubio --threads {threads} finish-variants {input.calls} --reference {input.reference}"
         " --sample {wildcards.sample} --min-qual {params.min_qual} --out {output.vcf} > {log} 2>&1"
@@ -479,6 +480,13 @@ rule variant_effects:
         "logs/genomics/{sample}/variant_effects.log",
     benchmark:
         "benchmarks/genomics/{sample}/variant_effects.tsv"
+    conda:
+        "../../envs/genomics-effects.yaml"
+    threads: 4
+    resources:
+        **gpu_resources(
+            gpus=1, vram_gb=12, policy="cheapest", cpus=4, mem_mb=16000, runtime=240
+        ),
     params:
         effects=GENOMICS["variant_effects"],
         track_names=(
@@ -486,15 +494,9 @@ rule variant_effects:
             if GENOMICS["variant_effects"]["track_names"]
             else ""
         ),
-    threads: 4
-    resources:
-        **gpu_resources(
-            gpus=1, vram_gb=12, policy="cheapest", cpus=4, mem_mb=16000, runtime=240
-        ),
-    conda:
-        "../../envs/genomics-effects.yaml"
+        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} variant-effects"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} variant-effects"
         " --vcf {input.vcf} --reference {input.reference} --family {params.effects[family]}"
         " --weights {input.weights} --sequence-length {params.effects[sequence_length]}"
         " --batch-size {params.effects[batch_size]} --head {params.effects[head]}"
@@ -536,16 +538,16 @@ rule genomics_plots:
         "logs/genomics/genomics_plots.log",
     benchmark:
         "benchmarks/genomics/genomics_plots.tsv"
+    conda:
+        "../../envs/genomics.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=2000, runtime=30),
     params:
         min_qual=GENOMICS["variants"]["min_qual"],
         effects=lambda wc, input: (
             "--effects " + " ".join(input.effects) if "effects" in input.keys() else ""
         ),
-    threads: 1
-    resources:
-        **cpu_resources(mem_mb=2000, runtime=30),
-    conda:
-        "../../envs/genomics.yaml"
     shell:
         "python -m gpubio genomics-plots --qc {input.qc} --coverage {input.coverage} --vcf {input.vcf}"
         " {params.effects} --min-qual {params.min_qual} --out-read-qc {output.read_qc}"

@@ -1,4 +1,12 @@
-# Transcriptomics: per-sample cell QC (clustering, annotation, spatial build on it).
+# Transcriptomics: per-sample cell QC -> all samples integrated and clustered (GPU or CPU)
+# -> CellTypist / scANVI labels, optional foundation-model embeddings -> atlas, figures,
+# spatial statistics per sample with coordinates.
+from gpubio.transcriptomics.annotation import ScanviParams
+from gpubio.transcriptomics.cluster import ClusterParams
+from gpubio.transcriptomics.commands import cli_options
+from gpubio.transcriptomics.embeddings import EmbeddingParams
+from gpubio.transcriptomics.sizing import atlas_mem_mb, atlas_vram_gb
+from gpubio.transcriptomics.spatial import SpatialParams
 
 
 rule cell_qc:
@@ -25,3 +33,255 @@ rule cell_qc:
         " --max-mito-pct {params.qc[max_mito_pct]} --min-cells {params.qc[min_cells]}"
         " --mito-prefix {params.qc[mito_prefix]:q}"
         " --out-json {output.json} --out-h5ad {output.h5ad} > {log} 2>&1"
+
+
+# One job over all samples. VRAM grows with cells x genes (the size of the inputs, known from
+# the sheet's count files): a small data set fits a T4, a million-cell atlas needs an 80 GB
+# card. No GPU: the same code on scanpy.
+rule integrate_cells:
+    input:
+        get_filtered_cells,
+    output:
+        h5ad="results/transcriptomics/integrated.h5ad",
+        markers=report(
+            "results/transcriptomics/markers.tsv",
+            caption="../report/transcriptomics_markers.rst",
+            category="transcriptomics",
+            subcategory="Atlas",
+        ),
+    log:
+        "logs/transcriptomics/integrate_cells.log",
+    benchmark:
+        "benchmarks/transcriptomics/integrate_cells.tsv"
+    conda:
+        "../../envs/transcriptomics-rapids.yaml"
+    threads: 8
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=atlas_vram_gb(TRANSCRIPTOMICS_INPUT_MB),
+            min_compute_capability=7.0,
+            policy="cheapest",
+            cpus=8,
+            mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
+            runtime=240,
+        ),
+    params:
+        backend=TRANSCRIPTOMICS.get("backend", "auto"),
+        n_markers=TRANSCRIPTOMICS.get("markers", {}).get("n_genes", 25),
+        options=cli_options(TRANSCRIPTOMICS.get("cluster", {}), ClusterParams),
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} integrate-cells {input}"
+        " --backend {params.backend} --n-markers {params.n_markers} {params.options}"
+        " --out-h5ad {output.h5ad} --out-markers {output.markers} > {log} 2>&1"
+
+
+rule train_celltypist:
+    input:
+        reference=TRANSCRIPTOMICS.get("annotation", {}).get("reference") or [],
+    output:
+        "results/transcriptomics/celltypist/model.pkl",
+    log:
+        "logs/transcriptomics/train_celltypist.log",
+    benchmark:
+        "benchmarks/transcriptomics/train_celltypist.tsv"
+    conda:
+        "../../envs/transcriptomics.yaml"
+    threads: 4
+    resources:
+        **cpu_resources(mem_mb=8000, runtime=120),
+    params:
+        label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
+        celltypist=TRANSCRIPTOMICS.get("annotation", {}).get("celltypist", {}),
+    shell:
+        "python -m gpubio --threads {threads} train-celltypist --reference {input.reference}"
+        " --label-key {params.label_key:q} --max-iter {params.celltypist[max_iter]}"
+        " --seed {params.celltypist[seed]} --out {output} > {log} 2>&1"
+
+
+rule annotate_celltypist:
+    input:
+        integrated="results/transcriptomics/integrated.h5ad",
+        model=get_celltypist_model,
+    output:
+        "results/transcriptomics/annotation/celltypist.tsv",
+    log:
+        "logs/transcriptomics/annotate_celltypist.log",
+    benchmark:
+        "benchmarks/transcriptomics/annotate_celltypist.tsv"
+    conda:
+        "../../envs/transcriptomics.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+    params:
+        voting=(
+            "--majority-voting"
+            if TRANSCRIPTOMICS.get("annotation", {})
+            .get("celltypist", {})
+            .get("majority_voting")
+            else "--no-majority-voting"
+        ),
+    shell:
+        "python -m gpubio --threads {threads} annotate-celltypist --integrated {input.integrated}"
+        " --model {input.model} {params.voting} --out {output} > {log} 2>&1"
+
+
+# scVI/scANVI train with PyTorch: on the job's GPU when it has one, else on the CPU.
+rule annotate_scanvi:
+    input:
+        integrated="results/transcriptomics/integrated.h5ad",
+        reference=TRANSCRIPTOMICS.get("annotation", {}).get("reference") or [],
+    output:
+        "results/transcriptomics/annotation/scanvi.tsv",
+    log:
+        "logs/transcriptomics/annotate_scanvi.log",
+    benchmark:
+        "benchmarks/transcriptomics/annotate_scanvi.tsv"
+    conda:
+        "../../envs/transcriptomics.yaml"
+    threads: 2
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=8,
+            policy="cheapest",
+            cpus=4,
+            mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
+            runtime=240,
+        ),
+    params:
+        label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
+        options=cli_options(
+            TRANSCRIPTOMICS.get("annotation", {}).get("scanvi", {}), ScanviParams
+        ),
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} annotate-scanvi"
+        " --integrated {input.integrated} --reference {input.reference} --label-key {params.label_key:q}"
+        " {params.options} --out {output} > {log} 2>&1"
+
+
+# Geneformer-style embeddings (off unless transcriptomics.embeddings.weights names a model).
+rule embed_cells:
+    input:
+        integrated="results/transcriptomics/integrated.h5ad",
+        weights=TRANSCRIPTOMICS.get("embeddings", {}).get("weights") or [],
+    output:
+        "results/transcriptomics/embeddings.h5ad",
+    log:
+        "logs/transcriptomics/embed_cells.log",
+    benchmark:
+        "benchmarks/transcriptomics/embed_cells.tsv"
+    conda:
+        "../../envs/transcriptomics.yaml"
+    threads: 4
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=TRANSCRIPTOMICS.get("embeddings", {}).get("vram_gb", 16),
+            policy="cheapest",
+            cpus=4,
+            mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
+            runtime=240,
+        ),
+    params:
+        options=cli_options(TRANSCRIPTOMICS.get("embeddings", {}), EmbeddingParams),
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} embed-cells"
+        " --integrated {input.integrated} --weights {input.weights} {params.options}"
+        " --out {output} > {log} 2>&1"
+
+
+rule build_atlas:
+    input:
+        unpack(get_atlas_inputs),
+    output:
+        "results/transcriptomics/atlas.h5ad",
+    log:
+        "logs/transcriptomics/build_atlas.log",
+    benchmark:
+        "benchmarks/transcriptomics/build_atlas.tsv"
+    conda:
+        "../../envs/transcriptomics.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+    params:
+        embeddings=lambda wildcards, input: (
+            f"--embeddings {input.embeddings}" if input.embeddings else ""
+        ),
+    shell:
+        "python -m gpubio --threads {threads} build-atlas --integrated {input.integrated}"
+        " --labels {input.labels} {params.embeddings} --out {output} > {log} 2>&1"
+
+
+rule plot_atlas:
+    input:
+        "results/transcriptomics/atlas.h5ad",
+    output:
+        umap=report(
+            "results/transcriptomics/plots/umap.png",
+            caption="../report/transcriptomics_umap.rst",
+            category="transcriptomics",
+            subcategory="Atlas",
+        ),
+        violins=report(
+            "results/transcriptomics/plots/qc_violins.png",
+            caption="../report/transcriptomics_qc_violins.rst",
+            category="transcriptomics",
+            subcategory="QC",
+        ),
+        dotplot=report(
+            "results/transcriptomics/plots/markers_dotplot.png",
+            caption="../report/transcriptomics_markers_dotplot.rst",
+            category="transcriptomics",
+            subcategory="Atlas",
+        ),
+    log:
+        "logs/transcriptomics/plot_atlas.log",
+    benchmark:
+        "benchmarks/transcriptomics/plot_atlas.tsv"
+    conda:
+        "../../envs/transcriptomics.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+    params:
+        dotplot_genes=TRANSCRIPTOMICS.get("markers", {}).get("dotplot_genes", 3),
+    shell:
+        "python -m gpubio --threads {threads} plot-atlas --atlas {input} --dotplot-genes {params.dotplot_genes}"
+        " --out-umap {output.umap} --out-violins {output.violins} --out-dotplot {output.dotplot} > {log} 2>&1"
+
+
+rule spatial_stats:
+    input:
+        atlas="results/transcriptomics/atlas.h5ad",
+        coordinates=get_coordinates,
+        interactions=get_interactions,
+    output:
+        tsv="results/transcriptomics/spatial/{sample}.tsv",
+        png=report(
+            "results/transcriptomics/spatial/{sample}.png",
+            caption="../report/transcriptomics_spatial.rst",
+            category="transcriptomics",
+            subcategory="Spatial",
+            labels={"sample": "{sample}"},
+        ),
+    log:
+        "logs/transcriptomics/{sample}/spatial_stats.log",
+    benchmark:
+        "benchmarks/transcriptomics/{sample}/spatial_stats.tsv"
+    conda:
+        "../../envs/transcriptomics.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=120),
+    params:
+        options=cli_options(TRANSCRIPTOMICS.get("spatial", {}), SpatialParams),
+        interactions=lambda wildcards, input: (
+            f"--interactions {input.interactions}" if input.interactions else ""
+        ),
+    shell:
+        "python -m gpubio --threads {threads} spatial-stats --atlas {input.atlas} --sample {wildcards.sample}"
+        " --coordinates {input.coordinates} {params.interactions} {params.options}"
+        " --out-tsv {output.tsv} --out-png {output.png} > {log} 2>&1"

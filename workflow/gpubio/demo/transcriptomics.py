@@ -2,8 +2,9 @@
 
 Planted truth: each cell's type (`cell_types.tsv`), which cells are low quality (high mito
 fraction or very few counts, so QC must drop exactly those), a batch effect on sample 2,
-a labelled reference set for annotation, and spatial coordinates for sample 1 in which
-cells of one type sit together (so neighbourhood enrichment is positive for same types).
+a labelled reference set for annotation, spatial coordinates for sample 1 in which
+cells of one type sit together (so neighbourhood enrichment is positive for same types), and
+ligand-receptor pairs whose two genes mark two known types.
 """
 
 from __future__ import annotations
@@ -141,6 +142,18 @@ def spatial_layout(rng: np.random.Generator, cell_types: pd.Series) -> pd.DataFr
     return pd.DataFrame({"barcode": cell_types.index, "x": xy[:, 0].round(2), "y": xy[:, 1].round(2)})
 
 
+def write_interactions(path: Path) -> list[dict]:
+    """Ligand-receptor pairs for squidpy ligrec: a marker of one type paired with a marker of another,
+    so the pair's mean expression is highest between exactly those two types."""
+    markers = marker_genes()
+    pairs = [("T cell", "B cell"), ("Monocyte", "NK cell")]
+    rows = [
+        {"source": markers[a][0], "target": markers[b][0], "source_type": a, "target_type": b} for a, b in pairs
+    ]
+    path.write_text("source\ttarget\n" + "".join(f"{r['source']}\t{r['target']}\n" for r in rows))
+    return rows
+
+
 def qc_truth(counts: sp.csr_matrix, obs: pd.DataFrame, genes: list[str]) -> dict:
     """What per-sample QC must report for these cells at the demo thresholds."""
     total = np.asarray(counts.sum(axis=1)).ravel()
@@ -191,6 +204,7 @@ def make_transcriptomics(outdir: Path, rng: np.random.Generator, cells_per_sampl
     reference.var_names = genes
     reference.write_h5ad(outdir / "reference.h5ad")
 
-    summary = {"samples": truth, "markers": marker_genes(), "cell_types": CELL_TYPES}
+    interactions = write_interactions(outdir / "interactions.tsv")
+    summary = {"samples": truth, "markers": marker_genes(), "cell_types": CELL_TYPES, "interactions": interactions}
     (outdir / "truth.json").write_text(json.dumps(summary, indent=2) + "\n")
     return rows

@@ -66,7 +66,12 @@ def _unaligned_bam(path: str) -> Iterator[Read]:
             seq, qual = rec.query_sequence or "", rec.qual
             if rec.is_reverse:  # an aligned input: back to the read as sequenced
                 seq, qual = revcomp(seq), (qual[::-1] if qual else qual)
-            yield Read(rec.query_name, seq, qual, rec.get_tags(with_value_type=True))
+            yield Read(rec.query_name, seq, qual, _tags(rec))
+
+
+def _tags(rec) -> list[tuple]:
+    """Tags with their SAM types; arrays (B) keep their element type through the array itself."""
+    return [(t, v) if ty == "B" else (t, v, ty) for t, v, ty in rec.get_tags(with_value_type=True)]
 
 
 def read_groups_of(paths: list[str]) -> list[dict]:
@@ -270,7 +275,7 @@ def align_reads(
 
 
 def _read_group(read: Read, known: set[str], default: str) -> str:
-    for tag, value, _ in read.tags:
+    for tag, value, *_ in read.tags:
         if tag == "RG" and value in known:
             return value
     return default

@@ -128,8 +128,11 @@ def demux_bams(demux_dir: str | Path, barcode: str) -> list[Path]:
     return found
 
 
-def label_reads(inputs: list[str], sample: str, out: str, threads: int = 1) -> int:
-    """Write the reads of one sample with SM set to the sample name on every @RG (IDs and tags kept)."""
+def label_reads(inputs: list[str], sample: str, out: str, threads: int = 1, barcode: str | None = None) -> int:
+    """Write the reads of one sample with SM set to the sample name on every @RG (IDs and tags kept).
+
+    With a barcode, @RG lines of the run's other barcodes (IDs ending in _barcodeNN) are left out.
+    """
     import pysam
 
     from gpubio.atomic import atomic_path
@@ -139,7 +142,10 @@ def label_reads(inputs: list[str], sample: str, out: str, threads: int = 1) -> i
         with pysam.AlignmentFile(str(path), "rb", check_sq=False) as bam:
             headers.append(bam.header.to_dict())
     header = {"HD": {"VN": "1.6", "SO": "unknown"}}
-    header["RG"] = [dict(rg, SM=sample) for rg in merge_read_groups(headers)]
+    groups = merge_read_groups(headers)
+    if barcode:
+        groups = [rg for rg in groups if not re.search(r"_barcode\d+$", rg["ID"]) or rg["ID"].endswith(f"_{barcode}")]
+    header["RG"] = [dict(rg, SM=sample) for rg in groups]
     header["PG"] = [pg for h in headers for pg in h.get("PG", [])][:1]
     if not header["PG"]:
         del header["PG"]
@@ -168,7 +174,7 @@ def sample_reads(source: str, sample: str, out: str, barcode: str | None = None,
             )
     else:
         inputs = [source]
-    return label_reads([str(p) for p in inputs], sample, out, threads)
+    return label_reads([str(p) for p in inputs], sample, out, threads, barcode)
 
 
 def tool_args(gpu_args: str, cpu_args: str, devices: list[int]) -> list[str]:

@@ -42,6 +42,7 @@ def combine_samples(paths: list[str]):
     """One AnnData of every sample's filtered cells; a gene missing from a sample counts 0 there."""
     import anndata as ad
     import numpy as np
+    import pandas as pd
     import scipy.sparse as sp
 
     parts = [ad.read_h5ad(p) for p in paths]
@@ -50,9 +51,14 @@ def combine_samples(paths: list[str]):
             raise ValueError(f"{path}: expected the output of cell QC (layers['counts'], obs sample and batch)")
     common = set.intersection(*(set(p.var_names) for p in parts))
     combined = ad.concat(parts, join="outer", fill_value=0, merge="same")
+    for column in {c for part in parts for c in part.var.columns} - set(combined.var.columns):
+        # gene annotation (ids, feature type) of genes that only some samples kept
+        values = pd.concat([part.var[column] for part in parts if column in part.var])
+        combined.var[column] = values[~values.index.duplicated()].reindex(combined.var_names)
     if combined.n_vars > len(common):
         log.info("%d genes are missing from some samples (filtered there); counted as 0", combined.n_vars - len(common))
     combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
+    combined.var["n_cells"] = np.asarray((combined.X > 0).sum(axis=0)).ravel()  # over all samples now
     combined.layers["counts"] = sp.csr_matrix(combined.layers["counts"], dtype=np.float32)
     for column in ("sample", "batch"):
         combined.obs[column] = combined.obs[column].astype(str).astype("category")

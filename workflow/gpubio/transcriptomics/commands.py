@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
+import shlex
 
 log = logging.getLogger("gpubio")
+
+
+# --------------------------------------------------------------------------- options from config
+
+
+def add_options(parser: argparse.ArgumentParser, params_class) -> None:
+    """One --flag per field of a parameter dataclass (the keys of its config.yaml section)."""
+    for f in dataclasses.fields(params_class):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            parser.add_argument(flag, type=type(f.default), default=f.default)
+
+
+def params_from(args, params_class):
+    return params_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(params_class)})
+
+
+def cli_options(section: dict, params_class) -> str:
+    """The flags for a config.yaml section, for a rule's shell command (shown by `snakemake -n -p`)."""
+    words = []
+    for f in dataclasses.fields(params_class):
+        if f.name not in section:
+            continue
+        value, flag = section[f.name], "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------- commands
 
 
 def _cell_qc(args) -> None:
@@ -18,7 +55,66 @@ def _cell_qc(args) -> None:
     log.info("cell QC %s: %d of %d cells kept", args.sample, result["cells_after_qc"], result["cells"])
 
 
+def _integrate(args) -> None:
+    from gpubio.transcriptomics.cluster import ClusterParams, integrate_samples
+
+    integrate_samples(
+        args.filtered, args.out_h5ad, args.out_markers, params_from(args, ClusterParams),
+        backend=args.backend, threads=args.threads, n_markers=args.n_markers,
+    )  # fmt: skip
+
+
+def _train_celltypist(args) -> None:
+    from gpubio.transcriptomics.annotation import train_celltypist
+
+    train_celltypist(args.reference, args.label_key, args.out, args.max_iter, args.threads, args.seed)
+
+
+def _annotate_celltypist(args) -> None:
+    from gpubio.transcriptomics.annotation import annotate_celltypist
+
+    annotate_celltypist(args.integrated, args.model, args.out, args.majority_voting)
+
+
+def _annotate_scanvi(args) -> None:
+    from gpubio.transcriptomics.annotation import ScanviParams, annotate_scanvi
+
+    annotate_scanvi(args.integrated, args.reference, args.label_key, args.out, params_from(args, ScanviParams),
+                    args.threads)  # fmt: skip
+
+
+def _embed(args) -> None:
+    from gpubio.transcriptomics.embeddings import EmbeddingParams, run_embeddings
+
+    run_embeddings(args.integrated, args.weights, args.out, params_from(args, EmbeddingParams), args.threads)
+
+
+def _build_atlas(args) -> None:
+    from gpubio.transcriptomics.atlas import build_atlas
+
+    build_atlas(args.integrated, args.out, args.labels, args.embeddings)
+
+
+def _plot_atlas(args) -> None:
+    from gpubio.transcriptomics.atlas import plot_atlas
+
+    plot_atlas(args.atlas, args.out_umap, args.out_violins, args.out_dotplot, args.dotplot_genes)
+
+
+def _spatial(args) -> None:
+    from gpubio.transcriptomics.spatial import SpatialParams, run_spatial
+
+    run_spatial(args.atlas, args.sample, args.coordinates, args.out_tsv, args.out_png,
+                params_from(args, SpatialParams), args.interactions, args.threads)  # fmt: skip
+
+
 def register(sub) -> None:
+    from gpubio.transcriptomics.annotation import ScanviParams
+    from gpubio.transcriptomics.backend import BACKENDS
+    from gpubio.transcriptomics.cluster import ClusterParams
+    from gpubio.transcriptomics.embeddings import EmbeddingParams
+    from gpubio.transcriptomics.spatial import SpatialParams
+
     p = sub.add_parser("cell-qc", help="single-cell QC and filtering of one sample")
     p.add_argument("--counts", required=True)
     p.add_argument("--sample", required=True)
@@ -31,3 +127,67 @@ def register(sub) -> None:
     p.add_argument("--min-cells", type=int, default=3)
     p.add_argument("--mito-prefix", default="MT-")
     p.set_defaults(func=_cell_qc)
+
+    p = sub.add_parser("integrate-cells", help="all samples in one object: HVG, PCA, Harmony, UMAP, Leiden, markers")
+    p.add_argument("filtered", nargs="+", help="per-sample filtered.h5ad files from cell-qc")
+    p.add_argument("--out-h5ad", required=True)
+    p.add_argument("--out-markers", required=True)
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: rapids-singlecell when given a GPU")
+    p.add_argument("--n-markers", type=int, default=25, help="marker genes per cluster in the table")
+    add_options(p, ClusterParams)
+    p.set_defaults(func=_integrate)
+
+    p = sub.add_parser("train-celltypist", help="train a CellTypist model on a labelled reference .h5ad")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--label-key", default="cell_type")
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_celltypist)
+
+    p = sub.add_parser("annotate-celltypist", help="label cells with a CellTypist model file")
+    p.add_argument("--integrated", required=True)
+    p.add_argument("--model", required=True, help="a .pkl model path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--majority-voting", action=argparse.BooleanOptionalAction, default=False)
+    p.set_defaults(func=_annotate_celltypist)
+
+    p = sub.add_parser("annotate-scanvi", help="label cells by mapping them onto a reference with scANVI")
+    p.add_argument("--integrated", required=True)
+    p.add_argument("--reference", required=True)
+    p.add_argument("--label-key", default="cell_type")
+    p.add_argument("--out", required=True)
+    add_options(p, ScanviParams)
+    p.set_defaults(func=_annotate_scanvi)
+
+    p = sub.add_parser("embed-cells", help="Geneformer-style cell embeddings from a local BERT model")
+    p.add_argument("--integrated", required=True)
+    p.add_argument("--weights", required=True, help="model directory (config.json, weights, token_dictionary)")
+    p.add_argument("--out", required=True)
+    add_options(p, EmbeddingParams)
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser("build-atlas", help="join label tables and embeddings into the atlas .h5ad")
+    p.add_argument("--integrated", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--labels", nargs="*", default=[], help="per-cell label tables (TSV)")
+    p.add_argument("--embeddings")
+    p.set_defaults(func=_build_atlas)
+
+    p = sub.add_parser("plot-atlas", help="UMAP, QC violins and marker dot plot of the atlas")
+    p.add_argument("--atlas", required=True)
+    p.add_argument("--out-umap", required=True)
+    p.add_argument("--out-violins", required=True)
+    p.add_argument("--out-dotplot", required=True)
+    p.add_argument("--dotplot-genes", type=int, default=3)
+    p.set_defaults(func=_plot_atlas)
+
+    p = sub.add_parser("spatial-stats", help="squidpy neighbourhood enrichment and Moran's I of one sample")
+    p.add_argument("--atlas", required=True)
+    p.add_argument("--sample", required=True)
+    p.add_argument("--coordinates", required=True, help="CSV: barcode,x,y")
+    p.add_argument("--out-tsv", required=True)
+    p.add_argument("--out-png", required=True)
+    p.add_argument("--interactions", help="ligand-receptor pairs (columns source, target) for ligrec")
+    add_options(p, SpatialParams)
+    p.set_defaults(func=_spatial)

@@ -22,8 +22,8 @@ class SpatialParams:
 
     cluster_key: str = "leiden"
     n_neighbors: int = 6
-    n_perms: int = 100
-    n_genes: int = 50
+    n_perms: int = 1000
+    n_genes: int = 100
     seed: int = 0
 
 
@@ -94,7 +94,7 @@ def spatial_statistics(adata, params: SpatialParams, interactions=None, threads:
     import squidpy as sq
 
     key = params.cluster_key
-    sq.gr.spatial_neighbors(adata, coord_type="generic", n_neighs=params.n_neighbors)
+    sq.gr.spatial_neighbors_knn(adata, n_neighs=params.n_neighbors)
     rows = []
     if adata.obs[key].nunique() > 1:
         sq.gr.nhood_enrichment(adata, cluster_key=key, n_perms=params.n_perms, seed=params.seed, n_jobs=1,

@@ -1,0 +1,65 @@
+"""The transcriptomics section of config.yaml as the rules read it: which steps run, and
+the problems found in it before any job starts (files it names that do not exist)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def transcriptomics_settings(config: dict) -> dict:
+    """The validated section (defaults filled by gpubio.config), or {} when the module is off."""
+    return config.get("transcriptomics") or {}
+
+
+def annotation_steps(settings: dict) -> dict[str, bool]:
+    """celltypist: label with CellTypist; train_celltypist: train its model on the reference first;
+    scanvi: label with scANVI; embeddings: Geneformer-style embeddings."""
+    if not settings:
+        return {"celltypist": False, "train_celltypist": False, "scanvi": False, "embeddings": False}
+    annotation = settings["annotation"]
+    reference, celltypist = annotation["reference"], annotation["celltypist"]
+    use_celltypist = celltypist["enabled"] and bool(celltypist["model"] or reference)
+    return {
+        "celltypist": use_celltypist,
+        "train_celltypist": use_celltypist and not celltypist["model"],
+        "scanvi": annotation["scanvi"]["enabled"] and bool(reference),
+        "embeddings": bool(settings["embeddings"]["weights"]),
+    }
+
+
+def config_problems(settings: dict, config_file: str, workdir: str = ".") -> list[str]:
+    """One line per problem in the transcriptomics section (paths are from the working directory)."""
+    problems = []
+    workdir = Path(workdir)
+
+    def check(key: str, value: str, kind: str, suffixes: tuple[str, ...] = (), fix: str = "fix the path") -> None:
+        if not value:
+            return
+        path = workdir / value
+        exists = path.is_dir() if kind == "directory" else path.is_file()
+        if not exists:
+            problems.append(f"{config_file}: transcriptomics.{key} '{value}' is not an existing {kind}; {fix}")
+        elif suffixes and not value.endswith(suffixes):
+            problems.append(f"{config_file}: transcriptomics.{key} '{value}' should end in {' or '.join(suffixes)}")
+
+    annotation = settings["annotation"]
+    check("annotation.reference", annotation["reference"], "file", (".h5ad",),
+          "give a labelled .h5ad, or \"\" for no reference")  # fmt: skip
+    check("annotation.celltypist.model", annotation["celltypist"]["model"], "file", (".pkl",),
+          "give a CellTypist .pkl file (a path, never a bare model name: that would go online)")  # fmt: skip
+    check("spatial.interactions", settings["spatial"]["interactions"], "file")
+    weights = settings["embeddings"]["weights"]
+    check("embeddings.weights", weights, "directory", fix="give the local model directory")
+    if weights and (workdir / weights).is_dir() and not (workdir / weights / "config.json").is_file():
+        problems.append(
+            f"{config_file}: transcriptomics.embeddings.weights '{weights}' has no config.json; "
+            "point it at a directory written by save_pretrained"
+        )
+    steps = annotation_steps(settings)
+    key = settings["spatial"]["cluster_key"]
+    if key != "leiden" and not steps[key.removesuffix("_label")]:
+        problems.append(
+            f"{config_file}: transcriptomics.spatial.cluster_key is {key} but that annotation does not run "
+            "(it needs annotation.reference, or a CellTypist model); use leiden or configure the annotation"
+        )
+    return problems
