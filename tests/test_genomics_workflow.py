@@ -77,7 +77,8 @@ def test_demo_variant_effects_are_finite_batched_and_reproducible(demo_run, demo
     model = load_effect_model("enformer", demo / "enformer_tiny", 512, "cpu")
     subset = list(read_variants(str(out / "variants.vcf.gz")))[:6]
     alone = score_variants(model, str(demo / "reference.fa"), subset, batch_size=1)
-    assert np.allclose([r["score"] for r in alone], table["score"][:6], rtol=1e-4)
+    # float32 predictions summed over bins: equal to well below the predictions' own precision
+    assert np.allclose([r["score"] for r in alone], table["score"][:6], rtol=0, atol=1e-6)
 
 
 @pytest.mark.e2e

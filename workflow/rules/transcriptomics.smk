@@ -67,11 +67,12 @@ rule integrate_cells:
             runtime=240,
         ),
     params:
+        require_gpu=REQUIRE_GPU,
         backend=TRANSCRIPTOMICS.get("backend", "auto"),
         n_markers=TRANSCRIPTOMICS.get("markers", {}).get("n_genes", 25),
         options=cli_options(TRANSCRIPTOMICS.get("cluster", {}), ClusterParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} integrate-cells {input}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} integrate-cells {input}"
         " --backend {params.backend} --n-markers {params.n_markers} {params.options}"
         " --out-h5ad {output.h5ad} --out-markers {output.markers} > {log} 2>&1"
 
@@ -151,12 +152,13 @@ rule annotate_scanvi:
             runtime=240,
         ),
     params:
+        require_gpu=REQUIRE_GPU,
         label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
         options=cli_options(
             TRANSCRIPTOMICS.get("annotation", {}).get("scanvi", {}), ScanviParams
         ),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} annotate-scanvi"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} annotate-scanvi"
         " --integrated {input.integrated} --reference {input.reference} --label-key {params.label_key:q}"
         " {params.options} --out {output} > {log} 2>&1"
 
@@ -185,9 +187,10 @@ rule embed_cells:
             runtime=240,
         ),
     params:
+        require_gpu=REQUIRE_GPU,
         options=cli_options(TRANSCRIPTOMICS.get("embeddings", {}), EmbeddingParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} embed-cells"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} embed-cells"
         " --integrated {input.integrated} --weights {input.weights} {params.options}"
         " --out {output} > {log} 2>&1"
 

@@ -1,0 +1,114 @@
+"""Segment images of any size tile by tile, with overlap, and stitch the labels.
+
+The image is cut into a grid of non-overlapping *cores*; each tile is its core grown by
+`overlap` pixels on every side (clipped at the image border). A tile is segmented whole,
+and a cell is kept only by the tile whose core holds the cell's centroid, so a cell on a
+border is segmented in one piece (by the tile that sees all of it, when `overlap` exceeds
+the cell diameter) and counted once. Kept cells get new, global labels. Where a kept cell
+meets pixels an earlier tile already labelled, the earlier label stays, and a cell that
+would lose most of its pixels that way is a second copy of an existing one and is dropped.
+
+Only one tile is in memory at a time: pixels are read with `TiffImage.region` and labels
+written with `LabelImage`, so memory is bounded by the tile size, not the image size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("gpubio")
+
+
+@dataclass(frozen=True)
+class Tile:
+    core: tuple[int, int, int, int]  # y0, y1, x0, x1: the pixels this tile owns
+    outer: tuple[int, int, int, int]  # the core plus overlap, clipped: what is segmented
+
+
+def tile_grid(height: int, width: int, tile_size: int, overlap: int) -> list[Tile]:
+    """Cores of at most `tile_size` (evenly split) grown by `overlap`; one tile if the image fits."""
+    if tile_size <= 0:
+        raise ValueError(f"tile_size must be > 0, got {tile_size}")
+    ny, nx = math.ceil(height / tile_size), math.ceil(width / tile_size)
+    ys = np.linspace(0, height, ny + 1).round().astype(int)
+    xs = np.linspace(0, width, nx + 1).round().astype(int)
+    tiles = []
+    for y0, y1 in zip(ys[:-1], ys[1:]):
+        for x0, x1 in zip(xs[:-1], xs[1:]):
+            outer = (max(0, y0 - overlap), min(height, y1 + overlap), max(0, x0 - overlap), min(width, x1 + overlap))
+            tiles.append(Tile(core=(int(y0), int(y1), int(x0), int(x1)), outer=tuple(int(v) for v in outer)))
+    return tiles
+
+
+def label_centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label ids, centroid rows, centroid cols) of every nonzero label, from pixel sums."""
+    flat = labels.ravel()
+    n = int(flat.max()) + 1 if flat.size else 1
+    counts = np.bincount(flat, minlength=n)
+    rows, cols = np.indices(labels.shape)
+    sum_r = np.bincount(flat, weights=rows.ravel(), minlength=n)
+    sum_c = np.bincount(flat, weights=cols.ravel(), minlength=n)
+    ids = np.nonzero(counts)[0]
+    ids = ids[ids > 0]
+    return ids, sum_r[ids] / counts[ids], sum_c[ids] / counts[ids]
+
+
+def stitch_tile(
+    tile: Tile, local: np.ndarray, existing: np.ndarray, next_label: int, min_free_fraction: float = 0.5
+) -> tuple[np.ndarray, int, int]:
+    """Merge one tile's labels into what is already written over its outer region.
+
+    Returns (merged block, the next free label, cells added).
+    """
+    oy, _, ox, _ = tile.outer
+    cy0, cy1, cx0, cx1 = tile.core
+    ids, rows, cols = label_centroids(local)
+    owned = (rows + oy >= cy0) & (rows + oy < cy1) & (cols + ox >= cx0) & (cols + ox < cx1)
+    ids = ids[owned]
+    if not ids.size:
+        return existing, next_label, 0
+    n = int(local.max()) + 1
+    total = np.bincount(local.ravel(), minlength=n)
+    free = np.bincount(local[existing == 0], minlength=n)
+    ids = ids[free[ids] >= min_free_fraction * total[ids]]  # drop second copies of written cells
+    mapping = np.zeros(n, dtype=np.uint32)
+    mapping[ids] = np.arange(next_label, next_label + ids.size, dtype=np.uint32)
+    new = mapping[local]
+    merged = np.where(existing > 0, existing, new)
+    return merged, next_label + int(ids.size), int(ids.size)
+
+
+def segment_tiled(
+    image,
+    out,
+    segment: Callable[[np.ndarray], np.ndarray],
+    tile_size: int,
+    overlap: int,
+) -> dict:
+    """Segment `image` (a TiffImage-like: .shape, .region) into `out` (a LabelImage-like).
+
+    `segment` maps one (C, h, w) block to an (h, w) label image with local labels.
+    Returns the number of cells, tiles and the time spent.
+    """
+    _, height, width = image.shape
+    tiles = tile_grid(height, width, tile_size, overlap)
+    log.info("segmenting %d x %d px in %d tile(s) (tile %d px, overlap %d px)", height, width, len(tiles), tile_size, overlap)
+    next_label, start = 1, time.perf_counter()
+    for k, tile in enumerate(tiles, start=1):
+        y0, y1, x0, x1 = tile.outer
+        local = np.asarray(segment(image.region(y0, y1, x0, x1)), dtype=np.uint32)
+        if local.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"segmentation returned shape {local.shape} for a tile of {(y1 - y0, x1 - x0)}")
+        existing = out.read(y0, y1, x0, x1) if len(tiles) > 1 else np.zeros_like(local)
+        merged, next_label, added = stitch_tile(tile, local, existing, next_label)
+        if added:
+            out.write(y0, x0, merged)
+        if len(tiles) > 1:
+            log.info("tile %d/%d %s: %d cells kept", k, len(tiles), tile.core, added)
+    return {"cells": next_label - 1, "tiles": len(tiles), "seconds": round(time.perf_counter() - start, 3)}
