@@ -98,7 +98,10 @@ def chain_by_hand(root: Path, threads: int) -> float:
     demo = root / "resources" / "demo" / "genomics"
     ref = str(demo / "reference.fa")
     pysam.faidx(ref)
-    torch.set_num_threads(threads)
+    import yaml
+
+    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["genomics"]["variant_effects"]
+    torch.set_num_threads(settings["threads"])  # as the workflow's scoring jobs
     out = root / "byhand"
     inputs = {"illu1": ("illumina", [demo / "illumina_R1.fastq.gz", demo / "illumina_R2.fastq.gz"]),
               "ont1": ("ont", [demo / "ont.fastq.gz"])}  # fmt: skip

@@ -9,7 +9,7 @@ run in this one run, one after the other, each step a fresh process with the sam
 threads; time is wall time, memory the peak resident set of the largest process. Both
 results must agree (ARI of the Leiden clusters) for the comparison to count.
 
-    python bench/transcriptomics.py [--cells 20000 100000] [--threads 2] [--out bench/results/transcriptomics.md]
+    python bench/transcriptomics.py [--cells 20000 100000] [--threads 2] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each path per size; the fastest counts")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "transcriptomics.md"))
     parser.add_argument("--workdir", help="keep data and logs here (default: a temporary directory)")
     parser.add_argument("--bare", help=argparse.SUPPRESS)  # internal: run the bare script, write here
@@ -158,7 +159,7 @@ def main() -> None:
         bare_scanpy(args.inputs, args.bare, args.threads)
         return
 
-    rows = []
+    rows, results = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.workdir or tmp)
         for n in args.cells:
@@ -166,9 +167,14 @@ def main() -> None:
             inputs = make_data(work / "data", n)
             (work / "workflow").mkdir(parents=True, exist_ok=True)
             (work / "bare").mkdir(parents=True, exist_ok=True)
-            wf_time, wf_mem, wf_result = workflow_path(inputs, work / "workflow", args.threads)
-            bare_time, bare_mem, bare_result = bare_path(inputs, work / "bare", args.threads)
-            ari = agreement(wf_result, bare_result)
+            best = {"workflow": (float("inf"), 0.0), "bare": (float("inf"), 0.0)}
+            for _ in range(args.repeats):  # alternating; the fastest run of each counts
+                for name, path in (("workflow", workflow_path), ("bare", bare_path)):
+                    seconds, rss, result = path(inputs, work / name, args.threads)
+                    results[name] = result
+                    best[name] = min(best[name], (seconds, rss))
+            (wf_time, wf_mem), (bare_time, bare_mem) = best["workflow"], best["bare"]
+            ari = agreement(results["workflow"], results["bare"])
             rows.append((n, wf_time, bare_time, wf_mem, bare_mem, ari))
             print(f"{n} cells: workflow {wf_time:.1f} s / {wf_mem:.0f} MB, bare {bare_time:.1f} s / {bare_mem:.0f} MB,"
                   f" ARI {ari:.3f}", flush=True)  # fmt: skip
@@ -176,14 +182,14 @@ def main() -> None:
 
 
 def write_report(rows, args) -> None:
-    import scanpy
+    from importlib.metadata import version
 
     lines = [
         "# Transcriptomics: workflow CPU path vs bare scanpy",
         "",
         f"Command: `.venv/bin/python bench/transcriptomics.py --cells {' '.join(map(str, args.cells))} "
-        f"--threads {args.threads}` ({os.cpu_count()}-core CPU machine, no GPU, Python "
-        f"{platform.python_version()}, scanpy {scanpy.__version__})",
+        f"--threads {args.threads} --repeats {args.repeats}` ({os.cpu_count()}-core CPU machine, no GPU, "
+        f"Python {platform.python_version()}, scanpy {version('scanpy')}; fastest of {args.repeats} alternating runs)",
         "",
         f"Synthetic data: two 10x .h5 samples, {N_TYPES} cell types, {N_GENES} genes, batch effect on the second. "
         "Workflow = `gpubio cell-qc` per sample + `gpubio integrate-cells --backend scanpy` (three processes, "

@@ -50,6 +50,23 @@ def filtered(demo, tmp_path_factory) -> list[str]:
     return paths
 
 
+def test_h5ad_input_gives_the_same_cells_as_the_10x_files(demo, filtered, tmp_path):
+    import anndata as ad
+    import scanpy as sc
+
+    from gpubio.transcriptomics.qc import sample_qc
+
+    sc.read_10x_mtx(demo / "pbmc2", var_names="gene_symbols").write_h5ad(tmp_path / "pbmc2.h5ad")
+    qc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["qc"]
+    summary = sample_qc(str(tmp_path / "pbmc2.h5ad"), "pbmc2", "batch2", str(tmp_path / "qc.json"),
+                        str(tmp_path / "filtered.h5ad"), **qc)  # fmt: skip
+    from_mtx = ad.read_h5ad(filtered[1])
+    from_h5ad = ad.read_h5ad(tmp_path / "filtered.h5ad")
+    assert summary["cells_after_qc"] == from_mtx.n_obs
+    assert list(from_h5ad.obs_names) == list(from_mtx.obs_names)
+    assert (from_h5ad.layers["counts"] != from_mtx.layers["counts"]).nnz == 0
+
+
 # --------------------------------------------------------------------------- backend switch
 
 

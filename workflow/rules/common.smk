@@ -53,7 +53,11 @@ SAMPLE_TARGETS = {
         "results/genomics/{sample}/variants.vcf.gz.tbi",
     ],
     "transcriptomics": ["results/transcriptomics/{sample}/qc.json"],
-    "imaging": ["results/imaging/{sample}/qc.json"],
+    "imaging": [
+        "results/imaging/{sample}/qc.json",
+        "results/imaging/{sample}/cells.tsv",
+        "results/imaging/{sample}/overlay.png",
+    ],
 }
 MODULE_TARGETS = {
     domain: [f"results/{domain}/qc_summary.tsv", f"results/{domain}/qc_summary.png"]
@@ -272,7 +276,59 @@ def get_coordinates(wildcards):
 
 
 # ---------------------------------------------------------------- imaging
+from gpubio.imaging.resources import (
+    cellpose_mem_mb,
+    cellpose_training_vram_gb,
+    cellpose_vram_gb,
+    registration_mem_mb,
+    registration_vram_gb,
+)
+from gpubio.imaging.settings import (
+    cellpose_model,
+    config_problems as imaging_config_problems,
+    imaging_settings,
+    registration_options,
+    segmentation_options,
+    training_files,
+    training_options,
+    uses_trained_model,
+)
+
+IMAGING = imaging_settings(config)
+if PROJECT.active("imaging"):
+    _imaging_problems = imaging_config_problems(IMAGING, str(CONFIG_FILE))
+    if _imaging_problems:
+        raise WorkflowError(ConfigError(_imaging_problems).report())
+# learned registration is the GPU option; elastix runs on CPUs
+IMAGING_REGISTRATION_GPUS = 1 if IMAGING["registration"]["method"] == "learned" else 0
+IMAGING_CELLPOSE_MODEL = cellpose_model(IMAGING)
 
 
 def get_image(wildcards):
     return sheet_row("imaging", wildcards.sample)["image"]
+
+
+def get_reference_image(wildcards):
+    return sheet_row("imaging", wildcards.sample)["reference_image"]
+
+
+def has_reference_image(sample):
+    return bool(sheet_row("imaging", sample).get("reference_image"))
+
+
+def get_segmentation_image(wildcards):
+    """The registered image for samples with a reference, else the image itself."""
+    if has_reference_image(wildcards.sample):
+        return f"results/imaging/{wildcards.sample}/registered.tif"
+    return get_image(wildcards)
+
+
+def get_cellpose_model(wildcards):
+    """The model file segmentation reads (trained here, or local); none for built-in names."""
+    if uses_trained_model(IMAGING) or os.path.isfile(IMAGING_CELLPOSE_MODEL):
+        return [IMAGING_CELLPOSE_MODEL]
+    return []
+
+
+def get_training_files(wildcards):
+    return training_files(IMAGING)

@@ -482,7 +482,7 @@ rule variant_effects:
         "benchmarks/genomics/{sample}/variant_effects.tsv"
     conda:
         "../../envs/genomics-effects.yaml"
-    threads: 4
+    threads: GENOMICS["variant_effects"]["threads"]
     resources:
         **gpu_resources(
             gpus=1, vram_gb=12, policy="cheapest", cpus=4, mem_mb=16000, runtime=240

@@ -1,4 +1,5 @@
-# Imaging: image QC (registration, segmentation, features build on it).
+# Imaging: QC -> registration to the reference (samples that have one) -> Cellpose
+# segmentation (tiled; a model trained here or given) -> per-cell features and overlays.
 
 
 rule image_qc:
@@ -16,9 +17,157 @@ rule image_qc:
     resources:
         **cpu_resources(mem_mb=2000, runtime=30),
     params:
-        max_saturated=config.get("imaging", {})
-        .get("qc", {})
-        .get("max_saturated_fraction"),
+        max_saturated=IMAGING["qc"]["max_saturated_fraction"],
     shell:
         "python -m gpubio --threads {threads} image-qc {input} --out {output}"
         " --max-saturated-fraction {params.max_saturated} > {log} 2>&1"
+
+
+# elastix on CPUs; the learned (torch) method on a GPU when the site has one
+rule register_image:
+    input:
+        image=get_image,
+        reference=get_reference_image,
+    output:
+        image="results/imaging/{sample}/registered.tif",
+        transform="results/imaging/{sample}/transform.json",
+        png=report(
+            "results/imaging/{sample}/checkerboard.png",
+            caption="../report/imaging_checkerboard.rst",
+            category="imaging",
+            subcategory="registration",
+            labels={"sample": "{sample}", "figure": "checkerboard"},
+        ),
+    log:
+        "logs/imaging/{sample}/register_image.log",
+    benchmark:
+        "benchmarks/imaging/{sample}/register_image.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 2
+    resources:
+        **gpu_resources(
+            gpus=IMAGING_REGISTRATION_GPUS,
+            vram_gb=registration_vram_gb,
+            cpus=2,
+            mem_mb=lambda wc, input: registration_mem_mb(input.size_mb),
+            runtime=60,
+        ),
+    params:
+        options=registration_options(IMAGING),
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} register-image"
+        " {input.image} --reference {input.reference} --sample {wildcards.sample} {params.options}"
+        " --out-image {output.image} --out-transform {output.transform} --out-png {output.png}"
+        " > {log} 2>&1"
+
+
+# Cellpose 2.0 recipe: train on a folder of images + masks; segmentation then uses the model
+rule train_cellpose:
+    input:
+        get_training_files,
+    output:
+        model="results/imaging/model/cellpose_trained",
+        json="results/imaging/model/training.json",
+        png=report(
+            "results/imaging/model/training_loss.png",
+            caption="../report/imaging_training.rst",
+            category="imaging",
+            subcategory="segmentation model",
+        ),
+    log:
+        "logs/imaging/train_cellpose.log",
+    benchmark:
+        "benchmarks/imaging/train_cellpose.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 4
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=cellpose_training_vram_gb(
+                IMAGING["training"]["crop_size"],
+                IMAGING["training"]["batch_size"],
+                IMAGING["segmentation"]["model"],
+            ),
+            mem_mb=8000,
+            runtime=240,
+        ),
+    params:
+        images=IMAGING["training"].get("images", ""),
+        options=training_options(IMAGING),
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} train-cellpose"
+        " --images {params.images} {params.options} --out {output.model} --out-json {output.json}"
+        " --out-png {output.png} > {log} 2>&1"
+
+
+# VRAM grows with the tile size (flows of a whole tile) and the batch size (network patches)
+rule segment_cells:
+    input:
+        image=get_segmentation_image,
+        model=get_cellpose_model,
+    output:
+        masks="results/imaging/{sample}/masks.tif",
+        json="results/imaging/{sample}/segmentation.json",
+    log:
+        "logs/imaging/{sample}/segment_cells.log",
+    benchmark:
+        "benchmarks/imaging/{sample}/segment_cells.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 4
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=cellpose_vram_gb(
+                IMAGING["segmentation"]["tile_size"],
+                IMAGING["segmentation"]["batch_size"],
+                IMAGING["segmentation"]["model"],
+            ),
+            mem_mb=cellpose_mem_mb(IMAGING["segmentation"]["tile_size"]),
+            runtime=120,
+        ),
+    params:
+        model=IMAGING_CELLPOSE_MODEL,
+        options=segmentation_options(IMAGING),
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} segment-cells"
+        " {input.image} --model {params.model:q} {params.options} --out-masks {output.masks}"
+        " --out-json {output.json} > {log} 2>&1"
+
+
+rule cell_features:
+    input:
+        image=get_segmentation_image,
+        masks="results/imaging/{sample}/masks.tif",
+    output:
+        tsv=report(
+            "results/imaging/{sample}/cells.tsv",
+            caption="../report/imaging_cells.rst",
+            category="imaging",
+            subcategory="cells",
+            labels={"sample": "{sample}", "table": "cells"},
+        ),
+        png=report(
+            "results/imaging/{sample}/overlay.png",
+            caption="../report/imaging_overlay.rst",
+            category="imaging",
+            subcategory="segmentation",
+            labels={"sample": "{sample}", "figure": "overlay"},
+        ),
+    log:
+        "logs/imaging/{sample}/cell_features.log",
+    benchmark:
+        "benchmarks/imaging/{sample}/cell_features.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=3000, runtime=30),
+    params:
+        channel=max(1, IMAGING["segmentation"]["channels"][0]),
+    shell:
+        "python -m gpubio --threads {threads} cell-features {input.image} {input.masks}"
+        " --sample {wildcards.sample} --channel {params.channel} --out-tsv {output.tsv}"
+        " --out-png {output.png} > {log} 2>&1"

@@ -2,8 +2,9 @@
 
 A scene is a set of elliptical nuclei defined in continuous coordinates, so it can be
 rendered on any pixel grid: the sample image on the identity grid, its reference image
-on a grid moved by a known rigid transform. Planted truth: label masks, the transform,
-and the QC numbers (shape, channels, intensity range, saturated fraction).
+on a grid moved by a known rigid transform. Planted truth: label masks (also on the
+reference grid, for the registered image), the transform, and the QC numbers (shape,
+channels, intensity range, saturated fraction).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def make_imaging(outdir: Path, rng: np.random.Generator, size: int = 256) -> dic
     tifffile.imwrite(outdir / "nuclei1.tif", image, metadata={"axes": "CYX"})
     tifffile.imwrite(outdir / "nuclei1_reference.tif", reference, metadata={"axes": "CYX"})
     tifffile.imwrite(outdir / "nuclei1_masks.tif", labels)
+    # the same nuclei on the reference grid: the truth for masks of the registered image
+    tifffile.imwrite(outdir / "nuclei1_reference_masks.tif", ref_labels)
     truth["nuclei1"] = image_qc_truth(image) | {
         "cells": len(nuclei),
         "reference_transform": {

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 
 log = logging.getLogger("gpubio")
+
+
+def torch_device(threads: int):
+    """cuda when torch sees a GPU, else cpu; pins torch's CPU threads and logs the choice."""
+    import torch
+
+    from gpubio.cli import GPU_BACKEND
+
+    torch.set_num_threads(max(1, threads))
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        log.info("backend: GPU (cuda, %s; pinned devices %s)", torch.cuda.get_device_name(0), GPU_BACKEND["devices"])
+    else:
+        device = torch.device("cpu")
+        log.info("backend: CPU (%d thread(s)): torch sees no CUDA device", max(1, threads))
+    return device
 
 
 def _image_qc(args) -> None:
@@ -16,9 +34,292 @@ def _image_qc(args) -> None:
         log.warning("saturated pixels above %.3g in %s", args.max_saturated_fraction, args.image)
 
 
+def _register_image(args) -> None:
+    import numpy as np
+
+    from gpubio.atomic import write_text_atomic
+    from gpubio.imaging.io import read_image, write_image
+    from gpubio.imaging.registration import (
+        ncc,
+        on_grid,
+        register_elastix,
+        register_learned,
+        rigid_parameters,
+        write_checkerboard_png,
+    )
+
+    image, _ = read_image(args.image)
+    reference, _ = read_image(args.reference)
+    channel = args.channel - 1
+    for name, data in (("image", image), ("reference", reference)):
+        if not 0 <= channel < data.shape[0]:
+            raise SystemExit(f"gpubio: register-image: channel {args.channel} does not exist in the {name} ({data.shape[0]} channel(s))")
+    if args.method == "elastix":
+        log.info("registration: itk-elastix, transforms %s on %d CPU thread(s)", args.parameter_file or args.transforms, args.threads)
+        result = register_elastix(
+            reference,
+            image,
+            channel=channel,
+            transforms=args.transforms,
+            grid_spacing=args.grid_spacing,
+            iterations=args.iterations or None,
+            parameter_files=args.parameter_file or (),
+            threads=args.threads,
+        )
+    else:
+        device = torch_device(args.threads)
+        result = register_learned(
+            reference,
+            image,
+            channel=channel,
+            transform=args.learned_transform,
+            deformable=args.deformable,
+            iterations=args.iterations or 150,
+            learning_rate=args.learning_rate,
+            smoothness=args.smoothness,
+            device=device,
+        )
+    fixed = reference[channel]
+    before = ncc(on_grid(image[channel], fixed.shape), fixed)
+    after = ncc(result.registered[channel], fixed, result.valid)
+    centre = [(fixed.shape[0] - 1) / 2, (fixed.shape[1] - 1) / 2]
+    log.info("NCC with the reference: %.4f before, %.4f after (%.1f%% of the reference covered)", before, after, 100 * result.valid.mean())
+    dtype = image.dtype
+    registered = result.registered
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        registered = np.clip(np.rint(registered), info.min, info.max)
+    write_image(args.out_image, registered.astype(dtype))
+    summary = {
+        "method": result.method,
+        "image": args.image,
+        "reference": args.reference,
+        "channel": args.channel,
+        "ncc_before": before,
+        "ncc_after": after,
+        "covered_fraction": float(result.valid.mean()),
+        "matrix_rc": result.matrix.tolist(),
+        "matrix_meaning": "reference pixel (r, c) shows the image at matrix_rc @ (r, c, 1), plus any local deformation",
+        "rigid": rigid_parameters(result.matrix, centre),
+        **result.details,
+    }
+    write_text_atomic(args.out_transform, json.dumps(summary, indent=2) + "\n")
+    write_checkerboard_png(
+        args.out_png,
+        fixed,
+        on_grid(image[channel], fixed.shape),
+        result.registered[channel],
+        before,
+        after,
+        title=f"{args.sample or args.image}: {result.method} registration to the reference",
+    )
+
+
+def _train_cellpose(args) -> None:
+    import os
+    import shutil
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import tifffile
+    import torch
+
+    from gpubio.atomic import atomic_path, write_text_atomic
+    from gpubio.imaging.cellpose_models import (
+        import_cellpose,
+        intensity_range,
+        network_input,
+        read_training_set,
+        resolve_model,
+        select_channels,
+        train_model,
+    )
+    from gpubio.imaging.io import read_image
+
+    pairs = read_training_set(args.images)
+    device = torch_device(args.threads)
+    cellpose = import_cellpose()
+    base = None if args.base_model in ("", "none") else resolve_model(args.base_model, cellpose, args.download_models)
+    images, labels = [], []
+    for image_path, mask_path in pairs:
+        selected = select_channels(read_image(str(image_path))[0], tuple(args.channels))
+        images.append(network_input(selected, intensity_range(selected)))
+        labels.append(tifffile.imread(mask_path).astype(np.int32))
+    log.info(
+        "training cellpose %s on %d image(s) (%d objects), %s, %d epochs, crops of %d px, batch %d",
+        cellpose.version, len(images), sum(len(np.unique(lab)) - 1 for lab in labels),
+        f"from {base.describe()}" if base else "from scratch", args.epochs, args.crop_size, args.batch_size,
+    )  # fmt: skip
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    out = Path(args.out)
+    work = out.parent / f".{out.name}.train{os.getpid()}"
+    start = time.perf_counter()
+    try:
+        result = train_model(
+            images,
+            labels,
+            work,
+            model_name=out.name,
+            device=device,
+            base_model=base,
+            cellpose=cellpose,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            crop_size=args.crop_size,
+        )
+        with atomic_path(out) as tmp:
+            shutil.move(result["model"], tmp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    losses = result["losses"]
+    log.info("trained in %.1f s; loss %.4f -> %.4f; model %s", seconds, losses[0], losses[-1], out)
+    summary = {
+        "model": str(out),
+        "images": [str(p) for p, _ in pairs],
+        "objects": int(sum(len(np.unique(lab)) - 1 for lab in labels)),
+        "median_diameter_px": result["diameter"],
+        "cellpose_version": cellpose.version,
+        "base_model": base.describe() if base else None,
+        "device": str(device),
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "batch_size": args.batch_size,
+        "crop_size": args.crop_size,
+        "seconds": round(seconds, 2),
+        "losses": losses,
+    }
+    write_text_atomic(args.out_json, json.dumps(summary, indent=2) + "\n")
+    if args.out_png:
+        _write_loss_png(args.out_png, losses, f"Cellpose training: {len(images)} images, {args.epochs} epochs")
+
+
+def _write_loss_png(path, losses, title) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gpubio.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(1, len(losses) + 1), losses, marker=".")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def _segment_cells(args) -> None:
+    from gpubio.atomic import write_text_atomic
+    from gpubio.imaging.cellpose_models import CellposeSegmenter, import_cellpose, resolve_model
+    from gpubio.imaging.tiling import segment_file
+
+    device = torch_device(args.threads)
+    cellpose = import_cellpose()
+    choice = resolve_model(args.model, cellpose, args.download_models)
+    log.info("cellpose %s, %s", cellpose.version, choice.describe())
+    segmenter = CellposeSegmenter(
+        choice,
+        device,
+        cellpose=cellpose,
+        diameter=args.diameter,
+        flow_threshold=args.flow_threshold,
+        cellprob_threshold=args.cellprob_threshold,
+        batch_size=args.batch_size,
+        min_size=args.min_size,
+    )
+    summary = segment_file(args.image, args.out_masks, segmenter, tuple(args.channels), args.tile_size, args.tile_overlap)
+    summary |= {"model": choice.describe(), "cellpose_version": cellpose.version, "device": str(device)}
+    log.info("%d cells in %.1f s (%.3g megapixels/s)", summary["cells"], summary["seconds"], summary["megapixels_per_s"])
+    write_text_atomic(args.out_json, json.dumps(summary, indent=2) + "\n")
+
+
+def _cell_features(args) -> None:
+    from gpubio.atomic import atomic_path
+    from gpubio.imaging.features import cell_features, write_overlay_png
+    from gpubio.imaging.io import TiffImage
+
+    image, masks = TiffImage(args.image), TiffImage(args.masks)
+    table = cell_features(image, masks, args.sample)
+    with atomic_path(args.out_tsv) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    channel = max(args.channel, 1) - 1
+    write_overlay_png(args.out_png, image, masks, channel, f"{args.sample}: {len(table)} cells")
+    log.info("%s: %d cells measured", args.sample, len(table))
+
+
 def register(sub) -> None:
     p = sub.add_parser("image-qc", help="shape, channels, intensity range and saturation of an image")
     p.add_argument("image")
     p.add_argument("--out", required=True)
     p.add_argument("--max-saturated-fraction", type=float, default=0.01)
     p.set_defaults(func=_image_qc)
+
+    p = sub.add_parser("register-image", help="register an image to its reference (itk-elastix or learned, torch)")
+    p.add_argument("image")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--sample", default="")
+    p.add_argument("--method", choices=["elastix", "learned"], default="elastix")
+    p.add_argument("--channel", type=int, default=1, help="1-based channel both images are registered on")
+    p.add_argument("--transforms", nargs="+", default=["rigid", "bspline"], help="elastix maps, run in order")
+    p.add_argument("--grid-spacing", type=float, default=32.0, help="elastix B-spline control-point spacing (px)")
+    p.add_argument("--parameter-file", action="append", help="your own elastix parameter file(s), instead of --transforms")
+    p.add_argument("--iterations", type=int, default=0, help="optimiser iterations per level (0 = the method's default)")
+    p.add_argument("--learned-transform", choices=["rigid", "affine"], default="rigid")
+    p.add_argument("--deformable", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--learning-rate", type=float, default=0.02)
+    p.add_argument("--smoothness", type=float, default=1.0)
+    p.add_argument("--out-image", required=True)
+    p.add_argument("--out-transform", required=True)
+    p.add_argument("--out-png", required=True)
+    p.set_defaults(func=_register_image)
+
+    model_help = "built-in name (cyto3, nuclei; cpsam with Cellpose 4) or a model file"
+    p = sub.add_parser("train-cellpose", help="train a Cellpose model on a folder of <name>.tif + <name>_masks.tif")
+    p.add_argument("--images", required=True, help="the training folder")
+    p.add_argument("--channels", type=int, nargs=2, default=[1, 0], metavar=("SEGMENT", "NUCLEAR"))
+    p.add_argument("--base-model", default="none", help=f"none (from scratch, Cellpose 3) or a {model_help}")
+    p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--learning-rate", type=float, default=0.005)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop-size", type=int, default=224, help="training crops (px)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the model file")
+    p.add_argument("--out-json", required=True)
+    p.add_argument("--out-png")
+    p.set_defaults(func=_train_cellpose)
+
+    p = sub.add_parser("segment-cells", help="Cellpose segmentation, tiled for large images")
+    p.add_argument("image")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
+    p.add_argument("--channels", type=int, nargs=2, default=[1, 0], metavar=("SEGMENT", "NUCLEAR"))
+    p.add_argument("--diameter", type=float, default=0.0, help="cell diameter in px; 0 = the model's own")
+    p.add_argument("--flow-threshold", type=float, default=0.4)
+    p.add_argument("--cellprob-threshold", type=float, default=0.0)
+    p.add_argument("--min-size", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--tile-size", type=int, default=2048)
+    p.add_argument("--tile-overlap", type=int, default=64)
+    p.add_argument("--out-masks", required=True)
+    p.add_argument("--out-json", required=True)
+    p.set_defaults(func=_segment_cells)
+
+    p = sub.add_parser("cell-features", help="per-cell area, centroid, eccentricity, channel means; QC overlay")
+    p.add_argument("image")
+    p.add_argument("masks")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--channel", type=int, default=1, help="1-based channel shown in the overlay")
+    p.add_argument("--out-tsv", required=True)
+    p.add_argument("--out-png", required=True)
+    p.set_defaults(func=_cell_features)

@@ -112,3 +112,36 @@ def segment_tiled(
         if len(tiles) > 1:
             log.info("tile %d/%d %s: %d cells kept", k, len(tiles), tile.core, added)
     return {"cells": next_label - 1, "tiles": len(tiles), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def segment_file(image_path, out_masks, segmenter, channels: tuple[int, int], tile_size: int, overlap: int) -> dict:
+    """Segment a TIFF into a uint32 label TIFF, tile by tile (see module doc).
+
+    The intensity range used to normalise every tile comes from the whole image (read at
+    a stride), so all tiles, and an untiled run, feed the network the same scale.
+    """
+    from gpubio.atomic import atomic_path
+    from gpubio.imaging.cellpose_models import intensity_range, network_input, select_channels
+    from gpubio.imaging.io import LabelImage, TiffImage
+
+    image = TiffImage(image_path)
+    _, height, width = image.shape
+    step = max(1, math.ceil(math.sqrt(height * width / 4e6)))  # at most ~4 megapixels sampled
+    lowhigh = intensity_range(select_channels(image.strided(step), channels))
+    log.info("normalisation (1st, 99th percentile per channel): %s", lowhigh.tolist())
+
+    def segment(block: np.ndarray) -> np.ndarray:
+        return segmenter.segment(network_input(select_channels(block, channels), lowhigh))
+
+    with atomic_path(out_masks) as tmp:
+        summary = segment_tiled(image, LabelImage(tmp, (height, width)), segment, tile_size, overlap)
+    megapixels = height * width / 1e6
+    return summary | {
+        "image": str(image_path),
+        "shape": [height, width],
+        "channels": list(channels),
+        "tile_size": tile_size,
+        "tile_overlap": overlap,
+        "normalisation": lowhigh.tolist(),
+        "megapixels_per_s": round(megapixels / max(summary["seconds"], 1e-9), 4),
+    }

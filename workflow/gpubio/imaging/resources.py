@@ -1,0 +1,58 @@
+"""GPU memory and RAM the imaging steps need, for the rules' `resources:`.
+
+Light on purpose (no torch, no cellpose import): the Snakefile evaluates these when it
+builds the DAG. Estimates, rounded up generously; a job that still runs out of memory is
+retried on the next larger GPU by the placement's escalation.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+CUDA_CONTEXT_GB = 1.0
+BYTES_PER_TILE_PIXEL = 64  # flows, cell probability, pixel positions and labels of one tile (float32)
+
+
+def installed_cellpose_major(default: int = 3) -> int:
+    try:
+        return int(metadata.version("cellpose").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return default
+
+
+def cellpose_vram_gb(tile_size: int, batch_size: int, model: str = "", major: int | None = None) -> float:
+    """VRAM of Cellpose inference on tiles of `tile_size` px with `batch_size` network patches.
+
+    The network runs `batch_size` patches (224 px for Cellpose 3, 256 px for Cellpose-SAM)
+    at once: ~0.15 GB each for the Cellpose 3 U-net, ~0.6 GB each for the Cellpose-SAM
+    transformer (plus its 1.2 GB of weights); the mask reconstruction then holds the
+    whole tile's flows on the GPU.
+    """
+    major = major or installed_cellpose_major()
+    sam = major >= 4 or model == "cpsam"
+    weights, per_patch = (1.2, 0.6) if sam else (0.1, 0.15)
+    tile = tile_size * tile_size * BYTES_PER_TILE_PIXEL / 1e9
+    return round(CUDA_CONTEXT_GB + weights + per_patch * batch_size + tile, 1)
+
+
+def cellpose_training_vram_gb(crop_size: int, batch_size: int, model: str = "", major: int | None = None) -> float:
+    """VRAM of Cellpose training: activations and gradients of `batch_size` crops."""
+    major = major or installed_cellpose_major()
+    sam = major >= 4 or model == "cpsam"
+    per_crop = (2.0 if sam else 0.5) * (crop_size / 224) ** 2
+    return round(CUDA_CONTEXT_GB + (3.6 if sam else 0.3) + per_crop * batch_size, 1)
+
+
+def registration_vram_gb(size_mb: float) -> float:
+    """VRAM of learned registration: the image pair and ~40 float32 copies for the optimisation."""
+    return round(CUDA_CONTEXT_GB + 40 * 2 * size_mb / 1000, 1)
+
+
+def cellpose_mem_mb(tile_size: int) -> int:
+    """RAM of tiled segmentation: the model and libraries, plus one tile's pixels, flows and labels."""
+    return int(3000 + tile_size * tile_size * 200 / 1e6)
+
+
+def registration_mem_mb(size_mb: float) -> int:
+    """RAM of registration: libraries plus ~60 float copies of the image pair."""
+    return int(1500 + 60 * size_mb)

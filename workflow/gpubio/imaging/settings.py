@@ -1,0 +1,144 @@
+"""The imaging section of config.yaml: defaults, checks, and each rule's command-line options.
+
+The Snakefile calls these while it builds the DAG (light imports only): the options are
+spelled out in the rules' shell commands, so `snakemake -n -p` shows every setting used.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from pathlib import Path
+
+TRAINED_MODEL = "results/imaging/model/cellpose_trained"
+
+
+def imaging_settings(config: dict) -> dict:
+    """The imaging section with schema defaults filled (also when the section is absent)."""
+    from gpubio.config import _fill_defaults, load_schema
+
+    settings = copy.deepcopy(config.get("imaging") or {"samples": ""})
+    _fill_defaults(settings, load_schema("config.imaging"), top=False)
+    return settings
+
+
+def uses_trained_model(settings: dict) -> bool:
+    return settings["segmentation"]["model"] == "trained"
+
+
+def cellpose_model(settings: dict) -> str:
+    """What segmentation loads: the trained model's path, or the configured name / file."""
+    return TRAINED_MODEL if uses_trained_model(settings) else settings["segmentation"]["model"]
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or "\\" in value or bool(Path(value).suffix)
+
+
+def config_problems(settings: dict, config_file: str, workdir: str | Path = ".") -> list[str]:
+    """One line per problem in the imaging section that would only show once jobs run."""
+    from gpubio.imaging.cellpose_models import ModelError, read_training_set
+
+    workdir = Path(workdir)
+    problems = []
+    seg, training = settings["segmentation"], settings["training"]
+    if uses_trained_model(settings):
+        folder = training.get("images")
+        if not folder:
+            problems.append(
+                f"{config_file}: imaging.segmentation.model is 'trained' but imaging.training.images is not set; "
+                "set it to a folder of <name>.tif + <name>_masks.tif, or give a built-in model name or a model file"
+            )
+        else:
+            try:
+                read_training_set(workdir / folder)
+            except ModelError as error:
+                problems.append(f"{config_file}: imaging.training.images: {error}".replace(str(workdir / folder), folder))
+    for key, value in (("segmentation.model", seg["model"]), ("training.base_model", training["base_model"])):
+        if value not in ("trained", "none") and _looks_like_path(value) and not (workdir / value).is_file():
+            problems.append(
+                f"{config_file}: imaging.{key} '{value}' does not exist; give the path of a Cellpose model file "
+                "(relative paths are from the working directory) or a built-in model name"
+            )
+    for path in settings["registration"]["elastix"]["parameter_files"]:
+        if not (workdir / path).is_file():
+            problems.append(f"{config_file}: imaging.registration.elastix.parameter_files: '{path}' does not exist; fix the path")
+    if seg["tile_overlap"] * 2 >= seg["tile_size"]:
+        problems.append(
+            f"{config_file}: imaging.segmentation.tile_overlap ({seg['tile_overlap']}) must be less than half of "
+            f"tile_size ({seg['tile_size']}); raise tile_size or lower tile_overlap"
+        )
+    return problems
+
+
+def registration_options(settings: dict) -> str:
+    """register-image options for the configured method."""
+    reg = settings["registration"]
+    options = ["--method", reg["method"], "--channel", str(reg["channel"])]
+    if reg["method"] == "elastix":
+        elastix = reg["elastix"]
+        if elastix["parameter_files"]:
+            for path in elastix["parameter_files"]:
+                options += ["--parameter-file", path]
+        else:
+            options += ["--transforms", *elastix["transforms"], "--grid-spacing", f"{elastix['bspline_grid_spacing']:g}"]
+        if elastix["iterations"]:
+            options += ["--iterations", str(elastix["iterations"])]
+    else:
+        learned = reg["learned"]
+        options += [
+            "--learned-transform", learned["transform"],
+            "--deformable" if learned["deformable"] else "--no-deformable",
+            "--iterations", str(learned["iterations"]),
+            "--learning-rate", f"{learned['learning_rate']:g}",
+            "--smoothness", f"{learned['smoothness']:g}",
+        ]  # fmt: skip
+    return shlex.join(options)
+
+
+def segmentation_options(settings: dict) -> str:
+    seg = settings["segmentation"]
+    options = [
+        "--channels", *map(str, seg["channels"]),
+        "--diameter", f"{seg['diameter']:g}",
+        "--flow-threshold", f"{seg['flow_threshold']:g}",
+        "--cellprob-threshold", f"{seg['cellprob_threshold']:g}",
+        "--min-size", str(seg["min_size"]),
+        "--batch-size", str(seg["batch_size"]),
+        "--tile-size", str(seg["tile_size"]),
+        "--tile-overlap", str(seg["tile_overlap"]),
+    ]  # fmt: skip
+    if seg["download_models"]:
+        options.append("--download-models")
+    return shlex.join(options)
+
+
+def training_options(settings: dict) -> str:
+    training = settings["training"]
+    options = [
+        "--channels", *map(str, settings["segmentation"]["channels"]),
+        "--base-model", training["base_model"],
+        "--epochs", str(training["epochs"]),
+        "--learning-rate", f"{training['learning_rate']:g}",
+        "--weight-decay", f"{training['weight_decay']:g}",
+        "--batch-size", str(training["batch_size"]),
+        "--crop-size", str(training["crop_size"]),
+        "--seed", str(training["seed"]),
+    ]  # fmt: skip
+    if settings["segmentation"]["download_models"]:
+        options.append("--download-models")
+    return shlex.join(options)
+
+
+def training_files(settings: dict, workdir: str | Path = ".") -> list[str]:
+    """The training images and masks (inputs of the training rule), as given in config."""
+    from gpubio.imaging.cellpose_models import ModelError, read_training_set
+
+    folder = settings["training"].get("images")
+    if not folder:
+        return []
+    try:
+        pairs = read_training_set(Path(workdir) / folder)
+    except ModelError:
+        return []
+    return [str(Path(folder) / p.name) for pair in pairs for p in pair]
