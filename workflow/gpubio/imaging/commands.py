@@ -256,6 +256,20 @@ def _cell_features(args) -> None:
     log.info("%s: %d cells measured", args.sample, len(table))
 
 
+def _exit_on_model_error(command):
+    """Run a command; a ModelError (missing weights, bad model path) ends it with one clear line."""
+
+    def run(args) -> None:
+        from gpubio.imaging.cellpose_models import ModelError
+
+        try:
+            command(args)
+        except ModelError as error:
+            raise SystemExit(f"gpubio: {args.command}: {error}") from None
+
+    return run
+
+
 def register(sub) -> None:
     p = sub.add_parser("image-qc", help="shape, channels, intensity range and saturation of an image")
     p.add_argument("image")
@@ -297,7 +311,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="the model file")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-png")
-    p.set_defaults(func=_train_cellpose)
+    p.set_defaults(func=_exit_on_model_error(_train_cellpose))
 
     p = sub.add_parser("segment-cells", help="Cellpose segmentation, tiled for large images")
     p.add_argument("image")
@@ -313,7 +327,7 @@ def register(sub) -> None:
     p.add_argument("--tile-overlap", type=int, default=64)
     p.add_argument("--out-masks", required=True)
     p.add_argument("--out-json", required=True)
-    p.set_defaults(func=_segment_cells)
+    p.set_defaults(func=_exit_on_model_error(_segment_cells))
 
     p = sub.add_parser("cell-features", help="per-cell area, centroid, eccentricity, channel means; QC overlay")
     p.add_argument("image")

@@ -127,14 +127,15 @@ def _elastix_map_matrix(pmap: dict) -> np.ndarray | None:
 def elastix_linear_matrix(maps: list[dict]) -> np.ndarray:
     """The composed linear part of elastix result maps, in (row, col) pixel coordinates.
 
-    elastix composes a map with the maps before it as T(x) = T_before(T_map(x)), so the
-    first map is applied last. Assumes unit spacing and zero origin (plain TIFF pixels).
+    elastix composes a map with the maps before it as T(x) = T_map(T_before(x)): the first
+    map is applied first (checked against transformix's deformation field in the tests).
+    Assumes unit spacing and zero origin (plain TIFF pixels).
     """
     m_xy = np.eye(3)
     for pmap in maps:
         step = _elastix_map_matrix(pmap)
         if step is not None:
-            m_xy = m_xy @ step
+            m_xy = step @ m_xy
     return _xy_to_rc(m_xy)
 
 
@@ -214,11 +215,7 @@ def _weighted_ncc(a, b, w):
     ma, mb = (a * w).sum() / total, (b * w).sum() / total
     da, db = a - ma, b - mb
     cov = (w * da * db).sum()
-    return cov / torch_sqrt((w * da * da).sum() * (w * db * db).sum() + 1e-12)
-
-
-def torch_sqrt(x):
-    return x.clamp_min(0).sqrt()
+    return cov / ((w * da * da).sum() * (w * db * db).sum()).clamp_min(1e-12).sqrt()
 
 
 def _local_ncc(a, b, w, window: int = 9):
@@ -233,7 +230,7 @@ def _local_ncc(a, b, w, window: int = 9):
     ma, mb = box(a), box(b)
     cov = box(a * b) - ma * mb
     va, vb = box(a * a) - ma * ma, box(b * b) - mb * mb
-    cc = cov / torch_sqrt(va * vb + 1e-6)
+    cc = cov / (va * vb).clamp_min(0).add(1e-6).sqrt()
     return (cc * w).sum() / w.sum().clamp_min(1e-6)
 
 
@@ -310,7 +307,7 @@ def register_learned(
             loss = 1 - _weighted_ncc(warped, f_l, (cover > 0.999).to(dtype))
             loss.backward()
             optimiser.step()
-        history.append({"level": factor, "stage": transform, "loss": float(loss)})
+        history.append({"level": factor, "stage": transform, "loss": loss.item()})
 
     displacement = None
     if deformable:
@@ -332,7 +329,7 @@ def register_learned(
                 loss = 1 - _local_ncc(warped, f_l, (cover > 0.999).to(dtype)) + smoothness * penalty
                 loss.backward()
                 optimiser.step()
-            history.append({"level": factor, "stage": "displacement", "loss": float(loss)})
+            history.append({"level": factor, "stage": "displacement", "loss": loss.item()})
 
     with torch.no_grad():
         stack = torch.as_tensor(image.astype(np.float32), device=device)[None]

@@ -50,6 +50,8 @@ def combine_samples(paths: list[str]):
         if "counts" not in part.layers or "batch" not in part.obs or "sample" not in part.obs:
             raise ValueError(f"{path}: expected the output of cell QC (layers['counts'], obs sample and batch)")
     common = set.intersection(*(set(p.var_names) for p in parts))
+    for part in parts:  # X is a copy of the raw counts: concatenate one copy, not two
+        part.X = part.layers.pop("counts")
     combined = ad.concat(parts, join="outer", fill_value=0, merge="same")
     for column in {c for part in parts for c in part.var.columns} - set(combined.var.columns):
         # gene annotation (ids, feature type) of genes that only some samples kept
@@ -57,9 +59,10 @@ def combine_samples(paths: list[str]):
         combined.var[column] = values[~values.index.duplicated()].reindex(combined.var_names)
     if combined.n_vars > len(common):
         log.info("%d genes are missing from some samples (filtered there); counted as 0", combined.n_vars - len(common))
+    del parts, part  # free the per-sample copies before the analysis
     combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
-    combined.var["n_cells"] = np.asarray((combined.X > 0).sum(axis=0)).ravel()  # over all samples now
-    combined.layers["counts"] = sp.csr_matrix(combined.layers["counts"], dtype=np.float32)
+    combined.var["n_cells"] = np.bincount(combined.X.indices, minlength=combined.n_vars)  # over all samples now
+    combined.layers["counts"] = combined.X.copy()
     for column in ("sample", "batch"):
         combined.obs[column] = combined.obs[column].astype(str).astype("category")
     return combined
