@@ -323,6 +323,8 @@ def test_training_dispatch(tmp_path, weights, version, extra):
     result = cm.train_model(images, labels, tmp_path / "work", "m", "cpu", cellpose=cp, epochs=3, crop_size=32)
     kwargs = cp.train.saved[0]
     assert (kwargs["n_epochs"], kwargs["bsize"], kwargs["normalize"]) == (3, 32, False)
+    defaults = cm.TRAINING_DEFAULTS[int(version[0])]  # learning rate and weight decay left unset
+    assert (kwargs["learning_rate"], kwargs["weight_decay"]) == (defaults["learning_rate"], defaults["weight_decay"])
     assert {k: kwargs[k] for k in extra} == extra and ("channels" in kwargs) == bool(extra)
     init = FakeModel.calls[0][1]
     if version.startswith("3"):  # from scratch, sized to the training objects
@@ -432,7 +434,8 @@ def test_rule_options_spell_out_the_settings():
     learned = settings(registration__method="learned")
     assert registration_options(learned).startswith("--method learned --channel 1 --learned-transform rigid --deformable")
     assert "--tile-size 2048 --tile-overlap 64" in segmentation_options(settings())
-    assert "--epochs 100 --learning-rate 0.005" in training_options(settings())
+    assert training_options(settings()) == "--channels 1 0 --base-model none --epochs 100 --batch-size 8 --seed 0"
+    assert training_options(settings(training__learning_rate=0.01)).endswith("--seed 0 --learning-rate 0.01")
 
 
 def test_cellpose_vram_grows_with_tile_and_batch_size():

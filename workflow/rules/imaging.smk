@@ -55,8 +55,9 @@ rule register_image:
         ),
     params:
         options=registration_options(IMAGING),
+        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} register-image"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} register-image"
         " {input.image} --reference {input.reference} --sample {wildcards.sample} {params.options}"
         " --out-image {output.image} --out-transform {output.transform} --out-png {output.png}"
         " > {log} 2>&1"
@@ -96,8 +97,9 @@ rule train_cellpose:
     params:
         images=IMAGING["training"].get("images", ""),
         options=training_options(IMAGING),
+        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} train-cellpose"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} train-cellpose"
         " --images {params.images} {params.options} --out {output.model} --out-json {output.json}"
         " --out-png {output.png} > {log} 2>&1"
 
@@ -131,8 +133,9 @@ rule segment_cells:
     params:
         model=IMAGING_CELLPOSE_MODEL,
         options=segmentation_options(IMAGING),
+        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {REQUIRE_GPU} segment-cells"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} segment-cells"
         " {input.image} --model {params.model:q} {params.options} --out-masks {output.masks}"
         " --out-json {output.json} > {log} 2>&1"
 

@@ -26,11 +26,14 @@ import numpy as np
 
 log = logging.getLogger("gpubio")
 
-# What "trained" resolves to is decided by the workflow (the training rule's output).
-TRAINED = "trained"
 # Weight files of the built-in Cellpose 3 models in the model folder (see cellpose.models.model_path)
 _V3_WEIGHT_FILES = {"cyto": "cytotorch_0", "cyto2": "cyto2torch_0", "nuclei": "nucleitorch_0"}
 V4_BUILTIN = ("cpsam",)
+# Each version's own training defaults: Cellpose-SAM is fine-tuned gently, on 256 px crops
+TRAINING_DEFAULTS = {
+    3: {"learning_rate": 0.005, "weight_decay": 1e-5, "crop_size": 224},
+    4: {"learning_rate": 5e-5, "weight_decay": 0.1, "crop_size": 256},
+}
 
 
 class ModelError(ValueError):
@@ -258,20 +261,23 @@ def train_model(
     base_model: ModelChoice | None = None,
     cellpose: ModuleType | None = None,
     epochs: int = 100,
-    learning_rate: float = 0.005,
-    weight_decay: float = 1e-5,
+    learning_rate: float | None = None,
+    weight_decay: float | None = None,
     batch_size: int = 8,
-    crop_size: int = 224,
+    crop_size: int | None = None,
     min_train_masks: int = 1,
 ) -> dict:
     """Train a Cellpose model on network inputs (each (2, Y, X) in [0, 1]) and their label images.
 
     Cellpose 3 trains from scratch when no base model is given (the network's size is
     set to the training objects' median diameter, so nothing is rescaled); Cellpose 4
-    fine-tunes Cellpose-SAM. Returns the model file, losses and the training diameter.
+    fine-tunes Cellpose-SAM. Settings left None take the installed version's defaults
+    (TRAINING_DEFAULTS). Returns the model file, losses, the training diameter and the settings.
     """
     cellpose = cellpose or import_cellpose()
     major = major_version(cellpose)
+    given = {"learning_rate": learning_rate, "weight_decay": weight_decay, "crop_size": crop_size}
+    settings = {k: TRAINING_DEFAULTS[min(major, 4)][k] if v is None else v for k, v in given.items()}
     gpu = getattr(device, "type", str(device)) != "cpu"
     CellposeModel = cellpose.models.CellposeModel
     diameter = median_diameter(labels)
@@ -297,10 +303,10 @@ def train_model(
         train_labels=labels,
         normalize=False,
         n_epochs=epochs,
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
+        learning_rate=settings["learning_rate"],
+        weight_decay=settings["weight_decay"],
         batch_size=batch_size,
-        bsize=crop_size,
+        bsize=settings["crop_size"],
         save_path=str(out_dir),
         save_every=max(epochs, 1),
         model_name=model_name,
@@ -312,4 +318,5 @@ def train_model(
         "losses": [float(v) for v in np.asarray(train_losses).ravel()],
         "diameter": diameter,
         "cellpose_major": major,
+        **settings,
     }

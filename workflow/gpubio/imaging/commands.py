@@ -147,9 +147,9 @@ def _train_cellpose(args) -> None:
         images.append(network_input(selected, intensity_range(selected)))
         labels.append(tifffile.imread(mask_path).astype(np.int32))
     log.info(
-        "training cellpose %s on %d image(s) (%d objects), %s, %d epochs, crops of %d px, batch %d",
+        "training cellpose %s on %d image(s) (%d objects), %s, %d epochs, crops of %s px, batch %d",
         cellpose.version, len(images), sum(len(np.unique(lab)) - 1 for lab in labels),
-        f"from {base.describe()}" if base else "from scratch", args.epochs, args.crop_size, args.batch_size,
+        f"from {base.describe()}" if base else "from scratch", args.epochs, args.crop_size or "default", args.batch_size,
     )  # fmt: skip
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -187,9 +187,10 @@ def _train_cellpose(args) -> None:
         "base_model": base.describe() if base else None,
         "device": str(device),
         "epochs": args.epochs,
-        "learning_rate": args.learning_rate,
+        "learning_rate": result["learning_rate"],
+        "weight_decay": result["weight_decay"],
         "batch_size": args.batch_size,
-        "crop_size": args.crop_size,
+        "crop_size": result["crop_size"],
         "seconds": round(seconds, 2),
         "losses": losses,
     }
@@ -303,10 +304,10 @@ def register(sub) -> None:
     p.add_argument("--base-model", default="none", help=f"none (from scratch, Cellpose 3) or a {model_help}")
     p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
     p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--learning-rate", type=float, default=0.005)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--learning-rate", type=float, help="default: the installed Cellpose's (3: 0.005, 4: 5e-5)")
+    p.add_argument("--weight-decay", type=float, help="default: the installed Cellpose's (3: 1e-5, 4: 0.1)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop-size", type=int, default=224, help="training crops (px)")
+    p.add_argument("--crop-size", type=int, help="training crops in px; default: the installed Cellpose's (3: 224, 4: 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the model file")
     p.add_argument("--out-json", required=True)

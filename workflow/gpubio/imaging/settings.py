@@ -119,12 +119,12 @@ def training_options(settings: dict) -> str:
         "--channels", *map(str, settings["segmentation"]["channels"]),
         "--base-model", training["base_model"],
         "--epochs", str(training["epochs"]),
-        "--learning-rate", f"{training['learning_rate']:g}",
-        "--weight-decay", f"{training['weight_decay']:g}",
         "--batch-size", str(training["batch_size"]),
-        "--crop-size", str(training["crop_size"]),
         "--seed", str(training["seed"]),
     ]  # fmt: skip
+    for key in ("learning_rate", "weight_decay", "crop_size"):  # unset: the installed Cellpose's default
+        if training[key] is not None:
+            options += ["--" + key.replace("_", "-"), f"{training[key]:g}"]
     if settings["segmentation"]["download_models"]:
         options.append("--download-models")
     return shlex.join(options)

@@ -171,6 +171,10 @@ def select_backend(requested: str = "auto", gpus: list | None = None, threads: i
 
 def torch_device(threads: int, step: str, gpus: list | None = None) -> str:
     """"cuda" when this job was given a GPU and torch sees it, else "cpu"; logged, threads set."""
+    import os
+
+    # OpenMP threads that spin while waiting made small models 4-5x slower on a busy CPU
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads its OpenMP
     import torch
 
     if gpus is None:
