@@ -118,6 +118,28 @@ def test_tiled_segmentation_keeps_every_border_cell_once(tmp_path, tile_size, ov
         assert summary["tiles"] > 1
 
 
+def test_segment_file_holds_one_tile_at_a_time(tmp_path):
+    """From a tiled TIFF to a label TIFF: the segmenter never sees more than one tile."""
+    from gpubio.imaging.tiling import segment_file
+
+    image, truth = blobs(shape=(700, 900), n=150)
+    tifffile.imwrite(tmp_path / "image.tif", image, tile=(128, 128), compression="zlib", metadata={"axes": "CYX"})
+
+    class Recorder:
+        shapes: list = []
+
+        def segment(self, x):
+            self.shapes.append(x.shape)
+            assert x.dtype == np.float32 and x.shape[0] == 2 and x.max() <= 1.0  # normalised network input
+            return ndimage.label(x[0] > 0.5)[0]
+
+    recorder = Recorder()
+    summary = segment_file(tmp_path / "image.tif", tmp_path / "masks.tif", recorder, (1, 0), 256, 32)
+    assert summary["tiles"] == len(recorder.shapes) == 3 * 4
+    assert max(h for _, h, _ in recorder.shapes) <= 256 + 2 * 32 and max(w for *_, w in recorder.shapes) <= 225 + 64
+    assert summary["cells"] == 150 and average_precision(truth, tifffile.imread(tmp_path / "masks.tif"))["ap"] == 1.0
+
+
 def test_stitching_drops_a_second_copy_of_a_written_cell():
     tile = tile_grid(40, 80, 40, 10)[1]  # core x 40..80, outer x 30..80
     local = np.zeros((40, 50), np.uint32)

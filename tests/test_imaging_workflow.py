@@ -170,3 +170,24 @@ def test_learned_registration_is_a_gpu_job_in_the_dry_run(workdir):
     block = block[: block.index("\n\n")]
     assert "gpu=1" in block and "slurm_partition=gpu-" in block
     assert "register-image resources/demo/imaging/nuclei1.tif" in block and "--method learned" in block
+
+
+def test_learned_registration_command_on_the_cpu_path(demo, truth, tmp_path):
+    out = {name: tmp_path / name for name in ("registered.tif", "transform.json", "checkerboard.png")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpubio", "--threads", "1", "--gpus", "1", "register-image", str(demo / "nuclei1.tif"),
+         "--reference", str(demo / "nuclei1_reference.tif"), "--method", "learned", "--iterations", "80",
+         "--out-image", str(out["registered.tif"]), "--out-transform", str(out["transform.json"]),
+         "--out-png", str(out["checkerboard.png"])],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "backend: CPU" in proc.stderr and "no GPU found" in proc.stderr
+    result = json.loads(out["transform.json"].read_text())
+    planted = truth["nuclei1"]["reference_transform"]
+    assert result["method"] == "learned" and result["device"] == "cpu"
+    assert result["ncc_after"] >= 0.95 > 0.5 > result["ncc_before"]
+    assert result["rigid"]["rotation_deg"] == pytest.approx(planted["rotation_deg"], abs=0.2)
+    assert result["rigid"]["translation_rc"] == pytest.approx(planted["translation_rc"], abs=0.3)
+    assert tifffile.imread(out["registered.tif"]).shape == (2, 256, 256)
+    assert out["checkerboard.png"].read_bytes()[:4] == b"\x89PNG"

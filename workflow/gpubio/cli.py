@@ -17,8 +17,13 @@ DOMAIN_COMMANDS = ("gpubio.genomics.commands", "gpubio.transcriptomics.commands"
 
 def limit_threads(threads: int) -> None:
     """Pin BLAS/OpenMP/numba/torch pools to the rule's threads; must run before numpy is imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    if "numba" in sys.modules:  # its pool size is fixed once launched: only lower the count in use
+        numba = sys.modules["numba"]
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    else:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
 

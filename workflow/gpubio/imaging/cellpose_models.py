@@ -243,6 +243,21 @@ def read_training_set(folder: str | os.PathLike, mask_suffix: str = "_masks") ->
     return pairs
 
 
+def load_training_set(folder: str | os.PathLike, channels: tuple[int, int]):
+    """(file pairs, network inputs, label images) of a training folder, normalised like segmentation."""
+    import tifffile
+
+    from gpubio.imaging.io import read_image
+
+    pairs = read_training_set(folder)
+    images, labels = [], []
+    for image_path, mask_path in pairs:
+        selected = select_channels(read_image(str(image_path))[0], channels)
+        images.append(network_input(selected, intensity_range(selected)))
+        labels.append(tifffile.imread(mask_path).astype(np.int32))
+    return pairs, images, labels
+
+
 def median_diameter(labels: list[np.ndarray]) -> float:
     """Median equivalent-circle diameter of all labelled objects (Cellpose's size measure)."""
     areas = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels])
@@ -266,13 +281,15 @@ def train_model(
     batch_size: int = 8,
     crop_size: int | None = None,
     min_train_masks: int = 1,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Train a Cellpose model on network inputs (each (2, Y, X) in [0, 1]) and their label images.
 
     Cellpose 3 trains from scratch when no base model is given (the network's size is
     set to the training objects' median diameter, so nothing is rescaled); Cellpose 4
     fine-tunes Cellpose-SAM. Settings left None take the installed version's defaults
-    (TRAINING_DEFAULTS). Returns the model file, losses, the training diameter and the settings.
+    (TRAINING_DEFAULTS). `checkpoint_every` > 0 also keeps the model every that many epochs.
+    Returns the model file, losses, the training diameter, the settings and any checkpoints.
     """
     cellpose = cellpose or import_cellpose()
     major = major_version(cellpose)
@@ -308,13 +325,15 @@ def train_model(
         batch_size=batch_size,
         bsize=settings["crop_size"],
         save_path=str(out_dir),
-        save_every=max(epochs, 1),
+        save_every=checkpoint_every or max(epochs, 1),
+        save_each=bool(checkpoint_every),
         model_name=model_name,
         min_train_masks=min_train_masks,
         **extra,
     )
     return {
         "model": str(path),
+        "checkpoints": sorted(str(p) for p in Path(path).parent.glob(f"{model_name}_epoch_*")),
         "losses": [float(v) for v in np.asarray(train_losses).ravel()],
         "diameter": diameter,
         "cellpose_major": major,

@@ -122,30 +122,15 @@ def _train_cellpose(args) -> None:
     from pathlib import Path
 
     import numpy as np
-    import tifffile
     import torch
 
     from gpubio.atomic import atomic_path, write_text_atomic
-    from gpubio.imaging.cellpose_models import (
-        import_cellpose,
-        intensity_range,
-        network_input,
-        read_training_set,
-        resolve_model,
-        select_channels,
-        train_model,
-    )
-    from gpubio.imaging.io import read_image
+    from gpubio.imaging.cellpose_models import import_cellpose, load_training_set, resolve_model, train_model
 
-    pairs = read_training_set(args.images)
+    pairs, images, labels = load_training_set(args.images, tuple(args.channels))
     device = torch_device(args.threads)
     cellpose = import_cellpose()
     base = None if args.base_model in ("", "none") else resolve_model(args.base_model, cellpose, args.download_models)
-    images, labels = [], []
-    for image_path, mask_path in pairs:
-        selected = select_channels(read_image(str(image_path))[0], tuple(args.channels))
-        images.append(network_input(selected, intensity_range(selected)))
-        labels.append(tifffile.imread(mask_path).astype(np.int32))
     log.info(
         "training cellpose %s on %d image(s) (%d objects), %s, %d epochs, crops of %s px, batch %d",
         cellpose.version, len(images), sum(len(np.unique(lab)) - 1 for lab in labels),
