@@ -66,7 +66,8 @@ def run(cmd: list[str], log: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
-def workflow_path(inputs: list[Path], work: Path, threads: int) -> tuple[float, float, Path]:
+def workflow_path(inputs: list[Path], work: Path, threads: int, backend: str = "scanpy",
+                  gpus: int = 0) -> tuple[float, float, Path]:  # fmt: skip
     gpubio = [sys.executable, "-m", "gpubio", "--threads", str(threads)]
     total, peak, filtered = 0.0, 0.0, []
     for k, path in enumerate(inputs):
@@ -79,7 +80,7 @@ def workflow_path(inputs: list[Path], work: Path, threads: int) -> tuple[float, 
         total, peak = total + seconds, max(peak, rss)
         filtered.append(str(out / "filtered.h5ad"))
     result = work / "integrated.h5ad"
-    cmd = gpubio + ["integrate-cells", *filtered, "--backend", "scanpy", "--out-h5ad", str(result),
+    cmd = gpubio + ["--gpus", str(gpus), "integrate-cells", *filtered, "--backend", backend, "--out-h5ad", str(result),
                     "--out-markers", str(work / "markers.tsv"), "--n-top-genes", str(PARAMS["n_top_genes"]),
                     "--n-pcs", str(PARAMS["n_pcs"]), "--n-neighbors", str(PARAMS["n_neighbors"]),
                     "--leiden-resolution", str(PARAMS["resolution"]), "--seed", str(PARAMS["seed"])]  # fmt: skip
@@ -128,7 +129,7 @@ def bare_scanpy(inputs: list[str], out: str, threads: int) -> None:
     adata.write_h5ad(out)
 
 
-def bare_path(inputs: list[Path], work: Path, threads: int) -> tuple[float, float, Path]:
+def bare_path(inputs: list[Path], work: Path, threads: int, **_) -> tuple[float, float, Path]:
     result = work / "bare.h5ad"
     cmd = [sys.executable, __file__, "--bare", str(result), "--threads", str(threads), *map(str, inputs)]
     seconds, rss = run(cmd, work / "bare.log")
@@ -148,6 +149,9 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each path per size; the fastest counts")
+    parser.add_argument("--backend", default="scanpy", choices=["scanpy", "auto", "rapids_singlecell"],
+                        help="the workflow's integration backend (rapids_singlecell: on a GPU node, with --gpus 1)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs for the workflow's integration step")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "transcriptomics.md"))
     parser.add_argument("--workdir", help="keep data and logs here (default: a temporary directory)")
     parser.add_argument("--bare", help=argparse.SUPPRESS)  # internal: run the bare script, write here
@@ -170,7 +174,8 @@ def main() -> None:
             best = {"workflow": (float("inf"), 0.0), "bare": (float("inf"), 0.0)}
             for _ in range(args.repeats):  # alternating; the fastest run of each counts
                 for name, path in (("workflow", workflow_path), ("bare", bare_path)):
-                    seconds, rss, result = path(inputs, work / name, args.threads)
+                    seconds, rss, result = path(inputs, work / name, args.threads, backend=args.backend,
+                                                gpus=args.gpus)
                     results[name] = result
                     best[name] = min(best[name], (seconds, rss))
             (wf_time, wf_mem), (bare_time, bare_mem) = best["workflow"], best["bare"]
@@ -188,11 +193,12 @@ def write_report(rows, args) -> None:
         "# Transcriptomics: workflow CPU path vs bare scanpy",
         "",
         f"Command: `.venv/bin/python bench/transcriptomics.py --cells {' '.join(map(str, args.cells))} "
-        f"--threads {args.threads} --repeats {args.repeats}` ({os.cpu_count()}-core CPU machine, no GPU, "
+        f"--threads {args.threads} --repeats {args.repeats} --backend {args.backend} --gpus {args.gpus}` "
+        f"({os.cpu_count()}-core machine, "
         f"Python {platform.python_version()}, scanpy {version('scanpy')}; fastest of {args.repeats} alternating runs)",
         "",
         f"Synthetic data: two 10x .h5 samples, {N_TYPES} cell types, {N_GENES} genes, batch effect on the second. "
-        "Workflow = `gpubio cell-qc` per sample + `gpubio integrate-cells --backend scanpy` (three processes, "
+        f"Workflow = `gpubio cell-qc` per sample + `gpubio integrate-cells --backend {args.backend}` (three processes, "
         "times summed, memory = the largest); bare = one scanpy script doing the same steps. "
         "ARI = agreement of the two Leiden clusterings.",
         "",
