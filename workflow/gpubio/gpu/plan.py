@@ -68,6 +68,14 @@ def dry_run(snakefile: str, workdir: str, extra_args: list[str]) -> str:
     return proc.stdout + proc.stderr
 
 
+def _number(value, default=0.0) -> float:
+    """A resource value from the dry-run; `<TBD>` (depends on files not made yet) counts as unknown."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
 def plan_table(jobs: list[DryRunJob], site):
     """One row per job (rule `all` left out); cost = GPU-hours x the model's relative hourly cost."""
     import pandas as pd
@@ -80,11 +88,11 @@ def plan_table(jobs: list[DryRunJob], site):
         if job.rule == "all":
             continue
         res = job.resources
-        gpus = int(res.get("gpu", 0) or 0)
+        gpus = int(_number(res.get("gpu")))
         partition = res.get("slurm_partition", "")
         gres = res.get("gpu_model", "") if gpus else ""
         model = pools.get((partition, gres))
-        runtime = float(res.get("runtime", 0) or 0)
+        runtime = _number(res.get("runtime"))
         gpu_hours = gpus * runtime / 60
         rows.append(
             {
@@ -92,7 +100,7 @@ def plan_table(jobs: list[DryRunJob], site):
                 "sample": job.wildcards.get("sample", ""),
                 "wildcards": ",".join(f"{k}={v}" for k, v in job.wildcards.items()),
                 "gpus": gpus,
-                "vram_gb": int(res.get("vram_gb", 0) or 0) if gpus else 0,
+                "vram_gb": int(_number(res.get("vram_gb"))) if gpus else 0,
                 "gpu_model": gres,
                 "model": model.name if model else "",
                 "partition": partition,
