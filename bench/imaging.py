@@ -125,9 +125,10 @@ def segment(image: Path, model: Path, out: Path, args, log: Path) -> tuple[float
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(REPO / "workflow")})
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
+    load = os.getloadavg()[0]
     if status != 0:
         raise SystemExit(f"segment-cells failed on {image}; see {log}")
-    return seconds, usage.ru_maxrss / 1024, json.loads(out.with_suffix(".json").read_text())
+    return seconds, usage.ru_maxrss / 1024, json.loads(out.with_suffix(".json").read_text()) | {"load1": load}
 
 
 def main() -> None:
@@ -164,6 +165,7 @@ def main() -> None:
                 "cells": summary["cells"], "expected": expected, "seconds": seconds,
                 "segment_seconds": summary["seconds"], "mpx_per_s": size * size / 1e6 / summary["seconds"],
                 "peak_mb": peak_mb, "device": summary["device"], "image_mb": image.stat().st_size / 1e6,
+                "load1": summary["load1"],
             })  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
             for path in (image, masks):
@@ -205,9 +207,17 @@ def write_report(args, rows, study=None) -> None:
         "One tile (plus its overlap) is in memory at a time; the label image"
         f" ({largest['megapixels'] * 4:.0f} MB as uint32 at {largest['side_px']} px) is written to disk tile by tile and",
         "the normalisation reads a sample of at most ~4 megapixels. Time grows with the pixels (megapixels/s",
-        "about constant). Counts: tiles agree with the untiled 1k image to within a few cells per",
-        "thousand (the network sees other neighbours at block and tile edges); missed cells against the",
-        "planted count are the model's (the same in the 1k image).",
+        "about constant).",
+        (
+            "Every planted cell is found, once, at every size: cells on tile borders are neither lost nor counted twice."
+            if all(r["cells"] == r["expected"] for r in rows)
+            else "Counts: cells missed against the planted count are the model's; compare the tiled sizes with the"
+            " 1k image's count times the number of blocks for the tiling's own effect."
+        ),
+        "",
+        "1-minute load average at the end of each size: "
+        + (", ".join(f"{r['load1']:.1f}" for r in rows) if all("load1" in r for r in rows) else "not recorded")
+        + f" ({os.cpu_count()} cores; more than that means other work shared them and the times are upper bounds).",
         "",
         f"Device: {largest['device']}."
         + (
