@@ -121,9 +121,14 @@ class Placed:
     supplementary: bool = False
 
 
-def place(hit, read_length: int, supplementary: bool = False) -> Placed:
-    """SAM placement of a mappy hit: soft clips on both ends, in reference orientation."""
-    left, right = hit.q_st, read_length - hit.q_en
+def place(hit, read_length: int, supplementary: bool = False, mate_two: bool = False) -> Placed:
+    """SAM placement of a mappy hit: soft clips on both ends, in reference orientation.
+
+    ``mate_two``: the hit is read 2 of a pair mapped together, whose query coordinates mappy
+    reports on the mate's reverse complement.
+    """
+    q_st, q_en = (read_length - hit.q_en, read_length - hit.q_st) if mate_two else (hit.q_st, hit.q_en)
+    left, right = q_st, read_length - q_en
     if hit.strand < 0:
         left, right = right, left
     cigar = (f"{left}S" if left else "") + hit.cigar_str + (f"{right}S" if right else "")
@@ -133,7 +138,7 @@ def place(hit, read_length: int, supplementary: bool = False) -> Placed:
 def placements(hits, read_num: int | None, read_length: int) -> list[Placed]:
     """Primary first, then supplementary; secondary hits dropped."""
     chosen = [h for h in hits if h.is_primary and (read_num is None or h.read_num == read_num)]
-    return [place(h, read_length, supplementary=k > 0) for k, h in enumerate(chosen)]
+    return [place(h, read_length, supplementary=k > 0, mate_two=read_num == 2) for k, h in enumerate(chosen)]
 
 
 def _sa_tag(others: list[Placed]) -> str:
