@@ -13,7 +13,7 @@ import pysam
 import pytest
 
 from conftest import REPO, run_snakemake
-from independent.genomics import FOREIGN_SAMPLE, N_RUN, make_genomics_set, write_fasta
+from independent.genomics import FOREIGN_SAMPLE, N_RUN, make_genomics_set, precision_recall, write_fasta
 
 SHEET_HEADER = "sample\tplatform\tfastq_1\tfastq_2\tbam\n"
 
@@ -33,19 +33,6 @@ def snakemake(root: Path, *args: str, check: bool = True):
     return run_snakemake(root, "--configfile", "config/config.yaml", "config/independent.yaml", *args, check=check)
 
 
-def score(vcf: Path, truth) -> dict[str, tuple[float, float]]:
-    """(precision, recall) per class of the PASS calls against the planted variants."""
-    with pysam.VariantFile(str(vcf)) as fh:
-        calls = {(r.chrom, r.pos, r.ref, a) for r in fh if list(r.filter) == ["PASS"] for a in r.alts}
-    result = {}
-    for kind in ("snp", "indel"):
-        true = {(v.chrom, v.pos, v.ref, v.alt) for v in truth if v.kind == kind}
-        called = {c for c in calls if (len(c[2]) == len(c[3]) == 1) == (kind == "snp")}
-        hits = len(true & called)
-        result[kind] = (hits / max(1, len(called)), hits / len(true))
-    return result
-
-
 @pytest.fixture(scope="module")
 def independent_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("genomics-independent")
@@ -62,8 +49,8 @@ def test_calls_on_the_independent_set_match_the_planted_truth(independent_run):
     root, data = independent_run
     for sample in ("pairs", "aligned"):
         vcf = root / "results" / "genomics" / sample / "variants.vcf.gz"
-        for kind, (precision, recall) in score(vcf, data["truth"][sample]).items():
-            assert precision >= 0.99 and recall >= 0.99, (sample, kind, precision, recall)
+        for kind, result in precision_recall(vcf, data["truth"][sample]).items():
+            assert result["precision"] >= 0.99 and result["recall"] >= 0.99, (sample, kind, result)
         with pysam.VariantFile(str(vcf)) as fh:
             records = list(fh)
             assert list(fh.header.samples) == [sample]
@@ -146,23 +133,23 @@ def test_reference_and_bam_problems_stop_the_run_before_any_job(tmp_path):
 def test_samples_without_reads_fail_their_jobs_with_one_line(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    write_fasta({"scaffold_12": "ACGTTGCAGG" * 300}, data / "ref.fa")
-    (data / "none.fastq").write_text("")
+    write_fasta({"scaffold_12": "ACGTTGCAGG" * 300}, data / "ref genome.fa")
+    (data / "no reads.fastq").write_text("")  # a space: paths reach the shell quoted
     for mate in (1, 2):
         with gzip.open(data / f"none_R{mate}.fq.gz", "wt"):
             pass
     with pysam.AlignmentFile(str(data / "none.bam"), "wb", header={"HD": {"VN": "1.6"},
                              "SQ": [{"SN": "scaffold_12", "LN": 3000}]}):  # fmt: skip
         pass
-    rows = ("plain\tillumina\tdata/none.fastq\t\t\n"
+    rows = ("plain\tillumina\tdata/no reads.fastq\t\t\n"
             "packed\tillumina\tdata/none_R1.fq.gz\tdata/none_R2.fq.gz\t\n"
             "nobam\tillumina\t\t\tdata/none.bam\n")  # fmt: skip
-    root = project(tmp_path, rows, "data/ref.fa")
+    root = project(tmp_path, rows, "data/ref genome.fa")
     samples = ("plain", "packed", "nobam")
     proc = snakemake(root, "--cores", "2", "--keep-going", *[f"results/genomics/{s}/variants.vcf.gz" for s in samples],
                      check=False)  # fmt: skip
     assert proc.returncode != 0
-    expected = {"plain": ("align_mappy", "align-reads", "data/none.fastq"),
+    expected = {"plain": ("align_mappy", "align-reads", "data/no reads.fastq"),
                 "packed": ("align_mappy", "align-reads", "data/none_R1.fq.gz"),
                 "nobam": ("sort_bam", "sort-bam", "data/none.bam")}  # fmt: skip
     for sample, (rule, command, path) in expected.items():

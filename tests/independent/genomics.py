@@ -309,3 +309,20 @@ def write_clipped_pairs(contigs: dict[str, str], count: int, rng: np.random.Gene
             for fh, mate in zip((f1, f2), mates):
                 fh.write(f"@clip{i:05d}\n{mate}\n+\n{_quality(rng, READ_LENGTH)}\n")
     return count
+
+
+def precision_recall(vcf: Path, truth: list[PlantedVariant]) -> dict[str, dict]:
+    """Per class (snp, indel): true/false positives, false negatives, precision and recall of the
+    PASS calls of a VCF against the planted variants (alleles compared exactly)."""
+    import pysam
+
+    with pysam.VariantFile(str(vcf)) as fh:
+        calls = {(r.chrom, r.pos, r.ref, a) for r in fh if list(r.filter) in ([], ["PASS"]) for a in r.alts}
+    result = {}
+    for kind in ("snp", "indel"):
+        true = {(v.chrom, v.pos, v.ref, v.alt) for v in truth if v.kind == kind}
+        called = {c for c in calls if (len(c[2]) == len(c[3]) == 1) == (kind == "snp")}
+        tp = len(true & called)
+        result[kind] = {"tp": tp, "fp": len(called - true), "fn": len(true - called),
+                        "precision": tp / len(called) if called else 0.0, "recall": tp / len(true)}  # fmt: skip
+    return result
