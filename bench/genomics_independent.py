@@ -48,7 +48,9 @@ def run(repo: Path, workdir: Path, coverage: float, seed: int, cores: int) -> tu
     shutil.copytree(repo / "config", workdir / "config")
     for sheet in ("transcriptomics", "imaging"):
         (workdir / "config" / f"{sheet}.tsv").write_text("")
-    (workdir / "config" / "genomics.tsv").write_text("sample\tplatform\tfastq_1\tfastq_2\tbam\n" + "".join(SAMPLES.values()))
+    (workdir / "config" / "genomics.tsv").write_text(
+        "sample\tplatform\tfastq_1\tfastq_2\tbam\n" + "".join(SAMPLES.values())
+    )
     settings = {"genomics": {"reference": "data/genome.fa", "variant_effects": {"enabled": False}}}
     (workdir / "config" / "independent.yaml").write_text(json.dumps(settings))
     targets = [f"results/genomics/{s}/variants.vcf.gz" for s in SAMPLES]
@@ -79,7 +81,9 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for sample, classes in scores.items():
         for kind, r in classes.items():
-            print(f"| {sample} | {kind} | {r['tp']} | {r['fp']} | {r['fn']} | {r['precision']:.3f} | {r['recall']:.3f} |")
+            print(
+                f"| {sample} | {kind} | {r['tp']} | {r['fp']} | {r['fn']} | {r['precision']:.3f} | {r['recall']:.3f} |"
+            )
 
 
 if __name__ == "__main__":
