@@ -126,6 +126,15 @@ def test_reference_and_bam_problems_stop_the_run_before_any_job(tmp_path):
     assert proc.returncode != 0 and "Building DAG" not in output
     assert f"genomics.reference '{packed}' is compressed with plain gzip" in output and "bgzip" in output
 
+    (tmp_path / "empty.fa").write_text("")
+    (tmp_path / "reads.fa").write_text("@a\nACGT\n+\nIIII\n")
+    for name, problem in (("empty.fa", "is empty"), ("reads.fa", "is not a FASTA file")):
+        root = project(tmp_path / f"with-{name}", f"ok\tillumina\t{tmp_path / 'r1.fq'}\t\t\n", str(tmp_path / name))
+        proc = snakemake(root, "-n", check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "Building DAG" not in output
+        assert f"genomics.reference '{tmp_path / name}' {problem}" in output
+
 
 # --------------------------------------------------------------------------- failed in the job
 

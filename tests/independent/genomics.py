@@ -187,8 +187,10 @@ def true_cigar(origin: np.ndarray) -> tuple[int, str]:
 
 
 def _with_errors(seq: str, rng: np.random.Generator, rate: float) -> str:
+    hit = np.flatnonzero(rng.random(len(seq)) < rate)
+    if not hit.size:
+        return seq
     bases = np.array(list(seq))
-    hit = np.flatnonzero(rng.random(len(bases)) < rate)
     for i in hit:
         bases[i] = rng.choice([b for b in "ACGT" if b != bases[i]])
     return "".join(bases)
