@@ -227,6 +227,29 @@ def test_files_without_reads_fail_with_one_line_naming_them(tmp_path):
     assert not (tmp_path / "sorted.bam").exists()
 
 
+def test_mates_out_of_order_and_unaligned_bam_to_sort_fail_with_one_line(tmp_path):
+    reference = write_fasta({"scaffold_12": "ACGT" * 250}, tmp_path / "ref.fa")
+    pysam.faidx(str(reference))
+    (tmp_path / "a_R1.fq").write_text("@x\nACGTACGT\n+\nIIIIIIII\n@y\nACGTACGT\n+\nIIIIIIII\n")
+    (tmp_path / "a_R2.fq").write_text("@y\nACGTACGT\n+\nIIIIIIII\n@x\nACGTACGT\n+\nIIIIIIII\n")
+    unaligned = tmp_path / "unaligned.bam"
+    with pysam.AlignmentFile(str(unaligned), "wb", header={"HD": {"VN": "1.6"}}) as bam:
+        rec = pysam.AlignedSegment(bam.header)
+        rec.query_name, rec.flag, rec.query_sequence = "r", 4, "ACGTACGT"
+        bam.write(rec)
+    runs = [
+        (["align-reads", str(tmp_path / "a_R1.fq"), str(tmp_path / "a_R2.fq"), "--reference", str(reference),
+          "--platform", "illumina", "--sample", "s", "--out", str(tmp_path / "a.bam")],
+         f"gpubio: align-reads: {tmp_path / 'a_R1.fq'} and {tmp_path / 'a_R2.fq'} are not in the same order"),
+        (["sort-bam", str(unaligned), "--sample", "s", "--platform", "illumina", "--out", str(tmp_path / "s.bam")],
+         f"gpubio: sort-bam: {unaligned} has no @SQ lines: it is not aligned"),
+    ]  # fmt: skip
+    for args, expected in runs:
+        proc = subprocess.run([sys.executable, "-m", "gpubio", *args], capture_output=True, text=True)
+        problems = [line for line in proc.stderr.strip().splitlines() if " gpubio INFO " not in line]
+        assert proc.returncode != 0 and len(problems) == 1 and problems[0].startswith(expected), proc.stderr
+
+
 def test_a_text_file_named_bam_is_not_a_bam(tmp_path):
     from gpubio.genomics.inputs import bam_problem
 

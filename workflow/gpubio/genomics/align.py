@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpubio.genomics.inputs import InputError
+
 log = logging.getLogger("gpubio")
 
 # minimap2 preset per platform of the sample sheet
@@ -92,7 +94,7 @@ def iter_input(paths: list[str]) -> Iterator[tuple[Read, Read | None]]:
     if len(paths) == 2 and not str(paths[0]).endswith(".bam"):
         for r1, r2 in itertools.zip_longest(_fastq(paths[0]), _fastq(paths[1])):
             if r1 is None or r2 is None or r1.name != r2.name:
-                raise ValueError(
+                raise InputError(
                     f"{paths[0]} and {paths[1]} are not in the same order (read "
                     f"{getattr(r1, 'name', None)!r} vs {getattr(r2, 'name', None)!r}); give mates in matching order"
                 )
@@ -370,7 +372,7 @@ def sort_and_index(bam_in: str, out: str, sample: str, platform: str, threads: i
     with pysam.AlignmentFile(bam_in, "rb", check_sq=False) as bam:
         header = bam.header.to_dict()
         if not bam.header.references:
-            raise ValueError(f"{bam_in} has no @SQ lines: it is not aligned; align it first")
+            raise InputError(f"{bam_in} has no @SQ lines: it is not aligned; align it first")
     has_rg = bool(header.get("RG"))
     foreign = has_rg and any(rg.get("SM") != sample for rg in header["RG"])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
