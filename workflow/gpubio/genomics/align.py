@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpubio.genomics.inputs import InputError
+from gpubio.genomics.inputs import InputError, require_reads
 
 log = logging.getLogger("gpubio")
 
@@ -269,7 +269,6 @@ def align_reads(
     import pysam
 
     from gpubio.atomic import atomic_path
-    from gpubio.genomics.inputs import require_reads
 
     if platform not in PRESETS:
         raise ValueError(f"platform {platform!r} is not one of {', '.join(PRESETS)}")
@@ -366,7 +365,6 @@ def sort_and_index(bam_in: str, out: str, sample: str, platform: str, threads: i
     import pysam
 
     from gpubio.atomic import atomic_path
-    from gpubio.genomics.inputs import require_reads
 
     require_reads(bam_in)
     with pysam.AlignmentFile(bam_in, "rb", check_sq=False) as bam:
