@@ -120,7 +120,7 @@ def test_unaligned_bam_keeps_read_groups_and_tags(reference, tmp_path):
     assert rec.get_tag("MM") == "C+m?,0;" and list(rec.get_tag("ML")) == [200]
     assert rec.modified_bases  # MM/ML stay interpretable on the reverse strand
     with pysam.AlignmentFile(str(bam), "rb") as fh:
-        assert fh.header.to_dict()["RG"] == [{"ID": "run1_hac", "PL": "ONT", "SM": "sampleX"}]
+        assert fh.header.to_dict()["RG"] == [{"ID": "run1_hac", "PL": "ONT", "SM": "sampleX", "DS": "original SM: lib"}]
 
 
 def test_sort_and_index_adds_a_read_group_when_missing(reference, tmp_path):

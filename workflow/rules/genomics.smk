@@ -24,7 +24,7 @@ rule reference_index:
     resources:
         **cpu_resources(mem_mb=2000, runtime=30),
     shell:
-        "python -c 'import pysam, sys; pysam.faidx(sys.argv[1])' {input} > {log} 2>&1"
+        "python -c 'import pysam, sys; pysam.faidx(sys.argv[1])' {input:q} > {log} 2>&1"
 
 
 # ---------------------------------------------------------------- basecalling (POD5 input)
@@ -45,7 +45,7 @@ rule pod5_read_table:
     resources:
         **cpu_resources(mem_mb=2000, runtime=60),
     shell:
-        "pod5 view {input} --recursive --include read_id,num_samples --threads {threads}"
+        "pod5 view {input:q} --recursive --include read_id,num_samples --threads {threads}"
         " --output {output} > {log} 2>&1"
 
 
@@ -70,7 +70,7 @@ rule pod5_shards:
         shards=get_shard_count,
     shell:
         "(python -m gpubio pod5-shard-plan {input.table} --shards {params.shards} --out {output.plan}"
-        " && pod5 subset {input.pod5} --recursive --table {output.plan} --columns shard"
+        " && pod5 subset {input.pod5:q} --recursive --table {output.plan} --columns shard"
         " --template '{{shard}}.pod5' --threads {threads} --output {output.shards}) > {log} 2>&1"
 
 
@@ -202,7 +202,7 @@ rule read_qc:
     resources:
         **cpu_resources(mem_mb=1000, runtime=30),
     shell:
-        "python -m gpubio --threads {threads} read-qc {input} --out {output} > {log} 2>&1"
+        "python -m gpubio --threads {threads} read-qc {input:q} --out {output} > {log} 2>&1"
 
 
 rule align_mappy:
@@ -224,7 +224,7 @@ rule align_mappy:
     params:
         platform=genomics_platform,
     shell:
-        "python -m gpubio --threads {threads} align-reads {input.reads} --reference {input.reference}"
+        "python -m gpubio --threads {threads} align-reads {input.reads:q} --reference {input.reference:q}"
         " --platform {params.platform} --sample {wildcards.sample} --out {output} > {log} 2>&1"
 
 
@@ -251,7 +251,7 @@ rule align_dorado:
     params:
         options=GENOMICS["align"]["dorado_options"],
     shell:
-        "dorado aligner --threads {threads} {params.options} {input.reference} {input.reads}"
+        "dorado aligner --threads {threads} {params.options} {input.reference:q} {input.reads:q}"
         " > {output} 2> {log}"
 
 
@@ -273,7 +273,7 @@ rule sort_bam:
     params:
         platform=genomics_platform,
     shell:
-        "python -m gpubio --threads {threads} sort-bam {input} --sample {wildcards.sample}"
+        "python -m gpubio --threads {threads} sort-bam {input:q} --sample {wildcards.sample}"
         " --platform {params.platform} --out {output.bam} > {log} 2>&1"
 
 
@@ -327,7 +327,7 @@ rule call_bcftools:
             else ""
         ),
     shell:
-        "python -m gpubio --threads {threads} call-bcftools {input.bam} --reference {input.reference}"
+        "python -m gpubio --threads {threads} call-bcftools {input.bam} --reference {input.reference:q}"
         " --platform {params.platform} {params.options} --out {output} > {log} 2>&1"
 
 
@@ -368,7 +368,7 @@ rule call_parabricks:
         options=GENOMICS["variants"]["parabricks"]["options"],
     shell:
         "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu --"
-        " pbrun deepvariant --ref {input.reference} --in-bam {input.bam} --out-variants {output}"
+        " pbrun deepvariant --ref {input.reference:q} --in-bam {input.bam} --out-variants {output}"
         " --mode {params.mode} --num-gpus {resources.gpu} {params.memory} {params.options}"
         " > {log} 2>&1"
 
@@ -401,7 +401,7 @@ rule call_deepvariant:
         workdir="results/genomics/{sample}/deepvariant_tmp",
         options=GENOMICS["variants"]["deepvariant"]["options"],
     shell:
-        "run_deepvariant --model_type={params.model_type} --ref={input.reference}"
+        "run_deepvariant --model_type={params.model_type} --ref={input.reference:q}"
         " --reads={input.bam} --output_vcf={output} --num_shards={threads}"
         " --sample_name={wildcards.sample} --intermediate_results_dir={params.workdir}"
         " {params.options} > {log} 2>&1 && rm -rf {params.workdir}"
@@ -434,7 +434,7 @@ rule call_clair3:
         outdir=subpath(output[0], parent=True),
         options=GENOMICS["variants"]["clair3"]["options"],
     shell:
-        "run_clair3.sh --bam_fn={input.bam} --ref_fn={input.reference} --threads={threads}"
+        "run_clair3.sh --bam_fn={input.bam} --ref_fn={input.reference:q} --threads={threads}"
         " --platform={params.platform} --model_path={params.model} --output={params.outdir}"
         " --sample_name={wildcards.sample} {params.options} > {log} 2>&1"
 
@@ -460,7 +460,7 @@ rule finish_variants:
     params:
         min_qual=GENOMICS["variants"]["min_qual"],
     shell:
-        "python -m gpubio --threads {threads} finish-variants {input.calls} --reference {input.reference}"
+        "python -m gpubio --threads {threads} finish-variants {input.calls} --reference {input.reference:q}"
         " --sample {wildcards.sample} --min-qual {params.min_qual} --out {output.vcf} > {log} 2>&1"
 
 
@@ -497,8 +497,8 @@ rule variant_effects:
         require_gpu=REQUIRE_GPU,
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} variant-effects"
-        " --vcf {input.vcf} --reference {input.reference} --family {params.effects[family]}"
-        " --weights {input.weights} --sequence-length {params.effects[sequence_length]}"
+        " --vcf {input.vcf} --reference {input.reference:q} --family {params.effects[family]}"
+        " --weights {input.weights:q} --sequence-length {params.effects[sequence_length]}"
         " --batch-size {params.effects[batch_size]} --head {params.effects[head]}"
         " {params.track_names} --out {output} > {log} 2>&1"
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpubio.genomics.inputs import InputError, require_reads
+
 log = logging.getLogger("gpubio")
 
 # minimap2 preset per platform of the sample sheet
@@ -92,7 +94,7 @@ def iter_input(paths: list[str]) -> Iterator[tuple[Read, Read | None]]:
     if len(paths) == 2 and not str(paths[0]).endswith(".bam"):
         for r1, r2 in itertools.zip_longest(_fastq(paths[0]), _fastq(paths[1])):
             if r1 is None or r2 is None or r1.name != r2.name:
-                raise ValueError(
+                raise InputError(
                     f"{paths[0]} and {paths[1]} are not in the same order (read "
                     f"{getattr(r1, 'name', None)!r} vs {getattr(r2, 'name', None)!r}); give mates in matching order"
                 )
@@ -121,9 +123,14 @@ class Placed:
     supplementary: bool = False
 
 
-def place(hit, read_length: int, supplementary: bool = False) -> Placed:
-    """SAM placement of a mappy hit: soft clips on both ends, in reference orientation."""
-    left, right = hit.q_st, read_length - hit.q_en
+def place(hit, read_length: int, supplementary: bool = False, mate_two: bool = False) -> Placed:
+    """SAM placement of a mappy hit: soft clips on both ends, in reference orientation.
+
+    ``mate_two``: the hit is read 2 of a pair mapped together, whose query coordinates mappy
+    reports on the mate's reverse complement.
+    """
+    q_st, q_en = (read_length - hit.q_en, read_length - hit.q_st) if mate_two else (hit.q_st, hit.q_en)
+    left, right = q_st, read_length - q_en
     if hit.strand < 0:
         left, right = right, left
     cigar = (f"{left}S" if left else "") + hit.cigar_str + (f"{right}S" if right else "")
@@ -133,7 +140,7 @@ def place(hit, read_length: int, supplementary: bool = False) -> Placed:
 def placements(hits, read_num: int | None, read_length: int) -> list[Placed]:
     """Primary first, then supplementary; secondary hits dropped."""
     chosen = [h for h in hits if h.is_primary and (read_num is None or h.read_num == read_num)]
-    return [place(h, read_length, supplementary=k > 0) for k, h in enumerate(chosen)]
+    return [place(h, read_length, supplementary=k > 0, mate_two=read_num == 2) for k, h in enumerate(chosen)]
 
 
 def _sa_tag(others: list[Placed]) -> str:
@@ -215,7 +222,7 @@ def bam_header(reference: str, sample: str, platform: str, read_groups: list[dic
 
     with pysam.FastaFile(reference) as fasta:
         sq = [{"SN": n, "LN": ln} for n, ln in zip(fasta.references, fasta.lengths)]
-    groups = [dict(rg, SM=sample) for rg in read_groups] or [
+    groups = sample_read_groups(read_groups, sample) or [
         {"ID": sample, "SM": sample, "LB": sample, "PL": PLATFORM_TAG[platform]}
     ]
     return {
@@ -224,6 +231,22 @@ def bam_header(reference: str, sample: str, platform: str, read_groups: list[dic
         "RG": groups,
         "PG": [{"ID": "gpubio-align", "PN": "gpubio", "VN": _mappy_version(), "CL": command}],
     }
+
+
+def sample_read_groups(read_groups: list[dict], sample: str) -> list[dict]:
+    """Read groups named for the sheet's sample (SM), so the BAM and the VCF agree; a different
+    SM the input carried is kept in DS."""
+    groups = []
+    for rg in read_groups:
+        rg = dict(rg)
+        original = rg.get("SM")
+        if original and original != sample:
+            note = f"original SM: {original}"
+            rg["DS"] = f"{rg['DS']}; {note}" if rg.get("DS") else note
+            log.info("read group %s: SM %s renamed to the sheet's sample %s (kept in DS)", rg["ID"], original, sample)
+        rg["SM"] = sample
+        groups.append(rg)
+    return groups
 
 
 def _mappy_version() -> str:
@@ -249,6 +272,8 @@ def align_reads(
 
     if platform not in PRESETS:
         raise ValueError(f"platform {platform!r} is not one of {', '.join(PRESETS)}")
+    for path in reads:
+        require_reads(path)
     aligner = mappy.Aligner(reference, preset=PRESETS[platform], n_threads=max(1, threads))
     if not aligner:
         raise RuntimeError(f"mappy could not load or index the reference {reference}")
@@ -341,10 +366,13 @@ def sort_and_index(bam_in: str, out: str, sample: str, platform: str, threads: i
 
     from gpubio.atomic import atomic_path
 
+    require_reads(bam_in)
     with pysam.AlignmentFile(bam_in, "rb", check_sq=False) as bam:
-        has_rg = bool(bam.header.to_dict().get("RG"))
+        header = bam.header.to_dict()
         if not bam.header.references:
-            raise ValueError(f"{bam_in} has no @SQ lines: it is not aligned; align it first")
+            raise InputError(f"{bam_in} has no @SQ lines: it is not aligned; align it first")
+    has_rg = bool(header.get("RG"))
+    foreign = has_rg and any(rg.get("SM") != sample for rg in header["RG"])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     source = bam_in
     with atomic_path(out) as tmp:
@@ -353,6 +381,14 @@ def sort_and_index(bam_in: str, out: str, sample: str, platform: str, threads: i
             rg = f"@RG\\tID:{sample}\\tSM:{sample}\\tLB:{sample}\\tPL:{PLATFORM_TAG[platform]}"
             pysam.samtools.addreplacerg("-r", rg, "-o", tagged, bam_in, catch_stdout=False)
             source = tagged
+        elif foreign:  # e.g. an aligned BAM from elsewhere: its SM becomes the sheet's sample
+            header["RG"] = sample_read_groups(header["RG"], sample)
+            Path(f"{tmp}.header.sam").write_text(str(pysam.AlignmentHeader.from_dict(header)))
+            source = f"{tmp}.rg.bam"
+            try:
+                pysam.samtools.reheader(f"{tmp}.header.sam", bam_in, save_stdout=source)
+            finally:
+                os.unlink(f"{tmp}.header.sam")
         try:
             pysam.sort("-@", str(max(1, threads)), "-o", str(tmp), source, catch_stdout=False)
         finally:
@@ -361,7 +397,8 @@ def sort_and_index(bam_in: str, out: str, sample: str, platform: str, threads: i
         index_tmp = f"{tmp}.bai"
         pysam.index("-@", str(max(1, threads)), str(tmp), index_tmp, catch_stdout=False)
     os.replace(index_tmp, f"{out}.bai")  # after the BAM, so the index is the newer file
-    log.info("sorted and indexed %s (read groups %s)", out, "kept" if has_rg else f"added for {sample}")
+    kept = "renamed to the sample" if foreign else "kept"
+    log.info("sorted and indexed %s (read groups %s)", out, kept if has_rg else f"added for {sample}")
 
 
 def is_aligned_bam(path: str) -> bool:

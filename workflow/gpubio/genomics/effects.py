@@ -252,7 +252,8 @@ def read_variants(vcf: str, pass_only: bool = True) -> Iterator[Variant]:
             for alt in rec.alts or ():
                 if alt.startswith("<") or "*" in alt or "[" in alt or "]" in alt:
                     continue
-                yield Variant(rec.chrom, rec.pos, rec.ref, alt)
+                # upper case: a soft-masked reference gives lower-case alleles in some VCFs
+                yield Variant(rec.chrom, rec.pos, rec.ref.upper(), alt.upper())
 
 
 # --------------------------------------------------------------------------- scoring

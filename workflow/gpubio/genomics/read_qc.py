@@ -50,8 +50,11 @@ def histograms(lengths: np.ndarray, read_quals: np.ndarray) -> dict:
 
 def read_qc(paths: list[str]) -> dict:
     """QC over all reads of the given files (both mates of a pair count as reads)."""
+    from gpubio.genomics.inputs import require_reads
+
     lengths, qual_sums = [], []
     for path in paths:
+        require_reads(path)
         for length, qsum in _iter_reads(path):
             lengths.append(length)
             qual_sums.append(qsum)

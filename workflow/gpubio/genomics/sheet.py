@@ -99,8 +99,29 @@ def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[
             problems.append(f"{sheet}: run '{run.name}' uses a barcode twice; each barcode is one sample")
         if not run.barcoded and len(run.barcodes) > 1:
             problems.append(f"{sheet}: samples {sorted(run.barcodes)} share run '{run.name}' without barcodes; give barcodes or separate runs")
+    problems += _input_problems(table, sheet, settings, config_file)
     problems += _caller_problems(table, settings, config_file)
     problems += _effect_problems(settings, config_file)
+    return problems
+
+
+def _input_problems(table, sheet: str, settings: dict, config_file: str) -> list[str]:
+    """The reference (one FASTA, each contig named once) and that each sheet BAM is a BAM:
+    found later, they would fail every job or, worse, give wrong calls."""
+    from gpubio.genomics.inputs import bam_problem, reference_problems
+
+    problems = []
+    reference = settings.get("reference")
+    if reference and Path(reference).is_file():  # a missing one is reported with the config
+        problems += reference_problems(reference, config_file)
+    for i, (sample, row) in enumerate(table.iterrows(), start=1):
+        bam = _value(row, "bam")
+        problem = bam_problem(bam) if bam and Path(bam).is_file() else None
+        if problem:
+            problems.append(
+                f"{sheet} row {i} (line {i + 1}, sample '{sample}'): bam '{bam}' {problem}; "
+                "give an aligned or unaligned BAM, or the reads as FASTQ"
+            )
     return problems
 
 

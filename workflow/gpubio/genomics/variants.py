@@ -63,8 +63,10 @@ def finish_calls(raw: str, reference: str, sample: str, min_qual: float, out: st
             (work / "samples.txt").write_text(f"{names[0]} {sample}\n")
             _bcftools("reheader", "-s", str(work / "samples.txt"), "-o", str(work / "renamed.vcf.gz"), str(source))
             source = work / "renamed.vcf.gz"
+        upper = work / "upper.vcf.gz"
+        upper_case_alleles(str(source), str(upper))
         final = work / "final.vcf.gz"
-        _bcftools("sort", "-Oz", "-o", str(final), str(source))
+        _bcftools("sort", "-Oz", "-o", str(final), str(upper))
         _bcftools("index", "-t", "-o", f"{final}.tbi", str(final))
         os.replace(final, out_path)
         os.replace(f"{final}.tbi", f"{out_path}.tbi")  # after the VCF: the index is the newer file
@@ -74,6 +76,27 @@ def finish_calls(raw: str, reference: str, sample: str, min_qual: float, out: st
     log.info("%s: %d PASS (%d SNPs, %d indels), %d LowQual (QUAL < %g)", sample, counts["pass"],
              counts["pass_snps"], counts["pass_indels"], counts["low_qual"], min_qual)  # fmt: skip
     return counts
+
+
+def upper_case_alleles(vcf_in: str, vcf_out: str) -> int:
+    """Copy a VCF with REF/ALT in upper case: callers copy soft-masked (lower-case) reference
+    bases into REF, which VCF tools do not expect. Returns the records changed."""
+    import pysam
+
+    changed = 0
+    with pysam.VariantFile(vcf_in) as fh, pysam.VariantFile(vcf_out, "wz", header=fh.header) as out:
+        for rec in fh:
+            alleles = tuple(a.upper() if set(a) <= NUCLEOTIDES else a for a in rec.alleles)
+            if alleles != rec.alleles:
+                rec.alleles = alleles
+                changed += 1
+            out.write(rec)
+    if changed:
+        log.info("%d records had lower-case (soft-masked) REF/ALT; written in upper case", changed)
+    return changed
+
+
+NUCLEOTIDES = set("ACGTNacgtn")
 
 
 def variant_type(ref: str, alt: str) -> str:
