@@ -132,10 +132,12 @@ def select_channels(image: np.ndarray, channels: tuple[int, int]) -> np.ndarray:
     Cellpose's convention: the first entry 0 means grayscale (the mean of all channels),
     the second 0 means no nuclear channel (zeros).
     """
+    from gpubio.imaging.io import ImageError
+
     seg, nuc = channels
     for value in channels:
         if not 0 <= value <= image.shape[0]:
-            raise ValueError(
+            raise ImageError(
                 f"channel {value} does not exist: the image has {image.shape[0]} channel(s) "
                 "(channels are 1-based; 0 means grayscale / none)"
             )

@@ -18,7 +18,8 @@ log = logging.getLogger("gpubio")
 
 
 class ImageError(ValueError):
-    """An image file that cannot be read; the message names the file, the problem and the fix."""
+    """An image that cannot be read, or lacks what the settings ask of it (a channel); the
+    message names the problem and the fix, and the step ends with it as one line."""
 
 
 def _page_data_end(page) -> int:
@@ -66,7 +67,7 @@ def tiff_problem(path) -> str | None:
         error = None
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc}); check the file and its permissions"
-    except Exception as exc:  # tifffile raises many kinds on a damaged file
+    except Exception as exc:  # noqa: BLE001  (tifffile raises many kinds on a damaged file)
         error, needed = exc, 0
     finally:
         tifffile_log.removeHandler(collected)

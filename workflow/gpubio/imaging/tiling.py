@@ -144,7 +144,11 @@ def segment_file(
         if not covered.any():
             log.warning("%s: the footprint is empty (the image covers none of the reference); using every pixel", footprint)
             covered = None
-    lowhigh = intensity_range(select_channels(image.strided(step), channels), footprint=covered)
+    try:
+        selected = select_channels(image.strided(step), channels)
+    except ImageError as error:
+        raise ImageError(f"{image_path}: {error}; fix imaging.segmentation.channels") from None
+    lowhigh = intensity_range(selected, footprint=covered)
     log.info("normalisation (1st, 99th percentile per channel): %s", lowhigh.tolist())
 
     def segment(block: np.ndarray) -> np.ndarray:
