@@ -91,7 +91,7 @@ def test_learned_defaults_recover_a_pure_rigid_transform_exactly(rigid_pair):
     assert found["translation_rc"] == pytest.approx([-6.75, 11.5], abs=0.05)
     assert np.allclose(result.matrix, pair.truth.matrix(), atol=0.05)
     # the displacement field leaves a rigid pair (nearly) alone
-    assert result.details["max_displacement_px"] < 1.5
+    assert result.details["max_displacement_px"] < 2.0  # against 4-5 px on the warped pair
     assert registration_error(result, pair) < 0.06
 
 
