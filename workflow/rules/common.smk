@@ -276,6 +276,8 @@ def get_coordinates(wildcards):
 
 
 # ---------------------------------------------------------------- imaging
+import shlex
+
 from gpubio.imaging.resources import (
     cellpose_mem_mb,
     cellpose_training_vram_gb,
@@ -293,10 +295,14 @@ from gpubio.imaging.settings import (
     training_options,
     uses_trained_model,
 )
+from gpubio.imaging.sheet import image_file_problems
 
 IMAGING = imaging_settings(config)
 if PROJECT.active("imaging"):
     _imaging_problems = imaging_config_problems(IMAGING, str(CONFIG_FILE))
+    _imaging_problems += image_file_problems(
+        PROJECT.sheets["imaging"], IMAGING["samples"], os.getcwd()
+    )
     if _imaging_problems:
         raise WorkflowError(ConfigError(_imaging_problems).report())
 # learned registration is the GPU option; elastix runs on CPUs
@@ -321,6 +327,18 @@ def get_segmentation_image(wildcards):
     if has_reference_image(wildcards.sample):
         return f"results/imaging/{wildcards.sample}/registered.tif"
     return get_image(wildcards)
+
+
+def get_segmentation_footprint(wildcards):
+    """The pixels a registered image covers (segmentation normalises over these only)."""
+    if has_reference_image(wildcards.sample):
+        return f"results/imaging/{wildcards.sample}/footprint.tif"
+    return []
+
+
+def footprint_option(wildcards, input):
+    """segment-cells' --footprint for registered images (quoted: it is a shell word)."""
+    return f"--footprint {shlex.quote(input.footprint)}" if input.footprint else ""
 
 
 def get_cellpose_model(wildcards):

@@ -30,6 +30,7 @@ rule register_image:
         reference=get_reference_image,
     output:
         image="results/imaging/{sample}/registered.tif",
+        footprint="results/imaging/{sample}/footprint.tif",
         transform="results/imaging/{sample}/transform.json",
         png=report(
             "results/imaging/{sample}/checkerboard.png",
@@ -59,8 +60,8 @@ rule register_image:
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} register-image"
         " {input.image} --reference {input.reference} --sample {wildcards.sample} {params.options}"
-        " --out-image {output.image} --out-transform {output.transform} --out-png {output.png}"
-        " > {log} 2>&1"
+        " --out-image {output.image} --out-footprint {output.footprint}"
+        " --out-transform {output.transform} --out-png {output.png} > {log} 2>&1"
 
 
 # Cellpose 2.0 recipe: train on a folder of images + masks; segmentation then uses the model
@@ -108,6 +109,7 @@ rule train_cellpose:
 rule segment_cells:
     input:
         image=get_segmentation_image,
+        footprint=get_segmentation_footprint,
         model=get_cellpose_model,
     output:
         masks="results/imaging/{sample}/masks.tif",
@@ -133,11 +135,12 @@ rule segment_cells:
     params:
         model=IMAGING_CELLPOSE_MODEL,
         options=segmentation_options(IMAGING),
+        footprint=footprint_option,
         require_gpu=REQUIRE_GPU,
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} segment-cells"
-        " {input.image} --model {params.model:q} {params.options} --out-masks {output.masks}"
-        " --out-json {output.json} > {log} 2>&1"
+        " {input.image} --model {params.model:q} {params.options} {params.footprint}"
+        " --out-masks {output.masks} --out-json {output.json} > {log} 2>&1"
 
 
 rule cell_features:

@@ -132,10 +132,12 @@ def select_channels(image: np.ndarray, channels: tuple[int, int]) -> np.ndarray:
     Cellpose's convention: the first entry 0 means grayscale (the mean of all channels),
     the second 0 means no nuclear channel (zeros).
     """
+    from gpubio.imaging.io import ImageError
+
     seg, nuc = channels
     for value in channels:
         if not 0 <= value <= image.shape[0]:
-            raise ValueError(
+            raise ImageError(
                 f"channel {value} does not exist: the image has {image.shape[0]} channel(s) "
                 "(channels are 1-based; 0 means grayscale / none)"
             )
@@ -144,8 +146,14 @@ def select_channels(image: np.ndarray, channels: tuple[int, int]) -> np.ndarray:
     return np.stack([first, second]).astype(np.float32)
 
 
-def intensity_range(selected: np.ndarray, percentiles=(1.0, 99.0)) -> np.ndarray:
-    """Per-channel (low, high) of a (2, Y, X) selection: the normalisation of one image."""
+def intensity_range(selected: np.ndarray, percentiles=(1.0, 99.0), footprint: np.ndarray | None = None) -> np.ndarray:
+    """Per-channel (low, high) of a (2, Y, X) selection: the normalisation of one image.
+
+    `footprint` (Y, X bool) limits the percentiles to the pixels the image really covers
+    (after registration, the zero fill outside it would pull the low end to 0).
+    """
+    if footprint is not None:
+        selected = selected[:, footprint]
     return np.stack([np.percentile(c, percentiles) for c in selected]).astype(np.float32)
 
 

@@ -74,7 +74,7 @@ def _register_image(args) -> None:
             channel=channel,
             transform=args.learned_transform,
             deformable=args.deformable,
-            iterations=args.iterations or 150,
+            iterations=args.iterations or None,
             learning_rate=args.learning_rate,
             smoothness=args.smoothness,
             device=device,
@@ -90,6 +90,8 @@ def _register_image(args) -> None:
         info = np.iinfo(dtype)
         registered = np.clip(np.rint(registered), info.min, info.max)
     write_image(args.out_image, registered.astype(dtype))
+    if args.out_footprint:  # which pixels the image covers: segmentation normalises over these only
+        write_image(args.out_footprint, result.valid.astype(np.uint8), axes="YX")
     summary = {
         "method": result.method,
         "image": args.image,
@@ -222,7 +224,9 @@ def _segment_cells(args) -> None:
         batch_size=args.batch_size,
         min_size=args.min_size,
     )
-    summary = segment_file(args.image, args.out_masks, segmenter, tuple(args.channels), args.tile_size, args.tile_overlap)
+    summary = segment_file(
+        args.image, args.out_masks, segmenter, tuple(args.channels), args.tile_size, args.tile_overlap, footprint=args.footprint
+    )
     summary |= {"model": choice.describe(), "cellpose_version": cellpose.version, "device": str(device)}
     log.info("%d cells in %.1f s (%.3g megapixels/s)", summary["cells"], summary["seconds"], summary["megapixels_per_s"])
     write_text_atomic(args.out_json, json.dumps(summary, indent=2) + "\n")
@@ -242,15 +246,17 @@ def _cell_features(args) -> None:
     log.info("%s: %d cells measured", args.sample, len(table))
 
 
-def _exit_on_model_error(command):
-    """Run a command; a ModelError (missing weights, bad model path) ends it with one clear line."""
+def _exit_on_bad_input(command):
+    """Run a command; a ModelError (missing weights, bad model path) or an unreadable image
+    ends it with one clear line."""
 
     def run(args) -> None:
         from gpubio.imaging.cellpose_models import ModelError
+        from gpubio.imaging.io import ImageError
 
         try:
             command(args)
-        except ModelError as error:
+        except (ModelError, ImageError) as error:
             raise SystemExit(f"gpubio: {args.command}: {error}") from None
 
     return run
@@ -261,7 +267,7 @@ def register(sub) -> None:
     p.add_argument("image")
     p.add_argument("--out", required=True)
     p.add_argument("--max-saturated-fraction", type=float, default=0.01)
-    p.set_defaults(func=_image_qc)
+    p.set_defaults(func=_exit_on_bad_input(_image_qc))
 
     p = sub.add_parser("register-image", help="register an image to its reference (itk-elastix or learned, torch)")
     p.add_argument("image")
@@ -273,14 +279,16 @@ def register(sub) -> None:
     p.add_argument("--grid-spacing", type=float, default=32.0, help="elastix B-spline control-point spacing (px)")
     p.add_argument("--parameter-file", action="append", help="your own elastix parameter file(s), instead of --transforms")
     p.add_argument("--iterations", type=int, default=0, help="optimiser iterations per level (0 = the method's default)")
-    p.add_argument("--learned-transform", choices=["rigid", "affine"], default="rigid")
-    p.add_argument("--deformable", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--learning-rate", type=float, default=0.02)
-    p.add_argument("--smoothness", type=float, default=1.0)
+    # learned settings left out take imaging.registration.learned's defaults (the schema's)
+    p.add_argument("--learned-transform", choices=["rigid", "affine"])
+    p.add_argument("--deformable", action=argparse.BooleanOptionalAction)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--smoothness", type=float, help="weight of the displacement field's smoothness penalty")
     p.add_argument("--out-image", required=True)
     p.add_argument("--out-transform", required=True)
     p.add_argument("--out-png", required=True)
-    p.set_defaults(func=_register_image)
+    p.add_argument("--out-footprint", help="also write the pixels the image covers (uint8 TIFF, 1 = covered)")
+    p.set_defaults(func=_exit_on_bad_input(_register_image))
 
     model_help = "built-in name (cyto3, nuclei; cpsam with Cellpose 4) or a model file"
     p = sub.add_parser("train-cellpose", help="train a Cellpose model on a folder of <name>.tif + <name>_masks.tif")
@@ -297,7 +305,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="the model file")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-png")
-    p.set_defaults(func=_exit_on_model_error(_train_cellpose))
+    p.set_defaults(func=_exit_on_bad_input(_train_cellpose))
 
     p = sub.add_parser("segment-cells", help="Cellpose segmentation, tiled for large images")
     p.add_argument("image")
@@ -311,9 +319,10 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tile-size", type=int, default=2048)
     p.add_argument("--tile-overlap", type=int, default=64)
+    p.add_argument("--footprint", help="a registered image's footprint: normalise over its covered pixels only")
     p.add_argument("--out-masks", required=True)
     p.add_argument("--out-json", required=True)
-    p.set_defaults(func=_exit_on_model_error(_segment_cells))
+    p.set_defaults(func=_exit_on_bad_input(_segment_cells))
 
     p = sub.add_parser("cell-features", help="per-cell area, centroid, eccentricity, channel means; QC overlay")
     p.add_argument("image")
@@ -322,4 +331,4 @@ def register(sub) -> None:
     p.add_argument("--channel", type=int, default=1, help="1-based channel shown in the overlay")
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-png", required=True)
-    p.set_defaults(func=_cell_features)
+    p.set_defaults(func=_exit_on_bad_input(_cell_features))

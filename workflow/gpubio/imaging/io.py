@@ -10,10 +10,89 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import numpy as np
 
 log = logging.getLogger("gpubio")
+
+
+class ImageError(ValueError):
+    """An image that cannot be read, or lacks what the settings ask of it (a channel); the
+    message names the problem and the fix, and the step ends with it as one line."""
+
+
+def _page_data_end(page) -> int:
+    """The byte just past a page's last strip or tile (0 for a page without pixel data)."""
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+    return max(ends, default=0)
+
+
+class _TiffWarnings(logging.Handler):
+    """Collects what tifffile logs while a header is read (instead of printing it)."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def tiff_problem(path) -> str | None:
+    """What is wrong with a TIFF file, from its headers alone; None when it looks whole.
+
+    Reads the page headers of the first image and checks that they and the pixel data of
+    its first and last page lie inside the file: a copy cut short is caught here, before
+    any job runs, without reading pixels.
+    """
+    import tifffile
+
+    tifffile_log = logging.getLogger("tifffile")
+    collected, propagate = _TiffWarnings(), tifffile_log.propagate
+    tifffile_log.addHandler(collected)
+    tifffile_log.propagate = False
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            start = fh.read(4)
+        if start[:2] not in (b"II", b"MM"):
+            shown = start.decode("ascii", "replace") if start else "nothing"
+            return f"not a TIFF file (it starts with {shown!r}); give a TIFF or OME-TIFF image"
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0] if tif.series else None
+            axes = series.axes.upper() if series else ""
+            pages = [p for p in (series.pages[0], series.pages[-1]) if p is not None] if series else []
+            needed = max((_page_data_end(p) for p in pages), default=0)
+        error = None
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc}); check the file and its permissions"
+    except Exception as exc:  # noqa: BLE001  (tifffile raises many kinds on a damaged file)
+        error, needed = exc, 0
+    finally:
+        tifffile_log.removeHandler(collected)
+        tifffile_log.propagate = propagate
+    beyond = [int(m) for text in collected.messages for m in re.findall(r"invalid page offset (\d+)", text)]
+    if needed > size or any(offset >= size for offset in beyond):
+        return (
+            f"the file is cut short: it has {size} bytes, but its pixel data or page headers lie beyond; "
+            "copy the file again (an interrupted transfer?)"
+        )
+    if error is not None:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"cannot be read as TIFF ({reason}); export the image again as TIFF or OME-TIFF"
+    if series is None:
+        return "has no image in it; export the image again as TIFF or OME-TIFF"
+    if "Y" not in axes or "X" not in axes:
+        return f"has no Y and X axes (axes {series.axes!r}); give a 2D image, with optional channels, Z or T"
+    return None
+
+
+def check_image(path) -> None:
+    """Raise ImageError (one line: file, problem, fix) when `path` is not a readable TIFF."""
+    problem = tiff_problem(path)
+    if problem:
+        raise ImageError(f"{path}: {problem}")
 
 
 def read_image(path: str) -> tuple[np.ndarray, str]:
@@ -24,6 +103,7 @@ def read_image(path: str) -> tuple[np.ndarray, str]:
     """
     import tifffile
 
+    check_image(path)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes = series.axes.upper()
@@ -65,6 +145,7 @@ class TiffImage:
         import tifffile
 
         self.path = str(path)
+        check_image(self.path)
         with tifffile.TiffFile(self.path) as tif:
             series = tif.series[0]
             file_axes = series.axes

@@ -238,12 +238,12 @@ def register_learned(
     reference: np.ndarray,
     image: np.ndarray,
     channel: int = 0,
-    transform: str = "rigid",
-    deformable: bool = True,
+    transform: str | None = None,
+    deformable: bool | None = None,
     levels=(4, 2, 1),
-    iterations: int = 150,
-    learning_rate: float = 0.02,
-    smoothness: float = 1.0,
+    iterations: int | None = None,
+    learning_rate: float | None = None,
+    smoothness: float | None = None,
     grid_step: int = 16,
     device=None,
     seed: int = 0,
@@ -253,10 +253,19 @@ def register_learned(
     The transform is optimised coarse to fine (`levels` = downsampling factors) on global
     NCC; the displacement field (one vector per `grid_step` px, upsampled smoothly) on
     local NCC plus `smoothness` x its squared gradient, at the two finest levels.
+    Settings left at None take imaging.registration.learned's defaults from the schema.
     """
     import torch
     import torch.nn.functional as F
 
+    from gpubio.imaging.settings import imaging_defaults
+
+    defaults = imaging_defaults()["registration"]["learned"]
+    transform = defaults["transform"] if transform is None else transform
+    deformable = defaults["deformable"] if deformable is None else deformable
+    iterations = defaults["iterations"] if iterations is None else iterations
+    learning_rate = defaults["learning_rate"] if learning_rate is None else learning_rate
+    smoothness = defaults["smoothness"] if smoothness is None else smoothness
     if transform not in ("rigid", "affine"):
         raise ValueError(f"learned registration transform must be rigid or affine, got {transform!r}")
     torch.manual_seed(seed)

@@ -35,10 +35,14 @@ def cellpose_vram_gb(tile_size: int, batch_size: int, model: str = "", major: in
     return round(CUDA_CONTEXT_GB + weights + per_patch * batch_size + tile, 1)
 
 
-def cellpose_training_vram_gb(crop_size: int, batch_size: int, model: str = "", major: int | None = None) -> float:
-    """VRAM of Cellpose training: activations and gradients of `batch_size` crops."""
+def cellpose_training_vram_gb(crop_size: int | None, batch_size: int, model: str = "", major: int | None = None) -> float:
+    """VRAM of Cellpose training: activations and gradients of `batch_size` crops.
+
+    `crop_size` None (the config's default) is the installed Cellpose's own: 224 px (3.x), 256 px (4.x).
+    """
     major = major or installed_cellpose_major()
     sam = major >= 4 or model == "cpsam"
+    crop_size = crop_size or (256 if major >= 4 else 224)
     per_crop = (2.0 if sam else 0.5) * (crop_size / 224) ** 2
     return round(CUDA_CONTEXT_GB + (3.6 if sam else 0.3) + per_crop * batch_size, 1)
 

@@ -22,6 +22,11 @@ def imaging_settings(config: dict) -> dict:
     return settings
 
 
+def imaging_defaults() -> dict:
+    """Every imaging setting at its schema default: the defaults of the commands and functions too."""
+    return imaging_settings({})
+
+
 def uses_trained_model(settings: dict) -> bool:
     return settings["segmentation"]["model"] == "trained"
 
@@ -51,9 +56,11 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".")
             )
         else:
             try:
-                read_training_set(workdir / folder)
+                pairs = read_training_set(workdir / folder)
             except ModelError as error:
                 problems.append(f"{config_file}: imaging.training.images: {error}".replace(str(workdir / folder), folder))
+            else:
+                problems += _training_file_problems(pairs, folder, config_file)
     for key, value in (("segmentation.model", seg["model"]), ("training.base_model", training["base_model"])):
         if value not in ("trained", "none") and _looks_like_path(value) and not (workdir / value).is_file():
             problems.append(
@@ -68,6 +75,18 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".")
             f"{config_file}: imaging.segmentation.tile_overlap ({seg['tile_overlap']}) must be less than half of "
             f"tile_size ({seg['tile_size']}); raise tile_size or lower tile_overlap"
         )
+    return problems
+
+
+def _training_file_problems(pairs, folder: str, config_file: str) -> list[str]:
+    """One line per training image or mask that is not a readable TIFF (headers only)."""
+    from gpubio.imaging.io import tiff_problem
+
+    problems = []
+    for path in (p for pair in pairs for p in pair if p.suffix.lower() in (".tif", ".tiff")):  # masks may be PNG
+        problem = tiff_problem(path)
+        if problem:
+            problems.append(f"{config_file}: imaging.training.images: '{Path(folder) / path.name}': {problem}")
     return problems
 
 

@@ -114,20 +114,41 @@ def segment_tiled(
     return {"cells": next_label - 1, "tiles": len(tiles), "seconds": round(time.perf_counter() - start, 3)}
 
 
-def segment_file(image_path, out_masks, segmenter, channels: tuple[int, int], tile_size: int, overlap: int) -> dict:
+def segment_file(
+    image_path, out_masks, segmenter, channels: tuple[int, int], tile_size: int, overlap: int, footprint=None
+) -> dict:
     """Segment a TIFF into a uint32 label TIFF, tile by tile (see module doc).
 
     The intensity range used to normalise every tile comes from the whole image (read at
-    a stride), so all tiles, and an untiled run, feed the network the same scale.
+    a stride), so all tiles, and an untiled run, feed the network the same scale. With a
+    `footprint` (a registered image's mask of covered pixels, nonzero = covered), only
+    covered pixels count.
     """
     from gpubio.atomic import atomic_path
     from gpubio.imaging.cellpose_models import intensity_range, network_input, select_channels
-    from gpubio.imaging.io import LabelImage, TiffImage
+    from gpubio.imaging.io import ImageError, LabelImage, TiffImage
 
     image = TiffImage(image_path)
     _, height, width = image.shape
     step = max(1, math.ceil(math.sqrt(height * width / 4e6)))  # at most ~4 megapixels sampled
-    lowhigh = intensity_range(select_channels(image.strided(step), channels))
+    covered = None
+    if footprint is not None:
+        mask = TiffImage(footprint)
+        if mask.shape[1:] != (height, width):
+            raise ImageError(
+                f"{footprint}: footprint is {mask.shape[1]} x {mask.shape[2]} px but the image is {height} x {width}; "
+                "give the footprint written with this registered image"
+            )
+        covered = mask.strided(step)[0] > 0
+        log.info("normalisation over the registered footprint: %.1f%% of the image", 100 * covered.mean())
+        if not covered.any():
+            log.warning("%s: the footprint is empty (the image covers none of the reference); using every pixel", footprint)
+            covered = None
+    try:
+        selected = select_channels(image.strided(step), channels)
+    except ImageError as error:
+        raise ImageError(f"{image_path}: {error}; fix imaging.segmentation.channels") from None
+    lowhigh = intensity_range(selected, footprint=covered)
     log.info("normalisation (1st, 99th percentile per channel): %s", lowhigh.tolist())
 
     def segment(block: np.ndarray) -> np.ndarray:
@@ -143,5 +164,6 @@ def segment_file(image_path, out_masks, segmenter, channels: tuple[int, int], ti
         "tile_size": tile_size,
         "tile_overlap": overlap,
         "normalisation": lowhigh.tolist(),
+        "footprint": None if footprint is None else str(footprint),
         "megapixels_per_s": round(megapixels / max(summary["seconds"], 1e-9), 4),
     }
