@@ -1,0 +1,56 @@
+"""The cluster profile as the README tells users to run it: every command of its block dry-runs here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+
+from gpubio.gpu.plan import parse_dry_run
+
+from conftest import BIN, REPO
+
+CONDA_DOUBLE = REPO / "tests" / "doubles" / "conda"
+
+
+def readme_cluster_commands() -> list[list[str]]:
+    """The snakemake lines of the README block marked `cluster-commands`, as argument vectors."""
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- cluster-commands:.*?-->\n```bash\n(.*?)```", text, re.S)
+    assert block, "README.md lost its cluster-commands block"
+    return [shlex.split(line, comments=True) for line in block.group(1).splitlines() if line.startswith("snakemake ")]
+
+
+def dry_run(workdir, argv: list[str], path: str) -> subprocess.CompletedProcess:
+    args = [str(REPO / a) if a.startswith("profiles/") else a for a in argv[1:]]
+    if "-n" not in args:
+        args.append("-n")
+    env = {**os.environ, "PATH": path}
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_readme_cluster_commands_dry_run_without_conda(workdir):
+    commands = readme_cluster_commands()
+    sdm = [c[c.index("--sdm") + 1 :] if "--sdm" in c else [] for c in commands]
+    assert ["-n", "--profile", "profiles/slurm-gpu"] == commands[0][1:]  # reading the plan comes first
+    assert ["conda"] in sdm and ["conda", "apptainer"] in sdm and [] in sdm[1:]
+
+    no_conda = os.pathsep.join(
+        p for p in os.environ["PATH"].split(os.pathsep) if p and not os.path.exists(os.path.join(p, "conda"))
+    )
+    plain = dry_run(workdir, commands[0], no_conda)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    planned = {(j.rule, tuple(sorted(j.wildcards.items()))): j.resources for j in parse_dry_run(plain.stdout)}
+    assert len(planned) > 20
+    assert all(res.get("slurm_partition") for (rule, _), res in planned.items() if rule != "all")
+
+    # --sdm conda asks conda about itself even in a dry-run: a double answers that and
+    # refuses everything else, so no environment is built
+    with_double = os.pathsep.join([str(CONDA_DOUBLE), no_conda])
+    for argv in commands[1:]:
+        proc = dry_run(workdir, argv, with_double)
+        assert proc.returncode == 0, f"{shlex.join(argv)}:\n{proc.stdout}\n{proc.stderr}"
+        jobs = {(j.rule, tuple(sorted(j.wildcards.items()))): j.resources for j in parse_dry_run(proc.stdout)}
+        assert jobs == planned, shlex.join(argv)  # the deployment method moves no job
