@@ -7,9 +7,11 @@ import re
 import shlex
 import subprocess
 
-from gpubio.gpu.plan import parse_dry_run
+import pandas as pd
 
-from conftest import BIN, REPO
+from gpubio.gpu.plan import parse_dry_run, plan_arguments
+
+from conftest import BIN, REPO, run_snakemake
 
 CONDA_DOUBLE = REPO / "tests" / "doubles" / "conda"
 
@@ -54,3 +56,35 @@ def test_readme_cluster_commands_dry_run_without_conda(workdir):
         assert proc.returncode == 0, f"{shlex.join(argv)}:\n{proc.stdout}\n{proc.stderr}"
         jobs = {(j.rule, tuple(sorted(j.wildcards.items()))): j.resources for j in parse_dry_run(proc.stdout)}
         assert jobs == planned, shlex.join(argv)  # the deployment method moves no job
+
+
+def test_plan_arguments_keep_what_decides_placement():
+    argv = ["results/x.tsv", "-n", "--profile", "profiles/slurm-gpu", "--cores", "4", "--set-resources",
+            "a:runtime=5", "b:mem_mb=3", "--config=gpu={require: true}", "-p", "--configfile", "c.yaml",
+            "--retries", "3", "--default-resources", "runtime=-1", "--sdm", "conda"]  # fmt: skip
+    assert plan_arguments(argv) == [
+        "--profile", "profiles/slurm-gpu", "--set-resources", "a:runtime=5", "b:mem_mb=3",
+        "--config=gpu={require: true}", "--configfile", "c.yaml", "--default-resources", "runtime=-1",
+    ]  # fmt: skip
+    assert plan_arguments(["-n", "-p", "all"]) == []
+    # one-value options end there: what follows is a target
+    assert plan_arguments(["-s", "S", "--directory", "d", "all", "--profile", "p", "results/a"]) == [
+        "-s", "S", "--directory", "d", "--profile", "p",
+    ]  # fmt: skip
+
+
+def test_gpu_plan_job_plans_with_the_runs_own_overrides(workdir):
+    overrides = ["--set-resources", "integrate_cells:runtime=600", "integrate_cells:slurm_partition=gpu-h100"]
+    run_snakemake(workdir, "results/gpu_plan.tsv", "--profile", str(REPO / "profiles" / "local"), "--cores", "1", *overrides)
+    plan = pd.read_csv(workdir / "results/gpu_plan.tsv", sep="\t", keep_default_na=False).set_index("rule")
+    integrate = plan.loc["integrate_cells"]
+    assert (integrate["partition"], integrate["runtime_min"], integrate["gpus"]) == ("gpu-h100", 600, 1)
+    assert integrate["gpu_hours"] == 10.0
+    assert plan.loc["train_cellpose", "runtime_min"] != 600  # only the overridden rule changed
+    assert (plan.loc["read_qc", "partition"] == "cpu").all()
+
+    # the same options again: nothing to do, even as a dry-run; other overrides: a new plan
+    same = run_snakemake(workdir, "-n", "results/gpu_plan.tsv", "--profile", str(REPO / "profiles" / "local"), *overrides)
+    assert "Nothing to be done" in same.stdout + same.stderr
+    changed = run_snakemake(workdir, "-n", "results/gpu_plan.tsv", "--set-resources", "integrate_cells:runtime=30")
+    assert "params have changed" in changed.stdout + changed.stderr and "gpu_plan" in changed.stdout
