@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pandas as pd
 
@@ -88,3 +89,29 @@ def test_gpu_plan_job_plans_with_the_runs_own_overrides(workdir):
     assert "Nothing to be done" in same.stdout + same.stderr
     changed = run_snakemake(workdir, "-n", "results/gpu_plan.tsv", "--set-resources", "integrate_cells:runtime=30")
     assert "params have changed" in changed.stdout + changed.stderr and "gpu_plan" in changed.stdout
+
+
+LINK_PROFILES = REPO / "scripts" / "link-profiles"
+
+
+def test_link_profiles_links_each_profile_and_keeps_the_users_own(tmp_path):
+    config_dir = tmp_path / "xdg" / "snakemake"
+    (config_dir / "mine").mkdir(parents=True)
+    (config_dir / "local").symlink_to(tmp_path)  # a stale link from an older clone
+    proc = subprocess.run([sys.executable, str(LINK_PROFILES), "--config-dir", str(config_dir)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("local", "slurm-gpu"):
+        assert (config_dir / name).resolve() == REPO / "profiles" / name
+    assert (config_dir / "mine").is_dir() and not (config_dir / "mine").is_symlink()
+
+    (config_dir / "slurm-gpu").unlink()
+    (config_dir / "slurm-gpu").mkdir()  # the user's own profile of that name
+    proc = subprocess.run([sys.executable, str(LINK_PROFILES), "--config-dir", str(config_dir)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "slurm-gpu" in proc.stderr and "not links" in proc.stderr
+    assert (config_dir / "slurm-gpu").is_dir() and not (config_dir / "slurm-gpu").is_symlink()
+
+
+def test_link_profiles_help():
+    proc = subprocess.run([sys.executable, str(LINK_PROFILES), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--config-dir" in proc.stdout
