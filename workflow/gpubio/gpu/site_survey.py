@@ -215,9 +215,9 @@ def draft_inventory(partitions: list[PartitionSurvey], catalogue: Catalogue, hin
             )
         if not nodes:
             draft.notes[(part.name, "max_gpu")] = "CHECK: no nodes found in this partition"
-        cpus = [c for c in [max((n.cpus for n in nodes), default=0)] if c]
+        cpus = max((n.cpus for n in nodes), default=0)
         if cpus:
-            limits["max_cpus_per_task"] = min(cpus[0], part.max_cpus_per_node or cpus[0])
+            limits["max_cpus_per_task"] = min(cpus, part.max_cpus_per_node or cpus)
         memory = max((n.memory_mb for n in nodes), default=0)
         if memory:
             limits["max_mem_mb"] = min(memory, part.max_mem_per_node or memory)

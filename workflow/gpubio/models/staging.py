@@ -200,7 +200,8 @@ def _stage_enformer(need: ModelNeed, target: Path) -> None:
 
     model = from_pretrained(need.name)
     model.config.use_tf_gamma = True  # the official weights expect TensorFlow's positional features
-    model.save_pretrained(str(target))
+    # pytorch_model.bin: the layout gpubio's Enformer loader is tested with
+    model.save_pretrained(str(target), safe_serialization=False)
 
 
 def _stage_dnabert(need: ModelNeed, target: Path) -> None:
