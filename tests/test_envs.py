@@ -325,14 +325,20 @@ def test_rule_env_provides_what_its_command_imports(rule):
     )
 
 
-def test_device_wrapper_needs_only_the_standard_library(tmp_path):
-    """Vendor images (dorado, Parabricks) bring a bare python3: the GPU-pinning wrapper must
+@pytest.mark.parametrize(
+    "entry",
+    [
+        ["gpubio.gpu.devices", "--gpus", "1", "--"],  # call_parabricks, call_deepvariant, call_clair3
+        ["gpubio", "--gpus", "1", "tool-on-device", "--gpu-args=--gpu", "--cpu-args=", "--"],  # basecall, demux
+    ],
+)
+def test_vendor_image_entry_points_need_only_the_standard_library(tmp_path, entry):
+    """Vendor images (dorado, Parabricks, ...) bring a bare python3: the GPU-pinning wrappers must
     start there. -S leaves out every installed package; only gpubio's own source is on the path."""
     marker = tmp_path / "ran"
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(PACKAGE_ROOT), "GPUBIO_NUM_GPUS": "0"}
     proc = subprocess.run(
-        [sys.executable, "-S", "-m", "gpubio.gpu.devices", "--gpus", "0", "--", "touch", str(marker)],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
-    )  # fmt: skip
+        [sys.executable, "-S", "-m", *entry, "touch", str(marker)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     assert marker.exists()
