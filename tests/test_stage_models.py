@@ -176,3 +176,29 @@ def test_dorado_staging_command_and_complex_names(tmp_path):
 def test_help():
     proc = run_script("--help")
     assert proc.returncode == 0 and "--check" in proc.stdout and "--dorado-model" in proc.stdout
+
+
+def test_check_of_a_staged_enformer(tmp_path):
+    import torch
+    from enformer_pytorch import Enformer
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"genomics": {"variant_effects": {"family": "enformer", "weights": "w"}}}))
+    site = tmp_path / "site"
+    weights = site / "variant_effects" / "enformer"
+    torch.manual_seed(3)
+    Enformer.from_hparams(
+        dim=24, depth=1, heads=2, attn_dim_key=4, num_downsamples=3, dim_divisible_by=4,
+        output_heads={"human": 3}, target_length=-1, dropout_rate=0.0, attn_dropout=0.0, pos_dropout=0.0,
+    ).save_pretrained(str(weights), safe_serialization=False)  # fmt: skip
+    proc = run_script("--check", str(site), "--configfile", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"genomics.variant_effects.weights: {weights}"
+    from gpubio.genomics.effects import load_effect_model
+
+    model = load_effect_model("enformer", weights, 256, "cpu")  # the workflow's own loader, offline
+    assert model.delta(["ACGT" * 64], ["ACGA" + "ACGT" * 63]).shape == (1, 3)  # one variant, three tracks
+
+    (weights / "config.json").unlink()
+    proc = run_script("--check", str(site), "--configfile", str(config))
+    assert proc.returncode == 1 and "has no config.json" in proc.stderr
