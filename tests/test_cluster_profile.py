@@ -115,3 +115,14 @@ def test_link_profiles_links_each_profile_and_keeps_the_users_own(tmp_path):
 def test_link_profiles_help():
     proc = subprocess.run([sys.executable, str(LINK_PROFILES), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--config-dir" in proc.stdout
+
+
+def test_plan_whose_dry_run_fails_says_so_first_in_one_line(workdir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpubio", "plan", "--snakefile", str(REPO / "Snakefile"), "--", "--config", "bogus_key=1"],
+        capture_output=True, text=True, cwd=workdir, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == "gpubio plan: the dry-run failed:"
+    assert "bogus_key" in proc.stderr  # the reason, from the nested run, follows
+    assert not (workdir / "results").exists()

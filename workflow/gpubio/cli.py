@@ -54,7 +54,10 @@ def _plan(args) -> None:
     # paths among snakemake_args hold
     directory = os.path.abspath(args.directory)
     extra = ["--configfile", os.path.abspath(args.configfile), *args.snakemake_args]
-    output = dry_run(os.path.abspath(args.snakefile), directory, extra, cwd=args.invoked_in)
+    try:
+        output = dry_run(os.path.abspath(args.snakefile), directory, extra, cwd=args.invoked_in)
+    except RuntimeError as error:  # Snakemake's own message follows the line
+        sys.exit(f"gpubio plan: {error}")
     table = plan_table(parse_dry_run(output), site)
     if args.out:
         write_plan(table, args.out)
