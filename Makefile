@@ -55,9 +55,7 @@ plan: venv
 # looks profile names up in the working directory and in the user's config directory
 PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 profiles:
-	mkdir -p $(PROFILE_HOME)
-	for p in profiles/*/; do ln -sfn $(CURDIR)/$${p%/} $(PROFILE_HOME)/$$(basename $$p); done
-	@echo "linked $$(ls -d profiles/*/ | xargs -n1 basename | tr '\n' ' ')into $(PROFILE_HOME)"
+	$(PYTHON) scripts/link-profiles --config-dir "$(PROFILE_HOME)"
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

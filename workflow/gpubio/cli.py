@@ -48,10 +48,17 @@ def _plan(args) -> None:
 
     config = yaml.safe_load(open(args.configfile)) or {}
     gpu = config.get("gpu") or {}
-    partitions = gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
+    partitions = args.partitions or gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
     site = configure_site(project_file(partitions, args.directory) or partitions, gpu.get("catalogue"))
-    extra = ["--configfile", args.configfile, *args.snakemake_args]
-    table = plan_table(parse_dry_run(dry_run(args.snakefile, args.directory, extra)), site)
+    # absolute: the dry-run may start elsewhere (--invoked-in), where the user's own relative
+    # paths among snakemake_args hold
+    directory = os.path.abspath(args.directory)
+    extra = ["--configfile", os.path.abspath(args.configfile), *args.snakemake_args]
+    try:
+        output = dry_run(os.path.abspath(args.snakefile), directory, extra, cwd=args.invoked_in)
+    except RuntimeError as error:  # Snakemake's own message follows the line
+        sys.exit(f"gpubio plan: {error}")
+    table = plan_table(parse_dry_run(output), site)
     if args.out:
         write_plan(table, args.out)
     print(format_plan(table, partition_totals(table)))
@@ -114,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snakefile", default="Snakefile")
     p.add_argument("--directory", default=".")
     p.add_argument("--configfile", default="config/config.yaml")
+    p.add_argument("--partitions", help="the partitions file (default: gpu.partitions of the config)")
+    p.add_argument("--invoked-in", help="run the dry-run from this directory (where the snakemake_args were typed)")
     p.add_argument("--out", help="also write the table as TSV (and <out>.partitions.tsv with the totals)")
     p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments, after --")
     p.set_defaults(func=_plan)

@@ -1,4 +1,5 @@
 # Per-domain QC tables and figures for `snakemake --report results/report.html`.
+from gpubio.gpu.plan import plan_arguments
 
 
 rule qc_summary:
@@ -29,7 +30,15 @@ rule qc_summary:
         " --out-png {output.png} {input} > {log} 2>&1"
 
 
-# Where every job of the DAG goes (model, partition, GPU-hours, cost), from the dry-run.
+# Where every job of the DAG goes (model, partition, GPU-hours, cost), from Snakemake's own
+# dry-run with this invocation's profile, config and resource overrides, so it shows what is
+# really submitted. A local rule run in Snakemake's own process environment (`run:`, no conda
+# env): the dry-run needs the Snakemake, plugins and config the user started, on the head node,
+# not a copy inside a cluster job. Changed overrides (params) make it run again.
+localrules:
+    gpu_plan,
+
+
 rule gpu_plan:
     input:
         config=CONFIG_FILE,
@@ -43,13 +52,18 @@ rule gpu_plan:
         totals="results/gpu_plan.partitions.tsv",
     log:
         "logs/gpu_plan.log",
-    conda:
-        "../../envs/report.yaml"
     threads: 1
     resources:
         **cpu_resources(mem_mb=1000, runtime=10),
     params:
         snakefile=workflow.main_snakefile,
-    shell:
-        "python -m gpubio plan --snakefile {params.snakefile} --configfile {input.config}"
-        " --out {output.plan} > {log} 2>&1"
+        invoked_in=workflow.workdir_init,
+        snakemake_args=plan_arguments(sys.argv[1:]),
+        python=sys.executable,
+    run:
+        shell(
+            "{params.python:q} -m gpubio plan --snakefile {params.snakefile:q}"
+            " --configfile {input.config:q} --partitions {input.partitions:q}"
+            " --invoked-in {params.invoked_in:q} --out {output.plan:q} -- {params.snakemake_args:q}"
+            " > {log:q} 2>&1"
+        )
