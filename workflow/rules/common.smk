@@ -10,6 +10,12 @@ from gpubio.gpu import (
     cpu_resources,
     gpu_resources,
 )
+from gpubio.shell import (
+    extra_options_problems,
+    quote_extra_options,
+    quote_option,
+    quote_option_list,
+)
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 
@@ -98,6 +104,17 @@ GENOMICS_REFERENCE = GENOMICS.get("reference") or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
 _genomics_problems = sheet_problems(
     GENOMICS_SHEET, GENOMICS["samples"], GENOMICS, str(CONFIG_FILE)
+) + extra_options_problems(
+    {"genomics": GENOMICS},
+    [
+        "genomics.basecall.options",
+        "genomics.align.dorado_options",
+        "genomics.variants.bcftools_options",
+        "genomics.variants.parabricks.options",
+        "genomics.variants.deepvariant.options",
+        "genomics.variants.clair3.options",
+    ],
+    str(CONFIG_FILE),
 )
 if _genomics_problems:
     raise WorkflowError(ConfigError(_genomics_problems).report())
@@ -158,7 +175,7 @@ def get_run_reads(wildcards):
 
 def get_barcode_option(wildcards):
     barcode = genomics_run(wildcards.sample).barcodes[wildcards.sample]
-    return f"--barcode {barcode}" if barcode else ""
+    return quote_option("--barcode", barcode)
 
 
 def get_unsorted_alignment(wildcards):

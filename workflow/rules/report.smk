@@ -26,7 +26,7 @@ rule qc_summary:
         **cpu_resources(mem_mb=1000, runtime=10),
     shell:
         "python -m gpubio qc-summary --domain {wildcards.domain} --out-tsv {output.tsv}"
-        " --out-png {output.png} {input} > {log} 2>&1"
+        " --out-png {output.png} {input:q} > {log} 2>&1"
 
 
 # Where every job of the DAG goes (model, partition, GPU-hours, cost), from the dry-run.
@@ -51,5 +51,5 @@ rule gpu_plan:
     params:
         snakefile=workflow.main_snakefile,
     shell:
-        "python -m gpubio plan --snakefile {params.snakefile} --configfile {input.config}"
+        "python -m gpubio plan --snakefile {params.snakefile:q} --configfile {input.config:q}"
         " --out {output.plan} > {log} 2>&1"
