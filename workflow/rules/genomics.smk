@@ -97,7 +97,6 @@ rule basecall:
             vram_gb=8,
             min_compute_capability=6.0,
             policy="fastest",
-            cpus=8,
             mem_mb=32000,
             runtime=720,
         ),
@@ -350,7 +349,6 @@ rule call_parabricks:
             gpus=GENOMICS["variants"]["parabricks"]["gpus"],
             vram_gb=16,
             policy="cheapest",
-            cpus=16,
             mem_mb=64000,
             runtime=240,
         ),
@@ -479,7 +477,7 @@ rule variant_effects:
     threads: GENOMICS["variant_effects"]["threads"]
     resources:
         **gpu_resources(
-            gpus=1, vram_gb=12, policy="cheapest", cpus=4, mem_mb=16000, runtime=240
+            gpus=1, vram_gb=12, policy="cheapest", mem_mb=16000, runtime=240
         ),
     params:
         effects=GENOMICS["variant_effects"],

@@ -49,7 +49,6 @@ rule register_image:
         **gpu_resources(
             gpus=IMAGING_REGISTRATION_GPUS,
             vram_gb=registration_vram_gb,
-            cpus=2,
             mem_mb=lambda wc, input: registration_mem_mb(input.size_mb),
             runtime=60,
         ),
