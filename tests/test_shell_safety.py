@@ -46,7 +46,10 @@ def revcomp(seq: str) -> str:
     return seq[::-1].translate(str.maketrans("ACGT", "TGCA"))
 
 
-def write_genomics(root: Path, rng: np.random.Generator) -> set[tuple]:
+def write_genomics(
+    root: Path, rng: np.random.Generator, reference_name: str = HOSTILE_REFERENCE,
+    folder: str = HOSTILE_DIR, mates: tuple[str, str] = (HOSTILE_R1, HOSTILE_R2),
+) -> set[tuple]:
     """A 4 kb contig, two homozygous SNPs, 400 read pairs of 100 bp (20x); returns the SNPs."""
     reference = "".join(rng.choice(list("ACGT"), 4000))
     snps = {1500: None, 2600: None}
@@ -55,12 +58,11 @@ def write_genomics(root: Path, rng: np.random.Generator) -> set[tuple]:
         snps[pos] = next(b for b in "ACGT" if b != reference[pos - 1])
         sample[pos - 1] = snps[pos]
     sample = "".join(sample)
-    (root / f"{HOSTILE_REFERENCE}").write_text(
+    (root / reference_name).write_text(
         ">chrT\n" + "\n".join(reference[i : i + 60] for i in range(0, 4000, 60)) + "\n"
     )
-    folder = root / HOSTILE_DIR
-    folder.mkdir()
-    with open(folder / HOSTILE_R1, "w") as r1, open(folder / HOSTILE_R2, "w") as r2:
+    (root / folder).mkdir()
+    with open(root / folder / mates[0], "w") as r1, open(root / folder / mates[1], "w") as r2:
         for i, start in enumerate(rng.integers(0, len(sample) - 250, 400)):
             fragment = sample[start : start + 250]
             for fh, seq in ((r1, fragment[:100]), (r2, revcomp(fragment[-100:]))):
