@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from conftest import BIN, REPO, run_snakemake
-from test_shell_safety import write_config, write_genomics
-
 from gpubio.atomic import atomic_path
+from test_shell_safety import write_config, write_genomics
 
 
 def kill_mid_write(path: Path) -> None:

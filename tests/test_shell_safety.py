@@ -47,8 +47,11 @@ def revcomp(seq: str) -> str:
 
 
 def write_genomics(
-    root: Path, rng: np.random.Generator, reference_name: str = HOSTILE_REFERENCE,
-    folder: str = HOSTILE_DIR, mates: tuple[str, str] = (HOSTILE_R1, HOSTILE_R2),
+    root: Path,
+    rng: np.random.Generator,
+    reference_name: str = HOSTILE_REFERENCE,
+    folder: str = HOSTILE_DIR,
+    mates: tuple[str, str] = (HOSTILE_R1, HOSTILE_R2),
 ) -> set[tuple]:
     """A 4 kb contig, two homozygous SNPs, 400 read pairs of 100 bp (20x); returns the SNPs."""
     reference = "".join(rng.choice(list("ACGT"), 4000))
@@ -58,9 +61,7 @@ def write_genomics(
         snps[pos] = next(b for b in "ACGT" if b != reference[pos - 1])
         sample[pos - 1] = snps[pos]
     sample = "".join(sample)
-    (root / reference_name).write_text(
-        ">chrT\n" + "\n".join(reference[i : i + 60] for i in range(0, 4000, 60)) + "\n"
-    )
+    (root / reference_name).write_text(">chrT\n" + "\n".join(reference[i : i + 60] for i in range(0, 4000, 60)) + "\n")
     (root / folder).mkdir()
     with open(root / folder / mates[0], "w") as r1, open(root / folder / mates[1], "w") as r2:
         for i, start in enumerate(rng.integers(0, len(sample) - 250, 400)):
@@ -223,7 +224,9 @@ def test_dry_run_shows_every_tool_option_as_the_words_the_user_meant(tmp_path):
                          "--cores", "2")  # fmt: skip
     commands = shell_commands(proc.stdout)
     [basecall] = commands["basecall"]
-    assert contains(basecall, ["basecaller", "sup@v5.2.0"]) and contains(basecall, ["--models-directory", "dorado models"])
+    assert contains(basecall, ["basecaller", "sup@v5.2.0"]) and contains(
+        basecall, ["--models-directory", "dorado models"]
+    )
     assert contains(basecall, words)
     reads = {"o1": "ont reads.fq", "p1": "results/genomics/p1/reads.bam"}
     assert sorted(argv[argv.index("--mm2-opts") + 3] for argv in commands["align_dorado"]) == sorted(reads.values())
@@ -250,7 +253,12 @@ def test_bcftools_options_reach_the_caller_as_one_argument_of_words(tmp_path):
                          "--cores", "1")  # fmt: skip
     [argv] = shell_commands(proc.stdout)["call_bcftools"]
     [option] = [word for word in argv if word.startswith("--options=")]
-    assert shlex.split(option[len("--options=") :]) == ["--min-BQ", "0", "--annotate", "FORMAT/AD; $(touch pwned_config)"]
+    assert shlex.split(option[len("--options=") :]) == [
+        "--min-BQ",
+        "0",
+        "--annotate",
+        "FORMAT/AD; $(touch pwned_config)",
+    ]
 
 
 # --------------------------------------------------------------------------- strict shell
