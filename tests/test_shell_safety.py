@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -264,29 +265,52 @@ def test_bcftools_options_reach_the_caller_as_one_argument_of_words(tmp_path):
 # --------------------------------------------------------------------------- strict shell
 
 
+def run_extra_rules(
+    workdir: Path, snakefile: Path, project: Path, rules: str, *targets: str
+) -> subprocess.CompletedProcess:
+    """Run `rules` from `snakefile`, a main Snakefile that includes the `project` Snakefile (so
+    its shell prefix applies; `workflow.basedir` is the folder of `snakefile`)."""
+    write_config(workdir, {})
+    snakefile.write_text(f"include: {str(project)!r}\n\n" + textwrap.dedent(rules))
+    cmd = [str(BIN / "snakemake"), "-s", str(snakefile), "--directory", str(workdir),
+           "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1", "--keep-going", *targets]  # fmt: skip
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
+
+
 def test_a_failing_command_inside_a_pipe_fails_the_job(tmp_path):
     """The project's shell prefix keeps bash's strict mode: `false | cat` fails, `true | cat` passes."""
-    write_config(tmp_path, {})
-    (tmp_path / "pipes.smk").write_text(textwrap.dedent(f"""\
-        include: {str(REPO / "Snakefile")!r}
-
+    proc = run_extra_rules(tmp_path, tmp_path / "pipes.smk", REPO / "Snakefile", """\
         rule pipe_fails:
             output: "fails.txt"
-            shell: "false | cat > {{output}}"
+            shell: "false | cat > {output}"
 
         rule pipe_passes:
             output: "passes.txt"
-            shell: "true | cat > {{output}}"
+            shell: "true | cat > {output}"
 
         rule unset_variable:
             output: "unset.txt"
-            shell: "echo $GPUBIO_SURELY_UNSET_VARIABLE > {{output}}"
-    """))  # fmt: skip
-    cmd = ["-s", str(tmp_path / "pipes.smk"), "--configfile", "config/config.yaml", "config/test.yaml",
-           "--cores", "1", "--keep-going", "fails.txt", "passes.txt", "unset.txt"]  # fmt: skip
-    proc = subprocess.run([str(BIN / "snakemake"), "--directory", str(tmp_path), *cmd], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+            shell: "echo $GPUBIO_SURELY_UNSET_VARIABLE > {output}"
+    """, "fails.txt", "passes.txt", "unset.txt")  # fmt: skip
     assert proc.returncode != 0
     assert (tmp_path / "passes.txt").exists()
     assert not (tmp_path / "fails.txt").exists() and not (tmp_path / "unset.txt").exists()
     assert "Error in rule pipe_fails" in proc.stderr and "Error in rule unset_variable" in proc.stderr
+
+
+def test_a_checkout_in_a_folder_with_spaces_and_dollars_runs_its_own_package(tmp_path):
+    """The prefix puts the checkout's workflow/ on PYTHONPATH quoted: jobs import that gpubio."""
+    checkout = tmp_path / "lab's copy $(touch pwned_dollar)"
+    for folder in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / folder, checkout / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "Snakefile", checkout / "Snakefile")
+    workdir = tmp_path / "project"
+    workdir.mkdir()
+    proc = run_extra_rules(workdir, checkout / "which.smk", checkout / "Snakefile", """\
+        rule which_gpubio:
+            output: "gpubio.txt"
+            shell: "python -c 'import gpubio; print(gpubio.__file__)' > {output}"
+    """, "gpubio.txt")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (workdir / "gpubio.txt").read_text().strip() == str(checkout / "workflow" / "gpubio" / "__init__.py")
+    assert markers_left(tmp_path) == []
