@@ -167,11 +167,19 @@ def startup_error(tmp_path: Path, genomics: dict) -> str:
     return proc.stderr
 
 
-def test_command_in_a_name_setting_is_refused_at_startup_in_one_line(tmp_path):
-    stderr = startup_error(tmp_path, {"variant_effects": {"weights": "weights", "head": "human; touch pwned_config"}})
-    lines = [line for line in stderr.splitlines() if "variant_effects.head" in line]
+@pytest.mark.parametrize(
+    "key, settings",
+    [
+        ("variant_effects.head", {"variant_effects": {"weights": "weights", "head": "human; touch pwned_config"}}),
+        # Snakemake pastes environment module names into `module load` as they are
+        ("modules.dorado", {"modules": {"dorado": "dorado; touch pwned_config"}}),
+    ],
+)
+def test_command_in_a_name_setting_is_refused_at_startup_in_one_line(tmp_path, key, settings):
+    stderr = startup_error(tmp_path, settings)
+    lines = [line for line in stderr.splitlines() if f"genomics.{key}" in line]
     assert len(lines) == 1 and "1 problem(s)" in stderr
-    assert "'human; touch pwned_config'" in lines[0] and "fix the value" in lines[0]
+    assert "; touch pwned_config'" in lines[0] and "fix the value" in lines[0]
 
 
 def test_unbalanced_quote_in_extra_options_is_refused_at_startup_in_one_line(tmp_path):
