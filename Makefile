@@ -37,12 +37,16 @@ demo: demo-data
 test: venv
 	$(BIN)/python -m pytest
 
+# snakefmt for the Snakefile and rules, ruff for Python (settings in pyproject.toml)
 lint: venv
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: venv
 	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/ruff format .
 
 bench: venv
 	$(BIN)/python bench/dag_overhead.py

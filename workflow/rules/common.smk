@@ -10,6 +10,12 @@ from gpubio.gpu import (
     cpu_resources,
     gpu_resources,
 )
+from gpubio.shell import (
+    extra_options_problems,
+    quote_extra_options,
+    quote_option,
+    quote_option_list,
+)
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 
@@ -72,7 +78,7 @@ def get_final_outputs():
         if PROJECT.active(domain):
             targets += expand(SAMPLE_TARGETS[domain], sample=PROJECT.samples(domain))
             targets += MODULE_TARGETS[domain]
-    return targets + ["results/gpu_plan.tsv"]
+    return targets + ["results/gpu_plan.tsv", "results/gpu_plan.partitions.tsv"]
 
 
 def get_qc_files(wildcards):
@@ -98,6 +104,17 @@ GENOMICS_REFERENCE = GENOMICS.get("reference") or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
 _genomics_problems = sheet_problems(
     GENOMICS_SHEET, GENOMICS["samples"], GENOMICS, str(CONFIG_FILE)
+) + extra_options_problems(
+    {"genomics": GENOMICS},
+    [
+        "genomics.basecall.options",
+        "genomics.align.dorado_options",
+        "genomics.variants.bcftools_options",
+        "genomics.variants.parabricks.options",
+        "genomics.variants.deepvariant.options",
+        "genomics.variants.clair3.options",
+    ],
+    str(CONFIG_FILE),
 )
 if _genomics_problems:
     raise WorkflowError(ConfigError(_genomics_problems).report())
@@ -108,6 +125,13 @@ MODULE_TARGETS["genomics"] += [
     "results/genomics/coverage.png",
     "results/genomics/variants.png",
     "results/genomics/variant_summary.tsv",
+]
+# Every documented output is a target, so a run restores one an interrupted job removed.
+SAMPLE_TARGETS["genomics"].append("results/genomics/{sample}/coverage.tsv")
+MODULE_TARGETS["genomics"] += [
+    f"results/genomics/{sample}/reads.bam"
+    for run in GENOMICS_RUNS.values()
+    for sample in run.barcodes
 ]
 
 
@@ -158,7 +182,7 @@ def get_run_reads(wildcards):
 
 def get_barcode_option(wildcards):
     barcode = genomics_run(wildcards.sample).barcodes[wildcards.sample]
-    return f"--barcode {barcode}" if barcode else ""
+    return quote_option("--barcode", barcode)
 
 
 def get_unsorted_alignment(wildcards):
@@ -217,7 +241,26 @@ if PROJECT.active("transcriptomics"):
     TRANSCRIPTOMICS_INPUT_MB = expected_input_mb(
         list(PROJECT.sheets["transcriptomics"]["counts"])
     )
+    SAMPLE_TARGETS["transcriptomics"].append(
+        "results/transcriptomics/{sample}/filtered.h5ad"
+    )
     MODULE_TARGETS["transcriptomics"] += [
+        "results/transcriptomics/integrated.h5ad",
+        *[
+            f"results/transcriptomics/annotation/{method}.tsv"
+            for method in ("celltypist", "scanvi")
+            if TRANSCRIPTOMICS_STEPS[method]
+        ],
+        *(
+            ["results/transcriptomics/celltypist/model.pkl"]
+            if TRANSCRIPTOMICS_STEPS["train_celltypist"]
+            else []
+        ),
+        *(
+            ["results/transcriptomics/embeddings.h5ad"]
+            if TRANSCRIPTOMICS_STEPS["embeddings"]
+            else []
+        ),
         "results/transcriptomics/atlas.h5ad",
         "results/transcriptomics/markers.tsv",
         "results/transcriptomics/plots/umap.png",
@@ -308,6 +351,23 @@ if PROJECT.active("imaging"):
 # learned registration is the GPU option; elastix runs on CPUs
 IMAGING_REGISTRATION_GPUS = 1 if IMAGING["registration"]["method"] == "learned" else 0
 IMAGING_CELLPOSE_MODEL = cellpose_model(IMAGING)
+SAMPLE_TARGETS["imaging"] += [
+    "results/imaging/{sample}/masks.tif",
+    "results/imaging/{sample}/segmentation.json",
+]
+if PROJECT.active("imaging"):
+    MODULE_TARGETS["imaging"] += [
+        f"results/imaging/{sample}/{name}"
+        for sample in PROJECT.samples("imaging")
+        if sheet_row("imaging", sample).get("reference_image")
+        for name in ("registered.tif", "transform.json", "checkerboard.png")
+    ]
+    if uses_trained_model(IMAGING):
+        MODULE_TARGETS["imaging"] += [
+            "results/imaging/model/cellpose_trained",
+            "results/imaging/model/training.json",
+            "results/imaging/model/training_loss.png",
+        ]
 
 
 def get_image(wildcards):

@@ -19,7 +19,7 @@ rule image_qc:
     params:
         max_saturated=IMAGING["qc"]["max_saturated_fraction"],
     shell:
-        "python -m gpubio --threads {threads} image-qc {input} --out {output}"
+        "python -m gpubio --threads {threads} image-qc {input:q} --out {output}"
         " --max-saturated-fraction {params.max_saturated} > {log} 2>&1"
 
 
@@ -50,7 +50,6 @@ rule register_image:
         **gpu_resources(
             gpus=IMAGING_REGISTRATION_GPUS,
             vram_gb=registration_vram_gb,
-            cpus=2,
             mem_mb=lambda wc, input: registration_mem_mb(input.size_mb),
             runtime=60,
         ),
@@ -59,7 +58,7 @@ rule register_image:
         require_gpu=REQUIRE_GPU,
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} register-image"
-        " {input.image} --reference {input.reference} --sample {wildcards.sample} {params.options}"
+        " {input.image:q} --reference {input.reference:q} --sample {wildcards.sample} {params.options}"
         " --out-image {output.image} --out-footprint {output.footprint}"
         " --out-transform {output.transform} --out-png {output.png} > {log} 2>&1"
 
@@ -101,7 +100,7 @@ rule train_cellpose:
         require_gpu=REQUIRE_GPU,
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} train-cellpose"
-        " --images {params.images} {params.options} --out {output.model} --out-json {output.json}"
+        " --images {params.images:q} {params.options} --out {output.model} --out-json {output.json}"
         " --out-png {output.png} > {log} 2>&1"
 
 
@@ -139,7 +138,7 @@ rule segment_cells:
         require_gpu=REQUIRE_GPU,
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} segment-cells"
-        " {input.image} --model {params.model:q} {params.options} {params.footprint}"
+        " {input.image:q} --model {params.model:q} {params.options} {params.footprint}"
         " --out-masks {output.masks} --out-json {output.json} > {log} 2>&1"
 
 
@@ -174,6 +173,6 @@ rule cell_features:
     params:
         channel=max(1, IMAGING["segmentation"]["channels"][0]),
     shell:
-        "python -m gpubio --threads {threads} cell-features {input.image} {input.masks}"
+        "python -m gpubio --threads {threads} cell-features {input.image:q} {input.masks:q}"
         " --sample {wildcards.sample} --channel {params.channel} --out-tsv {output.tsv}"
         " --out-png {output.png} > {log} 2>&1"

@@ -27,7 +27,7 @@ rule qc_summary:
         **cpu_resources(mem_mb=1000, runtime=10),
     shell:
         "python -m gpubio qc-summary --domain {wildcards.domain} --out-tsv {output.tsv}"
-        " --out-png {output.png} {input} > {log} 2>&1"
+        " --out-png {output.png} {input:q} > {log} 2>&1"
 
 
 # Where every job of the DAG goes (model, partition, GPU-hours, cost), from Snakemake's own

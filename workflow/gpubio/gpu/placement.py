@@ -54,7 +54,6 @@ POLICIES: tuple[str, ...] = get_args(Policy)
 VramSpec = float | int | Callable[[float], float]
 
 # Defaults when a rule does not say; generous enough for typical GPU tools.
-DEFAULT_CPUS_PER_GPU = 4
 DEFAULT_MEM_MB_PER_GPU = 16_000
 DEFAULT_CPU_JOB_MEM_MB = 4_000
 DEFAULT_RUNTIME_MIN = 60
@@ -446,7 +445,9 @@ def gpu_resources(
 
     Returns ``gpu`` (int), ``gpu_model`` and ``slurm_partition`` (callables of
     ``attempt``, and of ``input`` when VRAM depends on input size), ``cpus_per_task``,
-    ``mem_mb``, ``runtime`` (minutes) and ``vram_gb``. ``mem_mb``/``runtime`` may be
+    ``mem_mb``, ``runtime`` (minutes) and ``vram_gb``. ``cpus_per_task`` is the rule's
+    ``threads`` (what the job will get, after ``--cores``), unless ``cpus`` overrides it;
+    placement checks that number against the partitions' CPU limits. ``mem_mb``/``runtime`` may be
     Snakemake resource callables; they pass through. A static need is checked against
     a configured site at once, so an impossible one fails when the rule is parsed.
 
@@ -476,9 +477,7 @@ def gpu_resources(
     resources: dict[str, Any] = {
         "gpu": gpu_count,
         "slurm_partition": _placement_resource(need, lambda p: p.partition, group),
-        "cpus_per_task": (
-            cpus if cpus is not None else max(1, DEFAULT_CPUS_PER_GPU * gpus)
-        ),
+        "cpus_per_task": cpus if cpus is not None else _threads_resource,
         "mem_mb": (
             mem_mb
             if mem_mb is not None
@@ -497,16 +496,17 @@ def cpu_resources(
     mem_mb: int | Callable[..., Any] | None = None,
     runtime: int | str | Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """Resources of a CPU job: the CPU partition of the site, memory and runtime.
-
-    ``cpus_per_task`` is left out unless given, so SLURM gets the rule's ``threads``.
-    """
+    """Resources of a CPU job: the CPU partition of the site, CPUs (the rule's ``threads``
+    unless ``cpus`` is given), memory and runtime."""
     resources = gpu_resources(gpus=0, cpus=cpus, mem_mb=mem_mb, runtime=runtime)
     for key in ("gpu", "vram_gb"):
         resources.pop(key, None)
-    if cpus is None:
-        resources.pop("cpus_per_task")
     return resources
+
+
+def _threads_resource(wildcards: Any, threads: int) -> int:
+    """cpus_per_task of a job: its threads, so SLURM and `snakemake -n` show one number."""
+    return threads
 
 
 def _placement_resource(
@@ -521,25 +521,27 @@ def _placement_resource(
         if not need.is_static:
             raise ValueError("a balanced group needs a fixed vram_gb (its jobs are planned together)")
 
-        def balanced_resource(wildcards: Any, attempt: int = 1, rulename: str | None = None) -> Any:
-            return pick(group.place(_named(need, rulename), wildcards, attempt, current_site()))
+        def balanced_resource(
+            wildcards: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
+        ) -> Any:
+            return pick(group.place(_named(need, rulename, threads), wildcards, attempt, current_site()))
 
         return balanced_resource
 
     if need.is_static:
 
         def static_resource(
-            wildcards: Any, attempt: int = 1, rulename: str | None = None
+            wildcards: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
         ) -> Any:
-            return pick(current_site().place(_named(need, rulename), attempt))
+            return pick(current_site().place(_named(need, rulename, threads), attempt))
 
         return static_resource
 
     def sized_resource(
-        wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None
+        wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> Any:
         return pick(
-            current_site().place(_named(need, rulename), attempt, input.size_mb)
+            current_site().place(_named(need, rulename, threads), attempt, input.size_mb)
         )
 
     return sized_resource
@@ -559,5 +561,10 @@ def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
     return vram_gb
 
 
-def _named(need: GpuNeed, rulename: str | None) -> GpuNeed:
-    return need if need.rule or not rulename else replace(need, rule=rulename)
+def _named(need: GpuNeed, rulename: str | None, threads: int | None = None) -> GpuNeed:
+    """The need of one job: named after its rule, its CPUs its threads unless given."""
+    if rulename and not need.rule:
+        need = replace(need, rule=rulename)
+    if threads is not None and need.cpus is None:
+        need = replace(need, cpus=threads)
+    return need
