@@ -120,7 +120,7 @@ def fake_rapids(monkeypatch):
     rsc.__spec__ = importlib.machinery.ModuleSpec("rapids_singlecell", None)
     rsc.pp = types.SimpleNamespace(
         **{n: recorded(f"pp.{n}", getattr(sc.pp, n)) for n in ("highly_variable_genes", "normalize_total", "log1p",
-                                                               "pca", "neighbors")},
+                                                               "scale", "pca", "neighbors")},
         harmony_integrate=recorded("pp.harmony_integrate", harmony_integrate),
     )  # fmt: skip
     leiden = lambda adata, **kw: sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False, **kw)  # noqa: E731
@@ -154,7 +154,8 @@ def test_one_code_path_runs_on_the_gpu_backend_and_recovers_the_planted_types(fa
     adata = combine_samples(filtered)
     cluster_cells(adata, ClusterParams(leiden_resolution=resolution), backend)
     assert fake_rapids == [
-        "to_GPU", "pp.highly_variable_genes", "pp.normalize_total", "pp.log1p", "pp.pca", "pp.harmony_integrate",
+        "to_GPU", "pp.highly_variable_genes", "pp.normalize_total", "pp.log1p", "pp.scale", "pp.pca",
+        "pp.harmony_integrate",
         "pp.neighbors", "tl.umap", "tl.leiden", "tl.rank_genes_groups", "to_CPU",
     ]  # fmt: skip
     assert adata.uns["gpubio"] == {"backend": "rapids_singlecell", "device": "cuda", "representation": "X_pca_harmony"}

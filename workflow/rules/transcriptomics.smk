@@ -28,7 +28,7 @@ rule cell_qc:
         batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
         qc=config.get("transcriptomics", {}).get("qc", {}),
     shell:
-        "python -m gpubio --threads {threads} cell-qc --counts {input} --sample {wildcards.sample}"
+        "python -m gpubio --threads {threads} cell-qc --counts {input:q} --sample {wildcards.sample}"
         " --batch {params.batch:q} --min-genes {params.qc[min_genes]} --min-counts {params.qc[min_counts]}"
         " --max-mito-pct {params.qc[max_mito_pct]} --min-cells {params.qc[min_cells]}"
         " --mito-prefix {params.qc[mito_prefix]:q}"
