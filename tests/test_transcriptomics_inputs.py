@@ -208,13 +208,14 @@ def test_damaged_and_processed_inputs_stop_the_workflow_before_any_job(cells, tm
     files = damaged_inputs(cells, tmp_path / "data")
     root = project(tmp_path, files)
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    config["transcriptomics"]["cluster"]["seed"] = -1  # a config problem, reported with the others
+    config["transcriptomics"]["annotation"]["reference"] = "missing.h5ad"  # reported with the others
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     proc = run_snakemake(root, "-n", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Traceback" not in out and "OSError" not in out
-    assert "key 'transcriptomics.cluster.seed' = -1 is out of range" in out
+    assert "gpubio: 5 problem(s) in the configuration" in out
+    assert "transcriptomics.annotation.reference 'missing.h5ad' is not an existing file" in out
     for sample in ("truncated", "notes", "cutmtx"):
         assert f"config/transcriptomics.tsv: sample {sample}: counts 'data/" in out
     assert "sample processed: counts 'data/processed.h5ad': X holds non-integer values" in out
