@@ -58,7 +58,7 @@ def test_processed_h5ad_with_raw_counts_beside_it_is_analysed_on_those_counts(ce
     assert (sp.csr_matrix(kept.layers["counts"]) != truth).nnz == 0
     np.testing.assert_array_equal(kept.obs["total_counts"], np.asarray(cells.counts[rows].sum(axis=1)).ravel())
     source = "layers['counts']" if where == "layers" else ".raw"
-    assert f"processed.h5ad: sample proc: X holds non-integer values" in caplog.text
+    assert "processed.h5ad: sample proc: X holds non-integer values" in caplog.text
     assert f"using the raw counts in {source}" in caplog.text
 
 

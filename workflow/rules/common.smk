@@ -214,7 +214,8 @@ if PROJECT.active("transcriptomics"):
     )
     # unreadable or processed count files join the config problems, one line each
     TRANSCRIPTOMICS_INPUT_MB, _count_file_problems = survey_count_files(
-        PROJECT.sheets["transcriptomics"]["counts"].to_dict(), TRANSCRIPTOMICS["samples"]
+        PROJECT.sheets["transcriptomics"]["counts"].to_dict(),
+        TRANSCRIPTOMICS["samples"],
     )
     _transcriptomics_problems += _count_file_problems
     if _transcriptomics_problems:

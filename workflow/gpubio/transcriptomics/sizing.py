@@ -38,7 +38,9 @@ def atlas_mem_mb(size_mb: float) -> int:
 
 # stored values read per matrix at start-up: a processed matrix shows in the first few
 STARTUP_VALUES = 100_000
-UNREADABLE_FIX = "the file is damaged, incomplete or not a count matrix: copy it again, or point the row at a readable one"
+UNREADABLE_FIX = (
+    "the file is damaged, incomplete or not a count matrix: copy it again, or point the row at a readable one"
+)
 
 
 def first_values(node):
@@ -76,8 +78,9 @@ def count_file_header(path: str) -> tuple[int, str | None]:
             X = f["X"]
             nonzeros = int(X["data"].shape[0]) if isinstance(X, h5py.Group) else int(X.shape[0] * X.shape[1])
             problem = counts_problem(first_values(X))
-            raw = [k for k in ("layers/counts", "raw/X") if k in f and counts_problem(first_values(f[k])) is None]
-            if problem and not raw:  # processed X with raw counts beside it is fine: cell QC takes those
+            # processed X with raw counts beside it is fine: cell QC takes those
+            raw_counts = (k for k in ("layers/counts", "raw/X") if k in f)
+            if problem and not any(counts_problem(first_values(f[k])) is None for k in raw_counts):
                 return nonzeros, f"X holds {problem}, not counts, and no raw counts in layers['counts'] or .raw"
             return nonzeros, None
         if not f.keys():
