@@ -80,6 +80,8 @@ def scaled_pca(adata, n_comps: int, params: ClusterParams, pp) -> None:
     scale_max_value (scanpy's standard recipe), so that a few lowly expressed markers (NK vs T
     cells) weigh as much as highly expressed genes; X itself stays log-normalized for markers."""
     hvg = adata[:, adata.var["highly_variable"].to_numpy()].copy()
+    if hasattr(hvg.X, "toarray"):  # centring makes the HVG matrix dense anyway (cells x HVGs)
+        hvg.X = hvg.X.toarray()
     pp.scale(hvg, max_value=params.scale_max_value or None)
     pp.pca(hvg, n_comps=n_comps, random_state=params.seed)
     adata.obsm["X_pca"] = hvg.obsm["X_pca"]
