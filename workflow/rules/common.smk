@@ -226,7 +226,7 @@ from gpubio.transcriptomics.settings import (
     config_problems as transcriptomics_config_problems,
     transcriptomics_settings,
 )
-from gpubio.transcriptomics.sizing import expected_input_mb
+from gpubio.transcriptomics.sizing import survey_count_files
 
 TRANSCRIPTOMICS = transcriptomics_settings(config)
 TRANSCRIPTOMICS_STEPS = annotation_steps(TRANSCRIPTOMICS)
@@ -236,11 +236,14 @@ if PROJECT.active("transcriptomics"):
     _transcriptomics_problems = transcriptomics_config_problems(
         TRANSCRIPTOMICS, str(CONFIG_FILE), os.getcwd()
     )
+    # unreadable or processed count files join the config problems, one line each
+    TRANSCRIPTOMICS_INPUT_MB, _count_file_problems = survey_count_files(
+        PROJECT.sheets["transcriptomics"]["counts"].to_dict(),
+        TRANSCRIPTOMICS["samples"],
+    )
+    _transcriptomics_problems += _count_file_problems
     if _transcriptomics_problems:
         raise WorkflowError(ConfigError(_transcriptomics_problems).report())
-    TRANSCRIPTOMICS_INPUT_MB = expected_input_mb(
-        list(PROJECT.sheets["transcriptomics"]["counts"])
-    )
     SAMPLE_TARGETS["transcriptomics"].append(
         "results/transcriptomics/{sample}/filtered.h5ad"
     )
