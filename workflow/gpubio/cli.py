@@ -57,6 +57,18 @@ def _plan(args) -> None:
     print(format_plan(table, partition_totals(table)))
 
 
+def _calibrate(args) -> None:
+    from gpubio.gpu.calibrate import write_needs
+
+    needs = write_needs(args.records, args.out, args.margin)
+    print(f"wrote {args.out}: calibrated GPU needs of {len(needs)} rule(s)")
+    for rule, need in needs.items():
+        size = need.max_input_mb
+        vram = f"{need.vram.intercept:.2f} GB" + (f" + {need.vram.slope:.4f} GB/MB" if need.vram.slope else "")
+        print(f"  {rule}: {vram} ({need.records} records, {need.oom_records} out of memory"
+              + (f", inputs up to {size:g} MB)" if size is not None else ")"))
+
+
 def _device_info(args) -> None:
     """Which device this job sees: what SLURM or the local pinning gave it, and torch's view."""
     import json
@@ -99,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--require-gpu", action="store_true", help="fail when --gpus > 0 and no GPU is found (config gpu.require)"
     )
+    parser.add_argument("--usage", help="write this step's GPU usage record (JSON) here, also when it fails")
+    parser.add_argument(
+        "--usage-job", default="", help="what the plan gave the job: the rule's resources.gpu_usage"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     for module in DOMAIN_COMMANDS:
@@ -117,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the table as TSV (and <out>.partitions.tsv with the totals)")
     p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments, after --")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser(
+        "calibrate", help="fit each rule's GPU need from the usage records of past runs; writes config/gpu_needs.yaml"
+    )
+    p.add_argument("records", nargs="+", help="result directories (or record files) to read *.gpu.json from")
+    p.add_argument("--out", default="config/gpu_needs.yaml")
+    p.add_argument("--margin", type=float, default=0.2, help="safety margin over the measured upper bound")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("device-info", help="report the device(s) this job sees (SLURM, local pinning, torch)")
     p.add_argument("--out")
@@ -139,16 +163,21 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     limit_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpubio %(levelname)s %(message)s")
-    if args.gpus <= 0:
+    if args.gpus <= 0 and not args.usage:
         args.func(args)
         return
     from gpubio.gpu.devices import DeviceError, pin_gpus
+    from gpubio.gpu.job import GpuUnusable, JobDevice, set_current_job
+    from gpubio.gpu.usage import parse_job_spec, record_usage
 
     try:
-        with pin_gpus(args.gpus, strict=args.require_gpu) as devices:
+        with pin_gpus(max(args.gpus, 0), strict=args.require_gpu) as devices:
             GPU_BACKEND.update(name="cuda" if devices else "cpu", devices=devices)
-            args.func(args)
-    except DeviceError as error:
+            job = parse_job_spec(args.usage_job)
+            with record_usage(args.usage, job, max(args.gpus, 0), devices) as record:
+                set_current_job(JobDevice(max(args.gpus, 0), devices, args.require_gpu, record))
+                args.func(args)
+    except (DeviceError, GpuUnusable) as error:
         sys.exit(f"gpubio: {args.command}: {error}; this step requires a GPU (gpu.require: true in config.yaml)")
 
 
