@@ -222,3 +222,65 @@ def test_calibrate_command_reads_run_directories_and_writes_the_needs_file(tmp_p
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert empty.returncode != 0 and "no GPU usage records" in empty.stderr
+
+
+def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it():
+    """The string a GPU rule passes as --usage-job, as Snakemake evaluates it for a job."""
+    from gpubio.gpu import gpu_resources
+    from gpubio.gpu.usage import parse_job_spec
+
+    configure_site(PARTITIONS)
+    resources = gpu_resources(vram_gb=lambda mb: 10 + mb, runtime=90)
+    wildcards = SimpleNamespace(items=lambda: [("sample", "s1")])
+    spec = resources["gpu_usage"](wildcards, SimpleNamespace(size_mb=10.0), attempt=2, rulename="segment_cells")
+    job = parse_job_spec(spec)
+    assert job == {
+        "rule": "segment_cells", "job": "sample=s1", "attempt": 2, "planned_gpu_model": "h100",
+        "planned_partition": "gpu-h100", "planned_vram_gb": 20.0, "planned_runtime_min": 90.0, "input_size_mb": 10.0,
+    }  # fmt: skip  (20 GB: A100 at attempt 1, the next larger GPU, H100, at attempt 2)
+
+
+def test_report_compares_planned_with_measured_and_flags_both_ways_a_need_is_wrong(tmp_path):
+    from gpubio.gpu.usage import write_record
+    from gpubio.gpu.usage_report import write_usage_report
+
+    site = configure_site(PARTITIONS)
+    records = {
+        # 3 GB on a 16 GB T4 for 30 min, planned 60 min: a cheaper GPU would do (there is none cheaper
+        # than a T4 here, but the flag is about the share of memory used)
+        "small": UsageRecord(rule="embed", job="sample=a", backend="cuda", gpus=1, device_model="Tesla T4",
+                             device_vram_gb=16.0, peak_vram_gb=3.0, wall_s=1800, planned_gpu_model="t4",
+                             planned_partition="gpu-t4", planned_runtime_min=60, input_size_mb=5),
+        # ran out of memory on the T4, then fitted on the A100 at attempt 2
+        "oom": UsageRecord(rule="segment", job="sample=b", backend="cuda", gpus=1, device_vram_gb=16.0,
+                           peak_vram_gb=15.9, oom=True, exit_status=1, wall_s=60, planned_gpu_model="t4",
+                           planned_partition="gpu-t4", planned_runtime_min=60, input_size_mb=400),
+        "retry": UsageRecord(rule="segment", job="sample=b", attempt=2, backend="cuda", gpus=1,
+                             device_vram_gb=40.0, peak_vram_gb=22.0, wall_s=3600, planned_gpu_model="a100",
+                             planned_partition="gpu-a100", planned_runtime_min=120, input_size_mb=400),
+        "cpu": UsageRecord(rule="embed", job="sample=c", backend="cpu", reason="no GPU found", gpus=1, wall_s=99,
+                           planned_gpu_model="t4", planned_partition="gpu-t4", planned_runtime_min=60),
+    }  # fmt: skip
+    for name, record in records.items():
+        write_record(tmp_path / "benchmarks" / f"{name}.gpu.json", record)
+    out = tmp_path / "results"
+    table = write_usage_report([tmp_path / "benchmarks"], out / "gpu_usage.tsv", out / "gpu_usage_models.tsv",
+                               out / "gpu_usage.png", site)  # fmt: skip
+    row = table.set_index(["rule", "job", "attempt"])
+    small = row.loc[("embed", "sample=a", 1)]
+    assert small["headroom_gb"] == 13.0 and small["used_share"] == pytest.approx(3 / 16, abs=1e-3)
+    assert small["gpu_hours_used"] == 0.5 and small["planned_gpu_hours"] == 1.0
+    assert small["relative_cost_used"] == 0.5  # T4 = 1.0 per hour
+    assert "cheaper GPU would do" in small["flags"]
+    assert "out of memory" in row.loc[("segment", "sample=b", 1)]["flags"]
+    retry = row.loc[("segment", "sample=b", 2)]
+    assert "retried" in retry["flags"] and retry["relative_cost_used"] == pytest.approx(4.0)  # 1 h of A100-40
+    assert "cheaper" not in retry["flags"]  # 22 of 40 GB
+    cpu = row.loc[("embed", "sample=c", 1)]
+    assert cpu["gpu_hours_used"] == 0 and "ran on the CPU (no GPU found)" in cpu["flags"]
+    import pandas as pd
+
+    models = pd.read_csv(out / "gpu_usage_models.tsv", sep="\t").set_index("planned_gpu_model")
+    assert models.loc["t4", "jobs"] == 3 and models.loc["t4", "could_be_cheaper"] == 1
+    assert models.loc["a100", "out_of_memory"] == 1
+    assert (out / "gpu_usage.png").stat().st_size > 10_000

@@ -524,6 +524,8 @@ def gpu_resources(
     }
     if gpu_count:
         resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model, group)
+    if gpus:
+        resources["gpu_usage"] = _usage_resource(need, group)
     return resources
 
 
@@ -537,11 +539,21 @@ def cpu_resources(
     ``cpus_per_task`` is left out unless given, so SLURM gets the rule's ``threads``.
     """
     resources = gpu_resources(gpus=0, cpus=cpus, mem_mb=mem_mb, runtime=runtime)
-    for key in ("gpu", "vram_gb"):
+    for key in ("gpu", "vram_gb", "gpu_usage"):
         resources.pop(key, None)
     if cpus is None:
         resources.pop("cpus_per_task")
     return resources
+
+
+def _placed(
+    need: GpuNeed, group: Any, wildcards: Any, attempt: int, rulename: str | None, size_mb: float | None
+) -> Placement:
+    """Where one job goes: its balanced group's plan, else the site's placement of its need."""
+    named = _named(need, rulename)
+    if group is not None:
+        return group.place(named, wildcards, attempt, current_site())
+    return current_site().place(named, attempt, None if need.is_static else size_mb)
 
 
 def _placement_resource(
@@ -552,32 +564,50 @@ def _placement_resource(
     The site is read when Snakemake evaluates the resource, so a changed inventory
     re-places jobs without touching any rule.
     """
-    if group is not None:
-        if not need.is_static:
-            raise ValueError("a balanced group needs a fixed vram_gb (its jobs are planned together)")
-
-        def balanced_resource(wildcards: Any, attempt: int = 1, rulename: str | None = None) -> Any:
-            return pick(group.place(_named(need, rulename), wildcards, attempt, current_site()))
-
-        return balanced_resource
+    if group is not None and not need.is_static:
+        raise ValueError("a balanced group needs a fixed vram_gb (its jobs are planned together)")
 
     if need.is_static:
 
         def static_resource(
             wildcards: Any, attempt: int = 1, rulename: str | None = None
         ) -> Any:
-            return pick(current_site().place(_named(need, rulename), attempt))
+            return pick(_placed(need, group, wildcards, attempt, rulename, None))
 
         return static_resource
 
     def sized_resource(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None
     ) -> Any:
-        return pick(
-            current_site().place(_named(need, rulename), attempt, input.size_mb)
-        )
+        return pick(_placed(need, group, wildcards, attempt, rulename, input.size_mb))
 
     return sized_resource
+
+
+def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
+    """``resources.gpu_usage``: what the plan gave this job, for its usage record
+    (``--usage-job``): rule, wildcards, attempt, model, partition, VRAM, runtime, input size.
+    A string resource: Snakemake schedules nothing by it; it is evaluated once inputs exist."""
+
+    def gpu_usage(wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None) -> str:
+        size = input.size_mb
+        placed = _placed(need, group, wildcards, attempt, rulename, size)
+        effective = current_site().effective_need(_named(need, rulename), size)
+        vram = effective.at_input_size(size).vram_gb if not effective.is_static else effective.vram_gb
+        job = ",".join(f"{k}={v}" for k, v in wildcards.items())
+        fields = {
+            "rule": rulename or need.rule or "",
+            "job": job,
+            "attempt": attempt,
+            "model": placed.gpu_model or "",
+            "partition": placed.partition,
+            "vram_gb": round(float(vram), 3),
+            "runtime": effective.runtime or "",
+            "input_mb": round(size, 3),
+        }
+        return ";".join(f"{k}={v}" for k, v in fields.items())
+
+    return gpu_usage
 
 
 def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:

@@ -52,6 +52,7 @@ class UsageRecord:
     planned_gpu_model: str | None = None
     planned_partition: str | None = None
     planned_vram_gb: float | None = None
+    planned_runtime_min: float | None = None
     exit_status: int = 0
     oom: bool = False
     sources: list[str] = field(default_factory=list)  # "torch", "nvml"
@@ -73,6 +74,7 @@ def parse_job_spec(spec: str) -> dict[str, Any]:
         "model": ("planned_gpu_model", str),
         "partition": ("planned_partition", str),
         "vram_gb": ("planned_vram_gb", float),
+        "runtime": ("planned_runtime_min", float),
         "input_mb": ("input_size_mb", float),
     }
     out: dict[str, Any] = {}
