@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 log = logging.getLogger("gpubio")
 
@@ -44,7 +45,16 @@ def _plan(args) -> None:
 
     from gpubio.config import project_file
     from gpubio.gpu import configure_site
-    from gpubio.gpu.plan import dry_run, format_plan, parse_dry_run, partition_totals, plan_table, write_plan
+    from gpubio.gpu.plan import (
+        compare_totals,
+        dry_run,
+        format_plan,
+        parse_dry_run,
+        partition_totals,
+        plan_table,
+        with_declared,
+        write_plan,
+    )
 
     config = yaml.safe_load(open(args.configfile)) or {}
     gpu = config.get("gpu") or {}
@@ -52,9 +62,16 @@ def _plan(args) -> None:
     site = configure_site(project_file(partitions, args.directory) or partitions, gpu.get("catalogue"))
     extra = ["--configfile", args.configfile, *args.snakemake_args]
     table = plan_table(parse_dry_run(dry_run(args.snakefile, args.directory, extra)), site)
+    needs = gpu.get("needs", "config/gpu_needs.yaml")
+    calibrated = bool(needs) and (Path(args.directory) / needs).is_file()
+    if calibrated:  # show the declared plan beside it
+        declared = plan_table(parse_dry_run(dry_run(args.snakefile, args.directory, extra, declared_needs=True)), site)
+        table = with_declared(table, declared)
     if args.out:
         write_plan(table, args.out)
     print(format_plan(table, partition_totals(table)))
+    if calibrated:
+        print("\n" + compare_totals(table))
 
 
 def _calibrate(args) -> None:
