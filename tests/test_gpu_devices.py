@@ -320,7 +320,8 @@ def test_recorded_command_keeps_the_lock_and_writes_its_usage_record(tmp_path):
     assert run.returncode == 4  # the tool's status, passed through
     visible, state, _ = run.stdout.split()
     assert (visible, state) == ("0", "held")  # the child holds the lock while it runs
-    data = json.loads(record.read_text())
+    assert not record.exists()
+    data = json.loads((record.parent / "job.attempt2.failed.gpu.json").read_text())
     assert (data["rule"], data["attempt"], data["planned_gpu_model"]) == ("call_parabricks", 2, "a100")
     assert data["exit_status"] == 4 and data["backend"] == "cuda" and data["gpus"] == 1
     assert data["nvml"].startswith("unavailable")  # no NVML here: recorded, never fatal

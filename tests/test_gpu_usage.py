@@ -105,10 +105,14 @@ def test_absent_nvml_and_cpu_path_are_recorded_as_such(tmp_path, monkeypatch):
 def test_failed_step_still_writes_its_record_with_the_oom(tmp_path):
     path = tmp_path / "oom.gpu.json"
     with pytest.raises(RuntimeError):
-        with record_usage(path, {"rule": "r"}, gpus=1, devices=[0], nvml=FakeNvml([15.9])):
+        with record_usage(path, {"rule": "r", "attempt": 1}, gpus=1, devices=[0], nvml=FakeNvml([15.9])):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    data = json.loads(path.read_text())
+    assert not path.exists()  # the job's own record is the successful attempt's; the failure sits beside it
+    data = json.loads((tmp_path / "oom.attempt1.failed.gpu.json").read_text())
     assert data["oom"] is True and data["exit_status"] == 1 and data["device_vram_gb"] == 16.0
+    with record_usage(path, {"rule": "r", "attempt": 2}, gpus=1, devices=[0], nvml=FakeNvml([20.0])):
+        pass
+    assert sorted(r.attempt for r in read_records([tmp_path])) == [1, 2]  # both attempts are history
 
 
 def test_cli_step_on_the_cpu_writes_a_record_saying_so(tmp_path):

@@ -244,7 +244,14 @@ def record_usage(
     finally:
         record.wall_s = round(time.perf_counter() - start, 3)
         _finish(record, sampler)
-        write_record(path, record)
+        write_record(path if not record.exit_status else failed_record_path(path, record.attempt), record)
+
+
+def failed_record_path(path: str | os.PathLike, attempt: int) -> Path:
+    """Where a failed attempt's record goes: beside the job's, so a retry does not overwrite it."""
+    path = Path(path)
+    stem = path.name[: -len(RECORD_SUFFIX)] if path.name.endswith(RECORD_SUFFIX) else path.stem
+    return path.with_name(f"{stem}.attempt{attempt}.failed{RECORD_SUFFIX}")
 
 
 def _exit_status(error: BaseException) -> int:
