@@ -442,6 +442,7 @@ def test_gpu_resources_standard_keys():
         "mem_mb",
         "runtime",
         "vram_gb",
+        "gpu_usage",  # what the plan gave the job, for its usage record
     }
     assert (
         res["gpu"],

@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 log = logging.getLogger("gpubio")
 
@@ -44,7 +45,16 @@ def _plan(args) -> None:
 
     from gpubio.config import project_file
     from gpubio.gpu import configure_site
-    from gpubio.gpu.plan import dry_run, format_plan, parse_dry_run, partition_totals, plan_table, write_plan
+    from gpubio.gpu.plan import (
+        compare_totals,
+        dry_run,
+        format_plan,
+        parse_dry_run,
+        partition_totals,
+        plan_table,
+        with_declared,
+        write_plan,
+    )
 
     config = yaml.safe_load(open(args.configfile)) or {}
     gpu = config.get("gpu") or {}
@@ -54,14 +64,33 @@ def _plan(args) -> None:
     # paths among snakemake_args hold
     directory = os.path.abspath(args.directory)
     extra = ["--configfile", os.path.abspath(args.configfile), *args.snakemake_args]
+    snakefile = os.path.abspath(args.snakefile)
+    needs = gpu.get("needs", "config/gpu_needs.yaml")
+    calibrated = bool(needs) and (Path(directory) / needs).is_file()
     try:
-        output = dry_run(os.path.abspath(args.snakefile), directory, extra, cwd=args.invoked_in)
+        table = plan_table(parse_dry_run(dry_run(snakefile, directory, extra, cwd=args.invoked_in)), site)
+        if calibrated:  # show the declared plan beside it
+            declared = dry_run(snakefile, directory, extra, cwd=args.invoked_in, declared_needs=True)
+            table = with_declared(table, plan_table(parse_dry_run(declared), site))
     except RuntimeError as error:  # Snakemake's own message follows the line
         sys.exit(f"gpubio plan: {error}")
-    table = plan_table(parse_dry_run(output), site)
     if args.out:
         write_plan(table, args.out)
     print(format_plan(table, partition_totals(table)))
+    if calibrated:
+        print("\n" + compare_totals(table))
+
+
+def _calibrate(args) -> None:
+    from gpubio.gpu.calibrate import write_needs
+
+    needs = write_needs(args.records, args.out, args.margin)
+    print(f"wrote {args.out}: calibrated GPU needs of {len(needs)} rule(s)")
+    for rule, need in needs.items():
+        size = need.max_input_mb
+        vram = f"{need.vram.intercept:.2f} GB" + (f" + {need.vram.slope:.4f} GB/MB" if need.vram.slope else "")
+        print(f"  {rule}: {vram} ({need.records} records, {need.oom_records} out of memory"
+              + (f", inputs up to {size:g} MB)" if size is not None else ")"))
 
 
 def _device_info(args) -> None:
@@ -70,13 +99,14 @@ def _device_info(args) -> None:
     import socket
 
     from gpubio.atomic import write_text_atomic
+    from gpubio.gpu.job import current_job
 
     info = {
         "host": socket.gethostname(),
         "slurm_job_partition": os.environ.get("SLURM_JOB_PARTITION"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "backend": GPU_BACKEND["name"],
-        "devices": GPU_BACKEND["devices"],
+        "backend": "cuda" if current_job().devices else "cpu",
+        "devices": current_job().devices,
     }
     try:
         import torch
@@ -106,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--require-gpu", action="store_true", help="fail when --gpus > 0 and no GPU is found (config gpu.require)"
     )
+    parser.add_argument("--usage", help="write this step's GPU usage record (JSON) here, also when it fails")
+    parser.add_argument(
+        "--usage-job", default="", help="what the plan gave the job: the rule's resources.gpu_usage"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     for module in DOMAIN_COMMANDS:
@@ -127,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments, after --")
     p.set_defaults(func=_plan)
 
+    p = sub.add_parser(
+        "calibrate", help="fit each rule's GPU need from the usage records of past runs; writes config/gpu_needs.yaml"
+    )
+    p.add_argument("records", nargs="+", help="result directories (or record files) to read *.gpu.json from")
+    p.add_argument("--out", default="config/gpu_needs.yaml")
+    p.add_argument("--margin", type=float, default=0.2, help="safety margin over the measured upper bound")
+    p.set_defaults(func=_calibrate)
+
     p = sub.add_parser("device-info", help="report the device(s) this job sees (SLURM, local pinning, torch)")
     p.add_argument("--out")
     p.set_defaults(func=_device_info)
@@ -140,24 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What the running step uses; set by main() before the command runs.
-GPU_BACKEND: dict = {"name": "cpu", "devices": []}
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     limit_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpubio %(levelname)s %(message)s")
-    if args.gpus <= 0:
+    if args.gpus <= 0 and not args.usage:
         args.func(args)
         return
     from gpubio.gpu.devices import DeviceError, pin_gpus
+    from gpubio.gpu.job import GpuUnusable, JobDevice, set_current_job
+    from gpubio.gpu.usage import parse_job_spec, record_usage
 
     try:
-        with pin_gpus(args.gpus, strict=args.require_gpu) as devices:
-            GPU_BACKEND.update(name="cuda" if devices else "cpu", devices=devices)
-            args.func(args)
-    except DeviceError as error:
+        with pin_gpus(max(args.gpus, 0), strict=args.require_gpu) as devices:
+            job = parse_job_spec(args.usage_job)
+            with record_usage(args.usage, job, max(args.gpus, 0), devices) as record:
+                set_current_job(JobDevice(max(args.gpus, 0), devices, args.require_gpu, record))
+                args.func(args)
+    except (DeviceError, GpuUnusable) as error:
         sys.exit(f"gpubio: {args.command}: {error}; this step requires a GPU (gpu.require: true in config.yaml)")
 
 

@@ -2,6 +2,7 @@
 import os
 
 from gpubio.config import ConfigError, load_project
+from gpubio.gpu.calibrate import NeedsError
 from gpubio.gpu import (
     CatalogueError,
     InventoryError,
@@ -30,8 +31,9 @@ try:
     SITE = configure_site(
         partitions_file=config["gpu"]["partitions"],
         catalogue_overrides=config["gpu"]["catalogue"],
+        needs_file=config["gpu"]["needs"],
     )
-except (CatalogueError, InventoryError, PlacementError) as error:
+except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
     raise WorkflowError(f"gpubio: {error}") from None
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found

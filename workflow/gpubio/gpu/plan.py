@@ -94,13 +94,23 @@ def _negative_number(arg: str) -> bool:
         return False
 
 
-def dry_run(snakefile: str, workdir: str, extra_args: list[str], cwd: str | None = None) -> str:
-    """Snakemake's dry-run of every job; extra_args come last, so they override ours."""
+def dry_run(
+    snakefile: str, workdir: str, extra_args: list[str], cwd: str | None = None, declared_needs: bool = False
+) -> str:
+    """Snakemake's dry-run of every job; extra_args come last, so they override ours.
+    ``declared_needs``: place by the rules' declared needs, ignoring calibrated ones."""
+    import os
+
+    from gpubio.gpu.placement import ENV_DECLARED_NEEDS
+
+    env = dict(os.environ)
+    if declared_needs:
+        env[ENV_DECLARED_NEEDS] = "1"
     cmd = [
         sys.executable, "-m", "snakemake", "-s", snakefile, "--directory", workdir,
         "-n", "--forceall", "--nolock", "--ignore-incomplete", "--cores", "1", *extra_args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"the dry-run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout + proc.stderr
@@ -157,6 +167,33 @@ def partition_totals(table):
         gpu_hours=("gpu_hours", "sum"), relative_cost=("relative_cost", "sum"),
     )  # fmt: skip
     return totals.reset_index()
+
+
+DECLARED_COLUMNS = ["gpu_model", "vram_gb", "gpu_hours", "relative_cost"]
+
+
+def with_declared(calibrated, declared):
+    """The calibrated plan with the declared plan's model, VRAM, GPU-hours and cost beside it."""
+    keys = ["rule", "wildcards"]
+    side = declared[keys + DECLARED_COLUMNS].rename(columns={c: f"declared_{c}" for c in DECLARED_COLUMNS})
+    return calibrated.merge(side, on=keys, how="left")
+
+
+def compare_totals(table) -> str:
+    """GPU-hours and relative cost of the whole plan, declared needs against calibrated."""
+    lines = ["declared needs against calibrated (gpubio calibrate):"]
+    for label, hours, cost in (
+        ("declared", "declared_gpu_hours", "declared_relative_cost"),
+        ("calibrated", "gpu_hours", "relative_cost"),
+    ):
+        lines.append(f"  {label:>10}: {table[hours].sum():.2f} GPU-hours, relative cost {table[cost].sum():.2f}")
+    moved = table[(table["gpus"] > 0) & (table["gpu_model"] != table["declared_gpu_model"])]
+    for _, row in moved.iterrows():
+        lines.append(
+            f"  {row['rule']} {row['wildcards']}: {row['declared_gpu_model']} ({row['declared_vram_gb']} GB declared)"
+            f" -> {row['gpu_model']} ({row['vram_gb']} GB calibrated)"
+        )
+    return "\n".join(lines)
 
 
 def format_plan(table, totals) -> str:
