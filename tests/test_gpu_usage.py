@@ -93,13 +93,41 @@ def test_failing_nvml_never_fails_the_job(tmp_path, fail_at):
 
 def test_absent_nvml_and_cpu_path_are_recorded_as_such(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    monkeypatch.setenv("PATH", str(tmp_path))  # and no nvidia-smi
     with record_usage(tmp_path / "gpu.gpu.json", {"rule": "r"}, gpus=1, devices=[0]):
         pass
-    assert json.loads((tmp_path / "gpu.gpu.json").read_text())["nvml"].startswith("unavailable: ModuleNotFoundError")
+    assert json.loads((tmp_path / "gpu.gpu.json").read_text())["nvml"] == (
+        "unavailable: ImportError: neither nvidia-ml-py (pynvml) nor nvidia-smi is available"
+    )
     with record_usage(tmp_path / "cpu.gpu.json", {"rule": "r"}, gpus=1, devices=[]):
         pass
     cpu = json.loads((tmp_path / "cpu.gpu.json").read_text())
     assert (cpu["backend"], cpu["reason"], cpu["peak_vram_gb"]) == ("cpu", "no GPU found", None)
+
+
+def test_without_nvidia_ml_py_the_driver_tool_is_sampled(tmp_path, monkeypatch):
+    """In a vendor container (dorado, Parabricks) without nvidia-ml-py, nvidia-smi's own
+    queries give the device, its memory in use and its utilisation."""
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        '  *memory.total,memory.used*) echo "81559, 20480" ;;\n'  # MiB
+        '  *utilization.gpu*) echo "64" ;;\n'
+        '  *name*) echo "NVIDIA H100 80GB HBM3" ;;\n'
+        '  *) echo "0" ;;\n'
+        "esac\n"
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    path = tmp_path / "dorado.gpu.json"
+    with record_usage(path, {"rule": "basecall"}, gpus=1, devices=[0], interval_s=0.05):
+        pass
+    data = json.loads(path.read_text())
+    assert (data["nvml"], data["device_model"], data["device_vram_gb"]) == ("ok", "NVIDIA H100 80GB HBM3", 85.52)
+    assert data["peak_vram_gb"] == pytest.approx(20480 * 2**20 / 1e9, abs=1e-3) and data["mean_utilisation"] == 64.0
 
 
 def test_failed_step_still_writes_its_record_with_the_oom(tmp_path):
@@ -336,3 +364,31 @@ def test_required_gpu_torch_cannot_use_fails_the_cli_step_with_one_line(tmp_path
     assert "this step requires a GPU (gpu.require: true" in last and "Traceback" not in proc.stderr
     failed = json.loads((tmp_path / "register.attempt1.failed.gpu.json").read_text())
     assert failed["exit_status"] != 0
+
+
+# --------------------------------------------------------------------------- the demo
+@pytest.mark.e2e
+def test_demo_writes_a_usage_record_for_every_gpu_step_and_the_report_compares(demo_run):
+    """Every job the plan gives a GPU ran through the usage wrapper: its record is there,
+    says it ran on the CPU here (and why), carries what the plan gave it, and the report's
+    table has one row for it."""
+    import pandas as pd
+
+    plan = pd.read_csv(demo_run / "results/gpu_plan.tsv", sep="\t", keep_default_na=False)
+    gpu_jobs = {(r.rule, r.wildcards) for r in plan.itertuples() if r.gpus > 0}
+    assert {rule for rule, _ in gpu_jobs} >= {"variant_effects", "train_cellpose", "segment_cells", "integrate_cells"}
+    records = {(r.rule, r.job): r for r in read_records([demo_run / "benchmarks"])}
+    assert set(records) == gpu_jobs
+    planned = {(r.rule, r.wildcards): r for r in plan.itertuples()}
+    for key, record in records.items():
+        assert (record.backend, record.exit_status, record.attempt) == ("cpu", 0, 1), key
+        assert record.reason and record.wall_s > 0 and record.input_size_mb > 0, key
+        assert (record.planned_gpu_model, record.planned_partition) == (
+            planned[key].gpu_model, planned[key].partition,
+        ), key  # fmt: skip
+    usage = pd.read_csv(demo_run / "results/gpu_usage.tsv", sep="\t", keep_default_na=False)
+    assert {(r.rule, r.job) for r in usage.itertuples()} == gpu_jobs
+    assert all("ran on the CPU" in flags for flags in usage["flags"])
+    assert (demo_run / "results/gpu_usage.png").stat().st_size > 10_000
+    html = (demo_run / "results/report.html").read_text(errors="replace")
+    assert "gpu_usage.tsv" in html

@@ -81,6 +81,15 @@ def _plan(args) -> None:
         print("\n" + compare_totals(table))
 
 
+def _gpu_usage_report(args) -> None:
+    from gpubio.gpu import configure_site
+    from gpubio.gpu.usage_report import write_usage_report
+
+    site = configure_site(args.partitions) if args.partitions else None
+    table = write_usage_report(args.records, args.out_tsv, args.out_models, args.out_png, site)
+    print(f"{len(table)} GPU job record(s); flagged: {int((table['flags'] != '').sum())}")
+
+
 def _calibrate(args) -> None:
     from gpubio.gpu.calibrate import write_needs
 
@@ -160,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the table as TSV (and <out>.partitions.tsv with the totals)")
     p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments, after --")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser("gpu-usage-report", help="planned against measured GPU use, from the jobs' usage records")
+    p.add_argument("records", nargs="+", help="directories (or files) with *.gpu.json records")
+    p.add_argument("--partitions", help="the site's partitions file (for the relative cost of each GPU)")
+    p.add_argument("--out-tsv", required=True)
+    p.add_argument("--out-models", required=True)
+    p.add_argument("--out-png", required=True)
+    p.set_defaults(func=_gpu_usage_report)
 
     p = sub.add_parser(
         "calibrate", help="fit each rule's GPU need from the usage records of past runs; writes config/gpu_needs.yaml"

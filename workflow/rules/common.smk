@@ -73,14 +73,33 @@ MODULE_TARGETS = {
 }
 
 
-def get_final_outputs():
-    """Every active module's targets, and the GPU plan."""
+GPU_REPORT_TARGETS = [
+    "results/gpu_plan.tsv",
+    "results/gpu_plan.partitions.tsv",
+    "results/gpu_usage.tsv",
+    "results/gpu_usage_models.tsv",
+    "results/gpu_usage.png",
+]
+
+
+def get_module_outputs(wildcards=None):
+    """Every active module's targets."""
     targets = []
     for domain in SAMPLE_TARGETS:
         if PROJECT.active(domain):
             targets += expand(SAMPLE_TARGETS[domain], sample=PROJECT.samples(domain))
             targets += MODULE_TARGETS[domain]
-    return targets + ["results/gpu_plan.tsv", "results/gpu_plan.partitions.tsv"]
+    return targets
+
+
+def get_final_outputs():
+    """Every active module's targets, the GPU plan, and what the GPU jobs used."""
+    return get_module_outputs() + GPU_REPORT_TARGETS
+
+
+def usage_record(step):
+    """Where a GPU step writes what it used (gpubio.gpu.usage), next to its benchmark file."""
+    return f"benchmarks/{step}.gpu.json"
 
 
 def get_qc_files(wildcards):

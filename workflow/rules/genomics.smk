@@ -101,6 +101,7 @@ rule basecall:
             runtime=720,
         ),
     params:
+        usage=usage_record("genomics/runs/{run}/basecall_{shard}"),
         model=GENOMICS["basecall"]["model"],
         models_dir=quote_option(
             "--models-directory", GENOMICS["basecall"]["models_directory"]
@@ -109,7 +110,8 @@ rule basecall:
         options=quote_extra_options(GENOMICS["basecall"]["options"]),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} tool-on-device"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} tool-on-device"
         " --gpu-args='--device cuda:all' --cpu-args='-x cpu' --stdout {output} --"
         " dorado basecaller {params.model:q} {input:q}/{wildcards.shard}.pod5 {params.models_dir}"
         " {params.kit} {params.options} > {log} 2>&1"
@@ -353,13 +355,15 @@ rule call_parabricks:
             runtime=240,
         ),
     params:
+        usage=usage_record("genomics/{sample}/call_parabricks"),
         mode=lambda wc: {"illumina": "shortread", "ont": "ont"}[genomics_platform(wc)],
         memory=lambda wc, resources: parabricks_memory_options(
             resources.get("slurm_partition"), resources.get("gpu_model")
         ),
         options=quote_extra_options(GENOMICS["variants"]["parabricks"]["options"]),
     shell:
-        "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu --"
+        "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} --"
         " pbrun deepvariant --ref {input.reference:q} --in-bam {input.bam:q} --out-variants {output}"
         " --mode {params.mode} --num-gpus {resources.gpu} {params.memory} {params.options}"
         " > {log} 2>&1"
@@ -480,13 +484,15 @@ rule variant_effects:
             gpus=1, vram_gb=12, policy="cheapest", mem_mb=16000, runtime=240
         ),
     params:
+        usage=usage_record("genomics/{sample}/variant_effects"),
         effects=GENOMICS["variant_effects"],
         track_names=quote_option(
             "--track-names", GENOMICS["variant_effects"]["track_names"]
         ),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} variant-effects"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} variant-effects"
         " --vcf {input.vcf:q} --reference {input.reference:q} --family {params.effects[family]:q}"
         " --weights {input.weights:q} --sequence-length {params.effects[sequence_length]:q}"
         " --batch-size {params.effects[batch_size]:q} --head {params.effects[head]:q}"

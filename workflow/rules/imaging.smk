@@ -54,10 +54,12 @@ rule register_image:
             runtime=60,
         ),
     params:
+        usage=usage_record("imaging/{sample}/register_image"),
         options=registration_options(IMAGING),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} register-image"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} register-image"
         " {input.image:q} --reference {input.reference:q} --sample {wildcards.sample} {params.options}"
         " --out-image {output.image} --out-footprint {output.footprint}"
         " --out-transform {output.transform} --out-png {output.png} > {log} 2>&1"
@@ -95,11 +97,13 @@ rule train_cellpose:
             runtime=240,
         ),
     params:
+        usage=usage_record("imaging/train_cellpose"),
         images=IMAGING["training"].get("images", ""),
         options=training_options(IMAGING),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} train-cellpose"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} train-cellpose"
         " --images {params.images:q} {params.options} --out {output.model} --out-json {output.json}"
         " --out-png {output.png} > {log} 2>&1"
 
@@ -132,12 +136,14 @@ rule segment_cells:
             runtime=120,
         ),
     params:
+        usage=usage_record("imaging/{sample}/segment_cells"),
         model=IMAGING_CELLPOSE_MODEL,
         options=segmentation_options(IMAGING),
         footprint=footprint_option,
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} segment-cells"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} segment-cells"
         " {input.image:q} --model {params.model:q} {params.options} {params.footprint}"
         " --out-masks {output.masks} --out-json {output.json} > {log} 2>&1"
 

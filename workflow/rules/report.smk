@@ -67,3 +67,38 @@ rule gpu_plan:
             " --invoked-in {params.invoked_in:q} --out {output.plan:q} -- {params.snakemake_args:q}"
             " > {log:q} 2>&1"
         )
+
+
+# What the GPU jobs of this project really used against what the plan gave them: every
+# usage record under benchmarks/ (this run's and earlier runs'), once all module outputs exist.
+rule gpu_usage_report:
+    input:
+        get_module_outputs,
+    output:
+        tsv=report(
+            "results/gpu_usage.tsv",
+            caption="../report/gpu_usage.rst",
+            category="GPU use",
+        ),
+        models=report(
+            "results/gpu_usage_models.tsv",
+            caption="../report/gpu_usage.rst",
+            category="GPU use",
+        ),
+        png=report(
+            "results/gpu_usage.png",
+            caption="../report/gpu_usage.rst",
+            category="GPU use",
+        ),
+    log:
+        "logs/gpu_usage_report.log",
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=1000, runtime=10),
+    params:
+        partitions=config["gpu"]["partitions"],
+    shell:
+        "python -m gpubio gpu-usage-report benchmarks --partitions {params.partitions:q}"
+        " --out-tsv {output.tsv} --out-models {output.models} --out-png {output.png} > {log} 2>&1"

@@ -66,12 +66,14 @@ rule integrate_cells:
             runtime=240,
         ),
     params:
+        usage=usage_record("transcriptomics/integrate_cells"),
         require_gpu=REQUIRE_GPU,
         backend=TRANSCRIPTOMICS.get("backend", "auto"),
         n_markers=TRANSCRIPTOMICS.get("markers", {}).get("n_genes", 25),
         options=cli_options(TRANSCRIPTOMICS.get("cluster", {}), ClusterParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} integrate-cells {input:q}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} integrate-cells {input:q}"
         " --backend {params.backend} --n-markers {params.n_markers} {params.options}"
         " --out-h5ad {output.h5ad} --out-markers {output.markers} > {log} 2>&1"
 
@@ -150,13 +152,15 @@ rule annotate_scanvi:
             runtime=240,
         ),
     params:
+        usage=usage_record("transcriptomics/annotate_scanvi"),
         require_gpu=REQUIRE_GPU,
         label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
         options=cli_options(
             TRANSCRIPTOMICS.get("annotation", {}).get("scanvi", {}), ScanviParams
         ),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} annotate-scanvi"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} annotate-scanvi"
         " --integrated {input.integrated:q} --reference {input.reference:q} --label-key {params.label_key:q}"
         " {params.options} --out {output} > {log} 2>&1"
 
@@ -184,10 +188,12 @@ rule embed_cells:
             runtime=240,
         ),
     params:
+        usage=usage_record("transcriptomics/embed_cells"),
         require_gpu=REQUIRE_GPU,
         options=cli_options(TRANSCRIPTOMICS.get("embeddings", {}), EmbeddingParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} embed-cells"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} embed-cells"
         " --integrated {input.integrated:q} --weights {input.weights:q} {params.options}"
         " --out {output} > {log} 2>&1"
 

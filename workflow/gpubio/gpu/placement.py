@@ -523,8 +523,7 @@ def gpu_resources(
     }
     if gpu_count:
         resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model, group)
-    if gpus:
-        resources["gpu_usage"] = _usage_resource(need, group)
+    resources["gpu_usage"] = _usage_resource(need, group)
     return resources
 
 

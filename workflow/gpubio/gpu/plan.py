@@ -189,8 +189,9 @@ def compare_totals(table) -> str:
         lines.append(f"  {label:>10}: {table[hours].sum():.2f} GPU-hours, relative cost {table[cost].sum():.2f}")
     moved = table[(table["gpus"] > 0) & (table["gpu_model"] != table["declared_gpu_model"])]
     for _, row in moved.iterrows():
+        job = " ".join(filter(None, (row["rule"], row["wildcards"])))
         lines.append(
-            f"  {row['rule']} {row['wildcards']}: {row['declared_gpu_model']} ({row['declared_vram_gb']} GB declared)"
+            f"  {job}: {row['declared_gpu_model']} ({row['declared_vram_gb']} GB declared)"
             f" -> {row['gpu_model']} ({row['vram_gb']} GB calibrated)"
         )
     return "\n".join(lines)

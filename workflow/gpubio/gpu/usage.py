@@ -109,6 +109,67 @@ def _name(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class SmiNvml:
+    """The few NVML calls the sampler makes, answered by ``nvidia-smi --query-gpu``: for
+    vendor containers (dorado, Parabricks) that have the driver's tool but no nvidia-ml-py."""
+
+    def __init__(self, smi: str):
+        self.smi = smi
+
+    def _query(self, handle: str | None, fields: str) -> list[str]:
+        import subprocess
+
+        cmd = [self.smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits"]
+        if handle is not None:
+            cmd[1:1] = ["-i", handle]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
+    def nvmlInit(self) -> None:
+        self._query(None, "index")
+
+    def nvmlShutdown(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return len(self._query(None, "index"))
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+        return str(index)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> str:
+        return uuid
+
+    def nvmlDeviceGetName(self, handle: str) -> str:
+        return self._query(handle, "name")[0]
+
+    def nvmlDeviceGetMemoryInfo(self, handle: str) -> Any:
+        from types import SimpleNamespace
+
+        total, used = (float(v) * 2**20 for v in self._query(handle, "memory.total,memory.used")[0].split(","))
+        return SimpleNamespace(total=total, used=used)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(gpu=float(self._query(handle, "utilization.gpu")[0]))
+
+
+def default_nvml() -> Any:
+    """nvidia-ml-py where installed, else nvidia-smi where on PATH; raises ImportError if neither."""
+    try:
+        import pynvml  # nvidia-ml-py
+
+        return pynvml
+    except ImportError:
+        import shutil
+
+        smi = shutil.which("nvidia-smi")
+        if smi is None:
+            raise ImportError("neither nvidia-ml-py (pynvml) nor nvidia-smi is available") from None
+        return SmiNvml(smi)
+
+
 class NvmlSampler:
     """Samples used memory and utilisation of the job's devices on a background thread.
 
@@ -135,11 +196,10 @@ class NvmlSampler:
     def start(self) -> NvmlSampler:
         if self._nvml is None:
             try:
-                import pynvml  # nvidia-ml-py; absent on CPU machines and in most envs
+                self._nvml = default_nvml()
             except ImportError as error:
                 self.status = f"unavailable: {type(error).__name__}: {error}"
                 return self
-            self._nvml = pynvml
         try:
             self._nvml.nvmlInit()
             self._handles = _visible_nvml_handles(self._nvml)
