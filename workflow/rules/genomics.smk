@@ -465,6 +465,9 @@ rule finish_variants:
 
 
 # ---------------------------------------------------------------- variant effects
+import shlex
+
+from gpubio.genomics.effects import effect_vram_gb
 
 
 rule variant_effects:
@@ -485,12 +488,17 @@ rule variant_effects:
     threads: GENOMICS["variant_effects"]["threads"]
     resources:
         **gpu_resources(
-            gpus=1, vram_gb=12, policy="cheapest", cpus=4, mem_mb=16000, runtime=240
+            gpus=1,
+            vram_gb=effect_vram_gb(GENOMICS["variant_effects"]),
+            policy="cheapest",
+            cpus=4,
+            mem_mb=16000,
+            runtime=240,
         ),
     params:
         effects=GENOMICS["variant_effects"],
         track_names=(
-            f"--track-names {GENOMICS['variant_effects']['track_names']}"
+            "--track-names " + shlex.quote(GENOMICS["variant_effects"]["track_names"])
             if GENOMICS["variant_effects"]["track_names"]
             else ""
         ),
