@@ -5,6 +5,7 @@ built here, and one run of the genomics module through Snakemake with that famil
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -225,7 +226,14 @@ def project(root: Path, weights: Path, contigs: dict[str, str]) -> Path:
     return root
 
 
-def test_workflow_scores_called_variants_with_deepsea(tmp_path):
+CONFIG = ("--configfile", "config/config.yaml", "config/deepsea.yaml")  # last: --configfile takes all after it
+
+
+@pytest.fixture(scope="module")
+def deepsea_run(tmp_path_factory):
+    """One aligned-BAM sample with planted SNVs (near both ends of a contig, in soft-masked
+    sequence, on a contig shorter than the window) run to variant_effects.tsv."""
+    tmp = tmp_path_factory.mktemp("deepsea-run")
     rng = np.random.default_rng(44)
     contigs = {"ctg_long.1": random_contig(rng, 2400, masked=(900, 1300)), "ctg_short.2": random_contig(rng, 700)}
     long, short = contigs["ctg_long.1"].upper(), contigs["ctg_short.2"].upper()
@@ -233,34 +241,69 @@ def test_workflow_scores_called_variants_with_deepsea(tmp_path):
     snvs = [("ctg_long.1", p, long[p - 1], other[long[p - 1]]) for p in (30, 1000, 2380)]
     snvs += [("ctg_short.2", p, short[p - 1], other[short[p - 1]]) for p in (40, 400)]
     spec = CHECKPOINTS["deepsea1000"]
-    module = write_checkpoint(tmp_path / "weights", seed=5, **spec)
-    root = project(tmp_path / "run", tmp_path / "weights", contigs)
+    module = write_checkpoint(tmp / "weights", seed=5, **spec)
+    root = project(tmp / "run", tmp / "weights", contigs)
     write_tiled_bam(apply_snvs(contigs, snvs), root / "data" / "sea1.bam")
-    out = root / "results" / "genomics" / "sea1" / "variant_effects.tsv"
-    config = ("--configfile", "config/config.yaml", "config/deepsea.yaml")
-    run_snakemake(root, "--cores", "2", *config, str(out.relative_to(root)))
+    run_snakemake(root, "--cores", "2", "results/genomics/sea1/variant_effects.tsv", *CONFIG)
+    return {"root": root, "weights": tmp / "weights", "module": module, "contigs": contigs, "snvs": snvs}
 
-    table = pd.read_csv(out, sep="\t")
+
+def test_workflow_scores_called_variants_with_deepsea(deepsea_run):
+    root, contigs, snvs = deepsea_run["root"], deepsea_run["contigs"], deepsea_run["snvs"]
+    table = pd.read_csv(root / "results" / "genomics" / "sea1" / "variant_effects.tsv", sep="\t")
     with pysam.VariantFile(str(root / "results" / "genomics" / "sea1" / "variants.vcf.gz")) as fh:
         called = [(r.chrom, r.pos, r.ref, a) for r in fh if list(r.filter) in ([], ["PASS"]) for a in r.alts]
     assert sorted(called) == sorted(snvs)  # the planted variants, near both contig ends too
     assert list(zip(table.chrom, table.pos, table.ref, table.alt)) == called
-    expected = expected_effects(module, contigs, called, 1000, "ACGT", 0.0, spec["features"])
+    features = CHECKPOINTS["deepsea1000"]["features"]
+    expected = expected_effects(deepsea_run["module"], contigs, called, 1000, "ACGT", 0.0, features)
     assert list(table["top_track"]) == [e["top_track"] for e in expected]
     for column in ("score", "top_track_delta", "top_track_log_odds_delta"):
         assert np.allclose(table[column], [e[column] for e in expected], rtol=2e-5, atol=1e-7), column
     log = (root / "logs" / "genomics" / "sea1" / "variant_effects.log").read_text()
     assert "variant effects on the CPU" in log and "1000-bp windows from config.json" in log
 
-    # the cluster plan: a GPU model and partition for the scoring job, its VRAM from the checkpoint
-    fresh = tmp_path / "plan"
-    shutil.copytree(root / "config", fresh / "config")
-    (fresh / "data").symlink_to(root / "data")
+
+def test_cluster_plan_puts_the_deepsea_job_on_a_small_gpu(deepsea_run, tmp_path):
+    fresh = tmp_path / "plan"  # nothing done yet: every job shows
+    shutil.copytree(deepsea_run["root"] / "config", fresh / "config")
+    (fresh / "data").symlink_to(deepsea_run["root"] / "data")
     proc = run_snakemake(fresh, "-n", "-p", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules",
-                         *config)  # fmt: skip
-    block = proc.stdout[proc.stdout.index("rule variant_effects:"):]
-    resources = block[block.index("resources: "):].splitlines()[0]
+                         *CONFIG)  # fmt: skip
+    block = proc.stdout[proc.stdout.index("rule variant_effects:") :]
+    resources = block[block.index("resources: ") :].splitlines()[0]
     assert "gpu=1" in resources and "gpu_model=t4" in resources and "slurm_partition=gpu-t4" in resources
-    vram = float(resources.split("vram_gb=")[1].split(",")[0])
-    assert vram == deepsea.vram_gb(tmp_path / "weights", 5) < 12
+    vram = int(resources.split("vram_gb=")[1].split(",")[0])  # whole GB, rounded up
+    assert vram == math.ceil(deepsea.vram_gb(deepsea_run["weights"], 5)) == 2  # not Enformer's 12
     assert "--family deepsea" in block
+
+
+def test_bad_checkpoints_stop_the_run_or_fail_the_job_with_one_line(deepsea_run, tmp_path):
+    root = tmp_path / "project"  # a copy: the failed job below removes its output
+    shutil.copytree(deepsea_run["root"], root, symlinks=True)
+    # model.pt missing: refused before any job
+    bare = tmp_path / "bare"
+    shutil.copytree(deepsea_run["weights"], bare)
+    (bare / "model.pt").unlink()
+    settings = json.loads((root / "config" / "deepsea.yaml").read_text())
+    settings["genomics"]["variant_effects"]["weights"] = str(bare)
+    (root / "config" / "bare.yaml").write_text(json.dumps(settings))
+    proc = run_snakemake(root, "-n", "--configfile", "config/config.yaml", "config/bare.yaml", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Building DAG" not in output and "Traceback" not in output
+    assert f"genomics.variant_effects.weights: {bare / 'model.pt'} is missing" in output
+
+    # a window that does not fit the weights: only loading can tell, so the job fails with one line
+    wrong = tmp_path / "wrong window"  # a space: the path reaches the shell quoted
+    shutil.copytree(deepsea_run["weights"], wrong)
+    config = json.loads((wrong / "config.json").read_text())
+    (wrong / "config.json").write_text(json.dumps({**config, "window": 2000}))
+    settings["genomics"]["variant_effects"]["weights"] = str(wrong)
+    (root / "config" / "wrong.yaml").write_text(json.dumps(settings))
+    proc = run_snakemake(root, "--cores", "1", "--forcerun", "variant_effects", "results/genomics/sea1/variant_effects.tsv",
+                         "--configfile", "config/config.yaml", "config/wrong.yaml", check=False)  # fmt: skip
+    assert proc.returncode != 0
+    log = (root / "logs" / "genomics" / "sea1" / "variant_effects.log").read_text()
+    assert "Traceback" not in log
+    (line,) = [line for line in log.splitlines() if "dense.0 takes" in line]
+    assert line.startswith(f"gpubio: variant-effects: {wrong / 'model.pt'}: dense.0 takes 530 inputs but a 2000-bp")
