@@ -23,6 +23,7 @@ from independent.deepsea import (
     apply_snvs,
     expected_effects,
     strand_probabilities,
+    write_beluga_shaped,
     write_checkpoint,
     write_tiled_bam,
 )
@@ -146,6 +147,30 @@ def test_scores_are_deterministic_one_row_per_variant(genome, checkpoint, tmp_pa
     assert len(table) == 11 and table["variant"].is_unique
     # log-odds change has the sign of the probability change
     assert (np.sign(table["top_track_log_odds_delta"]) == np.sign(table["top_track_delta"])).all()
+
+
+def test_a_published_state_dict_loads_as_is_with_its_layer_names(genome, tmp_path):
+    """Beluga's module structure and key names: model.pt is its state dict unchanged, config.json
+    names the layers; scores match the module run directly (AGCT order, N = 0, 2,000 bp)."""
+    fasta, contigs = genome
+    features = [f"Beluga_{i}" for i in range(6)]
+    module = write_beluga_shaped(tmp_path / "beluga", window=2000, channels=(5, 6, 7), hidden=9, features=features,
+                                 seed=21)  # fmt: skip
+    assert "model.1.4.1.weight" in torch.load(tmp_path / "beluga" / "model.pt", weights_only=True)
+    records = variants_of(contigs)
+    vcf = write_vcf(tmp_path / "v.vcf", contigs, records)
+    rows = effects.score_variants(load(tmp_path / "beluga"), str(fasta), list(effects.read_variants(str(vcf))), 5)
+    expected = expected_effects(module, contigs, records, 2000, "AGCT", 0.0, features)
+    assert [r["top_track"] for r in rows] == [e["top_track"] for e in expected]
+    for row, want in zip(rows, expected):  # this module's sigmoid is float32: ~1e-7 per probability
+        for key in ("score", "top_track_delta", "top_track_log_odds_delta", "mean_abs_delta"):
+            assert row[key] == pytest.approx(want[key], rel=1e-5, abs=2e-6), (row["variant"], key)
+
+    config = json.loads((tmp_path / "beluga" / "config.json").read_text())
+    config["state_dict_keys"]["dense"][1] = "model.1.4.0"
+    (tmp_path / "beluga" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"model.pt has no model.1.4.0.weight \(state_dict_keys in config.json\)"):
+        load(tmp_path / "beluga")
 
 
 def test_lower_case_alleles_score_as_upper_case(genome, checkpoint, tmp_path):

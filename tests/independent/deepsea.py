@@ -54,6 +54,60 @@ class TinyDeepsea(nn.Module):
         return self.dense[-1](x)
 
 
+class BelugaShaped(nn.Module):
+    """Beluga's published module structure (Zhou et al. 2018), so its state dict has the same
+    keys (model.0.0 ... model.1.4.1), with small channel counts. Takes (batch, 4, L) in AGCT
+    order and returns probabilities, as Beluga ends in a sigmoid."""
+
+    outputs_probabilities = True
+
+    def __init__(self, window: int, channels: tuple[int, int, int], hidden: int, outputs: int):
+        super().__init__()
+        a, b, c = channels
+        length = ((window - 14) // 4 - 14) // 4 - 14
+        self.model = nn.Sequential(
+            nn.Sequential(
+                nn.Conv2d(4, a, (1, 8)), nn.ReLU(), nn.Conv2d(a, a, (1, 8)), nn.ReLU(), nn.Dropout(0.2),
+                nn.MaxPool2d((1, 4), (1, 4)),
+                nn.Conv2d(a, b, (1, 8)), nn.ReLU(), nn.Conv2d(b, b, (1, 8)), nn.ReLU(), nn.Dropout(0.2),
+                nn.MaxPool2d((1, 4), (1, 4)),
+                nn.Conv2d(b, c, (1, 8)), nn.ReLU(), nn.Conv2d(c, c, (1, 8)), nn.ReLU(),
+            ),
+            nn.Sequential(  # Beluga's Lambda layers hold no weights: Flatten / Identity keep the indices
+                nn.Dropout(0.5), nn.Flatten(), nn.Sequential(nn.Identity(), nn.Linear(c * length, hidden)),
+                nn.ReLU(), nn.Sequential(nn.Identity(), nn.Linear(hidden, outputs)),
+            ),
+            nn.Sigmoid(),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.model(x.unsqueeze(2))
+
+
+def write_beluga_shaped(out: Path, *, window: int, channels: tuple[int, int, int], hidden: int,
+                        features: list[str], seed: int) -> BelugaShaped:  # fmt: skip
+    """Its state dict saved as is (as a user copies deepsea.beluga.pth), and a config.json naming its layers."""
+    torch.manual_seed(seed)
+    module = BelugaShaped(window, channels, hidden, len(features))
+    with torch.no_grad():
+        module.model[1][4][1].weight.mul_(25.0)
+    out.mkdir(parents=True, exist_ok=True)
+    a, b, c = channels
+    config = {
+        "window": window, "alphabet": "AGCT",
+        "conv_layers": [{"channels": a, "kernel": 8}, {"channels": a, "kernel": 8, "pool": 4},
+                        {"channels": b, "kernel": 8}, {"channels": b, "kernel": 8, "pool": 4},
+                        {"channels": c, "kernel": 8}, {"channels": c, "kernel": 8}],
+        "hidden": [hidden],
+        "state_dict_keys": {"conv": ["model.0.0", "model.0.2", "model.0.6", "model.0.8", "model.0.12", "model.0.14"],
+                            "dense": ["model.1.2.1", "model.1.4.1"]},
+    }  # fmt: skip
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    torch.save(module.state_dict(), out / "model.pt")
+    (out / "features.txt").write_text("".join(f"{name}\n" for name in features))
+    return module.eval()
+
+
 def write_checkpoint(out: Path, *, window: int, conv: list[dict], hidden: list[int], features: list[str],
                      seed: int, alphabet: str | None = None, unknown_base: float | None = None,
                      conv2d: bool = False) -> TinyDeepsea:  # fmt: skip
@@ -89,7 +143,8 @@ def strand_probabilities(module: TinyDeepsea, seqs: list[str], alphabet: str, un
     def run(strings):
         x = torch.from_numpy(np.stack([encode(s, alphabet, unknown_base) for s in strings]))
         with torch.no_grad():
-            return torch.sigmoid(module(x).double()).numpy()
+            out = module(x).double()
+        return (out if getattr(module, "outputs_probabilities", False) else torch.sigmoid(out)).numpy()
 
     return run(seqs), run([revcomp(s) for s in seqs])
 

@@ -7,11 +7,13 @@ A checkpoint is a directory:
   each layer is conv -> ReLU -> max-pool of ``pool``, 1 or absent for none), ``hidden`` (units of
   the dense ReLU layers before the output layer), and optionally ``alphabet`` (the one-hot
   channel order, default ``"ACGT"``; DeepSEA/Beluga use ``"AGCT"``) and ``unknown_base`` (the
-  value of all four channels at an N, default 0).
+  value of all four channels at an N, default 0), and ``state_dict_keys`` (below).
 - ``model.pt``: a torch state dict with ``conv.<i>.weight`` / ``conv.<i>.bias`` per conv layer
   (weights ``(out, in, kernel)``, or Beluga's Conv2d ``(out, in, 1, kernel)``) and
   ``dense.<j>.weight`` / ``dense.<j>.bias`` per dense layer, the output layer last. The output
-  layer gives logits; the sigmoid is applied here.
+  layer gives logits; the sigmoid is applied here. A published state dict can be used as it
+  is: ``state_dict_keys`` ``{"conv": [...], "dense": [...]}`` names its layers in order (for
+  Beluga ``"model.0.0"``, ``"model.0.2"``, ... and ``"model.1.2.1"``, ``"model.1.4.1"``).
 - ``features.txt``: one feature name per line, as many as the output layer has units.
 
 Light at import (no torch): the Snakefile reads the VRAM estimate when it builds the DAG.
@@ -49,6 +51,9 @@ class DeepseaConfig:
     hidden: tuple[int, ...]
     alphabet: str = "ACGT"
     unknown_base: float = 0.0
+    # prefixes of the conv and dense layers in model.pt; empty: conv.<i> and dense.<j>
+    conv_keys: tuple[str, ...] = ()
+    dense_keys: tuple[str, ...] = ()
 
     def conv_output_length(self) -> int:
         """Positions left after the convolutions (no padding) and poolings, as DeepSEA's 53."""
@@ -70,7 +75,7 @@ def read_config(weights: str | Path) -> DeepseaConfig:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"{path} is not valid JSON ({error})") from None
-    unknown = set(raw) - {"window", "conv_layers", "hidden", "alphabet", "unknown_base"}
+    unknown = set(raw) - {"window", "conv_layers", "hidden", "alphabet", "unknown_base", "state_dict_keys"}
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; see the README, DeepSEA-style effects")
 
@@ -104,7 +109,21 @@ def read_config(weights: str | Path) -> DeepseaConfig:
     unknown_base = raw.get("unknown_base", 0.0)
     if not isinstance(unknown_base, (int, float)) or isinstance(unknown_base, bool):
         raise InputError(f"{path}: unknown_base must be a number (0 or 0.25), not {unknown_base!r}")
-    config = DeepseaConfig(window, tuple(conv), hidden, alphabet, float(unknown_base))
+    keys = raw.get("state_dict_keys", {})
+    if keys:
+        wanted = {"conv": len(conv), "dense": len(hidden) + 1}
+        if not isinstance(keys, dict) or set(keys) != set(wanted) or any(
+            not isinstance(keys[k], list) or len(keys[k]) != n or not all(isinstance(x, str) for x in keys[k])
+            for k, n in wanted.items()
+        ):
+            raise InputError(
+                f"{path}: state_dict_keys must be {{\"conv\": [{len(conv)} layer names], "
+                f"\"dense\": [{len(hidden) + 1} layer names]}}, one per layer of conv_layers and hidden + output"
+            )
+    config = DeepseaConfig(
+        window, tuple(conv), hidden, alphabet, float(unknown_base),
+        tuple(keys.get("conv", ())), tuple(keys.get("dense", ())),
+    )  # fmt: skip
     if config.conv_output_length() < 1:
         raise InputError(f"{path}: a {window}-bp window leaves no positions after conv_layers; check window and kernels")
     return config
@@ -165,6 +184,21 @@ def log_odds_change(ref: np.ndarray, alt: np.ndarray) -> np.ndarray:
     return np.log((alt + e) * (1 - ref + e)) - np.log((1 - alt + e) * (ref + e))
 
 
+def _renamed(state: dict, config: DeepseaConfig, path: Path) -> dict:
+    """The layers named in state_dict_keys under the layout's conv.<i> / dense.<j> names."""
+    renamed = {}
+    for kind, prefixes in (("conv", config.conv_keys), ("dense", config.dense_keys)):
+        for i, prefix in enumerate(prefixes):
+            for part in ("weight", "bias"):
+                if f"{prefix}.{part}" not in state:
+                    raise InputError(
+                        f"{path} has no {prefix}.{part} (state_dict_keys in {CONFIG_FILE}); "
+                        f"its keys: {', '.join(list(state)[:12])}"
+                    )
+                renamed[f"{kind}.{i}.{part}"] = state[f"{prefix}.{part}"]
+    return renamed
+
+
 def build_network(config: DeepseaConfig, outputs: int):
     """The torch module for a config; its state-dict keys are the layout's conv.<i> and dense.<j>."""
     import torch
@@ -205,6 +239,8 @@ def load_network(weights: str | Path, device: str):
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if config.conv_keys:
+        state = _renamed(state, config, path)
     state = {k: v.squeeze(2) if k.startswith("conv.") and k.endswith(".weight") and v.dim() == 4 else v
              for k, v in state.items()}  # fmt: skip
     last = f"dense.{len(config.hidden)}.weight"
