@@ -243,10 +243,13 @@ def project(root: Path, weights: Path, contigs: dict[str, str]) -> Path:
     for sheet in ("transcriptomics", "imaging"):
         (root / "config" / f"{sheet}.tsv").write_text("")
     (root / "config" / "genomics.tsv").write_text("sample\tplatform\tbam\nsea1\tillumina\tdata/sea1.bam\n")
+    # track_names overrides features.txt; its path has a space, so it must reach the shell quoted
     settings = {"genomics": {"reference": "data/genome.fa", "variant_effects": {
-        "enabled": True, "family": "deepsea", "weights": str(weights), "batch_size": 5}}}  # fmt: skip
+        "enabled": True, "family": "deepsea", "weights": str(weights), "batch_size": 5,
+        "track_names": "data/feature names.txt"}}}  # fmt: skip
     (root / "config" / "deepsea.yaml").write_text(json.dumps(settings))
     (root / "data").mkdir(exist_ok=True)
+    (root / "data" / "feature names.txt").write_text("".join(f"renamed {n}\n" for n in CHECKPOINTS["deepsea1000"]["features"]))
     write_fasta(contigs, root / "data" / "genome.fa")
     return root
 
@@ -282,7 +285,7 @@ def test_workflow_scores_called_variants_with_deepsea(deepsea_run):
     assert list(zip(table.chrom, table.pos, table.ref, table.alt)) == called
     features = CHECKPOINTS["deepsea1000"]["features"]
     expected = expected_effects(deepsea_run["module"], contigs, called, 1000, "ACGT", 0.0, features)
-    assert list(table["top_track"]) == [e["top_track"] for e in expected]
+    assert list(table["top_track"]) == [f"renamed {e['top_track']}" for e in expected]
     for column in ("score", "top_track_delta", "top_track_log_odds_delta"):
         assert np.allclose(table[column], [e[column] for e in expected], rtol=2e-5, atol=1e-7), column
     log = (root / "logs" / "genomics" / "sea1" / "variant_effects.log").read_text()

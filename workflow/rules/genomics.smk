@@ -498,7 +498,7 @@ rule variant_effects:
     params:
         effects=GENOMICS["variant_effects"],
         track_names=(
-            "--track-names " + shlex.quote(GENOMICS["variant_effects"]["track_names"])
+            f"--track-names {shlex.quote(GENOMICS['variant_effects']['track_names'])}"
             if GENOMICS["variant_effects"]["track_names"]
             else ""
         ),
