@@ -255,11 +255,10 @@ class DeepseaModel(EffectModel):
         """(batch, features) float64: the mean of the forward and reverse-complement predictions."""
         import torch
 
-        from gpubio.genomics.deepsea import one_hot as encode
-        from gpubio.genomics.deepsea import reverse_complement
+        from gpubio.genomics import deepsea
 
-        forward = encode(sequences, self.config.alphabet, self.config.unknown_base)
-        both = np.concatenate([forward, reverse_complement(forward, self.config.alphabet)])
+        forward = deepsea.one_hot(sequences, self.config.alphabet, self.config.unknown_base)
+        both = np.concatenate([forward, deepsea.reverse_complement(forward, self.config.alphabet)])
         with torch.inference_mode():
             logits = self.network(torch.from_numpy(both).to(self.device)).double()
         prob = torch.sigmoid(logits).cpu().numpy()
