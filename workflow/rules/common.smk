@@ -343,8 +343,6 @@ def get_coordinates(wildcards):
 
 
 # ---------------------------------------------------------------- imaging
-import shlex
-
 from gpubio.imaging.resources import (
     cellpose_mem_mb,
     cellpose_training_vram_gb,
@@ -422,7 +420,7 @@ def get_segmentation_footprint(wildcards):
 
 def footprint_option(wildcards, input):
     """segment-cells' --footprint for registered images (quoted: it is a shell word)."""
-    return f"--footprint {shlex.quote(input.footprint)}" if input.footprint else ""
+    return quote_option("--footprint", input.footprint or None)
 
 
 def get_cellpose_model(wildcards):

@@ -461,6 +461,7 @@ rule finish_variants:
 
 
 # ---------------------------------------------------------------- variant effects
+from gpubio.genomics.effects import effect_vram_gb
 
 
 rule variant_effects:
@@ -481,7 +482,11 @@ rule variant_effects:
     threads: GENOMICS["variant_effects"]["threads"]
     resources:
         **gpu_resources(
-            gpus=1, vram_gb=12, policy="cheapest", mem_mb=16000, runtime=240
+            gpus=1,
+            vram_gb=effect_vram_gb(GENOMICS["variant_effects"]),
+            policy="cheapest",
+            mem_mb=16000,
+            runtime=240,
         ),
     params:
         usage=usage_record("genomics/{sample}/variant_effects"),

@@ -92,7 +92,7 @@ def _variant_effects(args) -> None:
     )
     variants = list(read_variants(args.vcf))
     rows = score_variants(model, args.reference, variants, args.batch_size)
-    write_effects(rows, args.out)
+    write_effects(rows, args.out, model.columns)
     log.info("scored %d PASS variants in batches of %d with %s", len(rows), args.batch_size, args.family)
 
 
@@ -199,7 +199,7 @@ def register(sub) -> None:
     p.add_argument("--head", default="human")
     p.add_argument("--track-names", default="")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=_variant_effects)
+    p.set_defaults(func=_exit_on_input_error(_variant_effects))
 
     p = sub.add_parser("genomics-plots", help="read QC, coverage and variant figures for the report")
     p.add_argument("--qc", nargs="+", required=True)
