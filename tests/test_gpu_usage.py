@@ -102,7 +102,7 @@ def test_absent_nvml_and_cpu_path_are_recorded_as_such(tmp_path, monkeypatch):
     with record_usage(tmp_path / "cpu.gpu.json", {"rule": "r"}, gpus=1, devices=[]):
         pass
     cpu = json.loads((tmp_path / "cpu.gpu.json").read_text())
-    assert (cpu["backend"], cpu["reason"], cpu["peak_vram_gb"]) == ("cpu", "no GPU found", None)
+    assert (cpu["backend"], cpu["reason"], cpu["peak_vram_gb"]) == ("cpu", "no GPU found on this node", None)
 
 
 def test_without_nvidia_ml_py_the_driver_tool_is_sampled(tmp_path, monkeypatch):
@@ -156,7 +156,7 @@ def test_cli_step_on_the_cpu_writes_a_record_saying_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(record.read_text())
     assert (data["rule"], data["backend"], data["reason"], data["input_size_mb"]) == (
-        "device_info", "cpu", "no GPU found", 3.5,
+        "device_info", "cpu", "no GPU found on this node", 3.5,
     )  # fmt: skip
 
 

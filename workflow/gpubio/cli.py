@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     limit_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpubio %(levelname)s %(message)s")
-    if args.gpus <= 0 and not args.usage:
+    if args.gpus <= 0:  # a CPU step (also a GPU-capable rule placed on the CPU): nothing to record
         args.func(args)
         return
     from gpubio.gpu.devices import DeviceError, pin_gpus
@@ -211,10 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     from gpubio.gpu.usage import parse_job_spec, record_usage
 
     try:
-        with pin_gpus(max(args.gpus, 0), strict=args.require_gpu) as devices:
+        with pin_gpus(args.gpus, strict=args.require_gpu) as devices:
             job = parse_job_spec(args.usage_job)
-            with record_usage(args.usage, job, max(args.gpus, 0), devices) as record:
-                set_current_job(JobDevice(max(args.gpus, 0), devices, args.require_gpu, record))
+            with record_usage(args.usage, job, args.gpus, devices) as record:
+                set_current_job(JobDevice(args.gpus, devices, args.require_gpu, record))
                 args.func(args)
     except (DeviceError, GpuUnusable) as error:
         sys.exit(f"gpubio: {args.command}: {error}; this step requires a GPU (gpu.require: true in config.yaml)")

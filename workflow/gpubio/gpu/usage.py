@@ -295,7 +295,7 @@ def record_usage(
     on_gpu = bool(devices)
     record.backend = "cuda" if on_gpu else "cpu"
     if not on_gpu:
-        record.reason = "no GPU requested" if not gpus else "no GPU found"
+        record.reason = "no GPU requested" if not gpus else "no GPU found on this node"
     sampler = NvmlSampler(interval_s, nvml).start() if on_gpu else None
     start = time.perf_counter()
     try:
