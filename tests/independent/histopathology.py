@@ -40,20 +40,20 @@ def planted_mask(downsample: int = 1) -> np.ndarray:
 
 def _nuclei(height: int, width: int, rng) -> np.ndarray:
     rgb = np.empty((height, width, 3), np.float32)
-    rgb[:] = (232, 160, 196)
+    rgb[:] = (214, 150, 214)
     yy, xx = np.mgrid[0:height, 0:width]
     dark = np.zeros((height, width), bool)
     for cy, cx in zip(rng.integers(0, height, height * width // 900), rng.integers(0, width, height * width // 900)):
         y0, y1, x0, x1 = max(cy - 9, 0), min(cy + 10, height), max(cx - 9, 0), min(cx + 10, width)
         dark[y0:y1, x0:x1] |= (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= 64
-    rgb[dark] = (88, 48, 140)
+    rgb[dark] = (70, 40, 130)
     return rgb
 
 
 def _fibres(height: int, width: int, rng) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width]
     phase = np.sin((xx + yy) * 2 * np.pi / 24)[..., None]
-    light, dark = np.array((240, 180, 206), np.float32), np.array((206, 112, 160), np.float32)
+    light, dark = np.array((246, 190, 180), np.float32), np.array((228, 128, 128), np.float32)
     return light + (dark - light) * (phase > 0)
 
 

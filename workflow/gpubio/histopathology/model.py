@@ -176,7 +176,7 @@ class LoadedModel:
 
     @property
     def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
 
 def load_model(directory, device="cpu") -> LoadedModel:
