@@ -54,7 +54,7 @@ def histopathology_project(root: Path, inputs: Path, rows: list[str], **section)
     }
     settings.update(section)
     config = {"gpu": {"partitions": str(REPO / "profiles/slurm-gpu/partitions.yaml")}, "histopathology": settings}
-    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # classes in their order
     (root / "config" / "histopathology.tsv").write_text("\n".join(["sample\tslide\tmpp", *rows]) + "\n")
     return root
 
@@ -103,7 +103,10 @@ def test_zero_shot_labels_find_the_planted_textures_and_fractions_sum_to_1(run):
         assert abs(row.tumor - 12 / 23) <= 2 / 23  # 12 tiles of planted nuclei, 11 of fibres
         assert (run / f"results/histopathology/{sample}/heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "results/histopathology/class_fractions.png").read_bytes()[:4] == b"\x89PNG"
-    assert (run / "results/gpu_plan.tsv").is_file()
+    run_snakemake(run, "--report", "results/report.html")
+    html = (run / "results/report.html").read_text(errors="replace")
+    for name in ("heatmap.png", "class_fractions.png", "class_fractions.tsv", "Zero-shot tile labels of slide"):
+        assert name in html, name
 
 
 def _job_resources(dry_run: str, rule: str) -> list[dict]:
