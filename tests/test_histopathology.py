@@ -200,3 +200,41 @@ def test_the_tiny_model_labels_the_planted_textures(model_dir):
     names, classes = class_embeddings({name: model.embed_texts(texts) for name, texts in CLASSES.items()})
     p = class_probabilities(model.embed_images(tiles), classes, model.logit_scale)
     assert (p.argmax(axis=1) == truth).mean() >= 0.9
+
+
+def test_a_single_level_slide_is_reduced_block_by_block(tmp_path):
+    """Without a pyramid the thumbnail is made from level 0 in blocks, never read whole."""
+    import tifffile
+
+    from gpubio.histopathology.slide import Slide
+    from independent.histopathology import reduce
+
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (600, 9000, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "flat.tif", image, photometric="rgb", tile=(256, 256))
+    with Slide(tmp_path / "flat.tif", mpp=0.5) as slide:
+        assert len(slide.levels) == 1 and slide.file_mpp is None and slide.mpp == 0.5
+        thumbnail, downsample = slide.thumbnail()
+    assert downsample == 3 and thumbnail.shape == (200, 3000, 3)  # 9000 px / 4096 -> factor 3
+    assert np.abs(thumbnail.astype(int) - reduce(image, 3)).max() <= 1
+
+
+@pytest.mark.parametrize(
+    "name, options, mpp",
+    [
+        ("ome.ome.tif", {"metadata": {"axes": "YXS", "PhysicalSizeX": 500, "PhysicalSizeXUnit": "nm"}}, 0.5),
+        ("aperio.svs", {"description": "Aperio Image Library v12.0.15\r\n512x512 (256x256) JPEG/RGB|AppMag = 20|MPP = 0.4990", "metadata": None}, 0.499),
+        ("inch.tif", {"resolution": (50800, 50800), "resolutionunit": "INCH"}, 0.5),
+        ("unknown.tif", {"resolution": (72, 72), "resolutionunit": "INCH"}, None),  # a default, not a scan's
+    ],
+)
+def test_the_resolution_is_read_from_each_kind_of_file(tmp_path, name, options, mpp):
+    import tifffile
+
+    from gpubio.histopathology.slide import Slide, slide_problem
+
+    tifffile.imwrite(tmp_path / name, np.full((512, 512, 3), 200, np.uint8), photometric="rgb", tile=(256, 256), **options)
+    with Slide(tmp_path / name) as slide:
+        assert slide.mpp == (pytest.approx(mpp) if mpp else None)
+    assert (slide_problem(tmp_path / name, None) is None) == (mpp is not None)
+    assert slide_problem(tmp_path / name, 0.25) is None  # the sheet's mpp makes any of them usable

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+FIGURE_MAX_SIDE = 1024  # px of the slide shown; enough for tiles of a few px each
+
 
 def class_colours(names: list[str]) -> dict[str, tuple]:
     import matplotlib
@@ -26,8 +28,10 @@ def write_heatmap_png(
 
     from gpubio.atomic import atomic_path
 
+    stride = max(1, int(np.ceil(max(thumbnail.shape[:2]) / FIGURE_MAX_SIDE)))
+    thumbnail, mask, downsample = thumbnail[::stride, ::stride], mask[::stride, ::stride], downsample * stride
     colours = class_colours(names)
-    overlay = np.zeros((*thumbnail.shape[:2], 4))
+    overlay = np.zeros((*thumbnail.shape[:2], 4), np.float32)
     for row in labels.itertuples():
         x0, y0 = int(row.x / downsample), int(row.y / downsample)
         side = max(1, int(round(row.size_level0 / downsample)))

@@ -118,7 +118,7 @@ class Slide:
         return out
 
     def thumbnail(self, max_side: int = THUMBNAIL_MAX_SIDE) -> tuple[np.ndarray, float]:
-        """The lowest-resolution level (block-averaged strip by strip when still larger than
+        """The lowest-resolution level (block-averaged, block by block, when still larger than
         `max_side`) and its downsample from level 0."""
         level = self.levels[-1]
         factor = max(1, int(np.ceil(max(level.width, level.height) / max_side)))
@@ -126,12 +126,14 @@ class Slide:
             return self.region(level.index, 0, 0, level.width, level.height), level.downsample
         width, height = level.width // factor, level.height // factor
         thumb = np.empty((height, width, 3), np.uint8)
-        rows_per_strip = factor * max(1, 4096 // factor)
-        for top in range(0, height * factor, rows_per_strip):
-            rows = min(rows_per_strip, height * factor - top)
-            strip = self.region(level.index, 0, top, width * factor, rows).astype(np.float32)
-            blocks = strip.reshape(rows // factor, factor, width, factor, 3).mean(axis=(1, 3))
-            thumb[top // factor : (top + rows) // factor] = np.round(blocks).astype(np.uint8)
+        step = factor * max(1, 1024 // factor)  # level pixels per block side: a few MB per read
+        for top in range(0, height * factor, step):
+            rows = min(step, height * factor - top)
+            for left in range(0, width * factor, step):
+                cols = min(step, width * factor - left)
+                block = self.region(level.index, left, top, cols, rows).astype(np.float32)
+                block = block.reshape(rows // factor, factor, cols // factor, factor, 3).mean(axis=(1, 3))
+                thumb[top // factor : (top + rows) // factor, left // factor : (left + cols) // factor] = np.round(block)
         return thumb, level.downsample * factor
 
     def close(self) -> None:
