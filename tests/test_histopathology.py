@@ -238,3 +238,14 @@ def test_the_resolution_is_read_from_each_kind_of_file(tmp_path, name, options, 
         assert slide.mpp == (pytest.approx(mpp) if mpp else None)
     assert (slide_problem(tmp_path / name, None) is None) == (mpp is not None)
     assert slide_problem(tmp_path / name, 0.25) is None  # the sheet's mpp makes any of them usable
+
+
+def test_a_fluorescence_image_is_not_taken_for_a_slide(tmp_path):
+    import tifffile
+
+    from gpubio.histopathology.slide import slide_problem
+
+    tifffile.imwrite(tmp_path / "cells.tif", np.zeros((2, 256, 256), np.uint16), metadata={"axes": "CYX"})
+    assert slide_problem(tmp_path / "cells.tif", 0.25) == (
+        "the first image is CYX (2, 256, 256), not an RGB slide (Y, X, 3 samples); give a brightfield (H&E) whole-slide image"
+    )
