@@ -37,12 +37,16 @@ demo: demo-data
 test: venv
 	$(BIN)/python -m pytest
 
+# snakefmt for the Snakefile and rules, ruff for Python (settings in pyproject.toml)
 lint: venv
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: venv
 	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/ruff format .
 
 bench: venv
 	$(BIN)/python bench/dag_overhead.py
@@ -55,9 +59,7 @@ plan: venv
 # looks profile names up in the working directory and in the user's config directory
 PROFILE_HOME ?= $(or $(XDG_CONFIG_HOME),$(HOME)/.config)/snakemake
 profiles:
-	mkdir -p $(PROFILE_HOME)
-	for p in profiles/*/; do ln -sfn $(CURDIR)/$${p%/} $(PROFILE_HOME)/$$(basename $$p); done
-	@echo "linked $$(ls -d profiles/*/ | xargs -n1 basename | tr '\n' ' ')into $(PROFILE_HOME)"
+	$(PYTHON) scripts/link-profiles --config-dir "$(PROFILE_HOME)"
 
 clean:
 	rm -rf results logs benchmarks .snakemake resources/demo

@@ -1,6 +1,7 @@
 # gpubio: GPU-accelerated genomics, transcriptomics and imaging.
 # Edit config/config.yaml and the sample sheets it names, check `snakemake -n`, then run
 # `snakemake --profile profiles/local` (or profiles/slurm-gpu on a cluster).
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,8 +13,13 @@ min_version("9.0")
 # conda environments and inside cluster jobs, which re-read this file.
 GPUBIO_PATH = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, GPUBIO_PATH)
-# (doubled braces: Snakemake formats the prefix like any shell command)
-shell.prefix("export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % GPUBIO_PATH)
+# A prefix replaces Snakemake's default one, so strict mode is restated: a failing command,
+# also one inside a pipe, fails the job. Snakemake formats the prefix like a command: braces
+# are doubled, and the path is quoted (a checkout may sit in a folder with spaces).
+shell.prefix(
+    "set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; "
+    % shlex.quote(GPUBIO_PATH).replace("{", "{{").replace("}", "}}")
+)
 
 
 configfile: "config/config.yaml"

@@ -3,7 +3,7 @@
 Synthetic data (two 10x .h5 samples, 4 cell types, 3,000 genes, a batch effect on the second) at each
 size. The workflow path is what Snakemake runs: `gpubio cell-qc` per sample, then
 `gpubio integrate-cells` (backend scanpy, as on a node without GPU). The bare path is one
-scanpy script: read, QC filter, concatenate, HVG (seurat_v3), normalize, log1p, PCA,
+scanpy script: read, QC filter, concatenate, HVG (seurat_v3), normalize, log1p, scale, PCA,
 Harmony (harmonypy), neighbors, UMAP, Leiden, Wilcoxon markers, write the result. Both
 run in this one run, one after the other, each step a fresh process with the same
 threads; time is wall time, memory the peak resident set of the largest process. Both
@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "workflow"))
 
 N_TYPES, N_GENES, MARKERS = 4, 3000, 25  # the generator names 4 types
 QC = {"min_genes": 200, "min_counts": 500, "max_mito_pct": 20, "min_cells": 3}
-PARAMS = {"n_top_genes": 2000, "n_pcs": 30, "n_neighbors": 15, "resolution": 0.5, "seed": 0}
+PARAMS = {"n_top_genes": 2000, "n_pcs": 30, "scale_max_value": 10, "n_neighbors": 15, "resolution": 0.5, "seed": 0}
 
 
 def make_data(outdir: Path, n_cells: int, seed: int = 0) -> list[Path]:
@@ -82,7 +82,8 @@ def workflow_path(inputs: list[Path], work: Path, threads: int, backend: str = "
     result = work / "integrated.h5ad"
     cmd = gpubio + ["--gpus", str(gpus), "integrate-cells", *filtered, "--backend", backend, "--out-h5ad", str(result),
                     "--out-markers", str(work / "markers.tsv"), "--n-top-genes", str(PARAMS["n_top_genes"]),
-                    "--n-pcs", str(PARAMS["n_pcs"]), "--n-neighbors", str(PARAMS["n_neighbors"]),
+                    "--n-pcs", str(PARAMS["n_pcs"]), "--scale", "--scale-max-value", str(PARAMS["scale_max_value"]),
+                    "--n-neighbors", str(PARAMS["n_neighbors"]),
                     "--leiden-resolution", str(PARAMS["resolution"]), "--seed", str(PARAMS["seed"])]  # fmt: skip
     seconds, rss = run(cmd, work / "integrate.log")
     return total + seconds, max(peak, rss), result
@@ -115,7 +116,12 @@ def bare_scanpy(inputs: list[str], out: str, threads: int) -> None:
                                 batch_key="batch")  # fmt: skip
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
-    sc.pp.pca(adata, n_comps=PARAMS["n_pcs"], mask_var="highly_variable", random_state=PARAMS["seed"])
+    # the standard recipe: highly variable genes scaled to unit variance, clipped at 10, then PCA
+    hvg = adata[:, adata.var["highly_variable"]].copy()
+    sc.pp.scale(hvg, max_value=PARAMS["scale_max_value"])
+    sc.pp.pca(hvg, n_comps=PARAMS["n_pcs"], random_state=PARAMS["seed"])
+    adata.obsm["X_pca"] = hvg.obsm["X_pca"]
+    del hvg
     harmony = harmonypy.run_harmony(adata.obsm["X_pca"], adata.obs, "batch", random_state=PARAMS["seed"],
                                     ncores=threads, verbose=False)  # fmt: skip
     adata.obsm["X_pca_harmony"] = np.asarray(harmony.Z_corr, dtype=np.float32)

@@ -108,3 +108,41 @@ def slurm_cluster(tmp_path_factory):
 
     with SlurmCluster(tmp_path_factory.mktemp("slurm-cluster")) as cluster:
         yield cluster
+
+
+# --------------------------------------------------------------------------- clean tree
+def _repository_status() -> set[str] | None:
+    """`git status` lines of the repository (untracked files included, ignored ones not)."""
+    try:
+        proc = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(proc.stdout.splitlines()) if proc.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config._repository_status = _repository_status()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write only into their tmp dirs: anything new in the repository fails the run."""
+    before = getattr(session.config, "_repository_status", None)
+    after = _repository_status()
+    if before is None or after is None:
+        return
+    new = sorted(after - before)
+    if new:
+        session.config._repository_changes = new
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    new = getattr(config, "_repository_changes", None)
+    if new:
+        terminalreporter.section("repository changed by the tests", red=True)
+        terminalreporter.line("The tests left these in the repository (write into tmp_path instead):")
+        for line in new:
+            terminalreporter.line(f"  {line}")

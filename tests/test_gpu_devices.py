@@ -235,10 +235,23 @@ print(os.environ.get("CUDA_VISIBLE_DEVICES", "-"), state, os.getpid())
 """
 
 
-def run_cli(*args: str, gpus: str) -> subprocess.CompletedProcess[str]:
+def fake_nvidia_smi(directory: Path, devices: int, status: int = 0) -> Path:
+    """An nvidia-smi that lists `devices` GPUs (the driver's view) and exits with `status`."""
+    directory.mkdir(exist_ok=True)
+    smi = directory / "nvidia-smi"
+    lines = "".join(f"echo 'GPU {i}: Tesla T4 (UUID: GPU-{i:08d})'\n" for i in range(devices))
+    smi.write_text(f"#!/bin/sh\n{lines}exit {status}\n")
+    smi.chmod(0o755)
+    return directory
+
+
+def run_cli(*args: str, gpus: str, smi: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = child_env(GPUBIO_NUM_GPUS=gpus)
+    if smi is not None:
+        env["PATH"] = f"{smi}{os.pathsep}{env['PATH']}"
     return subprocess.run(
         [sys.executable, "-m", "gpubio.gpu.devices", *args],
-        env=child_env(GPUBIO_NUM_GPUS=gpus),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -248,14 +261,15 @@ def run_cli(*args: str, gpus: str) -> subprocess.CompletedProcess[str]:
 def test_cli_execs_the_command_holding_the_lock(tmp_path):
     (tmp_path / "locks").mkdir()
     (tmp_path / "locks" / "gpu0.lock").touch()
-    run = run_cli("--gpus", "1", "--", sys.executable, "-c", PROBE, gpus="2")
+    smi = fake_nvidia_smi(tmp_path / "bin", 2)
+    run = run_cli("--gpus", "1", "--", sys.executable, "-c", PROBE, gpus="2", smi=smi)
     assert run.returncode == 0, run.stderr
     visible, state, pid = run.stdout.split()
     assert (visible, state) == ("0", "held")  # the exec'd command holds GPU 0
     assert (
         tmp_path / "locks" / "gpu0.lock"
     ).read_text().strip() == pid  # exec kept the pid
-    assert "gpubio: using GPU(s) 0 (CUDA_VISIBLE_DEVICES=0)" in run.stderr
+    assert f"on GPU(s) 0 (CUDA_VISIBLE_DEVICES=0)" in run.stderr
     assert "RuntimeWarning" not in run.stderr
 
 
@@ -271,12 +285,47 @@ def test_command_under_the_cli_can_pin_again_without_deadlock():
 def test_cli_without_gpu_runs_on_cpu_or_fails_when_strict(tmp_path):
     run = run_cli("--gpus", "1", "--", sys.executable, "-c", "print('ran')", gpus="0")
     assert run.returncode == 0 and run.stdout.strip() == "ran"
-    assert "no GPU found; running on CPU" in run.stderr
+    assert "on the CPU: no GPU found on this node" in run.stderr
     strict = run_cli(
         "--strict", "--gpus", "1", "--", sys.executable, "-c", "print('ran')", gpus="0"
     )
     assert strict.returncode == 1 and strict.stdout == ""
-    assert "GPU requested but none found" in strict.stderr
+    assert "no GPU found on this node; GPU required" in strict.stderr
+
+
+def test_assigned_gpu_the_driver_does_not_list_is_the_cpu_path_said_truthfully(tmp_path):
+    """SLURM (or the pinning) assigned a device, but the driver lists none: an external
+    tool would run on the CPU, so the wrapper says so, and fails in require mode."""
+    (tmp_path / "locks").mkdir()
+    probe = "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES', '-'))"
+    for smi in (None, fake_nvidia_smi(tmp_path / "broken", 0, status=9)):
+        run = run_cli("--gpus", "1", "--", sys.executable, "-c", probe, gpus="1", smi=smi)
+        assert run.returncode == 0, run.stderr
+        assert "on the CPU:" in run.stderr and "on GPU(s)" not in run.stderr
+        strict = run_cli("--strict", "--gpus", "1", "--", sys.executable, "-c", probe, gpus="1", smi=smi)
+        assert strict.returncode == 1 and strict.stdout == ""
+        assert "GPU required" in strict.stderr
+
+
+def test_recorded_command_keeps_the_lock_and_writes_its_usage_record(tmp_path):
+    import json
+
+    (tmp_path / "locks").mkdir()
+    smi = fake_nvidia_smi(tmp_path / "bin", 1)
+    record = tmp_path / "usage" / "job.gpu.json"
+    run = run_cli(
+        "--gpus", "1", "--usage", str(record), "--usage-job", "rule=call_parabricks;attempt=2;model=a100",
+        "--", sys.executable, "-c", PROBE + "raise SystemExit(4)", gpus="1", smi=smi,
+    )  # fmt: skip
+    assert run.returncode == 4  # the tool's status, passed through
+    visible, state, _ = run.stdout.split()
+    assert (visible, state) == ("0", "held")  # the child holds the lock while it runs
+    assert not record.exists()
+    data = json.loads((record.parent / "job.attempt2.failed.gpu.json").read_text())
+    assert (data["rule"], data["attempt"], data["planned_gpu_model"]) == ("call_parabricks", 2, "a100")
+    assert data["exit_status"] == 4 and data["backend"] == "cuda" and data["gpus"] == 1
+    assert data["nvml"].startswith("unavailable")  # no NVML here: recorded, never fatal
+    assert data["peak_vram_gb"] is None and data["wall_s"] > 0
 
 
 def test_cli_passes_the_exit_status_through():

@@ -210,7 +210,7 @@ def test_plugin_accepts_every_placement_we_make(site_inv):
             resources={
                 "gpu": res["gpu"],
                 "gpu_model": evaluate(res["gpu_model"], attempt),
-                "cpus_per_task": res["cpus_per_task"],
+                "cpus_per_task": evaluate(res["cpus_per_task"], attempt),
                 "mem_mb": res["mem_mb"],
                 "runtime": res["runtime"],
             },
@@ -442,14 +442,15 @@ def test_gpu_resources_standard_keys():
         "mem_mb",
         "runtime",
         "vram_gb",
+        "gpu_usage",  # what the plan gave the job, for its usage record
     }
     assert (
         res["gpu"],
-        res["cpus_per_task"],
+        evaluate(res["cpus_per_task"]),  # the job's threads (1 in evaluate)
         res["mem_mb"],
         res["runtime"],
         res["vram_gb"],
-    ) == (1, 4, 16000, 60, 8)
+    ) == (1, 1, 16000, 60, 8)
     assert (
         gpu_resources(gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
     )

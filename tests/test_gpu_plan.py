@@ -61,6 +61,37 @@ def test_plan_places_every_job_from_the_partitions_file(tmp_path):
     assert "per partition:" in printed
 
 
+def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_path):
+    """Rule `medium` declares 30 GB (an A100); its past runs used 3 GB: after `gpubio calibrate`
+    the plan puts it on a T4 and shows the declared A100 beside it, with both totals."""
+    import json
+
+    for i, size in enumerate([0.001, 0.002, 0.003]):
+        record = {"rule": "medium", "backend": "cuda", "gpus": 1, "peak_vram_gb": 3.0, "device_vram_gb": 40.0,
+                  "input_size_mb": size, "wall_s": 120 + i}  # fmt: skip
+        (tmp_path / "past" / "benchmarks").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "past" / "benchmarks" / f"medium{i}.gpu.json").write_text(json.dumps(record))
+    needs = tmp_path / "gpu_needs.yaml"
+    proc = subprocess.run([sys.executable, "-m", "gpubio", "calibrate", str(tmp_path / "past"), "--out", str(needs)],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = site_config(tmp_path)
+    before, _ = plan(tmp_path, config)
+    settings = yaml.safe_load(config.read_text())
+    settings["gpu"]["needs"] = str(needs)
+    config.write_text(yaml.safe_dump(settings))
+    after, printed = plan(tmp_path, config)
+    medium = after.set_index("rule").loc["medium"]
+    assert before.set_index("rule").loc["medium", "gpu_model"] == "a100"
+    assert (medium["declared_gpu_model"], medium["declared_vram_gb"]) == ("a100", 30)
+    assert (medium["gpu_model"], medium["vram_gb"]) == ("t4", 4)  # 3 GB + 20 % margin, rounded up
+    assert medium["runtime_min"] == 3  # 2 min measured + margin, instead of the declared 5
+    small = after.set_index("rule").loc["small"]
+    assert small["gpu_model"] == small["declared_gpu_model"] == "t4"  # no records: declared need
+    assert after["relative_cost"].sum() < after["declared_relative_cost"].sum()
+    assert "declared needs against calibrated" in printed and "medium" in printed.split("declared needs")[1]
+
+
 def test_inventory_change_replaces_jobs_without_touching_rules(tmp_path):
     partitions = yaml.safe_load(TEST_PARTITIONS.read_text())
     del partitions["partitions"]["gpu-h100"]
@@ -125,8 +156,7 @@ def test_make_profiles_lets_snakemake_find_the_profile_by_name(workdir, tmp_path
     subprocess.run(["make", "-s", "profiles"], cwd=REPO, env=env, check=True, capture_output=True)
     assert (xdg / "snakemake" / "slurm-gpu").resolve() == REPO / "profiles" / "slurm-gpu"
     proc = subprocess.run(
-        # no conda on this machine: replace the profile's deployment method for the dry-run
-        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--profile", "slurm-gpu", "-n", "--sdm", "env-modules"],
+        [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--profile", "slurm-gpu", "-n"],
         capture_output=True, text=True, cwd=workdir, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -184,7 +184,7 @@ def test_elastix_recovers_the_planted_rigid_transform(pair):
     assert result.registered.shape == image.shape and not result.registered[:, ~result.valid].any()
 
 
-def test_elastix_matrix_composes_maps_like_transformix(pair):
+def test_elastix_matrix_composes_maps_like_transformix(pair, tmp_path):
     """Two linear maps of very different size: the composed matrix must match transformix's field."""
     import itk
 
@@ -197,7 +197,9 @@ def test_elastix_matrix_composes_maps_like_transformix(pair):
     _, result = itk.elastix_registration_method(fixed, moving, parameter_object=parameters, log_to_console=False)
     maps = [{k: list(v) for k, v in result.GetParameterMap(i).items()} for i in range(2)]
     matrix = elastix_linear_matrix(maps)
-    field = itk.array_from_image(itk.transformix_deformation_field(moving, result))  # (Y, X, [dx, dy])
+    # transformix also writes deformationField.nii, by default into the working directory
+    field = itk.transformix_deformation_field(moving, result, output_directory=str(tmp_path))
+    field = itk.array_from_image(field)  # (Y, X, [dx, dy])
     for r, c in [(0, 0), (0, 255), (255, 0), (200, 100)]:
         expected = (r + field[r, c][1], c + field[r, c][0])
         assert (matrix @ (r, c, 1))[:2] == pytest.approx(expected, abs=0.02)

@@ -51,7 +51,7 @@ def test_trained_demo_model_segments_with_ap_above_0_8(demo_run, demo, truth, mo
         assert summary["cells"] == len(np.unique(masks)) - 1 and summary["device"] == "cpu"
     assert truth["nuclei1"]["cells"] == 40
     log = (demo_run / "logs/imaging/nuclei2/segment_cells.log").read_text()
-    assert "backend: CPU" in log and "model file results/imaging/model/cellpose_trained" in log
+    assert "Cellpose segmentation on the CPU: no GPU found" in log and "model file results/imaging/model/cellpose_trained" in log
 
 
 def test_registration_recovers_the_planted_transform(demo_run, demo, truth):
@@ -92,7 +92,7 @@ def test_gpu_steps_are_placed_on_gpus_and_ran_on_the_cpu_path(demo_run):
         assert placed[rule].startswith("gpu-"), (rule, placed[rule])
     assert placed["register_image"] == "cpu" and placed["cell_features"] == "cpu"  # elastix: CPU
     log = (demo_run / "logs/imaging/train_cellpose.log").read_text()
-    assert "backend: CPU" in log and "from scratch" in log
+    assert "Cellpose training on the CPU: no GPU found" in log and "from scratch" in log
 
 
 def test_tiled_and_untiled_segmentation_agree_and_a_blank_image_has_no_cells(demo, model, tmp_path):
@@ -182,7 +182,7 @@ def test_learned_registration_command_on_the_cpu_path(demo, truth, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "backend: CPU" in proc.stderr and "no GPU found" in proc.stderr
+    assert "on the CPU: no GPU found on this node" in proc.stderr
     result = json.loads(out["transform.json"].read_text())
     planted = truth["nuclei1"]["reference_transform"]
     assert result["method"] == "learned" and result["device"] == "cpu"

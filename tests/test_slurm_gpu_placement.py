@@ -35,15 +35,10 @@ def test_gpu_jobs_land_where_the_plan_says(slurm_cluster, tmp_path):
     plan = pd.read_csv(plan_file, sep="\t", keep_default_na=False)
     expected = {(r.wildcards.replace("shard=", "shard") or r.rule): r for r in plan.itertuples()}
 
-    # the shipped profile, as a user runs it, but without conda (the test uses this venv)
-    profile = yaml.safe_load((REPO / "profiles" / "slurm-gpu" / "config.yaml").read_text())
-    profile.pop("software-deployment-method")
-    (tmp_path / "profile").mkdir()
-    (tmp_path / "profile" / "config.yaml").write_text(yaml.safe_dump(profile))
-
+    # the shipped profile, as a user with a shared virtual environment runs it (no --sdm)
     cmd = [
         str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--directory", str(tmp_path),
-        "--profile", str(tmp_path / "profile"), "--configfile", str(config),
+        "--profile", str(REPO / "profiles" / "slurm-gpu"), "--configfile", str(config),
         "--slurm-partition-config", str(TEST_PARTITIONS),
         # this cluster has no accounting database: ask squeue, early and often
         "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",

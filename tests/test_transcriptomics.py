@@ -120,7 +120,7 @@ def fake_rapids(monkeypatch):
     rsc.__spec__ = importlib.machinery.ModuleSpec("rapids_singlecell", None)
     rsc.pp = types.SimpleNamespace(
         **{n: recorded(f"pp.{n}", getattr(sc.pp, n)) for n in ("highly_variable_genes", "normalize_total", "log1p",
-                                                               "pca", "neighbors")},
+                                                               "scale", "pca", "neighbors")},
         harmony_integrate=recorded("pp.harmony_integrate", harmony_integrate),
     )  # fmt: skip
     leiden = lambda adata, **kw: sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False, **kw)  # noqa: E731
@@ -148,13 +148,12 @@ def test_one_code_path_runs_on_the_gpu_backend_and_recovers_the_planted_types(fa
     backend = select_backend("auto", gpus=[0])
     assert (backend.name, backend.device) == ("rapids_singlecell", "cuda")
     assert "transcriptomics backend: rapids_singlecell on cuda (GPU 0)" in caplog.text
-    resolution = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["cluster"][
-        "leiden_resolution"
-    ]
+    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["cluster"]
     adata = combine_samples(filtered)
-    cluster_cells(adata, ClusterParams(leiden_resolution=resolution), backend)
+    cluster_cells(adata, ClusterParams(**settings), backend)
     assert fake_rapids == [
-        "to_GPU", "pp.highly_variable_genes", "pp.normalize_total", "pp.log1p", "pp.pca", "pp.harmony_integrate",
+        "to_GPU", "pp.highly_variable_genes", "pp.normalize_total", "pp.log1p", "pp.scale", "pp.pca",
+        "pp.harmony_integrate",
         "pp.neighbors", "tl.umap", "tl.leiden", "tl.rank_genes_groups", "to_CPU",
     ]  # fmt: skip
     assert adata.uns["gpubio"] == {"backend": "rapids_singlecell", "device": "cuda", "representation": "X_pca_harmony"}
@@ -163,6 +162,32 @@ def test_one_code_path_runs_on_the_gpu_backend_and_recovers_the_planted_types(fa
     # Harmony removed the planted batch effect: every cluster holds cells of both batches
     mix = pd.crosstab(adata.obs["leiden"], adata.obs["batch"], normalize="index")
     assert mix.min().min() > 0.3
+
+
+def test_gpu_backend_scales_before_pca_like_the_cpu_backend(fake_rapids, tmp_path):
+    """The standard recipe on both backends: the stand-in (scanpy underneath) must give the CPU
+    backend's principal components and clusters, from data unlike the demo's."""
+    from independent.transcriptomics import simulate, write_10x_h5
+
+    from gpubio.transcriptomics.cluster import ClusterParams, cluster_cells, combine_samples
+    from gpubio.transcriptomics.qc import sample_qc
+
+    qc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["qc"]
+    sample_qc(str(write_10x_h5(tmp_path / "s.h5", simulate(seed=4, n_cells=500, n_genes=700))), "s", "b",
+              str(tmp_path / "qc.json"), str(tmp_path / "s.h5ad"), **qc)  # fmt: skip
+    combined = combine_samples([str(tmp_path / "s.h5ad")])
+    params = ClusterParams(n_pcs=15)
+    on_gpu, on_cpu, unscaled = combined.copy(), combined.copy(), combined.copy()
+    cluster_cells(on_gpu, params, select_backend("auto", gpus=[0]))
+    assert fake_rapids[:6] == ["to_GPU", "pp.highly_variable_genes", "pp.normalize_total", "pp.log1p", "pp.scale",
+                               "pp.pca"]  # fmt: skip
+    cluster_cells(on_cpu, params, select_backend("scanpy", gpus=[]))
+    np.testing.assert_allclose(on_gpu.obsm["X_pca"], on_cpu.obsm["X_pca"], rtol=1e-4, atol=1e-4)
+    assert (on_gpu.obs["leiden"] == on_cpu.obs["leiden"]).all()
+    fake_rapids.clear()
+    cluster_cells(unscaled, ClusterParams(n_pcs=15, scale=False), select_backend("auto", gpus=[0]))
+    assert "pp.scale" not in fake_rapids
+    assert not np.allclose(np.abs(unscaled.obsm["X_pca"][:, 0]), np.abs(on_cpu.obsm["X_pca"][:, 0]), atol=1e-2)
 
 
 # --------------------------------------------------------------------------- GPU placement

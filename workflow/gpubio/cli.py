@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 log = logging.getLogger("gpubio")
 
@@ -49,17 +50,61 @@ def _plan(args) -> None:
 
     from gpubio.config import project_file
     from gpubio.gpu import configure_site
-    from gpubio.gpu.plan import dry_run, format_plan, parse_dry_run, partition_totals, plan_table, write_plan
+    from gpubio.gpu.plan import (
+        compare_totals,
+        dry_run,
+        format_plan,
+        parse_dry_run,
+        partition_totals,
+        plan_table,
+        with_declared,
+        write_plan,
+    )
 
     config = yaml.safe_load(open(args.configfile)) or {}
     gpu = config.get("gpu") or {}
-    partitions = gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
+    partitions = args.partitions or gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
     site = configure_site(project_file(partitions, args.directory) or partitions, gpu.get("catalogue"))
-    extra = ["--configfile", args.configfile, *args.snakemake_args]
-    table = plan_table(parse_dry_run(dry_run(args.snakefile, args.directory, extra)), site)
+    # absolute: the dry-run may start elsewhere (--invoked-in), where the user's own relative
+    # paths among snakemake_args hold
+    directory = os.path.abspath(args.directory)
+    extra = ["--configfile", os.path.abspath(args.configfile), *args.snakemake_args]
+    snakefile = os.path.abspath(args.snakefile)
+    needs = gpu.get("needs", "config/gpu_needs.yaml")
+    calibrated = bool(needs) and (Path(directory) / needs).is_file()
+    try:
+        table = plan_table(parse_dry_run(dry_run(snakefile, directory, extra, cwd=args.invoked_in)), site)
+        if calibrated:  # show the declared plan beside it
+            declared = dry_run(snakefile, directory, extra, cwd=args.invoked_in, declared_needs=True)
+            table = with_declared(table, plan_table(parse_dry_run(declared), site))
+    except RuntimeError as error:  # Snakemake's own message follows the line
+        sys.exit(f"gpubio plan: {error}")
     if args.out:
         write_plan(table, args.out)
     print(format_plan(table, partition_totals(table)))
+    if calibrated:
+        print("\n" + compare_totals(table))
+
+
+def _gpu_usage_report(args) -> None:
+    from gpubio.gpu import configure_site
+    from gpubio.gpu.usage_report import write_usage_report
+
+    site = configure_site(args.partitions) if args.partitions else None
+    table = write_usage_report(args.records, args.out_tsv, args.out_models, args.out_png, site)
+    print(f"{len(table)} GPU job record(s); flagged: {int((table['flags'] != '').sum())}")
+
+
+def _calibrate(args) -> None:
+    from gpubio.gpu.calibrate import write_needs
+
+    needs = write_needs(args.records, args.out, args.margin)
+    print(f"wrote {args.out}: calibrated GPU needs of {len(needs)} rule(s)")
+    for rule, need in needs.items():
+        size = need.max_input_mb
+        vram = f"{need.vram.intercept:.2f} GB" + (f" + {need.vram.slope:.4f} GB/MB" if need.vram.slope else "")
+        print(f"  {rule}: {vram} ({need.records} records, {need.oom_records} out of memory"
+              + (f", inputs up to {size:g} MB)" if size is not None else ")"))
 
 
 def _device_info(args) -> None:
@@ -68,13 +113,14 @@ def _device_info(args) -> None:
     import socket
 
     from gpubio.atomic import write_text_atomic
+    from gpubio.gpu.job import current_job
 
     info = {
         "host": socket.gethostname(),
         "slurm_job_partition": os.environ.get("SLURM_JOB_PARTITION"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "backend": GPU_BACKEND["name"],
-        "devices": GPU_BACKEND["devices"],
+        "backend": "cuda" if current_job().devices else "cpu",
+        "devices": current_job().devices,
     }
     try:
         import torch
@@ -104,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--require-gpu", action="store_true", help="fail when --gpus > 0 and no GPU is found (config gpu.require)"
     )
+    parser.add_argument("--usage", help="write this step's GPU usage record (JSON) here, also when it fails")
+    parser.add_argument(
+        "--usage-job", default="", help="what the plan gave the job: the rule's resources.gpu_usage"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     for module in DOMAIN_COMMANDS:
@@ -119,9 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snakefile", default="Snakefile")
     p.add_argument("--directory", default=".")
     p.add_argument("--configfile", default="config/config.yaml")
+    p.add_argument("--partitions", help="the partitions file (default: gpu.partitions of the config)")
+    p.add_argument("--invoked-in", help="run the dry-run from this directory (where the snakemake_args were typed)")
     p.add_argument("--out", help="also write the table as TSV (and <out>.partitions.tsv with the totals)")
     p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments, after --")
     p.set_defaults(func=_plan)
+
+    p = sub.add_parser("gpu-usage-report", help="planned against measured GPU use, from the jobs' usage records")
+    p.add_argument("records", nargs="+", help="directories (or files) with *.gpu.json records")
+    p.add_argument("--partitions", help="the site's partitions file (for the relative cost of each GPU)")
+    p.add_argument("--out-tsv", required=True)
+    p.add_argument("--out-models", required=True)
+    p.add_argument("--out-png", required=True)
+    p.set_defaults(func=_gpu_usage_report)
+
+    p = sub.add_parser(
+        "calibrate", help="fit each rule's GPU need from the usage records of past runs; writes config/gpu_needs.yaml"
+    )
+    p.add_argument("records", nargs="+", help="result directories (or record files) to read *.gpu.json from")
+    p.add_argument("--out", default="config/gpu_needs.yaml")
+    p.add_argument("--margin", type=float, default=0.2, help="safety margin over the measured upper bound")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("device-info", help="report the device(s) this job sees (SLURM, local pinning, torch)")
     p.add_argument("--out")
@@ -136,24 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What the running step uses; set by main() before the command runs.
-GPU_BACKEND: dict = {"name": "cpu", "devices": []}
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     limit_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpubio %(levelname)s %(message)s")
-    if args.gpus <= 0:
+    if args.gpus <= 0 and not args.usage:
         args.func(args)
         return
     from gpubio.gpu.devices import DeviceError, pin_gpus
+    from gpubio.gpu.job import GpuUnusable, JobDevice, set_current_job
+    from gpubio.gpu.usage import parse_job_spec, record_usage
 
     try:
-        with pin_gpus(args.gpus, strict=args.require_gpu) as devices:
-            GPU_BACKEND.update(name="cuda" if devices else "cpu", devices=devices)
-            args.func(args)
-    except DeviceError as error:
+        with pin_gpus(max(args.gpus, 0), strict=args.require_gpu) as devices:
+            job = parse_job_spec(args.usage_job)
+            with record_usage(args.usage, job, max(args.gpus, 0), devices) as record:
+                set_current_job(JobDevice(max(args.gpus, 0), devices, args.require_gpu, record))
+                args.func(args)
+    except (DeviceError, GpuUnusable) as error:
         sys.exit(f"gpubio: {args.command}: {error}; this step requires a GPU (gpu.require: true in config.yaml)")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,12 @@ def _describe_config_error(error: jsonschema.ValidationError, config_file: str) 
             f"{config_file}: key '{where}' must be {error.validator_value}, "
             f"found {error.instance!r}; fix the value"
         )
+    if error.validator == "pattern":
+        allowed = error.validator_value.strip("^$+")
+        return (
+            f"{config_file}: key '{where}' = {error.instance!r} may only contain {allowed} "
+            "(it becomes a word of a command line); fix the value"
+        )
     if error.validator in ("minimum", "maximum"):
         return f"{config_file}: key '{where}' = {error.instance!r} is out of range ({error.message})"
     return f"{config_file}: key '{where}': {error.message}"
@@ -181,9 +188,9 @@ def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
     if not full.exists():
         return None, []
     try:
-        table = pd.read_csv(
-            full, sep="\t", dtype=str, keep_default_na=False, comment="#", skip_blank_lines=True
-        )
+        # only a line that starts with "#" is a comment: a "#" inside a path is part of it
+        lines = [line for line in full.read_text().splitlines(True) if not line.lstrip().startswith("#")]
+        table = pd.read_csv(io.StringIO("".join(lines)), sep="\t", dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         return None, []
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -2,6 +2,7 @@
 import os
 
 from gpubio.config import ConfigError, load_project
+from gpubio.gpu.calibrate import NeedsError
 from gpubio.gpu import (
     CatalogueError,
     InventoryError,
@@ -9,6 +10,12 @@ from gpubio.gpu import (
     configure_site,
     cpu_resources,
     gpu_resources,
+)
+from gpubio.shell import (
+    extra_options_problems,
+    quote_extra_options,
+    quote_option,
+    quote_option_list,
 )
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
@@ -24,8 +31,9 @@ try:
     SITE = configure_site(
         partitions_file=config["gpu"]["partitions"],
         catalogue_overrides=config["gpu"]["catalogue"],
+        needs_file=config["gpu"]["needs"],
     )
-except (CatalogueError, InventoryError, PlacementError) as error:
+except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
     raise WorkflowError(f"gpubio: {error}") from None
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found
@@ -65,14 +73,33 @@ MODULE_TARGETS = {
 }
 
 
-def get_final_outputs():
-    """Every active module's targets, and the GPU plan."""
+GPU_REPORT_TARGETS = [
+    "results/gpu_plan.tsv",
+    "results/gpu_plan.partitions.tsv",
+    "results/gpu_usage.tsv",
+    "results/gpu_usage_models.tsv",
+    "results/gpu_usage.png",
+]
+
+
+def get_module_outputs(wildcards=None):
+    """Every active module's targets."""
     targets = []
     for domain in SAMPLE_TARGETS:
         if PROJECT.active(domain):
             targets += expand(SAMPLE_TARGETS[domain], sample=PROJECT.samples(domain))
             targets += MODULE_TARGETS[domain]
-    return targets + ["results/gpu_plan.tsv"]
+    return targets
+
+
+def get_final_outputs():
+    """Every active module's targets, the GPU plan, and what the GPU jobs used."""
+    return get_module_outputs() + GPU_REPORT_TARGETS
+
+
+def usage_record(step):
+    """Where a GPU step writes what it used (gpubio.gpu.usage), next to its benchmark file."""
+    return f"benchmarks/{step}.gpu.json"
 
 
 def get_qc_files(wildcards):
@@ -98,6 +125,17 @@ GENOMICS_REFERENCE = GENOMICS.get("reference") or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
 _genomics_problems = sheet_problems(
     GENOMICS_SHEET, GENOMICS["samples"], GENOMICS, str(CONFIG_FILE)
+) + extra_options_problems(
+    {"genomics": GENOMICS},
+    [
+        "genomics.basecall.options",
+        "genomics.align.dorado_options",
+        "genomics.variants.bcftools_options",
+        "genomics.variants.parabricks.options",
+        "genomics.variants.deepvariant.options",
+        "genomics.variants.clair3.options",
+    ],
+    str(CONFIG_FILE),
 )
 if _genomics_problems:
     raise WorkflowError(ConfigError(_genomics_problems).report())
@@ -108,6 +146,13 @@ MODULE_TARGETS["genomics"] += [
     "results/genomics/coverage.png",
     "results/genomics/variants.png",
     "results/genomics/variant_summary.tsv",
+]
+# Every documented output is a target, so a run restores one an interrupted job removed.
+SAMPLE_TARGETS["genomics"].append("results/genomics/{sample}/coverage.tsv")
+MODULE_TARGETS["genomics"] += [
+    f"results/genomics/{sample}/reads.bam"
+    for run in GENOMICS_RUNS.values()
+    for sample in run.barcodes
 ]
 
 
@@ -158,7 +203,7 @@ def get_run_reads(wildcards):
 
 def get_barcode_option(wildcards):
     barcode = genomics_run(wildcards.sample).barcodes[wildcards.sample]
-    return f"--barcode {barcode}" if barcode else ""
+    return quote_option("--barcode", barcode)
 
 
 def get_unsorted_alignment(wildcards):
@@ -202,7 +247,7 @@ from gpubio.transcriptomics.settings import (
     config_problems as transcriptomics_config_problems,
     transcriptomics_settings,
 )
-from gpubio.transcriptomics.sizing import expected_input_mb
+from gpubio.transcriptomics.sizing import survey_count_files
 
 TRANSCRIPTOMICS = transcriptomics_settings(config)
 TRANSCRIPTOMICS_STEPS = annotation_steps(TRANSCRIPTOMICS)
@@ -212,12 +257,34 @@ if PROJECT.active("transcriptomics"):
     _transcriptomics_problems = transcriptomics_config_problems(
         TRANSCRIPTOMICS, str(CONFIG_FILE), os.getcwd()
     )
+    # unreadable or processed count files join the config problems, one line each
+    TRANSCRIPTOMICS_INPUT_MB, _count_file_problems = survey_count_files(
+        PROJECT.sheets["transcriptomics"]["counts"].to_dict(),
+        TRANSCRIPTOMICS["samples"],
+    )
+    _transcriptomics_problems += _count_file_problems
     if _transcriptomics_problems:
         raise WorkflowError(ConfigError(_transcriptomics_problems).report())
-    TRANSCRIPTOMICS_INPUT_MB = expected_input_mb(
-        list(PROJECT.sheets["transcriptomics"]["counts"])
+    SAMPLE_TARGETS["transcriptomics"].append(
+        "results/transcriptomics/{sample}/filtered.h5ad"
     )
     MODULE_TARGETS["transcriptomics"] += [
+        "results/transcriptomics/integrated.h5ad",
+        *[
+            f"results/transcriptomics/annotation/{method}.tsv"
+            for method in ("celltypist", "scanvi")
+            if TRANSCRIPTOMICS_STEPS[method]
+        ],
+        *(
+            ["results/transcriptomics/celltypist/model.pkl"]
+            if TRANSCRIPTOMICS_STEPS["train_celltypist"]
+            else []
+        ),
+        *(
+            ["results/transcriptomics/embeddings.h5ad"]
+            if TRANSCRIPTOMICS_STEPS["embeddings"]
+            else []
+        ),
         "results/transcriptomics/atlas.h5ad",
         "results/transcriptomics/markers.tsv",
         "results/transcriptomics/plots/umap.png",
@@ -276,8 +343,6 @@ def get_coordinates(wildcards):
 
 
 # ---------------------------------------------------------------- imaging
-import shlex
-
 from gpubio.imaging.resources import (
     cellpose_mem_mb,
     cellpose_training_vram_gb,
@@ -308,6 +373,23 @@ if PROJECT.active("imaging"):
 # learned registration is the GPU option; elastix runs on CPUs
 IMAGING_REGISTRATION_GPUS = 1 if IMAGING["registration"]["method"] == "learned" else 0
 IMAGING_CELLPOSE_MODEL = cellpose_model(IMAGING)
+SAMPLE_TARGETS["imaging"] += [
+    "results/imaging/{sample}/masks.tif",
+    "results/imaging/{sample}/segmentation.json",
+]
+if PROJECT.active("imaging"):
+    MODULE_TARGETS["imaging"] += [
+        f"results/imaging/{sample}/{name}"
+        for sample in PROJECT.samples("imaging")
+        if sheet_row("imaging", sample).get("reference_image")
+        for name in ("registered.tif", "transform.json", "checkerboard.png")
+    ]
+    if uses_trained_model(IMAGING):
+        MODULE_TARGETS["imaging"] += [
+            "results/imaging/model/cellpose_trained",
+            "results/imaging/model/training.json",
+            "results/imaging/model/training_loss.png",
+        ]
 
 
 def get_image(wildcards):
@@ -338,7 +420,7 @@ def get_segmentation_footprint(wildcards):
 
 def footprint_option(wildcards, input):
     """segment-cells' --footprint for registered images (quoted: it is a shell word)."""
-    return f"--footprint {shlex.quote(input.footprint)}" if input.footprint else ""
+    return quote_option("--footprint", input.footprint or None)
 
 
 def get_cellpose_model(wildcards):

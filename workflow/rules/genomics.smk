@@ -69,7 +69,7 @@ rule pod5_shards:
     params:
         shards=get_shard_count,
     shell:
-        "(python -m gpubio pod5-shard-plan {input.table} --shards {params.shards} --out {output.plan}"
+        "(python -m gpubio pod5-shard-plan {input.table:q} --shards {params.shards} --out {output.plan}"
         " && pod5 subset {input.pod5:q} --recursive --table {output.plan} --columns shard"
         " --template '{{shard}}.pod5' --threads {threads} --output {output.shards}) > {log} 2>&1"
 
@@ -97,28 +97,23 @@ rule basecall:
             vram_gb=8,
             min_compute_capability=6.0,
             policy="fastest",
-            cpus=8,
             mem_mb=32000,
             runtime=720,
         ),
     params:
+        usage=usage_record("genomics/runs/{run}/basecall_{shard}"),
         model=GENOMICS["basecall"]["model"],
-        models_dir=(
-            f"--models-directory {GENOMICS['basecall']['models_directory']}"
-            if GENOMICS["basecall"]["models_directory"]
-            else ""
+        models_dir=quote_option(
+            "--models-directory", GENOMICS["basecall"]["models_directory"]
         ),
-        kit=(
-            f"--kit-name {GENOMICS['basecall']['kit_name']}"
-            if GENOMICS["basecall"]["kit_name"]
-            else ""
-        ),
-        options=GENOMICS["basecall"]["options"],
+        kit=quote_option("--kit-name", GENOMICS["basecall"]["kit_name"]),
+        options=quote_extra_options(GENOMICS["basecall"]["options"]),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} tool-on-device"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} tool-on-device"
         " --gpu-args='--device cuda:all' --cpu-args='-x cpu' --stdout {output} --"
-        " dorado basecaller {params.model} {input}/{wildcards.shard}.pod5 {params.models_dir}"
+        " dorado basecaller {params.model:q} {input:q}/{wildcards.shard}.pod5 {params.models_dir}"
         " {params.kit} {params.options} > {log} 2>&1"
 
 
@@ -137,7 +132,7 @@ rule merge_basecalls:
     resources:
         **cpu_resources(mem_mb=2000, runtime=120),
     shell:
-        "python -m gpubio --threads {threads} merge-basecalls {input} --out {output} > {log} 2>&1"
+        "python -m gpubio --threads {threads} merge-basecalls {input:q} --out {output} > {log} 2>&1"
 
 
 # Reads were classified while basecalling (--kit-name); demux only splits them by barcode.
@@ -160,7 +155,7 @@ rule demux:
     resources:
         **cpu_resources(mem_mb=8000, runtime=240),
     shell:
-        "dorado demux --no-classify --output-dir {output} --threads {threads} {input} > {log} 2>&1"
+        "dorado demux --no-classify --output-dir {output} --threads {threads} {input:q} > {log} 2>&1"
 
 
 rule sample_reads:
@@ -180,7 +175,7 @@ rule sample_reads:
     params:
         barcode=get_barcode_option,
     shell:
-        "python -m gpubio --threads {threads} sample-reads {input} --sample {wildcards.sample}"
+        "python -m gpubio --threads {threads} sample-reads {input:q} --sample {wildcards.sample}"
         " {params.barcode} --out {output} > {log} 2>&1"
 
 
@@ -225,7 +220,7 @@ rule align_mappy:
         platform=genomics_platform,
     shell:
         "python -m gpubio --threads {threads} align-reads {input.reads:q} --reference {input.reference:q}"
-        " --platform {params.platform} --sample {wildcards.sample} --out {output} > {log} 2>&1"
+        " --platform {params.platform:q} --sample {wildcards.sample} --out {output} > {log} 2>&1"
 
 
 rule align_dorado:
@@ -249,7 +244,7 @@ rule align_dorado:
     resources:
         **cpu_resources(mem_mb=16000, runtime=240),
     params:
-        options=GENOMICS["align"]["dorado_options"],
+        options=quote_extra_options(GENOMICS["align"]["dorado_options"]),
     shell:
         "dorado aligner --threads {threads} {params.options} {input.reference:q} {input.reads:q}"
         " > {output} 2> {log}"
@@ -274,7 +269,7 @@ rule sort_bam:
         platform=genomics_platform,
     shell:
         "python -m gpubio --threads {threads} sort-bam {input:q} --sample {wildcards.sample}"
-        " --platform {params.platform} --out {output.bam} > {log} 2>&1"
+        " --platform {params.platform:q} --out {output.bam} > {log} 2>&1"
 
 
 rule alignment_qc:
@@ -295,7 +290,7 @@ rule alignment_qc:
     resources:
         **cpu_resources(mem_mb=2000, runtime=60),
     shell:
-        "python -m gpubio --threads {threads} alignment-qc {input.bam} --read-qc {input.read_qc}"
+        "python -m gpubio --threads {threads} alignment-qc {input.bam:q} --read-qc {input.read_qc:q}"
         " --out-json {output.json} --out-coverage {output.coverage} > {log} 2>&1"
 
 
@@ -321,14 +316,14 @@ rule call_bcftools:
         **cpu_resources(mem_mb=4000, runtime=240),
     params:
         platform=genomics_platform,
-        options=(
-            f"--options='{GENOMICS['variants']['bcftools_options']}'"
-            if GENOMICS["variants"]["bcftools_options"]
-            else ""
+        options=quote_option(
+            "--options",
+            quote_extra_options(GENOMICS["variants"]["bcftools_options"]),
+            joined=True,
         ),
     shell:
-        "python -m gpubio --threads {threads} call-bcftools {input.bam} --reference {input.reference:q}"
-        " --platform {params.platform} {params.options} --out {output} > {log} 2>&1"
+        "python -m gpubio --threads {threads} call-bcftools {input.bam:q} --reference {input.reference:q}"
+        " --platform {params.platform:q} {params.options} --out {output} > {log} 2>&1"
 
 
 # Parabricks DeepVariant: GPU only (no CPU path of its own; pick deepvariant for CPU nodes).
@@ -356,19 +351,20 @@ rule call_parabricks:
             gpus=GENOMICS["variants"]["parabricks"]["gpus"],
             vram_gb=16,
             policy="cheapest",
-            cpus=16,
             mem_mb=64000,
             runtime=240,
         ),
     params:
+        usage=usage_record("genomics/{sample}/call_parabricks"),
         mode=lambda wc: {"illumina": "shortread", "ont": "ont"}[genomics_platform(wc)],
         memory=lambda wc, resources: parabricks_memory_options(
             resources.get("slurm_partition"), resources.get("gpu_model")
         ),
-        options=GENOMICS["variants"]["parabricks"]["options"],
+        options=quote_extra_options(GENOMICS["variants"]["parabricks"]["options"]),
     shell:
-        "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu --"
-        " pbrun deepvariant --ref {input.reference:q} --in-bam {input.bam} --out-variants {output}"
+        "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} --"
+        " pbrun deepvariant --ref {input.reference:q} --in-bam {input.bam:q} --out-variants {output}"
         " --mode {params.mode} --num-gpus {resources.gpu} {params.memory} {params.options}"
         " > {log} 2>&1"
 
@@ -399,10 +395,10 @@ rule call_deepvariant:
             genomics_platform(wc)
         ],
         workdir="results/genomics/{sample}/deepvariant_tmp",
-        options=GENOMICS["variants"]["deepvariant"]["options"],
+        options=quote_extra_options(GENOMICS["variants"]["deepvariant"]["options"]),
     shell:
-        "run_deepvariant --model_type={params.model_type} --ref={input.reference:q}"
-        " --reads={input.bam} --output_vcf={output} --num_shards={threads}"
+        "run_deepvariant --model_type={params.model_type:q} --ref={input.reference:q}"
+        " --reads={input.bam:q} --output_vcf={output} --num_shards={threads}"
         " --sample_name={wildcards.sample} --intermediate_results_dir={params.workdir}"
         " {params.options} > {log} 2>&1 && rm -rf {params.workdir}"
 
@@ -432,10 +428,10 @@ rule call_clair3:
         platform=lambda wc: {"illumina": "ilmn", "ont": "ont"}[genomics_platform(wc)],
         model=GENOMICS["variants"]["clair3"]["model"],
         outdir=subpath(output[0], parent=True),
-        options=GENOMICS["variants"]["clair3"]["options"],
+        options=quote_extra_options(GENOMICS["variants"]["clair3"]["options"]),
     shell:
-        "run_clair3.sh --bam_fn={input.bam} --ref_fn={input.reference:q} --threads={threads}"
-        " --platform={params.platform} --model_path={params.model} --output={params.outdir}"
+        "run_clair3.sh --bam_fn={input.bam:q} --ref_fn={input.reference:q} --threads={threads}"
+        " --platform={params.platform} --model_path={params.model:q} --output={params.outdir}"
         " --sample_name={wildcards.sample} {params.options} > {log} 2>&1"
 
 
@@ -460,11 +456,12 @@ rule finish_variants:
     params:
         min_qual=GENOMICS["variants"]["min_qual"],
     shell:
-        "python -m gpubio --threads {threads} finish-variants {input.calls} --reference {input.reference:q}"
-        " --sample {wildcards.sample} --min-qual {params.min_qual} --out {output.vcf} > {log} 2>&1"
+        "python -m gpubio --threads {threads} finish-variants {input.calls:q} --reference {input.reference:q}"
+        " --sample {wildcards.sample} --min-qual {params.min_qual:q} --out {output.vcf} > {log} 2>&1"
 
 
 # ---------------------------------------------------------------- variant effects
+from gpubio.genomics.effects import effect_vram_gb
 
 
 rule variant_effects:
@@ -485,21 +482,25 @@ rule variant_effects:
     threads: GENOMICS["variant_effects"]["threads"]
     resources:
         **gpu_resources(
-            gpus=1, vram_gb=12, policy="cheapest", cpus=4, mem_mb=16000, runtime=240
+            gpus=1,
+            vram_gb=effect_vram_gb(GENOMICS["variant_effects"]),
+            policy="cheapest",
+            mem_mb=16000,
+            runtime=240,
         ),
     params:
+        usage=usage_record("genomics/{sample}/variant_effects"),
         effects=GENOMICS["variant_effects"],
-        track_names=(
-            f"--track-names {GENOMICS['variant_effects']['track_names']}"
-            if GENOMICS["variant_effects"]["track_names"]
-            else ""
+        track_names=quote_option(
+            "--track-names", GENOMICS["variant_effects"]["track_names"]
         ),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} variant-effects"
-        " --vcf {input.vcf} --reference {input.reference:q} --family {params.effects[family]}"
-        " --weights {input.weights:q} --sequence-length {params.effects[sequence_length]}"
-        " --batch-size {params.effects[batch_size]} --head {params.effects[head]}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} variant-effects"
+        " --vcf {input.vcf:q} --reference {input.reference:q} --family {params.effects[family]:q}"
+        " --weights {input.weights:q} --sequence-length {params.effects[sequence_length]:q}"
+        " --batch-size {params.effects[batch_size]:q} --head {params.effects[head]:q}"
         " {params.track_names} --out {output} > {log} 2>&1"
 
 
@@ -545,11 +546,11 @@ rule genomics_plots:
         **cpu_resources(mem_mb=2000, runtime=30),
     params:
         min_qual=GENOMICS["variants"]["min_qual"],
-        effects=lambda wc, input: (
-            "--effects " + " ".join(input.effects) if "effects" in input.keys() else ""
+        effects=lambda wc, input: quote_option_list(
+            "--effects", input.effects if "effects" in input.keys() else []
         ),
     shell:
-        "python -m gpubio genomics-plots --qc {input.qc} --coverage {input.coverage} --vcf {input.vcf}"
-        " {params.effects} --min-qual {params.min_qual} --out-read-qc {output.read_qc}"
+        "python -m gpubio genomics-plots --qc {input.qc:q} --coverage {input.coverage:q} --vcf {input.vcf:q}"
+        " {params.effects} --min-qual {params.min_qual:q} --out-read-qc {output.read_qc}"
         " --out-coverage {output.coverage} --out-variants {output.variants}"
         " --out-summary {output.summary} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule image_qc:
     params:
         max_saturated=IMAGING["qc"]["max_saturated_fraction"],
     shell:
-        "python -m gpubio --threads {threads} image-qc {input} --out {output}"
+        "python -m gpubio --threads {threads} image-qc {input:q} --out {output}"
         " --max-saturated-fraction {params.max_saturated} > {log} 2>&1"
 
 
@@ -50,16 +50,17 @@ rule register_image:
         **gpu_resources(
             gpus=IMAGING_REGISTRATION_GPUS,
             vram_gb=registration_vram_gb,
-            cpus=2,
             mem_mb=lambda wc, input: registration_mem_mb(input.size_mb),
             runtime=60,
         ),
     params:
+        usage=usage_record("imaging/{sample}/register_image"),
         options=registration_options(IMAGING),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} register-image"
-        " {input.image} --reference {input.reference} --sample {wildcards.sample} {params.options}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} register-image"
+        " {input.image:q} --reference {input.reference:q} --sample {wildcards.sample} {params.options}"
         " --out-image {output.image} --out-footprint {output.footprint}"
         " --out-transform {output.transform} --out-png {output.png} > {log} 2>&1"
 
@@ -96,12 +97,14 @@ rule train_cellpose:
             runtime=240,
         ),
     params:
+        usage=usage_record("imaging/train_cellpose"),
         images=IMAGING["training"].get("images", ""),
         options=training_options(IMAGING),
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} train-cellpose"
-        " --images {params.images} {params.options} --out {output.model} --out-json {output.json}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} train-cellpose"
+        " --images {params.images:q} {params.options} --out {output.model} --out-json {output.json}"
         " --out-png {output.png} > {log} 2>&1"
 
 
@@ -133,13 +136,15 @@ rule segment_cells:
             runtime=120,
         ),
     params:
+        usage=usage_record("imaging/{sample}/segment_cells"),
         model=IMAGING_CELLPOSE_MODEL,
         options=segmentation_options(IMAGING),
         footprint=footprint_option,
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} segment-cells"
-        " {input.image} --model {params.model:q} {params.options} {params.footprint}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} segment-cells"
+        " {input.image:q} --model {params.model:q} {params.options} {params.footprint}"
         " --out-masks {output.masks} --out-json {output.json} > {log} 2>&1"
 
 
@@ -174,6 +179,6 @@ rule cell_features:
     params:
         channel=max(1, IMAGING["segmentation"]["channels"][0]),
     shell:
-        "python -m gpubio --threads {threads} cell-features {input.image} {input.masks}"
+        "python -m gpubio --threads {threads} cell-features {input.image:q} {input.masks:q}"
         " --sample {wildcards.sample} --channel {params.channel} --out-tsv {output.tsv}"
         " --out-png {output.png} > {log} 2>&1"

@@ -1,4 +1,5 @@
 # Per-domain QC tables and figures for `snakemake --report results/report.html`.
+from gpubio.gpu.plan import plan_arguments
 
 
 rule qc_summary:
@@ -26,10 +27,18 @@ rule qc_summary:
         **cpu_resources(mem_mb=1000, runtime=10),
     shell:
         "python -m gpubio qc-summary --domain {wildcards.domain} --out-tsv {output.tsv}"
-        " --out-png {output.png} {input} > {log} 2>&1"
+        " --out-png {output.png} {input:q} > {log} 2>&1"
 
 
-# Where every job of the DAG goes (model, partition, GPU-hours, cost), from the dry-run.
+# Where every job of the DAG goes (model, partition, GPU-hours, cost), from Snakemake's own
+# dry-run with this invocation's profile, config and resource overrides, so it shows what is
+# really submitted. A local rule run in Snakemake's own process environment (`run:`, no conda
+# env): the dry-run needs the Snakemake, plugins and config the user started, on the head node,
+# not a copy inside a cluster job. Changed overrides (params) make it run again.
+localrules:
+    gpu_plan,
+
+
 rule gpu_plan:
     input:
         config=CONFIG_FILE,
@@ -43,13 +52,53 @@ rule gpu_plan:
         totals="results/gpu_plan.partitions.tsv",
     log:
         "logs/gpu_plan.log",
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=1000, runtime=10),
+    params:
+        snakefile=workflow.main_snakefile,
+        invoked_in=workflow.workdir_init,
+        snakemake_args=plan_arguments(sys.argv[1:]),
+        python=sys.executable,
+    run:
+        shell(
+            "{params.python:q} -m gpubio plan --snakefile {params.snakefile:q}"
+            " --configfile {input.config:q} --partitions {input.partitions:q}"
+            " --invoked-in {params.invoked_in:q} --out {output.plan:q} -- {params.snakemake_args:q}"
+            " > {log:q} 2>&1"
+        )
+
+
+# What the GPU jobs of this project really used against what the plan gave them: every
+# usage record under benchmarks/ (this run's and earlier runs'), once all module outputs exist.
+rule gpu_usage_report:
+    input:
+        get_module_outputs,
+    output:
+        tsv=report(
+            "results/gpu_usage.tsv",
+            caption="../report/gpu_usage.rst",
+            category="GPU use",
+        ),
+        models=report(
+            "results/gpu_usage_models.tsv",
+            caption="../report/gpu_usage.rst",
+            category="GPU use",
+        ),
+        png=report(
+            "results/gpu_usage.png",
+            caption="../report/gpu_usage.rst",
+            category="GPU use",
+        ),
+    log:
+        "logs/gpu_usage_report.log",
     conda:
         "../../envs/report.yaml"
     threads: 1
     resources:
         **cpu_resources(mem_mb=1000, runtime=10),
     params:
-        snakefile=workflow.main_snakefile,
+        partitions=config["gpu"]["partitions"],
     shell:
-        "python -m gpubio plan --snakefile {params.snakefile} --configfile {input.config}"
-        " --out {output.plan} > {log} 2>&1"
+        "python -m gpubio gpu-usage-report benchmarks --partitions {params.partitions:q}"
+        " --out-tsv {output.tsv} --out-models {output.models} --out-png {output.png} > {log} 2>&1"

@@ -28,7 +28,7 @@ rule cell_qc:
         batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
         qc=config.get("transcriptomics", {}).get("qc", {}),
     shell:
-        "python -m gpubio --threads {threads} cell-qc --counts {input} --sample {wildcards.sample}"
+        "python -m gpubio --threads {threads} cell-qc --counts {input:q} --sample {wildcards.sample}"
         " --batch {params.batch:q} --min-genes {params.qc[min_genes]} --min-counts {params.qc[min_counts]}"
         " --max-mito-pct {params.qc[max_mito_pct]} --min-cells {params.qc[min_cells]}"
         " --mito-prefix {params.qc[mito_prefix]:q}"
@@ -62,17 +62,18 @@ rule integrate_cells:
             vram_gb=atlas_vram_gb(TRANSCRIPTOMICS_INPUT_MB),
             min_compute_capability=7.0,
             policy="cheapest",
-            cpus=8,
             mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
             runtime=240,
         ),
     params:
+        usage=usage_record("transcriptomics/integrate_cells"),
         require_gpu=REQUIRE_GPU,
         backend=TRANSCRIPTOMICS.get("backend", "auto"),
         n_markers=TRANSCRIPTOMICS.get("markers", {}).get("n_genes", 25),
         options=cli_options(TRANSCRIPTOMICS.get("cluster", {}), ClusterParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} integrate-cells {input}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} integrate-cells {input:q}"
         " --backend {params.backend} --n-markers {params.n_markers} {params.options}"
         " --out-h5ad {output.h5ad} --out-markers {output.markers} > {log} 2>&1"
 
@@ -95,7 +96,7 @@ rule train_celltypist:
         label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
         celltypist=TRANSCRIPTOMICS.get("annotation", {}).get("celltypist", {}),
     shell:
-        "python -m gpubio --threads {threads} train-celltypist --reference {input.reference}"
+        "python -m gpubio --threads {threads} train-celltypist --reference {input.reference:q}"
         " --label-key {params.label_key:q} --max-iter {params.celltypist[max_iter]}"
         " --seed {params.celltypist[seed]} --out {output} > {log} 2>&1"
 
@@ -124,8 +125,8 @@ rule annotate_celltypist:
             else "--no-majority-voting"
         ),
     shell:
-        "python -m gpubio --threads {threads} annotate-celltypist --integrated {input.integrated}"
-        " --model {input.model} {params.voting} --out {output} > {log} 2>&1"
+        "python -m gpubio --threads {threads} annotate-celltypist --integrated {input.integrated:q}"
+        " --model {input.model:q} {params.voting} --out {output} > {log} 2>&1"
 
 
 # scVI/scANVI train with PyTorch: on the job's GPU when it has one, else on the CPU.
@@ -147,19 +148,20 @@ rule annotate_scanvi:
             gpus=1,
             vram_gb=8,
             policy="cheapest",
-            cpus=4,
             mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
             runtime=240,
         ),
     params:
+        usage=usage_record("transcriptomics/annotate_scanvi"),
         require_gpu=REQUIRE_GPU,
         label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
         options=cli_options(
             TRANSCRIPTOMICS.get("annotation", {}).get("scanvi", {}), ScanviParams
         ),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} annotate-scanvi"
-        " --integrated {input.integrated} --reference {input.reference} --label-key {params.label_key:q}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} annotate-scanvi"
+        " --integrated {input.integrated:q} --reference {input.reference:q} --label-key {params.label_key:q}"
         " {params.options} --out {output} > {log} 2>&1"
 
 
@@ -182,16 +184,17 @@ rule embed_cells:
             gpus=1,
             vram_gb=TRANSCRIPTOMICS.get("embeddings", {}).get("vram_gb", 16),
             policy="cheapest",
-            cpus=4,
             mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
             runtime=240,
         ),
     params:
+        usage=usage_record("transcriptomics/embed_cells"),
         require_gpu=REQUIRE_GPU,
         options=cli_options(TRANSCRIPTOMICS.get("embeddings", {}), EmbeddingParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} embed-cells"
-        " --integrated {input.integrated} --weights {input.weights} {params.options}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} embed-cells"
+        " --integrated {input.integrated:q} --weights {input.weights:q} {params.options}"
         " --out {output} > {log} 2>&1"
 
 
@@ -210,12 +213,12 @@ rule build_atlas:
     resources:
         **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
     params:
-        embeddings=lambda wildcards, input: (
-            f"--embeddings {input.embeddings}" if input.embeddings else ""
+        embeddings=lambda wildcards, input: quote_option_list(
+            "--embeddings", input.embeddings
         ),
     shell:
-        "python -m gpubio --threads {threads} build-atlas --integrated {input.integrated}"
-        " --labels {input.labels} {params.embeddings} --out {output} > {log} 2>&1"
+        "python -m gpubio --threads {threads} build-atlas --integrated {input.integrated:q}"
+        " --labels {input.labels:q} {params.embeddings} --out {output} > {log} 2>&1"
 
 
 rule plot_atlas:
@@ -252,7 +255,7 @@ rule plot_atlas:
     params:
         dotplot_genes=TRANSCRIPTOMICS.get("markers", {}).get("dotplot_genes", 3),
     shell:
-        "python -m gpubio --threads {threads} plot-atlas --atlas {input} --dotplot-genes {params.dotplot_genes}"
+        "python -m gpubio --threads {threads} plot-atlas --atlas {input:q} --dotplot-genes {params.dotplot_genes}"
         " --out-umap {output.umap} --out-violins {output.violins} --out-dotplot {output.dotplot} > {log} 2>&1"
 
 
@@ -281,10 +284,10 @@ rule spatial_stats:
         **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=120),
     params:
         options=cli_options(TRANSCRIPTOMICS.get("spatial", {}), SpatialParams),
-        interactions=lambda wildcards, input: (
-            f"--interactions {input.interactions}" if input.interactions else ""
+        interactions=lambda wildcards, input: quote_option_list(
+            "--interactions", input.interactions
         ),
     shell:
-        "python -m gpubio --threads {threads} spatial-stats --atlas {input.atlas} --sample {wildcards.sample}"
-        " --coordinates {input.coordinates} {params.interactions} {params.options}"
+        "python -m gpubio --threads {threads} spatial-stats --atlas {input.atlas:q} --sample {wildcards.sample}"
+        " --coordinates {input.coordinates:q} {params.interactions} {params.options}"
         " --out-tsv {output.tsv} --out-png {output.png} > {log} 2>&1"

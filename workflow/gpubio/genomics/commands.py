@@ -23,14 +23,14 @@ def _pod5_shard_plan(args) -> None:
 
 
 def _tool_on_device(args) -> None:
-    from gpubio.cli import GPU_BACKEND
     from gpubio.genomics.basecall import run_tool
+    from gpubio.gpu.job import current_job
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         sys.exit("gpubio tool-on-device: give the tool's command after --")
     try:
-        code = run_tool(command, args.gpu_args, args.cpu_args, args.stdout, GPU_BACKEND["devices"])
+        code = run_tool(command, args.gpu_args, args.cpu_args, args.stdout, current_job().devices)
     except FileNotFoundError:
         sys.exit(
             f"gpubio: {command[0]} is not on PATH; run with its container (--software-deployment-method "
@@ -83,23 +83,16 @@ def _finish_variants(args) -> None:
 
 
 def _variant_effects(args) -> None:
-    import torch
+    from gpubio.genomics.effects import load_effect_model, read_variants, score_variants, write_effects
+    from gpubio.gpu.job import torch_device
 
-    from gpubio.cli import GPU_BACKEND
-    from gpubio.genomics.effects import load_effect_model, pick_device, read_variants, score_variants, write_effects
-
-    torch.set_num_threads(args.threads)
-    device = pick_device()
-    if device == "cuda":
-        log.info("variant effects on the GPU: %s (pinned %s)", torch.cuda.get_device_name(0), GPU_BACKEND["devices"])
-    else:
-        log.info("variant effects on the CPU (%d threads): no GPU visible to torch", args.threads)
+    device = torch_device("variant effects", args.threads)
     model = load_effect_model(
         args.family, args.weights, args.sequence_length, device, head=args.head, track_names=args.track_names or None
     )
     variants = list(read_variants(args.vcf))
     rows = score_variants(model, args.reference, variants, args.batch_size)
-    write_effects(rows, args.out)
+    write_effects(rows, args.out, model.columns)
     log.info("scored %d PASS variants in batches of %d with %s", len(rows), args.batch_size, args.family)
 
 
@@ -206,7 +199,7 @@ def register(sub) -> None:
     p.add_argument("--head", default="human")
     p.add_argument("--track-names", default="")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=_variant_effects)
+    p.set_defaults(func=_exit_on_input_error(_variant_effects))
 
     p = sub.add_parser("genomics-plots", help="read QC, coverage and variant figures for the report")
     p.add_argument("--qc", nargs="+", required=True)

@@ -3,8 +3,9 @@ alternative sequence window around each variant, compared track by track.
 
 A model family is a class with ``load`` (weights from a local directory, offline) and
 ``delta`` (alt minus ref, one value per output track, for a batch of windows), registered
-by name in ``MODEL_FAMILIES``. Enformer (enformer-pytorch) and a DNABERT-style encoder
-(transformers) are built in; another family is one more class with the same two methods.
+by name in ``MODEL_FAMILIES``. Enformer (enformer-pytorch), a DNABERT-style encoder
+(transformers) and DeepSEA-style chromatin-feature convnets (torch) are built in; another family
+is one more class with the same two methods.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class EffectModel(ABC):
     """One model family. Subclasses set ``family`` and implement ``load`` and ``delta``."""
 
     family: ClassVar[str]
+    # columns a family adds to the table, each taken at the top track (see ``compare``)
+    extra_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, sequence_length: int, device: str, track_names: list[str]):
         self.sequence_length = sequence_length
@@ -55,6 +58,24 @@ class EffectModel(ABC):
     @abstractmethod
     def delta(self, ref: list[str], alt: list[str]) -> np.ndarray:
         """Alt minus ref for a batch of windows: shape (batch, tracks), float64."""
+
+    def compare(self, ref: list[str], alt: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``delta`` and, per extra column, its values for every track: (batch, tracks) each."""
+        return self.delta(ref, alt), {}
+
+    @property
+    def columns(self) -> list[str]:
+        return EFFECT_COLUMNS + list(self.extra_columns)
+
+
+def effect_vram_gb(settings: dict) -> float:
+    """GPU memory of a scoring job (the rule's ``vram_gb``): a DeepSEA-style model's from its
+    checkpoint and the batch size; 12 GB for Enformer and DNABERT-style models."""
+    if settings["family"] == "deepsea":
+        from gpubio.genomics.deepsea import vram_gb
+
+        return vram_gb(settings["weights"], settings["batch_size"])
+    return 12.0
 
 
 def load_effect_model(family: str, weights: str | Path, sequence_length: int, device: str, **options) -> EffectModel:
@@ -200,6 +221,61 @@ def _kmer_size(vocab: dict) -> int | None:
     return None
 
 
+@register_family
+class DeepseaModel(EffectModel):
+    """DeepSEA-style convnet (gpubio.genomics.deepsea): feature probabilities averaged over the
+    forward and reverse-complement window, as DeepSEA does; delta = alt - ref per feature, and
+    the log-odds change of the top feature in its own column."""
+
+    family = "deepsea"
+    extra_columns = ("top_track_log_odds_delta",)
+
+    def __init__(self, network, config, **kwargs):
+        super().__init__(**kwargs)
+        self.network, self.config = network, config
+
+    @classmethod
+    def load(cls, weights, sequence_length, device, track_names=None, **_):
+        from gpubio.genomics import deepsea
+        from gpubio.genomics.inputs import InputError
+
+        config, network, outputs = deepsea.load_network(weights, device)
+        try:
+            names = _track_names(track_names or Path(weights) / deepsea.FEATURES_FILE, outputs)
+        except (OSError, ValueError) as error:
+            raise InputError(str(error)) from None
+        log.info(
+            "DeepSEA-style model from %s: %d conv layers, %d features, %d-bp windows from %s "
+            "(sequence_length %d is not used by this family), both strands, on %s",
+            weights, len(config.conv_layers), outputs, config.window, deepsea.CONFIG_FILE, sequence_length, device,
+        )  # fmt: skip
+        return cls(network, config, sequence_length=config.window, device=device, track_names=names)
+
+    def probabilities(self, sequences: list[str]) -> np.ndarray:
+        """(batch, features) float64: the mean of the forward and reverse-complement predictions."""
+        import torch
+
+        from gpubio.genomics import deepsea
+
+        forward = deepsea.one_hot(sequences, self.config.alphabet, self.config.unknown_base)
+        both = np.concatenate([forward, deepsea.reverse_complement(forward, self.config.alphabet)])
+        with torch.inference_mode():
+            logits = self.network(torch.from_numpy(both).to(self.device)).double()
+        prob = torch.sigmoid(logits).cpu().numpy()
+        n = len(sequences)
+        return (prob[:n] + prob[n:]) / 2
+
+    def compare(self, ref, alt):
+        from gpubio.genomics.deepsea import log_odds_change
+
+        prob = self.probabilities(list(ref) + list(alt))
+        n = len(ref)
+        return prob[n:] - prob[:n], {"top_track_log_odds_delta": log_odds_change(prob[:n], prob[n:])}
+
+    def delta(self, ref, alt):
+        return self.compare(ref, alt)[0]
+
+
 # --------------------------------------------------------------------------- windows
 
 
@@ -268,26 +344,28 @@ def score_variants(model: EffectModel, fasta_path: str, variants: list[Variant],
         for first in range(0, len(variants), batch_size):
             batch = variants[first : first + batch_size]
             pairs = [windows(fasta, v, model.sequence_length) for v in batch]
-            delta = model.delta([p[0] for p in pairs], [p[1] for p in pairs])
-            for v, d in zip(batch, delta):
+            delta, extras = model.compare([p[0] for p in pairs], [p[1] for p in pairs])
+            for i, (v, d) in enumerate(zip(batch, delta)):
                 top = int(np.argmax(np.abs(d)))
                 rows.append(
                     {
                         "variant": v.name, "chrom": v.chrom, "pos": v.pos, "ref": v.ref, "alt": v.alt,
                         "score": float(np.abs(d[top])), "top_track": model.track_names[top],
                         "top_track_delta": float(d[top]), "mean_abs_delta": float(np.abs(d).mean()),
+                        **{column: float(values[i, top]) for column, values in extras.items()},
                     }
                 )  # fmt: skip
     return rows
 
 
-def write_effects(rows: list[dict], out: str) -> None:
+def write_effects(rows: list[dict], out: str, columns: list[str] = EFFECT_COLUMNS) -> None:
+    """The table; ``columns`` is the model's (``EffectModel.columns``), so an empty table has them too."""
     from gpubio.atomic import atomic_path
 
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
-        fh.write("\t".join(EFFECT_COLUMNS) + "\n")
+        fh.write("\t".join(columns) + "\n")
         for row in rows:
-            fh.write("\t".join(_cell(row[c]) for c in EFFECT_COLUMNS) + "\n")
+            fh.write("\t".join(_cell(row[c]) for c in columns) + "\n")
 
 
 def _cell(value) -> str:

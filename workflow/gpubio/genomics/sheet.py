@@ -157,6 +157,10 @@ def _effect_problems(settings: dict, config_file: str) -> list[str]:
             f"{config_file}: genomics.variant_effects.weights '{effects['weights']}' is not a directory; "
             "stage the model weights there (README: Staging models offline) or set enabled: false"
         )
+    elif effects["family"] == "deepsea":
+        from gpubio.genomics.deepsea import checkpoint_problems
+
+        problems += checkpoint_problems(effects["weights"], f"{config_file}: genomics.variant_effects.weights")
     if effects["track_names"] and not Path(effects["track_names"]).is_file():
         problems.append(f"{config_file}: genomics.variant_effects.track_names '{effects['track_names']}' does not exist; fix the path")
     return problems

@@ -299,27 +299,40 @@ def _export(lease: DeviceLease) -> None:
     os.environ[ENV_PINNED] = lease.cuda_visible_devices
 
 
+def nvidia_smi_sees(devices: Sequence[int]) -> str | None:
+    """None when ``nvidia-smi`` lists the job's devices; else why the tool cannot use them.
+
+    External tools (dorado, pbrun) use the driver directly: the driver's own listing is
+    the truth, not what the scheduler or the pinning claims.
+    """
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return "nvidia-smi is not on PATH (no NVIDIA driver on this node)"
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"nvidia-smi -L failed: {err}"
+    listed = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    if out.returncode or listed < len(devices):
+        return f"nvidia-smi -L lists {listed} device(s) (exit {out.returncode}), {len(devices)} assigned"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gpubio.gpu.devices --gpus N -- cmd args...``: exec cmd on pinned GPUs."""
+    """``python -m gpubio.gpu.devices --gpus N -- cmd args...``: run cmd on pinned GPUs."""
     parser = argparse.ArgumentParser(
         prog="python -m gpubio.gpu.devices",
         description="Run a command on free GPU(s) of this machine, holding them until it exits.",
     )
-    parser.add_argument(
-        "--gpus", type=int, default=1, help="devices to hold (default 1)"
-    )
-    parser.add_argument(
-        "--lock-dir", type=Path, default=None, help="lock file directory"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds to wait for free GPUs"
-    )
+    parser.add_argument("--gpus", type=int, default=1, help="devices to hold (default 1)")
+    parser.add_argument("--lock-dir", type=Path, default=None, help="lock file directory")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for free GPUs")
     parser.add_argument(
         "--strict", "--require-gpu", dest="strict", action="store_true", help="fail instead of running on CPU"
     )
-    parser.add_argument(
-        "command", nargs=argparse.REMAINDER, help="-- command and arguments"
-    )
+    parser.add_argument("--usage", help="write the command's GPU usage record (JSON) here")
+    parser.add_argument("--usage-job", default="", help="what the plan gave the job: the rule's resources.gpu_usage")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- command and arguments")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -329,27 +342,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeviceError as err:
         print(f"gpubio: {err}", file=sys.stderr)
         return 75 if isinstance(err, DeviceTimeout) else 1
+    if lease.sets_environment:  # also when unusable: a nested pin then reuses the held devices
+        _export(lease)
+    unusable = None
     if args.gpus and not lease.devices:
-        if args.strict:
-            print("gpubio: GPU requested but none found (strict mode)", file=sys.stderr)
-            return 1
-        print(f"gpubio: no GPU found; running on CPU: {command[0]}", file=sys.stderr)
+        unusable = "no GPU found on this node"
     elif lease.devices:
-        if lease.sets_environment:
-            _export(lease)
+        unusable = nvidia_smi_sees(lease.devices)
+    if unusable:
+        if args.strict:
+            print(f"gpubio: {command[0]}: {unusable}; GPU required (gpu.require: true)", file=sys.stderr)
+            return 1
+        print(f"gpubio: running {command[0]} on the CPU: {unusable}", file=sys.stderr)
+    elif lease.devices:
         print(
-            f"gpubio: using GPU(s) {lease.cuda_visible_devices} "
-            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}): {command[0]}",
+            f"gpubio: running {command[0]} on GPU(s) {lease.cuda_visible_devices} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})",
             file=sys.stderr,
         )
+    # the command inherits the locks: they stay held while it runs, even if this wrapper dies
     lease.keep_across_exec()
     sys.stderr.flush()
+    if args.usage:
+        return _run_recorded(command, lease, args, unusable)
     try:
         os.execvp(command[0], command)
     except OSError as err:
         print(f"gpubio: cannot run {command[0]!r}: {err}", file=sys.stderr)
         return 127
     return 0  # pragma: no cover  (execvp does not return)
+
+
+def _run_recorded(command: list[str], lease: DeviceLease, args: argparse.Namespace, unusable: str | None) -> int:
+    """Run the command as a child (it holds the locks too) and write its usage record."""
+    from .usage import parse_job_spec, record_usage
+
+    devices = [] if unusable else lease.devices
+    code = 127
+    with record_usage(args.usage, parse_job_spec(args.usage_job), args.gpus, devices) as record:
+        if unusable and args.gpus:
+            record.reason = unusable
+        try:
+            code = subprocess.run(command, pass_fds=lease.fds).returncode
+        except OSError as err:
+            print(f"gpubio: cannot run {command[0]!r}: {err}", file=sys.stderr)
+        record.exit_status = code
+    return code
 
 
 if __name__ == "__main__":

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 __all__ = [
     "BUILTIN_INVENTORY",
     "Inventory",
@@ -128,6 +126,10 @@ class Inventory:
 
 def load_inventory(path: str | Path) -> Inventory:
     """Read partitions.yaml; errors name the file, partition and key."""
+    # imported here: the GPU-pinning wrapper (gpubio.gpu.devices) must start in vendor images
+    # that have a bare python3
+    import yaml
+
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())

@@ -16,8 +16,9 @@ inventory (the shipped example partitions) and catalogue are used.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -54,10 +55,11 @@ POLICIES: tuple[str, ...] = get_args(Policy)
 VramSpec = float | int | Callable[[float], float]
 
 # Defaults when a rule does not say; generous enough for typical GPU tools.
-DEFAULT_CPUS_PER_GPU = 4
 DEFAULT_MEM_MB_PER_GPU = 16_000
 DEFAULT_CPU_JOB_MEM_MB = 4_000
 DEFAULT_RUNTIME_MIN = 60
+# set: place by the rules' declared needs even where a calibrated needs file exists
+ENV_DECLARED_NEEDS = "GPUBIO_DECLARED_NEEDS"
 
 
 class PlacementError(ValueError):
@@ -75,7 +77,8 @@ class GpuNeed:
     cpus: int | None = None
     mem_mb: int | None = None
     runtime: int | None = None  # minutes
-    rule: str | None = None  # for messages only
+    rule: str | None = None  # for messages, and to find the rule's calibrated need
+    min_vram_gb: float = 0.0  # the tool's documented minimum: calibration never goes below it
 
     def __post_init__(self) -> None:
         where = f"rule {self.rule!r}: " if self.rule else ""
@@ -90,6 +93,7 @@ class GpuNeed:
         if not callable(self.vram_gb):
             _check_number(self.vram_gb, f"{where}vram_gb")
         _check_number(self.min_compute_capability, f"{where}min_compute_capability")
+        _check_number(self.min_vram_gb, f"{where}min_vram_gb")
         if self.policy not in POLICIES:
             raise ValueError(
                 f"{where}policy must be one of {POLICIES}, got {self.policy!r}"
@@ -358,6 +362,8 @@ class Site:
     inventory: Inventory
     catalogue: Catalogue
     cpu_only: bool = False
+    # rule -> CalibratedNeed, from config/gpu_needs.yaml (``gpubio calibrate``)
+    needs: Mapping[str, Any] = field(default_factory=dict)
 
     def place(
         self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None
@@ -365,8 +371,23 @@ class Site:
         if self.cpu_only and need.gpus:
             need = replace(need, gpus=0)
         return place_gpu_job(
-            need, self.inventory, self.catalogue, attempt, input_size_mb=input_size_mb
+            self.effective_need(need, input_size_mb),
+            self.inventory,
+            self.catalogue,
+            attempt,
+            input_size_mb=input_size_mb,
         )
+
+    def effective_need(self, need: GpuNeed, input_size_mb: float | None = None) -> GpuNeed:
+        """The rule's calibrated need where one was measured (never below its floor), else
+        the declared one. Calibrated needs that grow with input size take the largest size
+        measured when this job's size is not known yet."""
+        calibrated = self.needs.get(need.rule) if need.gpus and need.rule else None
+        if calibrated is None:
+            return need
+        vram = max(calibrated.vram_gb(input_size_mb), need.min_vram_gb)
+        runtime = calibrated.runtime_min(input_size_mb)
+        return replace(need, vram_gb=round(vram, 2), runtime=runtime if runtime else need.runtime)
 
 
 DEFAULT_SITE = Site(BUILTIN_INVENTORY, BUILTIN_CATALOGUE)
@@ -379,11 +400,14 @@ def configure_site(
     partitions_file: str | Path | None = None,
     catalogue_overrides: Mapping[str, Any] | None = None,
     cpu_only: bool = False,
+    needs_file: str | Path | None = None,
 ) -> Site:
     """Set the site every later placement uses; call once, before the rules.
 
     ``partitions_file`` None keeps the built-in inventory. Every GRES type must resolve
     in the catalogue (checked here), and needs already declared are re-checked.
+    ``needs_file``: calibrated needs (``gpubio calibrate``), used when the file exists,
+    unless ``$GPUBIO_DECLARED_NEEDS`` is set (the plan's "declared" column).
     """
     global _configured
     inventory = (
@@ -391,7 +415,12 @@ def configure_site(
         if partitions_file is None
         else load_inventory(partitions_file)
     )
-    site = Site(inventory, load_catalogue(catalogue_overrides), cpu_only)
+    needs = {}
+    if needs_file and Path(needs_file).is_file() and not os.environ.get(ENV_DECLARED_NEEDS):
+        from .calibrate import load_needs
+
+        needs = load_needs(needs_file)
+    site = Site(inventory, load_catalogue(catalogue_overrides), cpu_only, needs)
     gpu_pools(site.inventory, site.catalogue)  # fail now on an unknown GRES type
     _configured = site
     check_declared_needs(site)
@@ -439,6 +468,7 @@ def gpu_resources(
     mem_mb: int | Callable[..., Any] | None = None,
     runtime: int | str | Callable[..., Any] | None = None,
     *,
+    min_vram_gb: float = 0.0,
     rule: str | None = None,
     group: Any = None,
 ) -> dict[str, Any]:
@@ -446,12 +476,17 @@ def gpu_resources(
 
     Returns ``gpu`` (int), ``gpu_model`` and ``slurm_partition`` (callables of
     ``attempt``, and of ``input`` when VRAM depends on input size), ``cpus_per_task``,
-    ``mem_mb``, ``runtime`` (minutes) and ``vram_gb``. ``mem_mb``/``runtime`` may be
+    ``mem_mb``, ``runtime`` (minutes) and ``vram_gb``. ``cpus_per_task`` is the rule's
+    ``threads`` (what the job will get, after ``--cores``), unless ``cpus`` overrides it;
+    placement checks that number against the partitions' CPU limits. ``mem_mb``/``runtime`` may be
     Snakemake resource callables; they pass through. A static need is checked against
     a configured site at once, so an impossible one fails when the rule is parsed.
 
     ``policy="balanced"`` takes ``group``, a :class:`gpubio.gpu.balance.BalancedGroup`
     holding all jobs of the rule: each job then goes where the group's plan puts it.
+
+    ``min_vram_gb`` is the tool's documented minimum (e.g. dorado 8 GB): a calibrated
+    need (``gpubio calibrate``) replaces ``vram_gb`` but never goes below it.
     """
     if (policy == "balanced") != (group is not None):
         raise ValueError(
@@ -467,6 +502,7 @@ def gpu_resources(
         mem_mb=mem_mb if isinstance(mem_mb, int) else None,
         runtime=runtime if isinstance(runtime, int) else None,
         rule=rule,
+        min_vram_gb=min_vram_gb,
     )
     _declared[need] = None
     if _configured is not None and need.is_static:
@@ -476,19 +512,18 @@ def gpu_resources(
     resources: dict[str, Any] = {
         "gpu": gpu_count,
         "slurm_partition": _placement_resource(need, lambda p: p.partition, group),
-        "cpus_per_task": (
-            cpus if cpus is not None else max(1, DEFAULT_CPUS_PER_GPU * gpus)
-        ),
+        "cpus_per_task": cpus if cpus is not None else _threads_resource,
         "mem_mb": (
             mem_mb
             if mem_mb is not None
             else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB)
         ),
-        "runtime": runtime if runtime is not None else DEFAULT_RUNTIME_MIN,
+        "runtime": _runtime_resource(need, runtime if runtime is not None else DEFAULT_RUNTIME_MIN),
         "vram_gb": _vram_resource(need),
     }
     if gpu_count:
         resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model, group)
+    resources["gpu_usage"] = _usage_resource(need, group)
     return resources
 
 
@@ -497,16 +532,33 @@ def cpu_resources(
     mem_mb: int | Callable[..., Any] | None = None,
     runtime: int | str | Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """Resources of a CPU job: the CPU partition of the site, memory and runtime.
-
-    ``cpus_per_task`` is left out unless given, so SLURM gets the rule's ``threads``.
-    """
+    """Resources of a CPU job: the CPU partition of the site, CPUs (the rule's ``threads``
+    unless ``cpus`` is given), memory and runtime."""
     resources = gpu_resources(gpus=0, cpus=cpus, mem_mb=mem_mb, runtime=runtime)
-    for key in ("gpu", "vram_gb"):
+    for key in ("gpu", "vram_gb", "gpu_usage"):
         resources.pop(key, None)
-    if cpus is None:
-        resources.pop("cpus_per_task")
     return resources
+
+
+def _threads_resource(wildcards: Any, threads: int) -> int:
+    """cpus_per_task of a job: its threads, so SLURM and `snakemake -n` show one number."""
+    return threads
+
+
+def _placed(
+    need: GpuNeed,
+    group: Any,
+    wildcards: Any,
+    attempt: int,
+    rulename: str | None,
+    threads: int | None,
+    size_mb: float | None,
+) -> Placement:
+    """Where one job goes: its balanced group's plan, else the site's placement of its need."""
+    named = _named(need, rulename, threads)
+    if group is not None:
+        return group.place(named, wildcards, attempt, current_site())
+    return current_site().place(named, attempt, None if need.is_static else size_mb)
 
 
 def _placement_resource(
@@ -517,47 +569,94 @@ def _placement_resource(
     The site is read when Snakemake evaluates the resource, so a changed inventory
     re-places jobs without touching any rule.
     """
-    if group is not None:
-        if not need.is_static:
-            raise ValueError("a balanced group needs a fixed vram_gb (its jobs are planned together)")
-
-        def balanced_resource(wildcards: Any, attempt: int = 1, rulename: str | None = None) -> Any:
-            return pick(group.place(_named(need, rulename), wildcards, attempt, current_site()))
-
-        return balanced_resource
+    if group is not None and not need.is_static:
+        raise ValueError("a balanced group needs a fixed vram_gb (its jobs are planned together)")
 
     if need.is_static:
 
         def static_resource(
-            wildcards: Any, attempt: int = 1, rulename: str | None = None
+            wildcards: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
         ) -> Any:
-            return pick(current_site().place(_named(need, rulename), attempt))
+            return pick(_placed(need, group, wildcards, attempt, rulename, threads, None))
 
         return static_resource
 
     def sized_resource(
-        wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None
+        wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> Any:
-        return pick(
-            current_site().place(_named(need, rulename), attempt, input.size_mb)
-        )
+        return pick(_placed(need, group, wildcards, attempt, rulename, threads, input.size_mb))
 
     return sized_resource
 
 
+def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
+    """``resources.gpu_usage``: what the plan gave this job, for its usage record
+    (``--usage-job``): rule, wildcards, attempt, model, partition, VRAM, runtime, input size.
+    A string resource: Snakemake schedules nothing by it; it is evaluated once inputs exist."""
+
+    def gpu_usage(
+        wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
+    ) -> str:
+        size = input.size_mb
+        placed = _placed(need, group, wildcards, attempt, rulename, threads, size)
+        effective = current_site().effective_need(_named(need, rulename), size)
+        vram = effective.at_input_size(size).vram_gb if not effective.is_static else effective.vram_gb
+        job = ",".join(f"{k}={v}" for k, v in wildcards.items())
+        fields = {
+            "rule": rulename or need.rule or "",
+            "job": job,
+            "attempt": attempt,
+            "model": placed.gpu_model or "",
+            "partition": placed.partition,
+            "vram_gb": round(float(vram), 3),
+            "runtime": effective.runtime or "",
+            "input_mb": round(size, 3),
+        }
+        return ";".join(f"{k}={v}" for k, v in fields.items())
+
+    return gpu_usage
+
+
 def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
-    """VRAM per GPU in whole GB (Snakemake rounds floats; round up instead)."""
-    if need.is_static:
+    """VRAM per GPU in whole GB (Snakemake rounds floats; round up instead): the
+    calibrated need where the site has one for the rule, else the declared one."""
+    calibrated = bool(current_site().needs) and need.gpus > 0
+    if need.is_static and not calibrated:
         assert not callable(need.vram_gb)
         return math.ceil(need.vram_gb)
 
+    if need.is_static:
+
+        def static_vram_gb(wildcards: Any, rulename: str | None = None) -> int:
+            return math.ceil(current_site().effective_need(_named(need, rulename)).vram_gb)
+
+        return static_vram_gb
+
     def vram_gb(wildcards: Any, input: Any, rulename: str | None = None) -> int:
-        sized = _named(need, rulename).at_input_size(input.size_mb)
+        named = current_site().effective_need(_named(need, rulename), input.size_mb)
+        sized = named.at_input_size(input.size_mb)
         assert not callable(sized.vram_gb)
         return math.ceil(sized.vram_gb)
 
     return vram_gb
 
 
-def _named(need: GpuNeed, rulename: str | None) -> GpuNeed:
-    return need if need.rule or not rulename else replace(need, rule=rulename)
+def _runtime_resource(need: GpuNeed, declared: Any) -> Any:
+    """The runtime limit (minutes): the calibrated one where the site measured the rule
+    (a GPU job with a fixed declared limit), else the declared limit."""
+    if not (current_site().needs and need.gpus and isinstance(declared, int)):
+        return declared
+
+    def runtime(wildcards: Any, rulename: str | None = None) -> int:
+        return current_site().effective_need(_named(need, rulename)).runtime or declared
+
+    return runtime
+
+
+def _named(need: GpuNeed, rulename: str | None, threads: int | None = None) -> GpuNeed:
+    """The need of one job: named after its rule, its CPUs its threads unless given."""
+    if rulename and not need.rule:
+        need = replace(need, rule=rulename)
+    if threads is not None and need.cpus is None:
+        need = replace(need, cpus=threads)
+    return need

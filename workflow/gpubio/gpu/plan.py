@@ -57,12 +57,60 @@ def parse_dry_run(output: str) -> list[DryRunJob]:
     return jobs
 
 
-def dry_run(snakefile: str, workdir: str, extra_args: list[str]) -> str:
+# Snakemake options that change where or how big a job is; the plan repeats them.
+# Option -> how many values it takes: 0 (a flag), 1, or None (all up to the next option).
+PLAN_OPTIONS = {
+    "--profile": 1, "--workflow-profile": 1, "--snakefile": 1, "-s": 1, "--directory": 1, "-d": 1,
+    "--configfile": None, "--configfiles": None, "--config": None, "-C": None,
+    "--replace-workflow-config": 0, "--set-resources": None, "--default-resources": None,
+    "--default-res": None, "--set-threads": None, "--max-threads": 1, "--set-resource-scopes": None,
+}  # fmt: skip
+
+
+def plan_arguments(argv: list[str]) -> list[str]:
+    """The options of a Snakemake command line that decide placement (profile, config,
+    resource and thread overrides), in order; targets, the dry-run flag, cores and the like
+    are left out, so the plan of `snakemake -n ...` equals the plan of the real run."""
+    kept: list[str] = []
+    values_left = 0  # values the current option still takes (-1: any number)
+    for arg in argv:
+        if arg.startswith("-") and not _negative_number(arg):
+            name, inline = arg.split("=", 1)[0], "=" in arg
+            arity = PLAN_OPTIONS.get(name, 0)
+            values_left = 0 if inline or arity == 0 else (-1 if arity is None else arity)
+            if name in PLAN_OPTIONS:
+                kept.append(arg)
+        elif values_left:
+            kept.append(arg)
+            values_left -= 1 if values_left > 0 else 0
+    return kept
+
+
+def _negative_number(arg: str) -> bool:
+    try:
+        float(arg)
+        return True
+    except ValueError:
+        return False
+
+
+def dry_run(
+    snakefile: str, workdir: str, extra_args: list[str], cwd: str | None = None, declared_needs: bool = False
+) -> str:
+    """Snakemake's dry-run of every job; extra_args come last, so they override ours.
+    ``declared_needs``: place by the rules' declared needs, ignoring calibrated ones."""
+    import os
+
+    from gpubio.gpu.placement import ENV_DECLARED_NEEDS
+
+    env = dict(os.environ)
+    if declared_needs:
+        env[ENV_DECLARED_NEEDS] = "1"
     cmd = [
         sys.executable, "-m", "snakemake", "-s", snakefile, "--directory", workdir,
         "-n", "--forceall", "--nolock", "--ignore-incomplete", "--cores", "1", *extra_args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"the dry-run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout + proc.stderr
@@ -119,6 +167,34 @@ def partition_totals(table):
         gpu_hours=("gpu_hours", "sum"), relative_cost=("relative_cost", "sum"),
     )  # fmt: skip
     return totals.reset_index()
+
+
+DECLARED_COLUMNS = ["gpu_model", "vram_gb", "gpu_hours", "relative_cost"]
+
+
+def with_declared(calibrated, declared):
+    """The calibrated plan with the declared plan's model, VRAM, GPU-hours and cost beside it."""
+    keys = ["rule", "wildcards"]
+    side = declared[keys + DECLARED_COLUMNS].rename(columns={c: f"declared_{c}" for c in DECLARED_COLUMNS})
+    return calibrated.merge(side, on=keys, how="left")
+
+
+def compare_totals(table) -> str:
+    """GPU-hours and relative cost of the whole plan, declared needs against calibrated."""
+    lines = ["declared needs against calibrated (gpubio calibrate):"]
+    for label, hours, cost in (
+        ("declared", "declared_gpu_hours", "declared_relative_cost"),
+        ("calibrated", "gpu_hours", "relative_cost"),
+    ):
+        lines.append(f"  {label:>10}: {table[hours].sum():.2f} GPU-hours, relative cost {table[cost].sum():.2f}")
+    moved = table[(table["gpus"] > 0) & (table["gpu_model"] != table["declared_gpu_model"])]
+    for _, row in moved.iterrows():
+        job = " ".join(filter(None, (row["rule"], row["wildcards"])))
+        lines.append(
+            f"  {job}: {row['declared_gpu_model']} ({row['declared_vram_gb']} GB declared)"
+            f" -> {row['gpu_model']} ({row['vram_gb']} GB calibrated)"
+        )
+    return "\n".join(lines)
 
 
 def format_plan(table, totals) -> str:

@@ -9,20 +9,13 @@ import logging
 log = logging.getLogger("gpubio")
 
 
-def torch_device(threads: int):
-    """cuda when torch sees a GPU, else cpu; pins torch's CPU threads and logs the choice."""
+def torch_device(step: str, threads: int):
+    """The torch device of this job's step (gpubio.gpu.job decides and logs it truthfully)."""
     import torch
 
-    from gpubio.cli import GPU_BACKEND
+    from gpubio.gpu.job import torch_device as job_torch_device
 
-    torch.set_num_threads(max(1, threads))
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
-        log.info("backend: GPU (cuda, %s; pinned devices %s)", torch.cuda.get_device_name(0), GPU_BACKEND["devices"])
-    else:
-        device = torch.device("cpu")
-        log.info("backend: CPU (%d thread(s)): torch sees no CUDA device", max(1, threads))
-    return device
+    return torch.device(job_torch_device(step, max(1, threads)))
 
 
 def _image_qc(args) -> None:
@@ -67,7 +60,7 @@ def _register_image(args) -> None:
             threads=args.threads,
         )
     else:
-        device = torch_device(args.threads)
+        device = torch_device("learned registration", args.threads)
         result = register_learned(
             reference,
             image,
@@ -130,7 +123,7 @@ def _train_cellpose(args) -> None:
     from gpubio.imaging.cellpose_models import import_cellpose, load_training_set, resolve_model, train_model
 
     pairs, images, labels = load_training_set(args.images, tuple(args.channels))
-    device = torch_device(args.threads)
+    device = torch_device("Cellpose training", args.threads)
     cellpose = import_cellpose()
     base = None if args.base_model in ("", "none") else resolve_model(args.base_model, cellpose, args.download_models)
     log.info(
@@ -210,7 +203,7 @@ def _segment_cells(args) -> None:
     from gpubio.imaging.cellpose_models import CellposeSegmenter, import_cellpose, resolve_model
     from gpubio.imaging.tiling import segment_file
 
-    device = torch_device(args.threads)
+    device = torch_device("Cellpose segmentation", args.threads)
     cellpose = import_cellpose()
     choice = resolve_model(args.model, cellpose, args.download_models)
     log.info("cellpose %s, %s", cellpose.version, choice.describe())

@@ -145,9 +145,9 @@ def annotate_scanvi(integrated: str, reference: str, label_key: str, out_tsv: st
     import numpy as np
     import scanpy as sc
 
-    from gpubio.transcriptomics.backend import torch_device
+    from gpubio.gpu.job import torch_device
 
-    device = torch_device(threads, "scANVI")
+    device = torch_device("scANVI", threads)
     import scvi
 
     scvi.settings.seed = params.seed

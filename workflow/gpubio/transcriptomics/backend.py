@@ -142,16 +142,16 @@ def rapids_unavailable() -> str | None:
 def select_backend(requested: str = "auto", gpus: list | None = None, threads: int = 1) -> Backend:
     """Pick the backend on this node and log the choice.
 
-    ``gpus``: the devices this job was given (``gpubio.cli.GPU_BACKEND["devices"]``); None
-    reads them from the CLI. "auto" takes rapids-singlecell when the job has a GPU and the
+    ``gpus``: the devices this job was given; None reads them from the running job
+    (:func:`gpubio.gpu.job.current_job`). "auto" takes rapids-singlecell when the job has a GPU and the
     library imports, else scanpy. "rapids_singlecell" fails when that is impossible.
     """
     if requested not in BACKENDS:
         raise BackendError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     if gpus is None:
-        from gpubio.cli import GPU_BACKEND
+        from gpubio.gpu.job import current_job
 
-        gpus = GPU_BACKEND["devices"]
+        gpus = current_job().devices
     if requested == "scanpy":
         backend = scanpy_backend("transcriptomics.backend is scanpy", threads)
     else:
@@ -167,26 +167,3 @@ def select_backend(requested: str = "auto", gpus: list | None = None, threads: i
             backend = scanpy_backend(f"falling back to the CPU: {why_not}", threads)
     log.info("transcriptomics backend: %s", backend.describe())
     return backend
-
-
-def torch_device(threads: int, step: str, gpus: list | None = None) -> str:
-    """"cuda" when this job was given a GPU and torch sees it, else "cpu"; logged, threads set."""
-    import os
-
-    # OpenMP threads that spin while waiting made small models 4-5x slower on a busy CPU
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch loads its OpenMP
-    import torch
-
-    if gpus is None:
-        from gpubio.cli import GPU_BACKEND
-
-        gpus = GPU_BACKEND["devices"]
-    torch.set_num_threads(max(1, threads))
-    if gpus and torch.cuda.is_available():
-        device, why = "cuda", f"GPU {torch.cuda.get_device_name(0)}"
-    else:
-        device = "cpu"
-        why = "this job was given no GPU" if not gpus else "torch sees no CUDA device"
-        why += f"; {threads} CPU thread(s)"
-    log.info("%s device: %s (%s)", step, device, why)
-    return device

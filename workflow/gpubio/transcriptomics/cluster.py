@@ -28,6 +28,8 @@ class ClusterParams:
     target_sum: float = 1e4
     n_top_genes: int = 2000
     n_pcs: int = 30
+    scale: bool = True
+    scale_max_value: float = 10.0
     harmony: bool = True
     harmony_max_iter: int = 10
     harmony_theta: float = 2.0
@@ -45,10 +47,15 @@ def combine_samples(paths: list[str]):
     import pandas as pd
     import scipy.sparse as sp
 
+    from gpubio.transcriptomics.io import SampleError
+
     parts = [ad.read_h5ad(p) for p in paths]
     for path, part in zip(paths, parts):
         if "counts" not in part.layers or "batch" not in part.obs or "sample" not in part.obs:
-            raise ValueError(f"{path}: expected the output of cell QC (layers['counts'], obs sample and batch)")
+            raise SampleError(f"{path}: expected the output of cell QC (layers['counts'], obs sample and batch)")
+        if part.n_obs == 0:  # cell QC refuses to write these; an old or hand-made file
+            raise SampleError(f"{path}: holds no cells; run cell QC again, or remove the sample's row from the "
+                              "sample sheet to leave it out")  # fmt: skip
     common = set.intersection(*(set(p.var_names) for p in parts))
     for part in parts:  # X is a copy of the raw counts: concatenate one copy, not two
         part.X = part.layers.pop("counts")
@@ -68,6 +75,19 @@ def combine_samples(paths: list[str]):
     return combined
 
 
+def scaled_pca(adata, n_comps: int, params: ClusterParams, pp) -> None:
+    """obsm X_pca from the highly variable genes scaled to unit variance and clipped at
+    scale_max_value (scanpy's standard recipe), so that a few lowly expressed markers (NK vs T
+    cells) weigh as much as highly expressed genes; X itself stays log-normalized for markers."""
+    hvg = adata[:, adata.var["highly_variable"].to_numpy()].copy()
+    if hasattr(hvg.X, "toarray"):  # centring makes the HVG matrix dense anyway (cells x HVGs)
+        hvg.X = hvg.X.toarray()
+    pp.scale(hvg, max_value=params.scale_max_value or None)
+    pp.pca(hvg, n_comps=n_comps, random_state=params.seed)
+    adata.obsm["X_pca"] = hvg.obsm["X_pca"]
+    adata.uns["pca"] = hvg.uns["pca"]
+
+
 def cluster_cells(adata, params: ClusterParams, backend) -> None:
     """The analysis, in place: X becomes log-normalized; obsm X_pca(_harmony), X_umap; obs leiden;
     uns rank_genes_groups. ``layers['counts']`` must hold raw counts."""
@@ -80,7 +100,11 @@ def cluster_cells(adata, params: ClusterParams, backend) -> None:
     )  # fmt: skip
     pp.normalize_total(adata, target_sum=params.target_sum)
     pp.log1p(adata)
-    pp.pca(adata, n_comps=min(params.n_pcs, adata.n_obs - 1), mask_var="highly_variable", random_state=params.seed)
+    n_comps = min(params.n_pcs, adata.n_obs - 1)
+    if params.scale:
+        scaled_pca(adata, n_comps, params, pp)
+    else:
+        pp.pca(adata, n_comps=n_comps, mask_var="highly_variable", random_state=params.seed)
     representation = "X_pca"
     if params.harmony and n_batches > 1:
         pp.harmony_integrate(

@@ -44,6 +44,20 @@ def cli_options(section: dict, params_class) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def _exit_on_sample_error(command):
+    """Run a command; a SampleError (not counts, no cells left after QC) ends it with one clear line."""
+
+    def run(args) -> None:
+        from gpubio.transcriptomics.io import SampleError
+
+        try:
+            command(args)
+        except SampleError as error:
+            raise SystemExit(f"gpubio: {args.command}: {error}") from None
+
+    return run
+
+
 def _cell_qc(args) -> None:
     from gpubio.transcriptomics.qc import sample_qc
 
@@ -126,7 +140,7 @@ def register(sub) -> None:
     p.add_argument("--max-mito-pct", type=float, default=20.0)
     p.add_argument("--min-cells", type=int, default=3)
     p.add_argument("--mito-prefix", default="MT-")
-    p.set_defaults(func=_cell_qc)
+    p.set_defaults(func=_exit_on_sample_error(_cell_qc))
 
     p = sub.add_parser("integrate-cells", help="all samples in one object: HVG, PCA, Harmony, UMAP, Leiden, markers")
     p.add_argument("filtered", nargs="+", help="per-sample filtered.h5ad files from cell-qc")
@@ -135,7 +149,7 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: rapids-singlecell when given a GPU")
     p.add_argument("--n-markers", type=int, default=25, help="marker genes per cluster in the table")
     add_options(p, ClusterParams)
-    p.set_defaults(func=_integrate)
+    p.set_defaults(func=_exit_on_sample_error(_integrate))
 
     p = sub.add_parser("train-celltypist", help="train a CellTypist model on a labelled reference .h5ad")
     p.add_argument("--reference", required=True)

@@ -138,9 +138,9 @@ def run_embeddings(integrated: str, weights: str, out_h5ad: str, params: Embeddi
     import numpy as np
 
     from gpubio.atomic import atomic_path
-    from gpubio.transcriptomics.backend import torch_device
+    from gpubio.gpu.job import torch_device
 
-    device = torch_device(threads, "embeddings")
+    device = torch_device("embeddings", threads)
     tokens = _dictionary(weights, "token_dictionary", required=True)
     medians = _dictionary(weights, "gene_median_dictionary", required=False)
     if "<pad>" not in tokens:

@@ -55,17 +55,44 @@ def filter_cells(adata, min_genes: int, min_counts: int, max_mito_pct: float, mi
     return filtered, summary
 
 
+# the QC key behind each removal reason, and what the cells fell short of
+QC_REASONS = {
+    "low_counts": ("min_counts", "fewer than {} counts"),
+    "low_genes": ("min_genes", "fewer than {} detected genes"),
+    "high_mito": ("max_mito_pct", "more than {}% mitochondrial counts"),
+}
+
+
+def emptied_by_qc(sample: str, counts: str, summary: dict) -> str:
+    """One line: which QC thresholds removed every cell of a sample, and what to do."""
+    removed, thresholds = summary["removed"], summary["thresholds"]
+    reasons = [
+        f"{removed[reason]} with {text.format(thresholds[key])} (transcriptomics.qc.{key})"
+        for reason, (key, text) in sorted(QC_REASONS.items(), key=lambda item: -removed[item[0]])
+        if removed[reason]
+    ]
+    return (
+        f"{counts}: sample {sample}: cell QC removed all {summary['cells']} cells ({'; '.join(reasons)}; "
+        f"median {summary['median_counts']:g} counts and {summary['median_genes']:g} genes per cell); "
+        "relax those thresholds in config.yaml if these are real cells, or remove the sample's row from the "
+        "sample sheet to leave it out"
+    )
+
+
 def sample_qc(counts: str, sample: str, batch: str, out_json: str, out_h5ad: str, **thresholds) -> dict:
     """Read one sample, filter it, write the QC JSON and the filtered h5ad (atomically)."""
     import json
 
     from gpubio.atomic import atomic_path, write_text_atomic
-    from gpubio.transcriptomics.io import read_counts
+    from gpubio.transcriptomics.io import SampleError, read_counts
 
-    adata = read_counts(counts)
+    adata = read_counts(counts, sample)
     if adata.n_obs == 0:
-        raise ValueError(f"{counts}: contains no cells")
+        raise SampleError(f"{counts}: sample {sample}: contains no cells; give the sample's count matrix, or "
+                          "remove its row from the sample sheet")  # fmt: skip
     filtered, summary = filter_cells(adata, **thresholds)
+    if filtered.n_obs == 0:
+        raise SampleError(emptied_by_qc(sample, counts, summary))
     filtered.obs["sample"] = sample
     filtered.obs["batch"] = batch
     filtered.obs_names = [f"{sample}:{b}" for b in filtered.obs_names]

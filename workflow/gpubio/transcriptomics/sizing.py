@@ -36,10 +36,30 @@ def atlas_mem_mb(size_mb: float) -> int:
     return int(max(MIN_HOST_MEM_MB, HOST_BYTES_PER_INPUT_BYTE * size_mb + 2000))
 
 
-def counts_nonzeros(path: str) -> int:
-    """Non-zero entries of a count matrix, read from its header: 10x .h5, 10x MTX directory, .h5ad."""
+# stored values read per matrix at start-up: a processed matrix shows in the first few
+STARTUP_VALUES = 100_000
+UNREADABLE_FIX = (
+    "the file is damaged, incomplete or not a count matrix: copy it again, or point the row at a readable one"
+)
+
+
+def first_values(node):
+    """The first stored values of an HDF5 matrix: a sparse group's data, or a dense dataset's first rows."""
+    import h5py
+
+    if isinstance(node, h5py.Group):
+        return node["data"][:STARTUP_VALUES]
+    rows = max(1, STARTUP_VALUES // max(1, node.shape[-1])) if node.ndim == 2 else STARTUP_VALUES
+    return node[:rows]
+
+
+def count_file_header(path: str) -> tuple[int, str | None]:
+    """(non-zero entries, why it holds no raw counts or None) of a count matrix, read from its
+    header and first values: 10x .h5, 10x MTX directory, .h5ad. OSError & co. for a damaged file."""
     import gzip
     from pathlib import Path
+
+    from gpubio.transcriptomics.io import counts_problem
 
     p = Path(path)
     if p.is_dir():
@@ -49,16 +69,51 @@ def counts_nonzeros(path: str) -> int:
                 with opener(p / name, "rt") as fh:
                     for line in fh:
                         if not line.startswith("%"):
-                            return int(line.split()[2])
-        raise ValueError(f"{path}: no matrix.mtx(.gz) in this 10x directory")
+                            return int(line.split()[2]), None
+        raise ValueError("no matrix.mtx(.gz) in this 10x directory")
     import h5py
 
     with h5py.File(p, "r") as f:
         if p.suffix == ".h5ad":
             X = f["X"]
-            return int(X["data"].shape[0]) if isinstance(X, h5py.Group) else int(X.shape[0] * X.shape[1])
+            nonzeros = int(X["data"].shape[0]) if isinstance(X, h5py.Group) else int(X.shape[0] * X.shape[1])
+            problem = counts_problem(first_values(X))
+            # processed X with raw counts beside it is fine: cell QC takes those
+            raw_counts = (k for k in ("layers/counts", "raw/X") if k in f)
+            if problem and not any(counts_problem(first_values(f[k])) is None for k in raw_counts):
+                return nonzeros, f"X holds {problem}, not counts, and no raw counts in layers['counts'] or .raw"
+            return nonzeros, None
+        if not f.keys():
+            raise ValueError("no count matrix in it")
         group = f["matrix"] if "matrix" in f else f[next(iter(f.keys()))]  # Cell Ranger v3, else v2 (per genome)
-        return int(group["data"].shape[0])
+        problem = counts_problem(group["data"][:STARTUP_VALUES])
+        return int(group["data"].shape[0]), problem and f"holds {problem}, not counts"
+
+
+def counts_nonzeros(path: str) -> int:
+    """Non-zero entries of a count matrix, read from its header: 10x .h5, 10x MTX directory, .h5ad."""
+    return count_file_header(path)[0]
+
+
+def survey_count_files(counts: dict[str, str], sheet_file: str) -> tuple[float, list[str]]:
+    """Size (MB) of the filtered inputs the integration step will read, and one line per count
+    file that cannot be read or holds no raw counts (sample -> path; when the workflow starts)."""
+    from gpubio.transcriptomics.io import GIVE_COUNTS
+
+    nonzeros, problems = 0, []
+    for sample, path in counts.items():
+        where = f"{sheet_file}: sample {sample}: counts '{path}'"
+        try:
+            n, problem = count_file_header(path)
+        except (OSError, EOFError, KeyError, ValueError, IndexError) as error:
+            reason = " ".join(str(error).split()).strip("\"'") or type(error).__name__
+            problems.append(f"{where} cannot be read ({reason}); {UNREADABLE_FIX}")
+            continue
+        if problem:
+            problems.append(f"{where}: {problem}; {GIVE_COUNTS}")
+        else:
+            nonzeros += n
+    return nonzeros * BYTES_PER_NONZERO / 1e6, problems
 
 
 def expected_input_mb(count_files: list[str]) -> float:

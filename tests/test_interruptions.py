@@ -1,0 +1,129 @@
+"""A killed job leaves nothing behind: half-written temporaries go on the next write, and a
+run after an interrupted one restores every output the workflow documents."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from conftest import BIN, REPO, run_snakemake
+from gpubio.atomic import atomic_path
+from test_shell_safety import write_config, write_genomics
+
+
+def kill_mid_write(path: Path) -> None:
+    """A process that starts writing `path` through atomic_path and is SIGKILLed halfway."""
+    code = textwrap.dedent(f"""\
+        import os, signal
+        from gpubio.atomic import atomic_path
+        with atomic_path({str(path)!r}) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("half of a ")
+                fh.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    target = tmp_path / "out" / "table.tsv"
+    kill_mid_write(target)
+    [first] = [p.name for p in target.parent.iterdir()]
+    kill_mid_write(target)  # the second attempt removed the first one's leftover
+    [second] = [p.name for p in target.parent.iterdir()]
+    assert first != second and all(n.startswith(".table.tmp") and n.endswith(".tsv") for n in (first, second))
+    assert (target.parent / second).read_text() == "half of a " and not target.exists()
+    # neighbours: another output's temporary, a similar but different name, the stem alone
+    others = [".table2.tmp12.tsv", ".table.tmp12.json", "table.tmp12.tsv", ".table.tsv"]
+    for name in others:
+        (target.parent / name).write_text("keep")
+    (target.parent / ".table.tmp7.tsv").mkdir()  # a directory output's leftover
+    (target.parent / ".table.tmp7.tsv" / "part").write_text("x")
+
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text("whole\n")
+
+    assert target.read_text() == "whole\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(["table.tsv", *others])
+
+
+def test_a_run_after_an_interrupted_forcerun_restores_every_output_and_leaves_no_temporaries(tmp_path):
+    write_genomics(tmp_path, np.random.default_rng(11), "ref.fa", "reads", ("r1.fq", "r2.fq"))
+    (tmp_path / "sheets").mkdir()
+    (tmp_path / "sheets" / "genomics.tsv").write_text(
+        "sample\tplatform\tfastq_1\tfastq_2\nsA\tillumina\treads/r1.fq\treads/r2.fq\n"
+    )
+    write_config(tmp_path, {"genomics": {"samples": "sheets/genomics.tsv", "reference": "ref.fa",
+                                         "variant_effects": {"enabled": False}}})  # fmt: skip
+    args = ("--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1")
+    run_snakemake(tmp_path, *args)
+    results = tmp_path / "results"
+    partitions = results / "gpu_plan.partitions.tsv"
+    expected = partitions.read_text()
+    assert expected.startswith("partition")
+    qc_time = (results / "genomics" / "sA" / "qc.json").stat().st_mtime
+
+    # an output no other job reads, gone (as when a job dies between writing its outputs),
+    # next to what a writer killed mid-way leaves
+    partitions.unlink()
+    (results / ".gpu_plan.partitions.tmp4243.tsv").write_text("half")
+    run_snakemake(tmp_path, *args)
+    assert partitions.read_text() == expected
+    assert sorted(str(p.relative_to(tmp_path)) for p in results.rglob(".*.tmp*")) == []
+
+    # force the plan again and kill Snakemake (and its job) once the old outputs are gone
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), *args,
+           "--forcerun", "gpu_plan"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while partitions.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert not partitions.exists(), "the forced job never started"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # what a writer killed mid-way leaves, whether or not this kill hit one
+    (results / ".gpu_plan.tmp4242.tsv").write_text("half")
+    (results / ".gpu_plan.partitions.tmp4243.tsv").write_text("half")
+
+    locked = run_snakemake(tmp_path, *args, check=False)
+    if locked.returncode != 0:  # the kill can leave Snakemake's lock: the README says to --unlock
+        assert "--unlock" in locked.stderr, locked.stderr
+        run_snakemake(tmp_path, *args, "--unlock")
+        run_snakemake(tmp_path, *args)
+
+    assert partitions.read_text() == expected
+    assert sorted(str(p.relative_to(tmp_path)) for p in results.rglob(".*.tmp*")) == []
+    assert (results / "genomics" / "sA" / "qc.json").stat().st_mtime == qc_time  # nothing else reran
+    assert json.loads((results / "genomics" / "sA" / "qc.json").read_text())["mapped_fraction"] == 1.0
+
+
+def test_every_documented_output_is_a_target(workdir):
+    proc = run_snakemake(workdir, "-n", "--cores", "2")
+    [targets] = re.findall(r"^(?:local)?rule all:\n    input: (.*)$", proc.stdout, re.M)
+    targets = set(targets.split(", "))
+    documented = {
+        "results/gpu_plan.tsv", "results/gpu_plan.partitions.tsv",
+        "results/genomics/ont1/coverage.tsv", "results/genomics/illu1/coverage.tsv",
+        "results/transcriptomics/pbmc1/filtered.h5ad", "results/transcriptomics/integrated.h5ad",
+        "results/transcriptomics/annotation/celltypist.tsv", "results/transcriptomics/annotation/scanvi.tsv",
+        "results/imaging/model/cellpose_trained", "results/imaging/model/training.json",
+        "results/imaging/model/training_loss.png", "results/imaging/nuclei1/registered.tif",
+        "results/imaging/nuclei1/transform.json", "results/imaging/nuclei1/checkerboard.png",
+        "results/imaging/nuclei1/masks.tif", "results/imaging/nuclei2/segmentation.json",
+    }  # fmt: skip
+    assert documented - targets == set()
+    # registration outputs only for the sample that has a reference image
+    assert not any(t.startswith("results/imaging/nuclei2/registered") for t in targets)

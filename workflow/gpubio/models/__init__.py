@@ -1,0 +1,1 @@
+"""Staging model weights for offline clusters."""
