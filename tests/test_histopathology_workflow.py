@@ -85,7 +85,9 @@ def test_embeddings_are_keyed_by_the_planted_tile_grid(run):
         tiles = pd.read_csv(run / f"results/histopathology/{sample}/tiles.tsv", sep="\t")
         assert list(zip(tiles["x"], tiles["y"])) == [(x, y) for x, y, _ in expected]
     log = (run / "logs/histopathology/tagged/embed_tiles.log").read_text()
-    assert "backend: CPU" in log and "embedded 23 tiles" in log
+    assert "tile embedding on the CPU: no GPU found on this node" in log and "embedded 23 tiles" in log
+    record = json.loads((run / "benchmarks/histopathology/tagged/embed_tiles.gpu.json").read_text())
+    assert (record["rule"], record["backend"]) == ("embed_tiles", "cpu")
 
 
 def test_zero_shot_labels_find_the_planted_textures_and_fractions_sum_to_1(run):

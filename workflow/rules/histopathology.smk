@@ -50,13 +50,15 @@ rule embed_tiles:
             runtime=120,
         ),
     params:
+        usage=usage_record("histopathology/{sample}/embed_tiles"),
         mpp=slide_mpp_option,
         model=HISTOPATHOLOGY["model"],
         tile_size=HISTOPATHOLOGY["tiling"]["tile_size"],
         batch_size=HISTOPATHOLOGY["embedding"]["batch_size"],
         require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu} embed-tiles"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} embed-tiles"
         " {input.slide:q} {input.tiles} {params.mpp} --sample {wildcards.sample} --model {params.model:q}"
         " --tile-size {params.tile_size} --batch-size {params.batch_size} --out {output} > {log} 2>&1"
 

@@ -66,7 +66,7 @@ def _embed_tiles(args) -> None:
     from gpubio.imaging.commands import torch_device
 
     tiles = pd.read_csv(args.tiles, sep="\t")
-    device = torch_device(args.threads)
+    device = torch_device("tile embedding", args.threads)
     model = load_model(args.model, device)
     start, batches = time.perf_counter(), []
     with Slide(args.slide, args.mpp) as slide:
@@ -99,7 +99,7 @@ def _zero_shot_labels(args) -> None:
     from gpubio.imaging.commands import torch_device
 
     prompts = {name: texts for name, *texts in args.class_prompts}
-    model = load_model(args.model, torch_device(args.threads))
+    model = load_model(args.model, torch_device("prompt embedding", args.threads))
     names, classes = class_embeddings({name: model.embed_texts(texts) for name, texts in prompts.items()})
     adata = ad.read_h5ad(args.embeddings)
     probabilities = class_probabilities(adata.X, classes, model.logit_scale)
