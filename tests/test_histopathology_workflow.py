@@ -218,3 +218,17 @@ def test_a_slide_without_tissue_fails_its_job_with_one_line(tmp_path):
         "check the slide, or lower histopathology.tiling.min_tissue_fraction / tissue.min_saturation"
     )
     assert not (tmp_path / "t.tsv").exists()
+
+
+def test_slide_and_model_paths_reach_the_commands_as_single_words(inputs, tmp_path):
+    root = histopathology_project(tmp_path, inputs, ["odd\todd dir/my $slide;.tif\t0.25"], model="odd dir/tiny model")
+    (root / "odd dir").mkdir()
+    (root / "odd dir" / "my $slide;.tif").symlink_to(inputs / "slides" / "with_mpp.tif")
+    (root / "odd dir" / "tiny model").symlink_to(inputs / "models" / "tiny")
+    commands = run_snakemake(root, "-n", "-p").stdout
+    lines = {rule: next(line for line in commands.splitlines() if f" {rule} " in line)
+             for rule in ("tile-slide", "embed-tiles", "zero-shot-labels")}  # fmt: skip
+    for line in lines.values():
+        assert "'odd dir/my $slide;.tif' --mpp 0.25" in line or "'odd dir/my $slide;.tif' results/" in line, line
+    assert "--model 'odd dir/tiny model'" in lines["embed-tiles"]
+    assert "--class tumor 'an H&E image of tumor tissue with dense purple nuclei' 'an image of tumor'" in lines["zero-shot-labels"]
