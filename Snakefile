@@ -29,6 +29,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/genomics.smk"
 include: "workflow/rules/transcriptomics.smk"
 include: "workflow/rules/imaging.smk"
+include: "workflow/rules/histopathology.smk"
 include: "workflow/rules/report.smk"
 
 

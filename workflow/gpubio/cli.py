@@ -13,7 +13,12 @@ log = logging.getLogger("gpubio")
 
 # Each module's own subcommands: a module defines register(subparsers) and keeps its
 # imports inside the command functions, so `--help` stays fast and light.
-DOMAIN_COMMANDS = ("gpubio.genomics.commands", "gpubio.transcriptomics.commands", "gpubio.imaging.commands")
+DOMAIN_COMMANDS = (
+    "gpubio.genomics.commands",
+    "gpubio.transcriptomics.commands",
+    "gpubio.imaging.commands",
+    "gpubio.histopathology.commands",
+)
 
 
 def limit_threads(threads: int) -> None:

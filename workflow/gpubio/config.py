@@ -1,4 +1,4 @@
-"""Load and validate config/config.yaml and the three sample sheets.
+"""Load and validate config/config.yaml and the sample sheets (one per domain).
 
 Every problem becomes one line naming the file, the row or key, and the fix, and all
 of them are raised together as a ConfigError before Snakemake builds a single job.
@@ -18,7 +18,7 @@ import yaml
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 REPO_DIR = SCHEMA_DIR.parent.parent
-DOMAINS = ("genomics", "transcriptomics", "imaging")
+DOMAINS = ("genomics", "transcriptomics", "imaging", "histopathology")
 SAFE_NAME = "[A-Za-z0-9._-]"
 
 

@@ -432,3 +432,52 @@ def get_cellpose_model(wildcards):
 
 def get_training_files(wildcards):
     return training_files(IMAGING)
+
+
+# ---------------------------------------------------------------- histopathology
+from gpubio.histopathology.settings import (
+    class_options,
+    config_problems as histopathology_config_problems,
+    embedding_vram_gb,
+    histopathology_settings,
+    slide_problems,
+    tiling_options,
+)
+
+HISTOPATHOLOGY = histopathology_settings(config)
+if PROJECT.active("histopathology"):
+    _histopathology_problems = histopathology_config_problems(
+        HISTOPATHOLOGY, str(CONFIG_FILE), os.getcwd()
+    )
+    _histopathology_problems += slide_problems(
+        PROJECT.sheets["histopathology"], HISTOPATHOLOGY["samples"], os.getcwd()
+    )
+    if _histopathology_problems:
+        raise WorkflowError(ConfigError(_histopathology_problems).report())
+SAMPLE_TARGETS["histopathology"] = [
+    "results/histopathology/{sample}/tiles.tsv",
+    "results/histopathology/{sample}/embeddings.h5ad",
+    "results/histopathology/{sample}/labels.tsv",
+    "results/histopathology/{sample}/heatmap.png",
+]
+MODULE_TARGETS["histopathology"] = [
+    "results/histopathology/class_fractions.tsv",
+    "results/histopathology/class_fractions.png",
+]
+
+
+def get_slide(wildcards):
+    return sheet_row("histopathology", wildcards.sample)["slide"]
+
+
+def slide_mpp_option(wildcards):
+    """--mpp from the sheet, when given (else the slide's own resolution is used)."""
+    mpp = sheet_row("histopathology", wildcards.sample).get("mpp") or ""
+    return f"--mpp {shlex.quote(mpp)}" if mpp else ""
+
+
+def get_slide_labels(wildcards):
+    return expand(
+        "results/histopathology/{sample}/labels.tsv",
+        sample=PROJECT.samples("histopathology"),
+    )

@@ -1,0 +1,1 @@
+"""Histopathology: whole-slide images -> tissue -> tiles -> vision-language embeddings -> zero-shot labels."""
