@@ -60,7 +60,10 @@ def save_checkpoint(path: Path, genes: list[str], args: dict = ARGS, seed: int =
                   "value_encoder.linear2.weight": w(d, d), "value_encoder.linear2.bias": w(d, scale=0.1),
                   **norm("value_encoder.norm")}  # fmt: skip
     else:
-        state |= {"value_encoder.embedding.weight": w(args["n_bins"] + 2, d, scale=1.0), **norm("value_encoder.enc_norm")}
+        state |= {
+            "value_encoder.embedding.weight": w(args["n_bins"] + 2, d, scale=1.0),
+            **norm("value_encoder.enc_norm"),
+        }
     for n in range(layers):
         p = f"transformer_encoder.layers.{n}"
         qkv = "self_attn.Wqkv" if flash_names else "self_attn.in_proj"
@@ -252,7 +255,9 @@ def test_released_names_load_decoders_are_ignored_and_bad_checkpoints_fail_with_
 
     save_checkpoint(tmp_path / "wider", cells["genes"], ARGS | {"embsize": 30, "nheads": 3})
     (tmp_path / "wider" / "args.json").write_text(json.dumps(ARGS))  # args.json of another model
-    with pytest.raises(SystemExit, match=r"encoder.embedding.weight has shape \(53, 30\), args.json implies \(53, 24\)"):
+    with pytest.raises(
+        SystemExit, match=r"encoder.embedding.weight has shape \(53, 30\), args.json implies \(53, 24\)"
+    ):
         embed(cells["integrated"], tmp_path / "wider", tmp_path / "g.h5ad")
     assert not (tmp_path / "f.h5ad").exists() and not (tmp_path / "g.h5ad").exists()
 
@@ -328,8 +333,8 @@ def scgpt_project(workdir):
 
 def test_plan_shows_the_embedding_job_on_a_gpu_partition_and_bad_checkpoints_stop_it(scgpt_project, tmp_path):
     root = scgpt_project["root"]
-    proc = run_snakemake(root, "-n", "-p", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules",
-                         "results/transcriptomics/atlas.h5ad")  # fmt: skip
+    proc = run_snakemake(root, "results/transcriptomics/atlas.h5ad", "-n", "-p", "--profile",
+                         str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules")  # fmt: skip
     block = proc.stdout[proc.stdout.index("rule embed_cells:") :]
     resources = block[block.index("resources: ") :].splitlines()[0]
     assert "gpu=1" in resources and "gpu_model=t4" in resources and "slurm_partition=gpu-t4" in resources

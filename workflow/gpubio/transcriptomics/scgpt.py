@@ -176,7 +176,9 @@ def build_model(args: ScgptArgs, ntoken: int, value_rows: int | None = None):
         def __init__(self):
             super().__init__()
             self.encoder = GeneEncoder()
-            self.value_encoder = ContinuousValueEncoder() if args.input_emb_style == "continuous" else CategoryValueEncoder()
+            self.value_encoder = (
+                ContinuousValueEncoder() if args.input_emb_style == "continuous" else CategoryValueEncoder()
+            )
             layer = nn.TransformerEncoderLayer(args.embsize, args.nheads, args.d_hid, dropout=0.0, batch_first=True)
             self.transformer_encoder = nn.TransformerEncoder(layer, args.nlayers, enable_nested_tensor=False)
 
