@@ -5,7 +5,7 @@ from gpubio.transcriptomics.annotation import ScanviParams
 from gpubio.transcriptomics.cluster import ClusterParams
 from gpubio.transcriptomics.commands import cli_options
 from gpubio.transcriptomics.embeddings import EmbeddingParams
-from gpubio.transcriptomics.sizing import atlas_mem_mb, atlas_vram_gb
+from gpubio.transcriptomics.sizing import atlas_mem_mb, atlas_vram_gb, embedding_vram_gb
 from gpubio.transcriptomics.spatial import SpatialParams
 
 
@@ -165,7 +165,8 @@ rule annotate_scanvi:
         " {params.options} --out {output} > {log} 2>&1"
 
 
-# Geneformer-style embeddings (off unless transcriptomics.embeddings.weights names a model).
+# Geneformer- or scGPT-style embeddings (off unless transcriptomics.embeddings.weights names a
+# model). VRAM: the model plus one batch's activations (batch_size x max_length).
 rule embed_cells:
     input:
         integrated="results/transcriptomics/integrated.h5ad",
@@ -182,7 +183,7 @@ rule embed_cells:
     resources:
         **gpu_resources(
             gpus=1,
-            vram_gb=TRANSCRIPTOMICS.get("embeddings", {}).get("vram_gb", 16),
+            vram_gb=embedding_vram_gb(TRANSCRIPTOMICS.get("embeddings", {})),
             policy="cheapest",
             mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
             runtime=240,

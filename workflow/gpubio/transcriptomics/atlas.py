@@ -35,9 +35,11 @@ def build_atlas(integrated: str, out_h5ad: str, labels: list[str] = (), embeddin
         missing = adata.obs_names.difference(emb.obs_names)
         if len(missing):
             raise ValueError(f"{embeddings}: {len(missing)} cells of the atlas have no embedding; rerun that step")
-        adata.obsm["X_geneformer"] = emb[adata.obs_names].X
-        adata.uns["geneformer"] = dict(emb.uns.get("embedding", {}))
-        log.info("embeddings from %s: %d dimensions in obsm['X_geneformer']", embeddings, emb.n_vars)
+        about = dict(emb.uns.get("embedding", {}))
+        family = about.get("family", "geneformer")  # each family its own key: X_geneformer, X_scgpt
+        adata.obsm[f"X_{family}"] = emb[adata.obs_names].X
+        adata.uns[family] = about
+        log.info("embeddings from %s: %d dimensions in obsm['X_%s']", embeddings, emb.n_vars, family)
     with atomic_path(out_h5ad) as tmp:
         adata.write_h5ad(tmp)
     log.info("atlas: %d cells, %d genes, obs %s", adata.n_obs, adata.n_vars, ", ".join(adata.obs.columns))

@@ -99,8 +99,16 @@ def _annotate_scanvi(args) -> None:
 
 def _embed(args) -> None:
     from gpubio.transcriptomics.embeddings import EmbeddingParams, run_embeddings
+    from gpubio.transcriptomics.scgpt import CheckpointError, run_scgpt
 
-    run_embeddings(args.integrated, args.weights, args.out, params_from(args, EmbeddingParams), args.threads)
+    params = params_from(args, EmbeddingParams)
+    families = {"geneformer": run_embeddings, "scgpt": run_scgpt}
+    if params.family not in families:
+        raise SystemExit(f"gpubio: {args.command}: --family {params.family!r}: use one of {', '.join(families)}")
+    try:
+        families[params.family](args.integrated, args.weights, args.out, params, args.threads)
+    except CheckpointError as error:
+        raise SystemExit(f"gpubio: {args.command}: {error}") from None
 
 
 def _build_atlas(args) -> None:
@@ -174,9 +182,11 @@ def register(sub) -> None:
     add_options(p, ScanviParams)
     p.set_defaults(func=_annotate_scanvi)
 
-    p = sub.add_parser("embed-cells", help="Geneformer-style cell embeddings from a local BERT model")
+    p = sub.add_parser("embed-cells", help="Geneformer- or scGPT-style cell embeddings from a local model")
     p.add_argument("--integrated", required=True)
-    p.add_argument("--weights", required=True, help="model directory (config.json, weights, token_dictionary)")
+    p.add_argument("--weights", required=True,
+                   help="model directory (geneformer: config.json, weights, token_dictionary; "
+                        "scgpt: args.json, best_model.pt, vocab.json)")  # fmt: skip
     p.add_argument("--out", required=True)
     add_options(p, EmbeddingParams)
     p.set_defaults(func=_embed)

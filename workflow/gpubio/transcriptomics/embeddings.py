@@ -1,4 +1,4 @@
-"""Foundation-model cell embeddings, Geneformer style.
+"""Foundation-model cell embeddings, Geneformer style (the scGPT family: ``scgpt.py``).
 
 Each cell becomes a sentence of gene tokens: counts are normalized to 10,000 per cell,
 divided by each gene's median over a large corpus (so housekeeping genes rank low), and
@@ -27,12 +27,16 @@ log = logging.getLogger("gpubio")
 
 @dataclass(frozen=True)
 class EmbeddingParams:
-    """transcriptomics.embeddings in config.yaml."""
+    """transcriptomics.embeddings in config.yaml (both families; some keys are one family's)."""
 
+    family: str = "geneformer"  # geneformer | scgpt
     gene_id_column: str = "gene_ids"
     max_length: int = 2048
     batch_size: int = 16
     layer: int = -2  # index into the hidden states: -1 last layer, -2 the one before (Geneformer's default)
+    symbol_column: str = ""  # scgpt: var column with gene symbols, "" = var_names
+    min_vocab_fraction: float = 0.5  # scgpt: refuse when fewer genes than this are in the vocabulary
+    normalize: bool = True  # scgpt: L2-normalise the <cls> embeddings
 
 
 def _dictionary(weights: str, stem: str, required: bool) -> dict | None:
@@ -156,7 +160,7 @@ def run_embeddings(integrated: str, weights: str, out_h5ad: str, params: Embeddi
     emb = embed_sentences(model, sentences, tokens["<pad>"], special, params.batch_size, params.layer, device)
     result = ad.AnnData(X=emb, obs=adata.obs[["sample", "batch"]].copy())
     result.uns["embedding"] = {
-        "weights": str(weights), "layer": params.layer, "max_length": max_length, "device": device,
+        "family": "geneformer", "weights": str(weights), "layer": params.layer, "max_length": max_length, "device": device,
         "median_tokens": float(np.median([len(s) for s in sentences])),
     }  # fmt: skip
     with atomic_path(out_h5ad) as tmp:

@@ -13,7 +13,7 @@ def transcriptomics_settings(config: dict) -> dict:
 
 def annotation_steps(settings: dict) -> dict[str, bool]:
     """celltypist: label with CellTypist; train_celltypist: train its model on the reference first;
-    scanvi: label with scANVI; embeddings: Geneformer-style embeddings."""
+    scanvi: label with scANVI; embeddings: Geneformer- or scGPT-style embeddings."""
     if not settings:
         return {"celltypist": False, "train_celltypist": False, "scanvi": False, "embeddings": False}
     annotation = settings["annotation"]
@@ -48,13 +48,23 @@ def config_problems(settings: dict, config_file: str, workdir: str = ".") -> lis
     check("annotation.celltypist.model", annotation["celltypist"]["model"], "file", (".pkl",),
           "give a CellTypist .pkl file (a path, never a bare model name: that would go online)")  # fmt: skip
     check("spatial.interactions", settings["spatial"]["interactions"], "file")
-    weights = settings["embeddings"]["weights"]
+    weights, family = settings["embeddings"]["weights"], settings["embeddings"].get("family", "geneformer")
     check("embeddings.weights", weights, "directory", fix="give the local model directory")
-    if weights and (workdir / weights).is_dir() and not (workdir / weights / "config.json").is_file():
-        problems.append(
-            f"{config_file}: transcriptomics.embeddings.weights '{weights}' has no config.json; "
-            "point it at a directory written by save_pretrained"
-        )
+    if weights and (workdir / weights).is_dir():
+        if family == "scgpt":
+            from gpubio.transcriptomics.scgpt import CHECKPOINT_FILES
+
+            missing = [name for name in CHECKPOINT_FILES if not (workdir / weights / name).is_file()]
+            if missing:
+                problems.append(
+                    f"{config_file}: transcriptomics.embeddings.weights '{weights}' has no {', '.join(missing)}; "
+                    f"family scgpt reads a scGPT checkpoint directory ({', '.join(CHECKPOINT_FILES)})"
+                )
+        elif not (workdir / weights / "config.json").is_file():
+            problems.append(
+                f"{config_file}: transcriptomics.embeddings.weights '{weights}' has no config.json; "
+                "point it at a directory written by save_pretrained"
+            )
     steps = annotation_steps(settings)
     key = settings["spatial"]["cluster_key"]
     if key != "leiden" and not steps[key.removesuffix("_label")]:

@@ -36,6 +36,39 @@ def atlas_mem_mb(size_mb: float) -> int:
     return int(max(MIN_HOST_MEM_MB, HOST_BYTES_PER_INPUT_BYTE * size_mb + 2000))
 
 
+# Embeddings: inference without gradients keeps one layer's activations at a time. Per
+# batch that is the attention scores and their softmax (batch x heads x length^2) and
+# about eight hidden-size tensors per token (input, projections, feed-forward, norms), all
+# float32. scGPT's release (512 wide, 8 heads) with 16 cells x 2,048 tokens: ~4.8 GB.
+EMBED_HIDDEN_COPIES = 8
+EMBED_DEFAULT_SHAPE = (512, 8)  # width, heads when the model directory cannot be read yet
+
+
+def embedding_model_shape(weights: str, family: str) -> tuple[int, int]:
+    """(width, heads) of the model in a weights directory, from its small config file."""
+    import json
+    from pathlib import Path
+
+    if family == "scgpt":
+        from gpubio.transcriptomics.scgpt import model_shape
+
+        return model_shape(weights) or EMBED_DEFAULT_SHAPE
+    try:
+        config = json.loads((Path(weights) / "config.json").read_text())
+        return int(config["hidden_size"]), int(config["num_attention_heads"])
+    except (OSError, ValueError, KeyError):
+        return EMBED_DEFAULT_SHAPE
+
+
+def embedding_vram_gb(settings: dict) -> float:
+    """GPU memory (GB) of the embedding step: the model (``vram_gb``) plus one batch's
+    activations, which grow with batch_size x max_length (and max_length again in attention)."""
+    width, heads = embedding_model_shape(settings.get("weights", ""), settings.get("family", "geneformer"))
+    batch, length = settings.get("batch_size", 16), settings.get("max_length", 2048)
+    activations = 4 * batch * length * (2 * heads * length + EMBED_HIDDEN_COPIES * width)
+    return round(settings.get("vram_gb", 4) + activations / 1e9, 1)
+
+
 # stored values read per matrix at start-up: a processed matrix shows in the first few
 STARTUP_VALUES = 100_000
 UNREADABLE_FIX = (
