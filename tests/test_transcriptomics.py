@@ -373,5 +373,6 @@ def test_embeddings_rule_runs_only_when_weights_are_configured(workdir, tmp_path
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     proc = run_snakemake(workdir, "-n", "-p", "--forceall")
     assert "rule embed_cells" in proc.stdout
-    assert "--gpus 1  embed-cells --integrated results/transcriptomics/integrated.h5ad --weights weights" in proc.stdout
+    assert "--gpus 1 " in proc.stdout and "--usage benchmarks/transcriptomics/embed_cells.gpu.json" in proc.stdout
+    assert "embed-cells --integrated results/transcriptomics/integrated.h5ad --weights weights" in proc.stdout
     assert "--embeddings results/transcriptomics/embeddings.h5ad" in proc.stdout

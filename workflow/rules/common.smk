@@ -438,7 +438,7 @@ def get_training_files(wildcards):
 from gpubio.histopathology.settings import (
     class_options,
     config_problems as histopathology_config_problems,
-    embedding_vram_gb,
+    tile_embedding_vram_gb,
     histopathology_settings,
     slide_problems,
     tiling_options,

@@ -43,7 +43,7 @@ rule embed_tiles:
     resources:
         **gpu_resources(
             gpus=1,
-            vram_gb=embedding_vram_gb(
+            vram_gb=tile_embedding_vram_gb(
                 HISTOPATHOLOGY["model"], HISTOPATHOLOGY["embedding"]["batch_size"]
             ),
             mem_mb=8000,

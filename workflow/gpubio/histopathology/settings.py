@@ -90,7 +90,7 @@ def class_options(settings: dict) -> str:
     return shlex.join(options)
 
 
-def embedding_vram_gb(model_dir: str, batch_size: int) -> float:
+def tile_embedding_vram_gb(model_dir: str, batch_size: int) -> float:
     """VRAM of embedding tiles: CUDA context, fp32 weights, and a batch's activations.
 
     Activations per image: each block of the image tower holds its tokens (width floats)
