@@ -86,12 +86,11 @@ def resolve_restoration_model(spec: str, cellpose: ModuleType, allow_download: b
 class CellposeRestorer:
     """One loaded restoration network, restoring (C, Y, X) network inputs channel by channel."""
 
-    def __init__(self, choice: ModelChoice, device: Any, cellpose: ModuleType, diameter: float = 0.0, batch_size: int = 8):
+    def __init__(self, choice: ModelChoice, device: Any, cellpose: ModuleType, diameter: float = 0.0):
         import importlib
 
         self.choice = choice
         self.diameter = diameter or None
-        self.batch_size = batch_size
         gpu = getattr(device, "type", str(device)) != "cpu"
         # the built-in networks were trained at 30 px cells (17 px for the nuclei ones)
         diam_mean = 17.0 if "nuclei" in choice.name else 30.0
@@ -125,7 +124,6 @@ class CellposeRestorer:
                 channels=None,
                 normalize=False,
                 diameter=self.diameter,
-                batch_size=self.batch_size,
                 bsize=self._block_size(channel.shape),
             )
             restored = np.asarray(restored, dtype=np.float32)[..., 0]
