@@ -168,8 +168,8 @@ def segmentation_model(tmp_path_factory) -> Path:
     from gpubio.imaging.cellpose_models import intensity_range, network_input, select_channels, train_model
 
     images, labels = [], []
-    for seed in (11, 12, 13):
-        image, truth = noisy_cells(shape=(2, 160, 160), n_cells=14, noise=0.05, seed=seed)
+    for seed in range(11, 19):
+        image, truth = noisy_cells(shape=(2, 128, 128), n_cells=12, noise=0.05, seed=seed)
         selected = select_channels(image, (1, 0))
         images.append(network_input(selected, intensity_range(selected)))
         labels.append(truth)
