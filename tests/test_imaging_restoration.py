@@ -9,7 +9,6 @@ background, 1 channel of cells + 1 of unrelated texture), not from the demo."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -17,9 +16,12 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
-
 from conftest import REPO, run_snakemake
-from independent.restoration import noisy_cells, smoothing_network_output, write_smoothing_network
+from independent.restoration import (
+    noisy_cells,
+    smoothing_network_output,
+    write_smoothing_network,
+)
 
 INTERIOR = 3  # the network's 3 stacked 3 x 3 convolutions: pixels nearer the border see padding
 
@@ -48,7 +50,6 @@ def noisy(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
 
 def restorer_for(model_spec: str):
     import torch
-
     from gpubio.imaging.cellpose_models import import_cellpose
     from gpubio.imaging.restoration import CellposeRestorer, resolve_restoration_model
 
@@ -95,7 +96,6 @@ def test_tiles_stitch_without_seams_and_a_nuclear_channel_is_restored_too(smooth
 
 def test_builtin_names_load_from_cellposes_model_folder_and_never_download(smoothing_model, noisy, tmp_path, monkeypatch):
     import cellpose.models
-
     from gpubio.cli import main
 
     path, _, _ = noisy
@@ -164,8 +164,12 @@ def test_restoration_gpu_need_grows_with_the_tile():
 def segmentation_model(tmp_path_factory) -> Path:
     """A Cellpose 3 model trained here on clean images of the same kind of cells."""
     import torch
-
-    from gpubio.imaging.cellpose_models import intensity_range, network_input, select_channels, train_model
+    from gpubio.imaging.cellpose_models import (
+        intensity_range,
+        network_input,
+        select_channels,
+        train_model,
+    )
 
     images, labels = [], []
     for seed in range(11, 19):
@@ -182,8 +186,11 @@ def segmentation_model(tmp_path_factory) -> Path:
 
 def test_segmentation_ap_with_restoration_against_without(segmentation_model, smoothing_model, tmp_path, record_property):
     import torch
-
-    from gpubio.imaging.cellpose_models import CellposeSegmenter, import_cellpose, resolve_model
+    from gpubio.imaging.cellpose_models import (
+        CellposeSegmenter,
+        import_cellpose,
+        resolve_model,
+    )
     from gpubio.imaging.metrics import average_precision
     from gpubio.imaging.restoration import restore_file
     from gpubio.imaging.tiling import segment_file

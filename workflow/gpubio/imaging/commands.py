@@ -235,7 +235,12 @@ def _segment_cells(args) -> None:
 def _restore_image(args) -> None:
     from gpubio.atomic import write_text_atomic
     from gpubio.imaging.cellpose_models import import_cellpose
-    from gpubio.imaging.restoration import CellposeRestorer, resolve_restoration_model, restore_file, write_restoration_png
+    from gpubio.imaging.restoration import (
+        CellposeRestorer,
+        resolve_restoration_model,
+        restore_file,
+        write_restoration_png,
+    )
 
     device = torch_device(args.threads)
     cellpose = import_cellpose()

@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from gpubio.imaging.cellpose_models import ModelChoice, ModelError, major_version, model_dir
+from gpubio.imaging.cellpose_models import (
+    ModelChoice,
+    ModelError,
+    major_version,
+    model_dir,
+)
 
 log = logging.getLogger("gpubio")
 
@@ -111,7 +116,7 @@ class CellposeRestorer:
         scale = 1.0
         if self.diameter:
             scale = max(1.0, self.model.diam_mean / self.diameter) ** (2 if "upsample" in str(self.choice.path) else 1)
-        return int(math.ceil(max(shape) * scale)) + 64
+        return math.ceil(max(shape) * scale) + 64
 
     def restore(self, x: np.ndarray) -> np.ndarray:
         """Restored (C, Y, X) of a (C, Y, X) network input; an empty channel (no nuclei) stays empty."""
@@ -179,7 +184,7 @@ def restore_file(image_path, out_image, restorer, channels: tuple[int, int], til
     from gpubio.atomic import atomic_path
     from gpubio.imaging.cellpose_models import network_input, select_channels
     from gpubio.imaging.io import TiffImage
-    from gpubio.imaging.tiling import image_intensity_range
+    from gpubio.imaging.tiling import image_intensity_range, tiled_run_record
 
     image = TiffImage(image_path)
     _, height, width = image.shape
@@ -195,17 +200,8 @@ def restore_file(image_path, out_image, restorer, channels: tuple[int, int], til
             summary = restore_tiled(image, out, restore, tile_size, overlap)
         finally:
             out.close()
-    return summary | {
-        "image": str(image_path),
-        "shape": [height, width],
-        "channels": list(channels),
-        "restored_channels": nchan,
-        "tile_size": tile_size,
-        "tile_overlap": overlap,
-        "normalisation": lowhigh.tolist(),
-        "footprint": None if footprint is None else str(footprint),
-        "megapixels_per_s": round(height * width / 1e6 / max(summary["seconds"], 1e-9), 4),
-    }
+    record = tiled_run_record(image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"])
+    return summary | record | {"restored_channels": nchan}
 
 
 def write_restoration_png(path, raw_path, restored_path, channels: tuple[int, int], lowhigh, title: str) -> None:

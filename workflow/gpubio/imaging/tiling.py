@@ -168,14 +168,18 @@ def segment_file(
 
     with atomic_path(out_masks) as tmp:
         summary = segment_tiled(image, LabelImage(tmp, (height, width)), segment, tile_size, overlap)
-    megapixels = height * width / 1e6
-    return summary | {
+    return summary | tiled_run_record(image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"])
+
+
+def tiled_run_record(image_path, shape, channels, tile_size: int, overlap: int, lowhigh, footprint, seconds: float) -> dict:
+    """What a tiled pass over an image used and how fast it went (for its JSON record)."""
+    return {
         "image": str(image_path),
-        "shape": [height, width],
+        "shape": list(shape),
         "channels": list(channels),
         "tile_size": tile_size,
         "tile_overlap": overlap,
         "normalisation": lowhigh.tolist(),
         "footprint": None if footprint is None else str(footprint),
-        "megapixels_per_s": round(megapixels / max(summary["seconds"], 1e-9), 4),
+        "megapixels_per_s": round(shape[0] * shape[1] / 1e6 / max(seconds, 1e-9), 4),
     }
