@@ -148,6 +148,18 @@ def test_start_up_refuses_cellpose_4_unknown_names_and_missing_files(tmp_path):
     assert all("restoration" not in p for p in config_problems(settings, "config.yaml", tmp_path, cellpose_major=4))
 
 
+def test_a_restoration_job_under_cellpose_4_fails_with_one_line(smoothing_model):
+    import types
+
+    from gpubio.imaging.cellpose_models import ModelError
+    from gpubio.imaging.restoration import resolve_restoration_model
+
+    cellpose4 = types.SimpleNamespace(version="4.0.6", models=types.SimpleNamespace(MODEL_DIR="/nonexistent"))
+    for spec in (str(smoothing_model), "denoise_cyto3"):  # neither a file nor a built-in name gets through
+        with pytest.raises(ModelError, match=r"^Cellpose 4 \(Cellpose-SAM\) has no restoration models; install cellpose 3.x"):
+            resolve_restoration_model(spec, cellpose4)
+
+
 def test_restoration_gpu_need_grows_with_the_tile():
     from gpubio.imaging.resources import restoration_mem_mb, restoration_vram_gb
 
@@ -296,3 +308,6 @@ def test_workflow_with_restoration_writes_the_restored_image_and_the_figure(rest
     log = (restoration_project / "logs" / "imaging" / "sa" / "restore_image.log").read_text()
     assert "backend: CPU" in log and "models/restorer" in log
     assert (restoration_project / "results" / "imaging" / "sb" / "cells.tsv").is_file()
+    run_snakemake(restoration_project, "--report", "results/report.html")
+    html = (restoration_project / "results" / "report.html").read_text(errors="replace")
+    assert "restoration.png" in html and "Cellpose 3 image restoration of sample" in html

@@ -69,10 +69,11 @@ def resolve_restoration_model(spec: str, cellpose: ModuleType, allow_download: b
     folder Cellpose downloads to; unless `allow_download`, a missing one is an error naming
     the file and the fixes (this step does not download).
     """
-    problem = restoration_model_problem(spec, major_version(cellpose))
-    if problem and not Path(spec).expanduser().is_file():
-        raise ModelError(problem)
+    major = major_version(cellpose)
     path = Path(spec).expanduser()
+    problem = restoration_model_problem(spec, major)
+    if problem and (major >= 4 or not path.is_file()):  # a local file may have any name, in Cellpose 3
+        raise ModelError(problem)
     if path.is_file():
         return ModelChoice(name=path.name, path=path, builtin=False)
     if spec not in BUILTIN_RESTORATION_MODELS:
