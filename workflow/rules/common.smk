@@ -349,12 +349,16 @@ from gpubio.imaging.resources import (
     cellpose_vram_gb,
     registration_mem_mb,
     registration_vram_gb,
+    restoration_mem_mb,
+    restoration_vram_gb,
 )
 from gpubio.imaging.settings import (
     cellpose_model,
     config_problems as imaging_config_problems,
     imaging_settings,
     registration_options,
+    restoration_enabled,
+    restoration_options,
     segmentation_options,
     training_files,
     training_options,
@@ -390,6 +394,13 @@ if PROJECT.active("imaging"):
             "results/imaging/model/training.json",
             "results/imaging/model/training_loss.png",
         ]
+IMAGING_RESTORATION_MODEL = IMAGING["restoration"]["model"]
+if restoration_enabled(IMAGING):
+    SAMPLE_TARGETS["imaging"] += [
+        "results/imaging/{sample}/restored.tif",
+        "results/imaging/{sample}/restoration.json",
+        "results/imaging/{sample}/restoration.png",
+    ]
 
 
 def get_image(wildcards):
@@ -409,6 +420,20 @@ def get_segmentation_image(wildcards):
     if has_reference_image(wildcards.sample):
         return f"results/imaging/{wildcards.sample}/registered.tif"
     return get_image(wildcards)
+
+
+def get_image_to_segment(wildcards):
+    """The restored image when restoration is on, else the (registered) image itself."""
+    if restoration_enabled(IMAGING):
+        return f"results/imaging/{wildcards.sample}/restored.tif"
+    return get_segmentation_image(wildcards)
+
+
+def get_restoration_model(wildcards):
+    """A restoration model file is an input; built-in names live in Cellpose's model folder."""
+    return (
+        [IMAGING_RESTORATION_MODEL] if os.path.isfile(IMAGING_RESTORATION_MODEL) else []
+    )
 
 
 def get_segmentation_footprint(wildcards):

@@ -1,5 +1,6 @@
-# Imaging: QC -> registration to the reference (samples that have one) -> Cellpose
-# segmentation (tiled; a model trained here or given) -> per-cell features and overlays.
+# Imaging: QC -> registration to the reference (samples that have one) -> optional Cellpose 3
+# restoration -> Cellpose segmentation (tiled; a model trained here or given) -> per-cell
+# features and overlays.
 
 
 rule image_qc:
@@ -108,10 +109,60 @@ rule train_cellpose:
         " --out-png {output.png} > {log} 2>&1"
 
 
+# Cellpose 3 denoise / deblur / upsample; one network pass per tile, so VRAM grows with the tile size
+rule restore_image:
+    input:
+        image=get_segmentation_image,
+        footprint=get_segmentation_footprint,
+        model=get_restoration_model,
+    output:
+        image="results/imaging/{sample}/restored.tif",
+        json="results/imaging/{sample}/restoration.json",
+        png=report(
+            "results/imaging/{sample}/restoration.png",
+            caption="../report/imaging_restoration.rst",
+            category="imaging",
+            subcategory="restoration",
+            labels={"sample": "{sample}", "figure": "raw and restored"},
+        ),
+    log:
+        "logs/imaging/{sample}/restore_image.log",
+    benchmark:
+        "benchmarks/imaging/{sample}/restore_image.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 4
+    resources:
+        **gpu_resources(
+            gpus=1,
+            vram_gb=restoration_vram_gb(
+                IMAGING["restoration"]["tile_size"],
+                IMAGING["restoration"]["tile_overlap"],
+            ),
+            mem_mb=restoration_mem_mb(
+                IMAGING["restoration"]["tile_size"],
+                IMAGING["restoration"]["tile_overlap"],
+            ),
+            runtime=120,
+        ),
+    params:
+        usage=usage_record("imaging/{sample}/restore_image"),
+        model=IMAGING_RESTORATION_MODEL,
+        options=restoration_options(IMAGING),
+        footprint=footprint_option,
+        require_gpu=REQUIRE_GPU,
+    shell:
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} restore-image"
+        " {input.image:q} --model {params.model:q} --sample {wildcards.sample} {params.options}"
+        " {params.footprint} --out-image {output.image} --out-json {output.json}"
+        " --out-png {output.png} > {log} 2>&1"
+
+
 # VRAM grows with the tile size (flows of a whole tile) and the batch size (network patches)
 rule segment_cells:
     input:
-        image=get_segmentation_image,
+        image=get_image_to_segment,
         footprint=get_segmentation_footprint,
         model=get_cellpose_model,
     output:

@@ -47,6 +47,26 @@ def cellpose_training_vram_gb(crop_size: int | None, batch_size: int, model: str
     return round(CUDA_CONTEXT_GB + (3.6 if sam else 0.3) + per_crop * batch_size, 1)
 
 
+# Cellpose 3 restoration network over one whole tile: ~1.7 kB of activations per pixel,
+# measured on the CPU (1 x 256^2 and 1 x 512^2 passes: +160 MB and +485 MB peak RSS)
+RESTORATION_BYTES_PER_PIXEL = 2500
+
+
+def restoration_vram_gb(tile_size: int, overlap: int) -> float:
+    """VRAM of restoration: one network pass over a tile and its overlap (no batching of patches).
+
+    Images whose cells are rescaled (imaging.segmentation.diameter below the model's 30 px)
+    are larger on the network side; the placement's escalation covers that on retry.
+    """
+    pixels = (tile_size + 2 * overlap) ** 2
+    return round(CUDA_CONTEXT_GB + 0.1 + pixels * RESTORATION_BYTES_PER_PIXEL / 1e9, 1)
+
+
+def restoration_mem_mb(tile_size: int, overlap: int) -> int:
+    """RAM of restoration: libraries (~0.6 GB measured) plus the CPU path's pass over one tile."""
+    return int(1000 + (tile_size + 2 * overlap) ** 2 * RESTORATION_BYTES_PER_PIXEL / 1e6)
+
+
 def registration_vram_gb(size_mb: float) -> float:
     """VRAM of learned registration: the image pair and ~40 float32 copies for the optimisation."""
     return round(CUDA_CONTEXT_GB + 40 * 2 * size_mb / 1000, 1)

@@ -36,16 +36,23 @@ def cellpose_model(settings: dict) -> str:
     return TRAINED_MODEL if uses_trained_model(settings) else settings["segmentation"]["model"]
 
 
+def restoration_enabled(settings: dict) -> bool:
+    return bool(settings["restoration"]["enabled"])
+
+
 def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or bool(Path(value).suffix)
 
 
-def config_problems(settings: dict, config_file: str, workdir: str | Path = ".") -> list[str]:
-    """One line per problem in the imaging section that would only show once jobs run."""
+def config_problems(settings: dict, config_file: str, workdir: str | Path = ".", cellpose_major: int | None = None) -> list[str]:
+    """One line per problem in the imaging section that would only show once jobs run.
+
+    `cellpose_major`: the Cellpose generation jobs will use (default: the installed one).
+    """
     from gpubio.imaging.cellpose_models import ModelError, read_training_set
 
     workdir = Path(workdir)
-    problems = []
+    problems = _restoration_problems(settings, config_file, workdir, cellpose_major)
     seg, training = settings["segmentation"], settings["training"]
     if uses_trained_model(settings):
         folder = training.get("images")
@@ -74,6 +81,31 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".")
         problems.append(
             f"{config_file}: imaging.segmentation.tile_overlap ({seg['tile_overlap']}) must be less than half of "
             f"tile_size ({seg['tile_size']}); raise tile_size or lower tile_overlap"
+        )
+    return problems
+
+
+def _restoration_problems(settings: dict, config_file: str, workdir: Path, cellpose_major: int | None) -> list[str]:
+    from gpubio.imaging.resources import installed_cellpose_major
+    from gpubio.imaging.restoration import restoration_model_problem
+
+    if not restoration_enabled(settings):
+        return []
+    restoration = settings["restoration"]
+    model, major = restoration["model"], cellpose_major or installed_cellpose_major()
+    problems = []
+    problem = restoration_model_problem(model, major)
+    if problem and (major >= 4 or not (workdir / model).is_file()):
+        problems.append(f"{config_file}: imaging.restoration.model: {problem}")
+    elif _looks_like_path(model) and not (workdir / model).is_file():
+        problems.append(
+            f"{config_file}: imaging.restoration.model '{model}' does not exist; give the path of a Cellpose 3 "
+            "restoration model file (relative paths are from the working directory) or a built-in name such as denoise_cyto3"
+        )
+    if restoration["tile_overlap"] * 2 >= restoration["tile_size"]:
+        problems.append(
+            f"{config_file}: imaging.restoration.tile_overlap ({restoration['tile_overlap']}) must be less than half "
+            f"of tile_size ({restoration['tile_size']}); raise tile_size or lower tile_overlap"
         )
     return problems
 
@@ -117,8 +149,10 @@ def registration_options(settings: dict) -> str:
 
 def segmentation_options(settings: dict) -> str:
     seg = settings["segmentation"]
+    # the restored image holds the segmentation channel first, then the nuclear one (if any)
+    channels = ([1, 2 if seg["channels"][1] else 0]) if restoration_enabled(settings) else seg["channels"]
     options = [
-        "--channels", *map(str, seg["channels"]),
+        "--channels", *map(str, channels),
         "--diameter", f"{seg['diameter']:g}",
         "--flow-threshold", f"{seg['flow_threshold']:g}",
         "--cellprob-threshold", f"{seg['cellprob_threshold']:g}",
@@ -126,6 +160,20 @@ def segmentation_options(settings: dict) -> str:
         "--batch-size", str(seg["batch_size"]),
         "--tile-size", str(seg["tile_size"]),
         "--tile-overlap", str(seg["tile_overlap"]),
+    ]  # fmt: skip
+    if seg["download_models"]:
+        options.append("--download-models")
+    return shlex.join(options)
+
+
+def restoration_options(settings: dict) -> str:
+    """restore-image options; channels and diameter are segmentation's, so both see the same cells."""
+    seg, restoration = settings["segmentation"], settings["restoration"]
+    options = [
+        "--channels", *map(str, seg["channels"]),
+        "--diameter", f"{seg['diameter']:g}",
+        "--tile-size", str(restoration["tile_size"]),
+        "--tile-overlap", str(restoration["tile_overlap"]),
     ]  # fmt: skip
     if seg["download_models"]:
         options.append("--download-models")

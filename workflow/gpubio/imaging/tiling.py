@@ -114,21 +114,15 @@ def segment_tiled(
     return {"cells": next_label - 1, "tiles": len(tiles), "seconds": round(time.perf_counter() - start, 3)}
 
 
-def segment_file(
-    image_path, out_masks, segmenter, channels: tuple[int, int], tile_size: int, overlap: int, footprint=None
-) -> dict:
-    """Segment a TIFF into a uint32 label TIFF, tile by tile (see module doc).
+def image_intensity_range(image, image_path, channels: tuple[int, int], footprint=None) -> np.ndarray:
+    """Per selected channel (low, high) of a whole TiffImage, read at a stride: one scale for every tile.
 
-    The intensity range used to normalise every tile comes from the whole image (read at
-    a stride), so all tiles, and an untiled run, feed the network the same scale. With a
-    `footprint` (a registered image's mask of covered pixels, nonzero = covered), only
-    covered pixels count.
+    With a `footprint` (a registered image's mask of covered pixels, nonzero = covered),
+    only covered pixels count.
     """
-    from gpubio.atomic import atomic_path
-    from gpubio.imaging.cellpose_models import intensity_range, network_input, select_channels
-    from gpubio.imaging.io import ImageError, LabelImage, TiffImage
+    from gpubio.imaging.cellpose_models import intensity_range, select_channels
+    from gpubio.imaging.io import ImageError, TiffImage
 
-    image = TiffImage(image_path)
     _, height, width = image.shape
     step = max(1, math.ceil(math.sqrt(height * width / 4e6)))  # at most ~4 megapixels sampled
     covered = None
@@ -150,20 +144,42 @@ def segment_file(
         raise ImageError(f"{image_path}: {error}; fix imaging.segmentation.channels") from None
     lowhigh = intensity_range(selected, footprint=covered)
     log.info("normalisation (1st, 99th percentile per channel): %s", lowhigh.tolist())
+    return lowhigh
+
+
+def segment_file(
+    image_path, out_masks, segmenter, channels: tuple[int, int], tile_size: int, overlap: int, footprint=None
+) -> dict:
+    """Segment a TIFF into a uint32 label TIFF, tile by tile (see module doc).
+
+    The intensity range used to normalise every tile comes from the whole image
+    (`image_intensity_range`), so all tiles, and an untiled run, feed the network the same scale.
+    """
+    from gpubio.atomic import atomic_path
+    from gpubio.imaging.cellpose_models import network_input, select_channels
+    from gpubio.imaging.io import LabelImage, TiffImage
+
+    image = TiffImage(image_path)
+    _, height, width = image.shape
+    lowhigh = image_intensity_range(image, image_path, channels, footprint)
 
     def segment(block: np.ndarray) -> np.ndarray:
         return segmenter.segment(network_input(select_channels(block, channels), lowhigh))
 
     with atomic_path(out_masks) as tmp:
         summary = segment_tiled(image, LabelImage(tmp, (height, width)), segment, tile_size, overlap)
-    megapixels = height * width / 1e6
-    return summary | {
+    return summary | tiled_run_record(image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"])
+
+
+def tiled_run_record(image_path, shape, channels, tile_size: int, overlap: int, lowhigh, footprint, seconds: float) -> dict:
+    """What a tiled pass over an image used and how fast it went (for its JSON record)."""
+    return {
         "image": str(image_path),
-        "shape": [height, width],
+        "shape": list(shape),
         "channels": list(channels),
         "tile_size": tile_size,
         "tile_overlap": overlap,
         "normalisation": lowhigh.tolist(),
         "footprint": None if footprint is None else str(footprint),
-        "megapixels_per_s": round(megapixels / max(summary["seconds"], 1e-9), 4),
+        "megapixels_per_s": round(shape[0] * shape[1] / 1e6 / max(seconds, 1e-9), 4),
     }
