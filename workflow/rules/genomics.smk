@@ -74,6 +74,24 @@ rule pod5_shards:
         " --template '{{shard}}.pod5' --threads {threads} --output {output.shards}) > {log} 2>&1"
 
 
+# With gpu.balance the shards of all runs are placed together, spread over the site's GPU
+# types by GPU counts and speeds to finish soonest; without it each goes to the fastest GPU.
+BASECALL_PLACEMENT = (
+    dict(
+        policy="balanced",
+        group=BalancedGroup(
+            jobs=lambda: shard_work(
+                {name: run.pod5 for name, run in GENOMICS_RUNS.items()},
+                GENOMICS["basecall"]["shard_size_mb"],
+            ),
+            key=lambda wildcards: f"{wildcards.run}/{wildcards.shard}",
+        ),
+    )
+    if config["gpu"]["balance"]
+    else dict(policy="fastest")
+)
+
+
 # dorado on the GPU(s) this job holds (--device cuda:all), or on the CPU (-x cpu).
 rule basecall:
     input:
@@ -96,10 +114,10 @@ rule basecall:
             gpus=1,
             vram_gb=8,
             min_compute_capability=6.0,
-            policy="fastest",
             cpus=8,
             mem_mb=32000,
             runtime=720,
+            **BASECALL_PLACEMENT,
         ),
     params:
         model=GENOMICS["basecall"]["model"],
@@ -185,6 +203,9 @@ rule sample_reads:
 
 
 # ---------------------------------------------------------------- reads and alignment
+# On a cluster the short CPU steps of one sample (read QC, sort + index, alignment QC,
+# bcftools) run as one job: one submission and one Snakemake start-up instead of four,
+# and a failure costs that sample alone. Local runs ignore groups.
 
 
 rule read_qc:
@@ -196,6 +217,8 @@ rule read_qc:
         "logs/genomics/{sample}/read_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/read_qc.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 1
@@ -265,6 +288,8 @@ rule sort_bam:
         "logs/genomics/{sample}/sort_bam.log",
     benchmark:
         "benchmarks/genomics/{sample}/sort_bam.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 2
@@ -289,6 +314,8 @@ rule alignment_qc:
         "logs/genomics/{sample}/alignment_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/alignment_qc.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 1
@@ -314,6 +341,8 @@ rule call_bcftools:
         "logs/genomics/{sample}/call_bcftools.log",
     benchmark:
         "benchmarks/genomics/{sample}/call_bcftools.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 2
