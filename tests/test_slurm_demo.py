@@ -19,7 +19,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -55,11 +54,11 @@ def write_pod5_run(path: Path, reference: Path, reads: int, seed: int) -> None:
     """A POD5 file of error-free reads (800-2,400 bp, both strands) drawn from a reference."""
     rng = random.Random(seed)
     with pysam.FastaFile(str(reference)) as fasta:
-        contigs = [(name, fasta.fetch(name).upper()) for name in fasta.references]
+        contigs = [fasta.fetch(name).upper() for name in fasta.references]
     complement = str.maketrans("ACGT", "TGCA")
     records = []
     while len(records) < reads:
-        name, seq = rng.choice(contigs)
+        seq = rng.choice(contigs)
         length = rng.randint(800, 2400)
         if len(seq) <= length:
             continue
@@ -132,32 +131,40 @@ def log_path(rule: str, wildcards: str) -> str:
     return GPU_STEP_LOGS[rule].format(**values)
 
 
-@pytest.mark.slurm
-@pytest.mark.e2e
-def test_demo_on_slurm_runs_every_job_where_the_plan_says(slurm_cluster, demo_data, tmp_path):
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    (tmp_path / "resources").mkdir()
-    (tmp_path / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
-    shard_size_mb = add_pod5_run(tmp_path, demo_data / "resources" / "demo" / "genomics" / "reference.fa")
-    configfile = write_config(tmp_path, "slurm.yaml", {"basecall": {"shard_size_mb": shard_size_mb}})
+@pytest.fixture(scope="module")
+def slurm_demo(slurm_cluster, demo_data, tmp_path_factory) -> dict:
+    """The demo plus a POD5 run, once, through the shipped profile on the test cluster."""
+    root = tmp_path_factory.mktemp("slurm-demo")
+    shutil.copytree(REPO / "config", root / "config")
+    (root / "resources").mkdir()
+    (root / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
+    shard_size_mb = add_pod5_run(root, demo_data / "resources" / "demo" / "genomics" / "reference.fa")
+    configfile = write_config(root, "slurm.yaml", {"basecall": {"shard_size_mb": shard_size_mb}})
     env = slurm_cluster.env | {
         "PATH": os.pathsep.join([str(DOUBLES / "bin"), str(BIN), os.environ["PATH"]]),
-        "GPUBIO_DOUBLES_LOG": str(tmp_path / "doubles.log"),
+        "GPUBIO_DOUBLES_LOG": str(root / "doubles.log"),
     }
     before = set(slurm_cluster.run(["squeue", "--states=all", "-h", "-o", "%i"]).stdout.split())
-
     # the shipped profile as is; only the status command differs (no accounting database here)
     cmd = [
-        str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-        "--profile", str(REPO / "profiles" / "slurm-gpu"),
-        "--configfile", configfile,
+        str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(root),
+        "--profile", str(REPO / "profiles" / "slurm-gpu"), "--configfile", configfile,
         "--slurm-status-command", "squeue", "--jobs", "4",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:] + slurm_cluster.logs()
+    return {
+        "root": root,
+        "planned": plan_jobs(root / "results" / "gpu_plan.tsv"),
+        "ran": submitted_jobs(slurm_cluster, before),
+    }
 
-    planned = plan_jobs(tmp_path / "results" / "gpu_plan.tsv")
-    ran = submitted_jobs(slurm_cluster, before)
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_demo_on_slurm_runs_every_job_where_the_plan_says(slurm_demo):
+    planned, ran = slurm_demo["planned"], slurm_demo["ran"]
     # every submitted job finished, once, and together they are exactly the plan's jobs
     assert [j for j in ran if j["state"] != "COMPLETED"] == []
     targets = [t for j in ran for t in j["targets"]]
@@ -167,40 +174,63 @@ def test_demo_on_slurm_runs_every_job_where_the_plan_says(slurm_cluster, demo_da
     for job in ran:
         for target in job["targets"]:
             assert job["partition"] == planned[target]["partition"], (job, target)
+    # and the results are real: the POD5 sample's reads were basecalled, aligned and counted
+    qc = json.loads((slurm_demo["root"] / "results" / "genomics" / POD5_SAMPLE / "qc.json").read_text())
+    assert qc["reads"] == 90 and qc["mapped_fraction"] == 1.0
 
-    # the POD5 run's shards: one job each, spread over at least two GPU types, as planned
-    shards = [j for j in ran if j["targets"][0][0] == "basecall"]
-    assert len(shards) == SHARDS
-    assert len({j["partition"] for j in shards}) >= 2
-    assert {j["partition"] for j in shards} <= {"gpu-t4", "gpu-a100", "gpu-h100"}
 
-    # short per-sample CPU steps went as one submission per sample, never mixing samples
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_demo_on_slurm_spreads_basecall_shards_over_gpu_types(slurm_demo):
+    shards = [j for j in slurm_demo["ran"] if j["targets"][0][0] == "basecall"]
+    assert len(shards) == SHARDS and all(len(j["targets"]) == 1 for j in shards)
+    assert {j["partition"] for j in shards} == {"gpu-a100", "gpu-h100"}  # as in the plan test below
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_demo_on_slurm_submits_one_job_per_sample_for_short_steps(slurm_demo):
+    ran = slurm_demo["ran"]
     groups = [j for j in ran if len(j["targets"]) > 1]
-    genomics_samples = set(pd.read_csv(tmp_path / "config" / "genomics.tsv", sep="\t")["sample"])
-    assert len(groups) == len(genomics_samples)
-    for job in groups:
+    sheet = pd.read_csv(slurm_demo["root"] / "config" / "genomics.tsv", sep="\t")
+    assert len(groups) == len(sheet)
+    for job in groups:  # never mixing samples: a failure costs one sample
         assert {rule for rule, _ in job["targets"]} == {"read_qc", "sort_bam", "alignment_qc", "call_bcftools"}
         assert len({wildcards for _, wildcards in job["targets"]}) == 1, job
-    assert len(ran) < len(targets)
+    assert {wildcards for job in groups for _, wildcards in job["targets"]} == {f"sample={s}" for s in sheet["sample"]}
+    assert len(ran) == sum(len(j["targets"]) for j in ran) - 3 * len(sheet)
 
-    # GPU steps on fake GPUs (no driver, no CUDA) say that they ran on the CPU
-    gpu_steps = [key for key, row in planned.items() if row["gpus"] > 0]
-    assert {rule for rule, _ in gpu_steps} <= set(GPU_STEP_LOGS)
-    for rule, wildcards in gpu_steps:
-        text = (tmp_path / log_path(rule, wildcards)).read_text()
+
+def gpu_step_logs(slurm_demo, rules) -> dict[tuple[str, str], str]:
+    steps = [key for key, row in slurm_demo["planned"].items() if row["gpus"] > 0]
+    assert {rule for rule, _ in steps} <= set(GPU_STEP_LOGS)
+    return {key: (slurm_demo["root"] / log_path(*key)).read_text() for key in steps if key[0] in rules}
+
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_demo_on_slurm_torch_steps_say_they_ran_on_the_cpu_and_why(slurm_demo):
+    logs = gpu_step_logs(slurm_demo, set(GPU_STEP_LOGS) - {"basecall"})
+    assert {rule for rule, _ in logs} >= {"train_cellpose", "segment_cells", "annotate_scanvi", "variant_effects"}
+    for (rule, wildcards), text in logs.items():
         assert re.search(r"\bCPU\b|\bcpu\b", text), (rule, wildcards, text[-2000:])
         if rule in ("train_cellpose", "segment_cells", "annotate_scanvi"):
             assert "torch sees no CUDA device" in text, (rule, text[-2000:])
         if rule == "variant_effects":
             assert "no GPU visible to torch" in text, text[-2000:]
-    # dorado itself was told to use the CPU for every shard
-    basecalls = [line.split("\t") for line in (tmp_path / "doubles.log").read_text().splitlines()]
-    basecalls = [words for words in basecalls if words[:2] == ["dorado", "basecaller"]]
-    assert len(basecalls) == SHARDS and all("-x" in words and "cpu" in words for words in basecalls)
 
-    # and the results are real: the POD5 sample's reads were basecalled, aligned and counted
-    qc = json.loads((tmp_path / "results" / "genomics" / POD5_SAMPLE / "qc.json").read_text())
-    assert qc["reads"] == 90 and qc["mapped_fraction"] == 1.0
+
+@pytest.mark.slurm
+@pytest.mark.e2e
+def test_demo_on_slurm_basecalls_on_the_cpu_of_a_node_without_driver(slurm_demo):
+    logs = gpu_step_logs(slurm_demo, {"basecall"})
+    assert len(logs) == SHARDS
+    for key, text in logs.items():
+        assert "on the CPU" in text, (key, text[-2000:])
+    # dorado itself was told to use the CPU for every shard
+    calls = [line.split("\t") for line in (slurm_demo["root"] / "doubles.log").read_text().splitlines()]
+    calls = [words for words in calls if words[:2] == ["dorado", "basecaller"]]
+    assert len(calls) == SHARDS and all("-x" in words and "cpu" in words for words in calls), calls
 
 
 # --------------------------------------------------------------------------- plan, no SLURM
