@@ -7,7 +7,8 @@ Needs root and slurm-wlm + munge (.ci/install-slurm.sh), like the SLURM tests. T
 is tests/slurm_cluster.py with nodes large enough for the demo's requests (nothing is
 enforced; all jobs share this machine's cores). The count of submissions comes from
 SLURM itself (`squeue --states=all`, every job kept for the run's length), not from
-Snakemake's log. Prints one Markdown table row per run.
+Snakemake's log. Prints one Markdown table row per run (the last columns: median notice
+lag, see notice_lags, and the 5-minute load average at the end).
 """
 
 from __future__ import annotations
