@@ -93,7 +93,7 @@ def slurm_cluster(tmp_path_factory):
     tests_dir = str(Path(__file__).resolve().parent)
     if tests_dir not in sys.path:
         sys.path.insert(0, tests_dir)
-    from slurm_cluster import SlurmCluster, missing_requirements
+    from slurm_cluster import SlurmCluster, default_nodes, missing_requirements
 
     missing = missing_requirements()
     if missing:
@@ -106,7 +106,10 @@ def slurm_cluster(tmp_path_factory):
             pytest.fail(reason + "; GPUBIO_REQUIRE_SLURM is set, so this is an error", pytrace=False)
         pytest.skip(reason + "; set GPUBIO_REQUIRE_SLURM=1 to make this an error")
 
-    with SlurmCluster(tmp_path_factory.mktemp("slurm-cluster")) as cluster:
+    # Nodes big enough for the demo's own requests (up to 64 GB; nothing is enforced), and
+    # finished jobs kept in squeue for the session, so tests can read where each one ran.
+    nodes = default_nodes(cpus=32, memory_mb=1_100_000)
+    with SlurmCluster(tmp_path_factory.mktemp("slurm-cluster"), nodes=nodes, min_job_age=7200) as cluster:
         yield cluster
 
 

@@ -235,10 +235,35 @@ def test_demux_bams_reads_nested_and_flat_layouts(tmp_path):
 
 
 def tool_env(tmp_path: Path, gpus: int) -> dict:
+    """Test doubles on PATH, `gpus` fake devices, and a driver (nvidia-smi) that lists them."""
     env = dict(os.environ, GPUBIO_NUM_GPUS=str(gpus), GPUBIO_GPU_LOCK_DIR=str(tmp_path / "locks"))
-    env["PATH"] = os.pathsep.join([str(DOUBLES / "bin"), env["PATH"]])
+    driver = tmp_path / "driver"
+    driver.mkdir(exist_ok=True)
+    smi = driver / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: Tesla T4 (UUID: GPU-{i})'\n" for i in range(gpus)))
+    smi.chmod(0o755)
+    env["PATH"] = os.pathsep.join([str(DOUBLES / "bin"), str(driver), env["PATH"]])
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
+
+
+def test_basecall_on_a_gpu_the_driver_does_not_list_runs_on_the_cpu_or_fails_when_required(tmp_path):
+    """SLURM (here: the pinning) gave the job a device, but the node's driver lists none:
+    dorado gets its CPU options and the log says why; with --require-gpu the job fails."""
+    pod5_file = tmp_path / "r.pod5"
+    write_pod5(pod5_file, [("ACGTACGTAC" * 20, 0)])
+    env = tool_env(tmp_path, 2)
+    (tmp_path / "driver" / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
+    base = [sys.executable, "-m", "gpubio", "--gpus", "1"]
+    tool = ["tool-on-device", "--gpu-args=--device cuda:all", "--cpu-args=-x cpu", "--stdout",
+            str(tmp_path / "calls.bam"), "--", "dorado", "basecaller", "hac", str(pod5_file)]  # fmt: skip
+    proc = subprocess.run(base + tool, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "dorado on the CPU: nvidia-smi -L lists 0 device(s) (exit 9), 1 assigned" in proc.stderr
+    assert f"dorado basecaller hac {pod5_file} -x cpu" in proc.stderr
+    strict = subprocess.run(base + ["--require-gpu"] + tool, env=env, capture_output=True, text=True)
+    assert strict.returncode != 0 and "Traceback" not in strict.stderr
+    assert strict.stderr.strip().splitlines()[-1].startswith("gpubio: tool-on-device: dorado: nvidia-smi -L lists 0")
 
 
 @pytest.mark.parametrize("gpus", [0, 2])

@@ -150,6 +150,40 @@ localrule all:
     assert jobs[0].resources["mem"] == "200 MB" and jobs[0].resources["gpu_model"] == "a100"
 
 
+def test_parse_dry_run_reads_the_jobs_of_a_group():
+    # a cluster dry-run lists grouped jobs indented under their group
+    text = """
+rule align:
+    jobid: 2
+    wildcards: sample=s-9
+    resources: tmpdir=/tmp, mem_mb=8000, runtime=240, slurm_partition=cpu
+Shell command: true
+[Tue Dec  1 15:05:55 2026] Group job per_sample (jobs in lexicogr. order):
+
+    [Tue Dec  1 15:05:55 2026]
+    rule qc:
+        jobid: 3
+        wildcards: sample=s-9
+        resources: tmpdir=/tmp, mem_mb=2000, runtime=60, slurm_partition=cpu-short
+Shell command: true
+
+    [Tue Dec  1 15:05:55 2026]
+    rule sort:
+        jobid: 4
+        wildcards: sample=s-9, part=2
+        resources: tmpdir=/tmp, mem_mb=4000, runtime=120, slurm_partition=cpu-short
+Shell command: true
+
+[Tue Dec  1 15:05:55 2026]
+localrule all:
+    jobid: 0
+"""
+    jobs = parse_dry_run(text)
+    assert [j.rule for j in jobs] == ["align", "qc", "sort", "all"]
+    assert [j.wildcards for j in jobs] == [{"sample": "s-9"}, {"sample": "s-9"}, {"sample": "s-9", "part": "2"}, {}]
+    assert [j.resources.get("slurm_partition") for j in jobs] == ["cpu", "cpu-short", "cpu-short", None]
+
+
 def test_make_profiles_lets_snakemake_find_the_profile_by_name(workdir, tmp_path):
     xdg = tmp_path / "xdg"
     env = {**os.environ, "XDG_CONFIG_HOME": str(xdg)}

@@ -29,7 +29,7 @@ SNAKEMAKE_SLURM_ARGS = [
     "--jobs", "4",
     # No accounting: sacct only says "Slurm accounting storage is disabled", the status
     # query fails every time and snakemake waits forever. squeue works as long as
-    # MinJobAge (600 s here) >= 3 x init-seconds-before-status-checks.
+    # MinJobAge (7200 s here) >= 3 x init-seconds-before-status-checks.
     "--slurm-status-command", "squeue",
     # First status check 1 s after submission (default 40 s); the plugin adds 10 s per
     # round in which no job finished and resets to this value when one did.

@@ -4,6 +4,7 @@ import os
 from gpubio.config import ConfigError, load_project
 from gpubio.gpu.calibrate import NeedsError
 from gpubio.gpu import (
+    BalancedGroup,
     CatalogueError,
     InventoryError,
     PlacementError,
@@ -110,7 +111,7 @@ def get_qc_files(wildcards):
 
 # ---------------------------------------------------------------- genomics
 from gpubio.genomics.align import is_aligned_bam
-from gpubio.genomics.basecall import shard_count, shard_names
+from gpubio.genomics.basecall import shard_count, shard_names, shard_work
 from gpubio.genomics.sheet import (
     caller_for,
     genomics_settings,

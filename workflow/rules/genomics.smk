@@ -74,6 +74,24 @@ rule pod5_shards:
         " --template '{{shard}}.pod5' --threads {threads} --output {output.shards}) > {log} 2>&1"
 
 
+# With gpu.balance the shards of all runs are placed together, spread over the site's GPU
+# types by GPU counts and speeds to finish soonest; without it each goes to the fastest GPU.
+BASECALL_PLACEMENT = (
+    dict(
+        policy="balanced",
+        group=BalancedGroup(
+            jobs=lambda: shard_work(
+                {name: run.pod5 for name, run in GENOMICS_RUNS.items()},
+                GENOMICS["basecall"]["shard_size_mb"],
+            ),
+            key=lambda wildcards: f"{wildcards.run}/{wildcards.shard}",
+        ),
+    )
+    if config["gpu"]["balance"]
+    else dict(policy="fastest")
+)
+
+
 # dorado on the GPU(s) this job holds (--device cuda:all), or on the CPU (-x cpu).
 rule basecall:
     input:
@@ -96,9 +114,9 @@ rule basecall:
             gpus=1,
             vram_gb=8,
             min_compute_capability=6.0,
-            policy="fastest",
             mem_mb=32000,
             runtime=720,
+            **BASECALL_PLACEMENT,
         ),
     params:
         usage=usage_record("genomics/runs/{run}/basecall_{shard}"),
@@ -180,6 +198,9 @@ rule sample_reads:
 
 
 # ---------------------------------------------------------------- reads and alignment
+# On a cluster the short CPU steps of one sample (read QC, sort + index, alignment QC,
+# bcftools) run as one job: one submission and one Snakemake start-up instead of four,
+# and a failure costs that sample alone. Local runs ignore groups.
 
 
 rule read_qc:
@@ -191,6 +212,8 @@ rule read_qc:
         "logs/genomics/{sample}/read_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/read_qc.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 1
@@ -260,6 +283,8 @@ rule sort_bam:
         "logs/genomics/{sample}/sort_bam.log",
     benchmark:
         "benchmarks/genomics/{sample}/sort_bam.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 2
@@ -284,6 +309,8 @@ rule alignment_qc:
         "logs/genomics/{sample}/alignment_qc.log",
     benchmark:
         "benchmarks/genomics/{sample}/alignment_qc.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 1
@@ -309,6 +336,8 @@ rule call_bcftools:
         "logs/genomics/{sample}/call_bcftools.log",
     benchmark:
         "benchmarks/genomics/{sample}/call_bcftools.tsv"
+    group:
+        "genomics_sample"
     conda:
         "../../envs/genomics.yaml"
     threads: 2

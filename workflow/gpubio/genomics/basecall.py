@@ -32,6 +32,22 @@ def shard_names(count: int) -> list[str]:
     return [f"shard{i:03d}" for i in range(count)]
 
 
+def shard_work(pod5_by_run: dict[str, str | Path], shard_size_mb: float) -> dict[str, float]:
+    """Basecalling work of every shard of every run, keyed ``run/shard``: its POD5 megabytes.
+
+    Shards of a run carry equal signal (see :func:`plan_shards`), so each gets the run's
+    size over its shard count. The balanced GPU plan takes these as T4-hours: it compares
+    jobs only with each other, so the unit does not change where they go.
+    """
+    work = {}
+    for run, pod5 in pod5_by_run.items():
+        size_mb = sum(f.stat().st_size for f in pod5_files(pod5)) / 1e6
+        names = shard_names(shard_count(pod5, shard_size_mb))
+        for name in names:
+            work[f"{run}/{name}"] = max(size_mb, 1e-6) / len(names)
+    return work
+
+
 def plan_shards(read_table: str, count: int, out: str) -> dict[str, int]:
     """Assign every read of a `pod5 view` table (read_id, num_samples) to one of ``count`` shards.
 

@@ -22,15 +22,28 @@ def _pod5_shard_plan(args) -> None:
     plan_shards(args.table, args.shards, args.out)
 
 
-def _tool_on_device(args) -> None:
-    from gpubio.genomics.basecall import run_tool
+def usable_devices(tool: str) -> list[int]:
+    """The job's GPUs if the driver lists them (the tool uses the driver directly), else []
+    with one line saying why; in require mode that is an error (gpubio.gpu.job)."""
+    from gpubio.gpu.devices import nvidia_smi_sees
     from gpubio.gpu.job import current_job
 
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    job = current_job()
+    unusable = nvidia_smi_sees(job.devices) if job.devices else None
+    if unusable:
+        job.use_cpu(tool, unusable)
+        return []
+    return job.devices
+
+
+def _tool_on_device(args) -> None:
+    from gpubio.genomics.basecall import run_tool
+
+    command = args.tool[1:] if args.tool[:1] == ["--"] else args.tool
     if not command:
         sys.exit("gpubio tool-on-device: give the tool's command after --")
     try:
-        code = run_tool(command, args.gpu_args, args.cpu_args, args.stdout, current_job().devices)
+        code = run_tool(command, args.gpu_args, args.cpu_args, args.stdout, usable_devices(command[0]))
     except FileNotFoundError:
         sys.exit(
             f"gpubio: {command[0]} is not on PATH; run with its container (--software-deployment-method "
@@ -136,7 +149,7 @@ def register(sub) -> None:
     p.add_argument("--gpu-args", required=True, help="options appended when GPUs are pinned, e.g. '--device cuda:all'")
     p.add_argument("--cpu-args", required=True, help="options appended on the CPU path, e.g. '-x cpu'")
     p.add_argument("--stdout", help="write the tool's standard output to this file (atomically)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- tool and its arguments")
+    p.add_argument("tool", nargs=argparse.REMAINDER, metavar="command", help="-- tool and its arguments")
     p.set_defaults(func=_tool_on_device)
 
     p = sub.add_parser("merge-basecalls", help="merge basecalled shard BAMs, keeping read groups and tags")

@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_RULE = re.compile(r"^(?:local)?rule (\w+):$")
+# grouped jobs (cluster runs) are listed indented under their group
+_RULE = re.compile(r"^\s*(?:local)?rule (\w+):$")
 _FIELD = re.compile(r"^\s+(wildcards|resources|jobid): (.*)$")
 
 COLUMNS = [
