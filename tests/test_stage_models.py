@@ -202,3 +202,44 @@ def test_check_of_a_staged_enformer(tmp_path):
     (weights / "config.json").unlink()
     proc = run_script("--check", str(site), "--configfile", str(config))
     assert proc.returncode == 1 and "has no config.json" in proc.stderr
+
+
+def test_check_knows_the_deepsea_scgpt_conch_and_restoration_layouts(tmp_path):
+    """The models of gpubio's own checkpoint layouts: each missing file is one line naming
+    the config key and the README section to follow; a complete site passes."""
+    from gpubio.models.staging import check, model_needs, stage
+
+    config = {
+        "genomics": {"variant_effects": {"enabled": True, "family": "deepsea", "weights": "w/deepsea"}},
+        "transcriptomics": {"embeddings": {"family": "scgpt", "weights": "w/scgpt"}},
+        "histopathology": {"model": "w/conch"},
+        "imaging": {"restoration": {"enabled": True, "model": "denoise_cyto3"}, "segmentation": {"model": "/m"}},
+    }
+    needs = {n.kind: n for n in model_needs(config)}
+    assert {"deepsea", "scgpt", "conch", "cellpose"} <= set(needs)
+    assert needs["cellpose"].target == "cellpose/denoise_cyto3"
+    site = tmp_path / "site"
+    site.mkdir()
+    problems = check(site, list(needs.values()))
+    expected = {
+        "genomics.variant_effects.weights": ["config.json", "model.pt", "features.txt"],
+        "transcriptomics.embeddings.weights": ["args.json", "best_model.pt", "vocab.json"],
+        "histopathology.model": ["config.json", "model.pt", "vocab.txt"],
+    }
+    for key, files in expected.items():
+        for name in files:
+            assert sum(line.startswith(f"{key}: ") and line.split("; ")[0].endswith(f"has no {name}") for line in problems) == 1
+    assert any(line.startswith("imaging.restoration.model:") for line in problems)
+    for need in needs.values():
+        target = site / need.target
+        if need.kind == "cellpose":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"weights")
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in {"deepsea": expected["genomics.variant_effects.weights"], "scgpt": expected[
+                "transcriptomics.embeddings.weights"], "conch": expected["histopathology.model"]}[need.kind]:  # fmt: skip
+            (target / name).write_text("x")
+    assert check(site, list(needs.values())) == []
+    with pytest.raises(Exception, match="not downloadable in gpubio's layout"):
+        stage(tmp_path / "other", [needs["scgpt"]], log=lambda *_: None)

@@ -9,10 +9,14 @@ is missing and how to get it.
 Layout of a site directory:
 
     dorado/<model>/config.toml           dorado download --models-directory dorado
-    variant_effects/<family>/            Enformer or DNABERT-style, save_pretrained layout
+    variant_effects/<family>/            Enformer or DNABERT-style, save_pretrained layout;
+                                         DeepSEA-style: config.json, model.pt, features.txt
     celltypist/<name>.pkl                CellTypist model
-    embeddings/                          Geneformer-style: config.json, weights, token_dictionary
-    cellpose/<weights file>              Cellpose built-in weights (cyto3, nuclei, cpsam, ...)
+    embeddings/                          Geneformer-style: config.json, weights, token_dictionary;
+                                         scGPT-style: args.json, best_model.pt, vocab.json
+    cellpose/<weights file>              Cellpose built-in weights (cyto3, nuclei, cpsam, ...),
+                                         also the restoration models (denoise_cyto3, ...)
+    histopathology/                      CONCH-style: config.json, model.pt, vocab.txt
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ DEFAULT_SOURCES = {
     "embeddings": "ctheodoris/Geneformer",
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Checkpoints in gpubio's own layouts: the files each needs, and how a user gets them (they are
+# not on a hub in this layout; the README section of each model says how to convert).
+OWN_LAYOUTS = {
+    "deepsea": (["config.json", "model.pt", "features.txt"], "README: DeepSEA-style effects"),
+    "scgpt": (["args.json", "best_model.pt", "vocab.json"], "README: scGPT-style embeddings (a released checkpoint folder)"),
+    "conch": (["config.json", "model.pt", "vocab.txt"], "README: Histopathology (staging CONCH weights)"),
+}
 # Cellpose 3 keeps most built-in weights under another file name than the model's name
 CELLPOSE_WEIGHT_FILES = {"cyto": "cytotorch_0", "cyto2": "cyto2torch_0", "nuclei": "nucleitorch_0"}
 _DORADO_NAME = re.compile(r"^(dna|rna)\d*_")
@@ -106,7 +117,17 @@ def model_needs(config: dict, sources: dict[str, str] | None = None, dorado_mode
         needs.append(ModelNeed("celltypist", name, f"celltypist/{name}", "transcriptomics.annotation.celltypist.model", ""))
 
     if _get(config, "transcriptomics.embeddings.weights"):
-        needs.append(ModelNeed("embeddings", sources["embeddings"], "embeddings", "transcriptomics.embeddings.weights", ""))
+        family = _get(config, "transcriptomics.embeddings.family", "geneformer")
+        kind = "scgpt" if family == "scgpt" else "embeddings"
+        needs.append(ModelNeed(kind, sources.get(kind, ""), "embeddings", "transcriptomics.embeddings.weights", ""))
+
+    if _get(config, "histopathology.model"):
+        needs.append(ModelNeed("conch", "", "histopathology", "histopathology.model", ""))
+
+    restoration = _get(config, "imaging.restoration", {}) or {}
+    spec = str(restoration.get("model") or "")
+    if restoration.get("enabled") and spec and "/" not in spec and not Path(spec).suffix:
+        needs.append(ModelNeed("cellpose", spec, f"cellpose/{spec}", "imaging.restoration.model", ""))
 
     segmentation = str(_get(config, "imaging.segmentation.model", "trained") or "trained")
     base = str(_get(config, "imaging.training.base_model", "none") or "none")
@@ -135,6 +156,11 @@ def check(site_dir: str | Path, needs: list[ModelNeed]) -> list[str]:
         elif need.kind == "dorado":
             if not (target / "config.toml").is_file():
                 problems.append(f"{need.config_key}: dorado model {need.name} is missing ({target}/config.toml); {fetch}")
+        elif need.kind in OWN_LAYOUTS:
+            files, how = OWN_LAYOUTS[need.kind]
+            for name in files:
+                if not (target / name).is_file():
+                    problems.append(f"{need.config_key}: {target} has no {name}; see {how}")
         elif need.kind in ("enformer", "dnabert", "embeddings"):
             wanted = [["config.json"], list(WEIGHT_FILES)]
             if need.kind == "dnabert":
@@ -237,13 +263,26 @@ def _stage_cellpose(need: ModelNeed, target: Path) -> None:
 
     if need.name == "cpsam":
         models.CellposeModel(gpu=False, pretrained_model="cpsam")
+    elif need.name.startswith(("denoise_", "deblur_", "upsample_", "oneclick_")):
+        from cellpose import denoise  # the restoration models (Cellpose 3)
+
+        denoise.DenoiseModel(gpu=False, model_type=need.name)
     else:
         models.CellposeModel(gpu=False, model_type=need.name)
     if not target.is_file():
         raise StagingError(f"cellpose did not leave {target.name} in {target.parent}")
 
 
+def _own_layout(need: ModelNeed, target: Path) -> None:
+    files, how = OWN_LAYOUTS[need.kind]
+    raise StagingError(
+        f"{need.config_key}: a {need.kind} checkpoint is not downloadable in gpubio's layout; put "
+        f"{', '.join(files)} into {target} ({how}), then run scripts/stage-models --check"
+    )
+
+
 STAGERS: dict[str, Callable[[ModelNeed, Path], None]] = {
+    **{kind: _own_layout for kind in OWN_LAYOUTS},
     "dorado": _stage_dorado,
     "enformer": _stage_enformer,
     "dnabert": _stage_dnabert,
