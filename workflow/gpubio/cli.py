@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from gpubio.errors import UnusableInput
+
 log = logging.getLogger("gpubio")
 
 # Each module's own subcommands: a module defines register(subparsers) and keeps its
@@ -208,6 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     limit_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpubio %(levelname)s %(message)s")
+    try:
+        run_step(args)
+    except UnusableInput as error:  # an input, model or sample the step cannot use: one line
+        sys.exit(f"gpubio: {args.command}: {error}")
+
+
+def run_step(args) -> None:
     if args.gpus <= 0:  # a CPU step (also a GPU-capable rule placed on the CPU): nothing to record
         args.func(args)
         return

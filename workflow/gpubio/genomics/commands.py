@@ -117,25 +117,11 @@ def _genomics_plots(args) -> None:
     plot_variants(args.vcf, args.min_qual, args.effects or [], args.out_variants, args.out_summary)
 
 
-def _exit_on_input_error(command):
-    """Run a command; an input it cannot use (e.g. a file without reads) ends it with one line."""
-
-    def run(args) -> None:
-        from gpubio.genomics.inputs import InputError
-
-        try:
-            command(args)
-        except InputError as error:
-            raise SystemExit(f"gpubio: {args.command}: {error}") from None
-
-    return run
-
-
 def register(sub) -> None:
     p = sub.add_parser("read-qc", help="read count, N50 and base quality of FASTQ/BAM files")
     p.add_argument("reads", nargs="+")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=_exit_on_input_error(_read_qc))
+    p.set_defaults(func=_read_qc)
 
     p = sub.add_parser("pod5-shard-plan", help="assign the reads of a `pod5 view` table to N balanced shards")
     p.add_argument("table", help="pod5 view output with read_id and num_samples")
@@ -170,14 +156,14 @@ def register(sub) -> None:
     p.add_argument("--platform", required=True, choices=["illumina", "ont"])
     p.add_argument("--sample", required=True)
     p.add_argument("--out", required=True)
-    p.set_defaults(func=_exit_on_input_error(_align_reads))
+    p.set_defaults(func=_align_reads)
 
     p = sub.add_parser("sort-bam", help="coordinate-sort and index an aligned BAM (adds a read group if none)")
     p.add_argument("bam")
     p.add_argument("--sample", required=True)
     p.add_argument("--platform", required=True, choices=["illumina", "ont"])
     p.add_argument("--out", required=True)
-    p.set_defaults(func=_exit_on_input_error(_sort_bam))
+    p.set_defaults(func=_sort_bam)
 
     p = sub.add_parser("alignment-qc", help="mapped fraction, depth and coverage profile of an aligned BAM")
     p.add_argument("bam")
@@ -212,7 +198,7 @@ def register(sub) -> None:
     p.add_argument("--head", default="human")
     p.add_argument("--track-names", default="")
     p.add_argument("--out", required=True)
-    p.set_defaults(func=_exit_on_input_error(_variant_effects))
+    p.set_defaults(func=_variant_effects)
 
     p = sub.add_parser("genomics-plots", help="read QC, coverage and variant figures for the report")
     p.add_argument("--qc", nargs="+", required=True)

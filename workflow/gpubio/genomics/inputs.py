@@ -8,6 +8,7 @@ scanned for header lines as a stream, never loaded whole.
 
 from __future__ import annotations
 
+from gpubio.errors import UnusableInput
 import gzip
 import os
 import struct
@@ -19,7 +20,7 @@ CHUNK = 1 << 22
 MAX_HEADER_BYTES = 1 << 16  # a header line longer than this means the index skips something
 
 
-class InputError(ValueError):
+class InputError(UnusableInput):
     """An input a job cannot use; its message is the one line the job fails with."""
 
 

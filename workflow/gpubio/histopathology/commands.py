@@ -134,21 +134,6 @@ def _slide_fractions(args) -> None:
     write_fractions_png(args.out_png, table)
 
 
-def _exit_on_bad_input(command):
-    """A slide or model that cannot be read ends the step with one line, not a traceback."""
-
-    def run(args):
-        from gpubio.histopathology.slide import SlideError
-        from gpubio.histopathology.weights import ModelError
-
-        try:
-            command(args)
-        except (SlideError, ModelError) as error:
-            raise SystemExit(f"gpubio: {args.command}: {error}") from None
-
-    return run
-
-
 def register(sub) -> None:
     slide_help = "the whole-slide image (SVS, pyramidal TIFF, OME-TIFF)"
     mpp_help = "microns per pixel at level 0 (the sheet's mpp); default: what the file says"
@@ -165,7 +150,7 @@ def register(sub) -> None:
     p.add_argument("--out-tiles", required=True)
     p.add_argument("--out-mask", required=True)
     p.add_argument("--out-json", required=True)
-    p.set_defaults(func=_exit_on_bad_input(_tile_slide))
+    p.set_defaults(func=_tile_slide)
 
     p = sub.add_parser("embed-tiles", help="image embeddings of a slide's tiles with a local vision-language model")
     p.add_argument("slide", help=slide_help)
@@ -176,7 +161,7 @@ def register(sub) -> None:
     p.add_argument("--tile-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="the .h5ad (X: embeddings; obs: x, y, level, tissue_fraction)")
-    p.set_defaults(func=_exit_on_bad_input(_embed_tiles))
+    p.set_defaults(func=_embed_tiles)
 
     p = sub.add_parser("zero-shot-labels", help="tile labels from text prompts; the slide heatmap")
     p.add_argument("slide", help=slide_help)
@@ -189,7 +174,7 @@ def register(sub) -> None:
                    help="a class name and its prompt(s); repeat per class")  # fmt: skip
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-png", required=True)
-    p.set_defaults(func=_exit_on_bad_input(_zero_shot_labels))
+    p.set_defaults(func=_zero_shot_labels)
 
     p = sub.add_parser("slide-fractions", help="per-slide class fractions of all slides: table and figure")
     p.add_argument("--samples", nargs="+", required=True)

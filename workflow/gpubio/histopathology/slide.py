@@ -7,6 +7,7 @@ lowest-resolution level, or reduces a large level strip by strip.
 
 from __future__ import annotations
 
+from gpubio.errors import UnusableInput
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ _OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1
 THUMBNAIL_MAX_SIDE = 4096
 
 
-class SlideError(ValueError):
+class SlideError(UnusableInput):
     """A slide that cannot be read as asked; the message names the problem and the fix."""
 
 

@@ -6,6 +6,7 @@ this module stays light; gpubio.histopathology.model builds and loads the networ
 
 from __future__ import annotations
 
+from gpubio.errors import UnusableInput
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FILES = ("config.json", "model.pt", "vocab.txt")
 
 
-class ModelError(ValueError):
+class ModelError(UnusableInput):
     """A weights directory that does not hold a loadable model; the message says what to fix."""
 
 

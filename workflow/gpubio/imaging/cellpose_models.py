@@ -15,6 +15,7 @@ the same input.
 
 from __future__ import annotations
 
+from gpubio.errors import UnusableInput
 import logging
 import os
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ TRAINING_DEFAULTS = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(UnusableInput):
     """A model cannot be found or loaded; the message says what to do."""
 
 

@@ -265,28 +265,12 @@ def _cell_features(args) -> None:
     log.info("%s: %d cells measured", args.sample, len(table))
 
 
-def _exit_on_bad_input(command):
-    """Run a command; a ModelError (missing weights, bad model path) or an unreadable image
-    ends it with one clear line."""
-
-    def run(args) -> None:
-        from gpubio.imaging.cellpose_models import ModelError
-        from gpubio.imaging.io import ImageError
-
-        try:
-            command(args)
-        except (ModelError, ImageError) as error:
-            raise SystemExit(f"gpubio: {args.command}: {error}") from None
-
-    return run
-
-
 def register(sub) -> None:
     p = sub.add_parser("image-qc", help="shape, channels, intensity range and saturation of an image")
     p.add_argument("image")
     p.add_argument("--out", required=True)
     p.add_argument("--max-saturated-fraction", type=float, default=0.01)
-    p.set_defaults(func=_exit_on_bad_input(_image_qc))
+    p.set_defaults(func=_image_qc)
 
     p = sub.add_parser("register-image", help="register an image to its reference (itk-elastix or learned, torch)")
     p.add_argument("image")
@@ -307,7 +291,7 @@ def register(sub) -> None:
     p.add_argument("--out-transform", required=True)
     p.add_argument("--out-png", required=True)
     p.add_argument("--out-footprint", help="also write the pixels the image covers (uint8 TIFF, 1 = covered)")
-    p.set_defaults(func=_exit_on_bad_input(_register_image))
+    p.set_defaults(func=_register_image)
 
     model_help = "built-in name (cyto3, nuclei; cpsam with Cellpose 4) or a model file"
     p = sub.add_parser("train-cellpose", help="train a Cellpose model on a folder of <name>.tif + <name>_masks.tif")
@@ -324,7 +308,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="the model file")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-png")
-    p.set_defaults(func=_exit_on_bad_input(_train_cellpose))
+    p.set_defaults(func=_train_cellpose)
 
     p = sub.add_parser("segment-cells", help="Cellpose segmentation, tiled for large images")
     p.add_argument("image")
@@ -341,7 +325,7 @@ def register(sub) -> None:
     p.add_argument("--footprint", help="a registered image's footprint: normalise over its covered pixels only")
     p.add_argument("--out-masks", required=True)
     p.add_argument("--out-json", required=True)
-    p.set_defaults(func=_exit_on_bad_input(_segment_cells))
+    p.set_defaults(func=_segment_cells)
 
     p = sub.add_parser("restore-image", help="Cellpose 3 image restoration (denoise, deblur, upsample), tiled")
     p.add_argument("image")
@@ -356,7 +340,7 @@ def register(sub) -> None:
     p.add_argument("--out-image", required=True, help="float32 TIFF: restored segmentation (and nuclear) channel")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-png", required=True, help="raw and restored side by side")
-    p.set_defaults(func=_exit_on_bad_input(_restore_image))
+    p.set_defaults(func=_restore_image)
 
     p = sub.add_parser("cell-features", help="per-cell area, centroid, eccentricity, channel means; QC overlay")
     p.add_argument("image")
@@ -365,4 +349,4 @@ def register(sub) -> None:
     p.add_argument("--channel", type=int, default=1, help="1-based channel shown in the overlay")
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-png", required=True)
-    p.set_defaults(func=_exit_on_bad_input(_cell_features))
+    p.set_defaults(func=_cell_features)

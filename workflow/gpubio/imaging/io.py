@@ -8,6 +8,7 @@ file's own chunks (tiled or compressed files). Label images are written the same
 
 from __future__ import annotations
 
+from gpubio.errors import UnusableInput
 import logging
 import os
 import re
@@ -17,7 +18,7 @@ import numpy as np
 log = logging.getLogger("gpubio")
 
 
-class ImageError(ValueError):
+class ImageError(UnusableInput):
     """An image that cannot be read, or lacks what the settings ask of it (a channel); the
     message names the problem and the fix, and the step ends with it as one line."""
 

@@ -44,20 +44,6 @@ def cli_options(section: dict, params_class) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def _exit_on_sample_error(command):
-    """Run a command; a SampleError (not counts, no cells left after QC) ends it with one clear line."""
-
-    def run(args) -> None:
-        from gpubio.transcriptomics.io import SampleError
-
-        try:
-            command(args)
-        except SampleError as error:
-            raise SystemExit(f"gpubio: {args.command}: {error}") from None
-
-    return run
-
-
 def _cell_qc(args) -> None:
     from gpubio.transcriptomics.qc import sample_qc
 
@@ -99,16 +85,13 @@ def _annotate_scanvi(args) -> None:
 
 def _embed(args) -> None:
     from gpubio.transcriptomics.embeddings import EmbeddingParams, run_embeddings
-    from gpubio.transcriptomics.scgpt import CheckpointError, run_scgpt
+    from gpubio.transcriptomics.scgpt import run_scgpt
 
     params = params_from(args, EmbeddingParams)
     families = {"geneformer": run_embeddings, "scgpt": run_scgpt}
     if params.family not in families:
         raise SystemExit(f"gpubio: {args.command}: --family {params.family!r}: use one of {', '.join(families)}")
-    try:
-        families[params.family](args.integrated, args.weights, args.out, params, args.threads)
-    except CheckpointError as error:
-        raise SystemExit(f"gpubio: {args.command}: {error}") from None
+    families[params.family](args.integrated, args.weights, args.out, params, args.threads)
 
 
 def _build_atlas(args) -> None:
@@ -148,7 +131,7 @@ def register(sub) -> None:
     p.add_argument("--max-mito-pct", type=float, default=20.0)
     p.add_argument("--min-cells", type=int, default=3)
     p.add_argument("--mito-prefix", default="MT-")
-    p.set_defaults(func=_exit_on_sample_error(_cell_qc))
+    p.set_defaults(func=_cell_qc)
 
     p = sub.add_parser("integrate-cells", help="all samples in one object: HVG, PCA, Harmony, UMAP, Leiden, markers")
     p.add_argument("filtered", nargs="+", help="per-sample filtered.h5ad files from cell-qc")
@@ -157,7 +140,7 @@ def register(sub) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: rapids-singlecell when given a GPU")
     p.add_argument("--n-markers", type=int, default=25, help="marker genes per cluster in the table")
     add_options(p, ClusterParams)
-    p.set_defaults(func=_exit_on_sample_error(_integrate))
+    p.set_defaults(func=_integrate)
 
     p = sub.add_parser("train-celltypist", help="train a CellTypist model on a labelled reference .h5ad")
     p.add_argument("--reference", required=True)

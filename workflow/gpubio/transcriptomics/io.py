@@ -4,6 +4,7 @@ reach the analysis as if it were raw."""
 
 from __future__ import annotations
 
+from gpubio.errors import UnusableInput
 import logging
 from pathlib import Path
 
@@ -20,7 +21,7 @@ GIVE_COUNTS = (
 )
 
 
-class SampleError(ValueError):
+class SampleError(UnusableInput):
     """A sample that cannot be analysed; the message names the sample, its file and what to do."""
 
 

@@ -24,6 +24,7 @@ Other keys of the state dict (scGPT's decoders) are not used.
 
 from __future__ import annotations
 
+from gpubio.errors import UnusableInput
 import json
 import logging
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ CHECKPOINT_FILES = ("args.json", "best_model.pt", "vocab.json")
 VALUE_STYLES = ("continuous", "category")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnusableInput):
     """A scGPT checkpoint directory that cannot be used as it is (the message says what to do)."""
 
 
