@@ -1,43 +1,35 @@
 # Sample sheets, input functions (get_*) and wildcard constraints shared by every module.
 import os
 
-from gpubio.config import ConfigError, load_project
-from gpubio.gpu.calibrate import NeedsError
-from gpubio.gpu import (
-    CatalogueError,
-    InventoryError,
-    PlacementError,
-    configure_site,
-    cpu_resources,
-    gpu_resources,
-)
+from gpubio.config import ConfigError
+from gpubio.gpu import cpu_resources, gpu_resources
 from gpubio.shell import (
-    extra_options_problems,
     quote_extra_options,
     quote_option,
     quote_option_list,
 )
+from gpubio.startup import start_up
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 
+# One pass over config, sheets, partitions and needs files and input headers; every problem
+# is one line, all raised together before any job is built.
 try:
-    PROJECT = load_project(config, config_file=str(CONFIG_FILE), workdir=os.getcwd())
+    STARTUP = start_up(config, config_file=str(CONFIG_FILE), workdir=os.getcwd())
 except ConfigError as error:
-    # one line per problem, before any job is built
     raise WorkflowError(error.report()) from None
-
+PROJECT = STARTUP.project
+# The settings the rules read: each section with every schema default, also for modules
+# that are off. Rules never read raw config.
+GPU = STARTUP.settings["gpu"]
+GENOMICS = STARTUP.settings["genomics"]
+TRANSCRIPTOMICS = STARTUP.settings["transcriptomics"]
+IMAGING = STARTUP.settings["imaging"]
 # The site GPU jobs are placed on. Rules declare needs; the partitions file says what exists.
-try:
-    SITE = configure_site(
-        partitions_file=config["gpu"]["partitions"],
-        catalogue_overrides=config["gpu"]["catalogue"],
-        needs_file=config["gpu"]["needs"],
-    )
-except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
-    raise WorkflowError(f"gpubio: {error}") from None
+SITE = STARTUP.site
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found
-REQUIRE_GPU = "--require-gpu" if config["gpu"]["require"] else ""
+REQUIRE_GPU = "--require-gpu" if GPU["require"] else ""
 
 
 wildcard_constraints:
@@ -111,34 +103,12 @@ def get_qc_files(wildcards):
 # ---------------------------------------------------------------- genomics
 from gpubio.genomics.align import is_aligned_bam
 from gpubio.genomics.basecall import shard_count, shard_names
-from gpubio.genomics.sheet import (
-    caller_for,
-    genomics_settings,
-    sequencing_runs,
-    sheet_problems,
-)
+from gpubio.genomics.sheet import caller_for, sequencing_runs
 from gpubio.genomics.variants import parabricks_memory_options
 
-GENOMICS = genomics_settings(config)
 GENOMICS_SHEET = PROJECT.sheets.get("genomics")
-GENOMICS_REFERENCE = GENOMICS.get("reference") or "reference.fa"
+GENOMICS_REFERENCE = GENOMICS["reference"] or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
-_genomics_problems = sheet_problems(
-    GENOMICS_SHEET, GENOMICS["samples"], GENOMICS, str(CONFIG_FILE)
-) + extra_options_problems(
-    {"genomics": GENOMICS},
-    [
-        "genomics.basecall.options",
-        "genomics.align.dorado_options",
-        "genomics.variants.bcftools_options",
-        "genomics.variants.parabricks.options",
-        "genomics.variants.deepvariant.options",
-        "genomics.variants.clair3.options",
-    ],
-    str(CONFIG_FILE),
-)
-if _genomics_problems:
-    raise WorkflowError(ConfigError(_genomics_problems).report())
 if GENOMICS["variant_effects"]["enabled"]:
     SAMPLE_TARGETS["genomics"].append("results/genomics/{sample}/variant_effects.tsv")
 MODULE_TARGETS["genomics"] += [
@@ -242,29 +212,12 @@ def get_genomics_plot_inputs(wildcards):
 
 
 # ---------------------------------------------------------------- transcriptomics
-from gpubio.transcriptomics.settings import (
-    annotation_steps,
-    config_problems as transcriptomics_config_problems,
-    transcriptomics_settings,
-)
-from gpubio.transcriptomics.sizing import survey_count_files
+from gpubio.transcriptomics.settings import annotation_steps
 
-TRANSCRIPTOMICS = transcriptomics_settings(config)
 TRANSCRIPTOMICS_STEPS = annotation_steps(TRANSCRIPTOMICS)
 # size of what the integration step will read (cells x genes), for its VRAM and memory
-TRANSCRIPTOMICS_INPUT_MB = 0.0
+TRANSCRIPTOMICS_INPUT_MB = STARTUP.input_mb["transcriptomics"]
 if PROJECT.active("transcriptomics"):
-    _transcriptomics_problems = transcriptomics_config_problems(
-        TRANSCRIPTOMICS, str(CONFIG_FILE), os.getcwd()
-    )
-    # unreadable or processed count files join the config problems, one line each
-    TRANSCRIPTOMICS_INPUT_MB, _count_file_problems = survey_count_files(
-        PROJECT.sheets["transcriptomics"]["counts"].to_dict(),
-        TRANSCRIPTOMICS["samples"],
-    )
-    _transcriptomics_problems += _count_file_problems
-    if _transcriptomics_problems:
-        raise WorkflowError(ConfigError(_transcriptomics_problems).report())
     SAMPLE_TARGETS["transcriptomics"].append(
         "results/transcriptomics/{sample}/filtered.h5ad"
     )
@@ -352,24 +305,13 @@ from gpubio.imaging.resources import (
 )
 from gpubio.imaging.settings import (
     cellpose_model,
-    config_problems as imaging_config_problems,
-    imaging_settings,
     registration_options,
     segmentation_options,
     training_files,
     training_options,
     uses_trained_model,
 )
-from gpubio.imaging.sheet import image_file_problems
 
-IMAGING = imaging_settings(config)
-if PROJECT.active("imaging"):
-    _imaging_problems = imaging_config_problems(IMAGING, str(CONFIG_FILE))
-    _imaging_problems += image_file_problems(
-        PROJECT.sheets["imaging"], IMAGING["samples"], os.getcwd()
-    )
-    if _imaging_problems:
-        raise WorkflowError(ConfigError(_imaging_problems).report())
 # learned registration is the GPU option; elastix runs on CPUs
 IMAGING_REGISTRATION_GPUS = 1 if IMAGING["registration"]["method"] == "learned" else 0
 IMAGING_CELLPOSE_MODEL = cellpose_model(IMAGING)

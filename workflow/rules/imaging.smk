@@ -98,7 +98,7 @@ rule train_cellpose:
         ),
     params:
         usage=usage_record("imaging/train_cellpose"),
-        images=IMAGING["training"].get("images", ""),
+        images=IMAGING["training"]["images"],
         options=training_options(IMAGING),
         require_gpu=REQUIRE_GPU,
     shell:

@@ -26,7 +26,7 @@ rule cell_qc:
         **cpu_resources(mem_mb=4000, runtime=30),
     params:
         batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
-        qc=config.get("transcriptomics", {}).get("qc", {}),
+        qc=TRANSCRIPTOMICS["qc"],
     shell:
         "python -m gpubio --threads {threads} cell-qc --counts {input:q} --sample {wildcards.sample}"
         " --batch {params.batch:q} --min-genes {params.qc[min_genes]} --min-counts {params.qc[min_counts]}"
@@ -68,9 +68,9 @@ rule integrate_cells:
     params:
         usage=usage_record("transcriptomics/integrate_cells"),
         require_gpu=REQUIRE_GPU,
-        backend=TRANSCRIPTOMICS.get("backend", "auto"),
-        n_markers=TRANSCRIPTOMICS.get("markers", {}).get("n_genes", 25),
-        options=cli_options(TRANSCRIPTOMICS.get("cluster", {}), ClusterParams),
+        backend=TRANSCRIPTOMICS["backend"],
+        n_markers=TRANSCRIPTOMICS["markers"]["n_genes"],
+        options=cli_options(TRANSCRIPTOMICS["cluster"], ClusterParams),
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} integrate-cells {input:q}"
@@ -80,7 +80,7 @@ rule integrate_cells:
 
 rule train_celltypist:
     input:
-        reference=TRANSCRIPTOMICS.get("annotation", {}).get("reference") or [],
+        reference=TRANSCRIPTOMICS["annotation"]["reference"] or [],
     output:
         "results/transcriptomics/celltypist/model.pkl",
     log:
@@ -93,8 +93,8 @@ rule train_celltypist:
     resources:
         **cpu_resources(mem_mb=8000, runtime=120),
     params:
-        label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
-        celltypist=TRANSCRIPTOMICS.get("annotation", {}).get("celltypist", {}),
+        label_key=TRANSCRIPTOMICS["annotation"]["label_key"],
+        celltypist=TRANSCRIPTOMICS["annotation"]["celltypist"],
     shell:
         "python -m gpubio --threads {threads} train-celltypist --reference {input.reference:q}"
         " --label-key {params.label_key:q} --max-iter {params.celltypist[max_iter]}"
@@ -119,9 +119,7 @@ rule annotate_celltypist:
     params:
         voting=(
             "--majority-voting"
-            if TRANSCRIPTOMICS.get("annotation", {})
-            .get("celltypist", {})
-            .get("majority_voting")
+            if TRANSCRIPTOMICS["annotation"]["celltypist"]["majority_voting"]
             else "--no-majority-voting"
         ),
     shell:
@@ -133,7 +131,7 @@ rule annotate_celltypist:
 rule annotate_scanvi:
     input:
         integrated="results/transcriptomics/integrated.h5ad",
-        reference=TRANSCRIPTOMICS.get("annotation", {}).get("reference") or [],
+        reference=TRANSCRIPTOMICS["annotation"]["reference"] or [],
     output:
         "results/transcriptomics/annotation/scanvi.tsv",
     log:
@@ -154,10 +152,8 @@ rule annotate_scanvi:
     params:
         usage=usage_record("transcriptomics/annotate_scanvi"),
         require_gpu=REQUIRE_GPU,
-        label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
-        options=cli_options(
-            TRANSCRIPTOMICS.get("annotation", {}).get("scanvi", {}), ScanviParams
-        ),
+        label_key=TRANSCRIPTOMICS["annotation"]["label_key"],
+        options=cli_options(TRANSCRIPTOMICS["annotation"]["scanvi"], ScanviParams),
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} annotate-scanvi"
@@ -169,7 +165,7 @@ rule annotate_scanvi:
 rule embed_cells:
     input:
         integrated="results/transcriptomics/integrated.h5ad",
-        weights=TRANSCRIPTOMICS.get("embeddings", {}).get("weights") or [],
+        weights=TRANSCRIPTOMICS["embeddings"]["weights"] or [],
     output:
         "results/transcriptomics/embeddings.h5ad",
     log:
@@ -182,7 +178,7 @@ rule embed_cells:
     resources:
         **gpu_resources(
             gpus=1,
-            vram_gb=TRANSCRIPTOMICS.get("embeddings", {}).get("vram_gb", 16),
+            vram_gb=TRANSCRIPTOMICS["embeddings"]["vram_gb"],
             policy="cheapest",
             mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
             runtime=240,
@@ -190,7 +186,7 @@ rule embed_cells:
     params:
         usage=usage_record("transcriptomics/embed_cells"),
         require_gpu=REQUIRE_GPU,
-        options=cli_options(TRANSCRIPTOMICS.get("embeddings", {}), EmbeddingParams),
+        options=cli_options(TRANSCRIPTOMICS["embeddings"], EmbeddingParams),
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} embed-cells"
@@ -253,7 +249,7 @@ rule plot_atlas:
     resources:
         **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
     params:
-        dotplot_genes=TRANSCRIPTOMICS.get("markers", {}).get("dotplot_genes", 3),
+        dotplot_genes=TRANSCRIPTOMICS["markers"]["dotplot_genes"],
     shell:
         "python -m gpubio --threads {threads} plot-atlas --atlas {input:q} --dotplot-genes {params.dotplot_genes}"
         " --out-umap {output.umap} --out-violins {output.violins} --out-dotplot {output.dotplot} > {log} 2>&1"
@@ -283,7 +279,7 @@ rule spatial_stats:
     resources:
         **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=120),
     params:
-        options=cli_options(TRANSCRIPTOMICS.get("spatial", {}), SpatialParams),
+        options=cli_options(TRANSCRIPTOMICS["spatial"], SpatialParams),
         interactions=lambda wildcards, input: quote_option_list(
             "--interactions", input.interactions
         ),

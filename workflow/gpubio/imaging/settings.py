@@ -6,7 +6,6 @@ spelled out in the rules' shell commands, so `snakemake -n -p` shows every setti
 
 from __future__ import annotations
 
-import copy
 import shlex
 from pathlib import Path
 
@@ -15,11 +14,9 @@ TRAINED_MODEL = "results/imaging/model/cellpose_trained"
 
 def imaging_settings(config: dict) -> dict:
     """The imaging section with schema defaults filled (also when the section is absent)."""
-    from gpubio.config import _fill_defaults, load_schema
+    from gpubio.config import section_settings
 
-    settings = copy.deepcopy(config.get("imaging") or {"samples": ""})
-    _fill_defaults(settings, load_schema("config.imaging"), top=False)
-    return settings
+    return section_settings(config, "imaging")
 
 
 def imaging_defaults() -> dict:

@@ -7,15 +7,15 @@ from pathlib import Path
 
 
 def transcriptomics_settings(config: dict) -> dict:
-    """The validated section (defaults filled by gpubio.config), or {} when the module is off."""
-    return config.get("transcriptomics") or {}
+    """The transcriptomics section with schema defaults filled (also when the section is absent)."""
+    from gpubio.config import section_settings
+
+    return section_settings(config, "transcriptomics")
 
 
 def annotation_steps(settings: dict) -> dict[str, bool]:
     """celltypist: label with CellTypist; train_celltypist: train its model on the reference first;
     scanvi: label with scANVI; embeddings: Geneformer-style embeddings."""
-    if not settings:
-        return {"celltypist": False, "train_celltypist": False, "scanvi": False, "embeddings": False}
     annotation = settings["annotation"]
     reference, celltypist = annotation["reference"], annotation["celltypist"]
     use_celltypist = celltypist["enabled"] and bool(celltypist["model"] or reference)
