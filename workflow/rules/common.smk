@@ -7,6 +7,7 @@ from gpubio.shell import (
     quote_extra_options,
     quote_option,
     quote_option_list,
+    settings_options,
 )
 from gpubio.startup import start_up
 
@@ -103,7 +104,13 @@ def get_qc_files(wildcards):
 # ---------------------------------------------------------------- genomics
 from gpubio.genomics.align import is_aligned_bam
 from gpubio.genomics.basecall import shard_count, shard_names
-from gpubio.genomics.sheet import caller_for, sequencing_runs
+from gpubio.genomics.sheet import (
+    BASECALL_OPTIONS,
+    FINISH_VARIANTS_OPTIONS,
+    VARIANT_EFFECTS_OPTIONS,
+    caller_for,
+    sequencing_runs,
+)
 from gpubio.genomics.variants import parabricks_memory_options
 
 GENOMICS_SHEET = PROJECT.sheets.get("genomics")
@@ -304,6 +311,7 @@ from gpubio.imaging.resources import (
     registration_vram_gb,
 )
 from gpubio.imaging.settings import (
+    IMAGE_QC_OPTIONS,
     cellpose_model,
     registration_options,
     segmentation_options,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shlex
 
 log = logging.getLogger("gpubio")
 
@@ -27,18 +26,16 @@ def params_from(args, params_class):
     return params_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(params_class)})
 
 
+def option_table(params_class) -> dict[str, str]:
+    """A step's table, setting -> flag: one --flag per field of its parameter dataclass."""
+    return {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(params_class)}
+
+
 def cli_options(section: dict, params_class) -> str:
     """The flags for a config.yaml section, for a rule's shell command (shown by `snakemake -n -p`)."""
-    words = []
-    for f in dataclasses.fields(params_class):
-        if f.name not in section:
-            continue
-        value, flag = section[f.name], "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        else:
-            words += [flag, shlex.quote(str(value))]
-    return " ".join(words)
+    from gpubio.shell import settings_options
+
+    return settings_options(section, option_table(params_class))
 
 
 # --------------------------------------------------------------------------- commands
