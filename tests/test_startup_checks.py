@@ -154,3 +154,29 @@ def test_settings_have_every_default_when_a_module_is_off(section):
         return checked
 
     assert walk(schema, settings, f"{section}.") > 10
+
+
+def test_qc_summary_reads_every_sample_qc_file_of_its_module(tmp_path):
+    """Targets are declared once per module; the QC summary's inputs are each sample's
+    qc.json, whatever the order of the module's other targets."""
+    rng = np.random.default_rng(3)
+    for name in ("w 1", "w2"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    write(tmp_path, "plates.tsv", "sample\timage\nwell-A\tw 1.tif\nwell_B\tw2.tif\n")
+    write_project(tmp_path, {
+        "gpu": {"needs": ""},
+        "genomics": {"samples": "none.tsv"},
+        "transcriptomics": {"samples": "none.tsv"},
+        "imaging": {"samples": "plates.tsv", "segmentation": {"model": "nuclei"}},
+    })  # fmt: skip
+
+    proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1")
+
+    [summary] = [line for line in proc.stdout.splitlines() if "qc-summary --domain" in line]
+    words = summary.split(">")[0].split()
+    assert words[words.index("--domain") + 1] == "imaging"
+    assert words[-2:] == ["results/imaging/well-A/qc.json", "results/imaging/well_B/qc.json"]
+    for sample in ("well-A", "well_B"):
+        for name in ("qc.json", "masks.tif", "segmentation.json", "cells.tsv", "overlay.png"):
+            assert f"results/imaging/{sample}/{name}" in proc.stdout
+    assert "registered.tif" not in proc.stdout and "results/genomics" not in proc.stdout

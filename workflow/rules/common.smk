@@ -42,28 +42,9 @@ def sheet_row(domain, sample):
     return PROJECT.sheets[domain].loc[sample]
 
 
-# What the default target asks of each active module. Patterns expanded over its samples, and
-# files made once per module. A new step adds its outputs here.
-SAMPLE_TARGETS = {
-    "genomics": [
-        "results/genomics/{sample}/read_qc.json",
-        "results/genomics/{sample}/qc.json",
-        "results/genomics/{sample}/aligned.bam",
-        "results/genomics/{sample}/aligned.bam.bai",
-        "results/genomics/{sample}/variants.vcf.gz",
-        "results/genomics/{sample}/variants.vcf.gz.tbi",
-    ],
-    "transcriptomics": ["results/transcriptomics/{sample}/qc.json"],
-    "imaging": [
-        "results/imaging/{sample}/qc.json",
-        "results/imaging/{sample}/cells.tsv",
-        "results/imaging/{sample}/overlay.png",
-    ],
-}
-MODULE_TARGETS = {
-    domain: [f"results/{domain}/qc_summary.tsv", f"results/{domain}/qc_summary.png"]
-    for domain in SAMPLE_TARGETS
-}
+# What the default target asks of each active module: each domain's rules file declares its
+# targets once, in one function, registered here by domain.
+DOMAIN_TARGETS = {}
 
 
 GPU_REPORT_TARGETS = [
@@ -76,12 +57,12 @@ GPU_REPORT_TARGETS = [
 
 
 def get_module_outputs(wildcards=None):
-    """Every active module's targets."""
+    """Every active module's targets, and its QC summary."""
     targets = []
-    for domain in SAMPLE_TARGETS:
+    for domain, domain_targets in DOMAIN_TARGETS.items():
         if PROJECT.active(domain):
-            targets += expand(SAMPLE_TARGETS[domain], sample=PROJECT.samples(domain))
-            targets += MODULE_TARGETS[domain]
+            targets += domain_targets()
+            targets += [f"results/{domain}/qc_summary.{ext}" for ext in ("tsv", "png")]
     return targets
 
 
@@ -96,9 +77,12 @@ def usage_record(step):
 
 
 def get_qc_files(wildcards):
-    """Per-sample QC JSON files of one module (the first per-sample target)."""
-    pattern = SAMPLE_TARGETS[wildcards.domain][0]
-    return expand(pattern, sample=PROJECT.samples(wildcards.domain))
+    """Per-sample QC JSON files of one module (every module writes results/<domain>/<sample>/qc.json)."""
+    return expand(
+        "results/{domain}/{sample}/qc.json",
+        domain=wildcards.domain,
+        sample=PROJECT.samples(wildcards.domain),
+    )
 
 
 # ---------------------------------------------------------------- genomics
@@ -116,21 +100,42 @@ from gpubio.genomics.variants import parabricks_memory_options
 GENOMICS_SHEET = PROJECT.sheets.get("genomics")
 GENOMICS_REFERENCE = GENOMICS["reference"] or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
-if GENOMICS["variant_effects"]["enabled"]:
-    SAMPLE_TARGETS["genomics"].append("results/genomics/{sample}/variant_effects.tsv")
-MODULE_TARGETS["genomics"] += [
-    "results/genomics/read_qc.png",
-    "results/genomics/coverage.png",
-    "results/genomics/variants.png",
-    "results/genomics/variant_summary.tsv",
-]
-# Every documented output is a target, so a run restores one an interrupted job removed.
-SAMPLE_TARGETS["genomics"].append("results/genomics/{sample}/coverage.tsv")
-MODULE_TARGETS["genomics"] += [
-    f"results/genomics/{sample}/reads.bam"
-    for run in GENOMICS_RUNS.values()
-    for sample in run.barcodes
-]
+
+
+def genomics_targets():
+    """Every documented genomics output, so a run restores one an interrupted job removed."""
+    per_sample = [
+        "read_qc.json",
+        "qc.json",
+        "coverage.tsv",
+        "aligned.bam",
+        "aligned.bam.bai",
+        "variants.vcf.gz",
+        "variants.vcf.gz.tbi",
+    ]
+    if GENOMICS["variant_effects"]["enabled"]:
+        per_sample.append("variant_effects.tsv")
+    return (
+        expand(
+            "results/genomics/{sample}/{name}",
+            sample=PROJECT.samples("genomics"),
+            name=per_sample,
+        )
+        + [
+            "results/genomics/read_qc.png",
+            "results/genomics/coverage.png",
+            "results/genomics/variants.png",
+            "results/genomics/variant_summary.tsv",
+        ]
+        + [
+            f"results/genomics/{sample}/reads.bam"
+            for run in GENOMICS_RUNS.values()
+            for sample in run.barcodes
+        ]
+    )
+
+
+DOMAIN_TARGETS["genomics"] = genomics_targets
 
 
 def genomics_platform(wildcards):
@@ -224,39 +229,51 @@ from gpubio.transcriptomics.settings import annotation_steps
 TRANSCRIPTOMICS_STEPS = annotation_steps(TRANSCRIPTOMICS)
 # size of what the integration step will read (cells x genes), for its VRAM and memory
 TRANSCRIPTOMICS_INPUT_MB = STARTUP.input_mb["transcriptomics"]
-if PROJECT.active("transcriptomics"):
-    SAMPLE_TARGETS["transcriptomics"].append(
-        "results/transcriptomics/{sample}/filtered.h5ad"
-    )
-    MODULE_TARGETS["transcriptomics"] += [
-        "results/transcriptomics/integrated.h5ad",
-        *[
+
+
+def transcriptomics_targets():
+    """Per-sample QC and cells, the atlas with its labels, embeddings and figures, and the
+    spatial statistics of every sample with coordinates."""
+    samples = PROJECT.samples("transcriptomics")
+    return (
+        expand(
+            "results/transcriptomics/{sample}/{name}",
+            sample=samples,
+            name=["qc.json", "filtered.h5ad"],
+        )
+        + [
+            "results/transcriptomics/integrated.h5ad",
+            "results/transcriptomics/atlas.h5ad",
+            "results/transcriptomics/markers.tsv",
+            "results/transcriptomics/plots/umap.png",
+            "results/transcriptomics/plots/qc_violins.png",
+            "results/transcriptomics/plots/markers_dotplot.png",
+        ]
+        + [
             f"results/transcriptomics/annotation/{method}.tsv"
             for method in ("celltypist", "scanvi")
             if TRANSCRIPTOMICS_STEPS[method]
-        ],
-        *(
+        ]
+        + (
             ["results/transcriptomics/celltypist/model.pkl"]
             if TRANSCRIPTOMICS_STEPS["train_celltypist"]
             else []
-        ),
-        *(
+        )
+        + (
             ["results/transcriptomics/embeddings.h5ad"]
             if TRANSCRIPTOMICS_STEPS["embeddings"]
             else []
-        ),
-        "results/transcriptomics/atlas.h5ad",
-        "results/transcriptomics/markers.tsv",
-        "results/transcriptomics/plots/umap.png",
-        "results/transcriptomics/plots/qc_violins.png",
-        "results/transcriptomics/plots/markers_dotplot.png",
-    ]
-    MODULE_TARGETS["transcriptomics"] += [
-        f"results/transcriptomics/spatial/{sample}.{ext}"
-        for sample in PROJECT.samples("transcriptomics")
-        if sheet_row("transcriptomics", sample).get("spatial")
-        for ext in ("tsv", "png")
-    ]
+        )
+        + [
+            f"results/transcriptomics/spatial/{sample}.{ext}"
+            for sample in samples
+            if sheet_row("transcriptomics", sample).get("spatial")
+            for ext in ("tsv", "png")
+        ]
+    )
+
+
+DOMAIN_TARGETS["transcriptomics"] = transcriptomics_targets
 
 
 def get_counts(wildcards):
@@ -323,23 +340,37 @@ from gpubio.imaging.settings import (
 # learned registration is the GPU option; elastix runs on CPUs
 IMAGING_REGISTRATION_GPUS = 1 if IMAGING["registration"]["method"] == "learned" else 0
 IMAGING_CELLPOSE_MODEL = cellpose_model(IMAGING)
-SAMPLE_TARGETS["imaging"] += [
-    "results/imaging/{sample}/masks.tif",
-    "results/imaging/{sample}/segmentation.json",
-]
-if PROJECT.active("imaging"):
-    MODULE_TARGETS["imaging"] += [
-        f"results/imaging/{sample}/{name}"
-        for sample in PROJECT.samples("imaging")
-        if sheet_row("imaging", sample).get("reference_image")
-        for name in ("registered.tif", "transform.json", "checkerboard.png")
+
+
+def imaging_targets():
+    """Per-sample QC, masks, cells and overlays; registration outputs of samples with a
+    reference image; the model trained here, when segmentation uses one."""
+    samples = PROJECT.samples("imaging")
+    per_sample = [
+        "qc.json",
+        "cells.tsv",
+        "overlay.png",
+        "masks.tif",
+        "segmentation.json",
     ]
-    if uses_trained_model(IMAGING):
-        MODULE_TARGETS["imaging"] += [
-            "results/imaging/model/cellpose_trained",
-            "results/imaging/model/training.json",
-            "results/imaging/model/training_loss.png",
+    registered = ["registered.tif", "transform.json", "checkerboard.png"]
+    trained = ["cellpose_trained", "training.json", "training_loss.png"]
+    return (
+        expand("results/imaging/{sample}/{name}", sample=samples, name=per_sample)
+        + [
+            f"results/imaging/{sample}/{name}"
+            for sample in samples
+            if has_reference_image(sample)
+            for name in registered
         ]
+        + [
+            f"results/imaging/model/{name}"
+            for name in (trained if uses_trained_model(IMAGING) else [])
+        ]
+    )
+
+
+DOMAIN_TARGETS["imaging"] = imaging_targets
 
 
 def get_image(wildcards):
