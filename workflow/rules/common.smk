@@ -42,8 +42,8 @@ def sheet_row(domain, sample):
     return PROJECT.sheets[domain].loc[sample]
 
 
-# What the default target asks of each active module: each domain's rules file declares its
-# targets once, in one function, registered here by domain.
+# What the default target asks of each active module: each domain's section below declares
+# its targets once, in one function (<domain>_targets), registered here by domain.
 DOMAIN_TARGETS = {}
 
 
