@@ -180,3 +180,29 @@ def test_qc_summary_reads_every_sample_qc_file_of_its_module(tmp_path):
         for name in ("qc.json", "masks.tif", "segmentation.json", "cells.tsv", "overlay.png"):
             assert f"results/imaging/{sample}/{name}" in proc.stdout
     assert "registered.tif" not in proc.stdout and "results/genomics" not in proc.stdout
+
+
+def test_a_module_with_bad_rows_skips_only_its_own_deeper_checks(tmp_path):
+    """An unknown platform would break the caller check (it looks the platform up); that
+    module's deeper checks are skipped, the other module's header check still runs."""
+    from gpubio.config import ConfigError
+    from gpubio.startup import start_up
+
+    rng = np.random.default_rng(8)
+    write_reference(tmp_path, "g.fa", rng)
+    write_fastq(tmp_path, "x.fastq", rng)
+    write(tmp_path, "dna.tsv", "sample\tplatform\tfastq_1\nx1\tpacbio\tx.fastq\n")
+    write(tmp_path, "stack.tif", "GIF89a")
+    write(tmp_path, "img.tsv", "sample\timage\nst\tstack.tif\n")
+    config = {
+        "gpu": {"partitions": str(Path(__file__).resolve().parent.parent / "profiles/slurm-gpu/partitions.yaml"),
+                "needs": ""},
+        "genomics": {"samples": "dna.tsv", "reference": "g.fa", "variant_effects": {"enabled": False}},
+        "imaging": {"samples": "img.tsv", "segmentation": {"model": "cyto3"}},
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        start_up(config, "my.yaml", tmp_path)
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("dna.tsv row 1 (line 2, sample 'x1'): platform 'pacbio' is not one of")
+    assert problems[1].startswith("img.tsv row 1 (line 2, sample 'st'): image 'stack.tif': not a TIFF file")
