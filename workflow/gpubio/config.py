@@ -63,34 +63,68 @@ def load_project(
     config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = "."
 ) -> Project:
     """Validate `config` and every sample sheet it names; raise ConfigError listing all problems."""
-    workdir = Path(workdir)
-    schema = load_schema("config")
-    problems = _check_config(config, schema, config_file)
-    if problems:
-        raise ConfigError(problems)
-    _fill_defaults(config, schema)
-    project = Project(config=config)
-    for domain in DOMAINS:
-        if domain not in config:
-            continue
-        sheet_path = config[domain]["samples"]
-        table, sheet_problems = read_sample_sheet(domain, sheet_path, workdir)
-        problems += sheet_problems
-        if table is not None and len(table):
-            project.sheets[domain] = table
-    if project.active("genomics"):
-        problems += _check_reference(config, config_file, workdir)
-    partitions = project_file(config["gpu"]["partitions"], workdir)
-    if partitions is None:
-        problems.append(
-            f"{config_file}: gpu.partitions '{config['gpu']['partitions']}' does not exist; "
-            "point it at your site's partitions file (see profiles/slurm-gpu/partitions.yaml)"
-        )
-    else:
-        config["gpu"]["partitions"] = str(partitions)
+    project, problems, _ = read_project(config, config_file, workdir)
     if problems:
         raise ConfigError(problems)
     return project
+
+
+def read_project(
+    config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = "."
+) -> tuple[Project, list[str], set[str]]:
+    """Validate `config` and every sample sheet it names, raising nothing.
+
+    Returns the project (defaults filled), one line per problem, and the sections (domains,
+    "gpu") whose own problems make their later checks meaningless: a later check on a value
+    of the wrong type, or on a sheet with bad rows, would fail with a traceback or say the
+    same thing twice.
+    """
+    workdir = Path(workdir)
+    schema = load_schema("config")
+    if not isinstance(config, dict):
+        return Project(config={}), _check_config(config, schema, config_file), {*DOMAINS, "gpu"}
+    errors = _config_errors(config, schema)
+    problems = [_describe_config_error(error, config_file) for error in errors]
+    flawed = {str(error.absolute_path[0]) for error in errors if error.absolute_path}
+    _fill_defaults(config, schema)
+    project = Project(config=config)
+    for domain in DOMAINS:
+        section = config.get(domain)
+        if not isinstance(section, dict) or not isinstance(section.get("samples"), str):
+            continue
+        table, sheet_problems = read_sample_sheet(domain, section["samples"], workdir)
+        problems += sheet_problems
+        if sheet_problems:
+            flawed.add(domain)
+        if table is not None and len(table):
+            project.sheets[domain] = table
+    if project.active("genomics") and "genomics" not in flawed:
+        reference_problems = _check_reference(config, config_file, workdir)
+        problems += reference_problems
+        if reference_problems:
+            flawed.add("genomics")
+    if "gpu" not in flawed:
+        partitions = project_file(config["gpu"]["partitions"], workdir)
+        if partitions is None:
+            problems.append(
+                f"{config_file}: gpu.partitions '{config['gpu']['partitions']}' does not exist; "
+                "point it at your site's partitions file (see profiles/slurm-gpu/partitions.yaml)"
+            )
+            flawed.add("gpu")
+        else:
+            config["gpu"]["partitions"] = str(partitions)
+    return project, problems, flawed
+
+
+def section_settings(config: dict, section: str) -> dict:
+    """One section of the config ("gpu" or a domain) with every schema default filled, also
+    when the section is absent (module off): what the rules read, never raw config."""
+    schema = load_schema("config")["properties"][section]
+    settings = copy.deepcopy(config.get(section) if isinstance(config, dict) else None)
+    if not isinstance(settings, dict):
+        settings = {}
+    _fill_defaults(settings, schema, top=False)
+    return settings
 
 
 # --------------------------------------------------------------------------- config.yaml
@@ -103,11 +137,12 @@ def _key_path(path) -> str:
 def _check_config(config: dict, schema: dict, config_file: str) -> list[str]:
     if not isinstance(config, dict):
         return [f"{config_file}: expected a mapping of settings, found {type(config).__name__}"]
+    return [_describe_config_error(error, config_file) for error in _config_errors(config, schema)]
+
+
+def _config_errors(config: dict, schema: dict) -> list[jsonschema.ValidationError]:
     validator = jsonschema.Draft7Validator(schema)
-    problems = []
-    for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
-        problems.append(_describe_config_error(error, config_file))
-    return problems
+    return sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
 
 
 def _describe_config_error(error: jsonschema.ValidationError, config_file: str) -> str:

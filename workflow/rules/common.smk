@@ -1,44 +1,36 @@
 # Sample sheets, input functions (get_*) and wildcard constraints shared by every module.
 import os
 
-from gpubio.config import ConfigError, load_project
-from gpubio.gpu.calibrate import NeedsError
-from gpubio.gpu import (
-    BalancedGroup,
-    CatalogueError,
-    InventoryError,
-    PlacementError,
-    configure_site,
-    cpu_resources,
-    gpu_resources,
-)
+from gpubio.config import ConfigError
+from gpubio.gpu import BalancedGroup, cpu_resources, gpu_resources
 from gpubio.shell import (
-    extra_options_problems,
     quote_extra_options,
     quote_option,
     quote_option_list,
+    settings_options,
 )
+from gpubio.startup import start_up
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 
+# One pass over config, sheets, partitions and needs files and input headers; every problem
+# is one line, all raised together before any job is built.
 try:
-    PROJECT = load_project(config, config_file=str(CONFIG_FILE), workdir=os.getcwd())
+    STARTUP = start_up(config, config_file=str(CONFIG_FILE), workdir=os.getcwd())
 except ConfigError as error:
-    # one line per problem, before any job is built
     raise WorkflowError(error.report()) from None
-
+PROJECT = STARTUP.project
+# The settings the rules read: each section with every schema default, also for modules
+# that are off. Rules never read raw config.
+GPU = STARTUP.settings["gpu"]
+GENOMICS = STARTUP.settings["genomics"]
+TRANSCRIPTOMICS = STARTUP.settings["transcriptomics"]
+IMAGING = STARTUP.settings["imaging"]
 # The site GPU jobs are placed on. Rules declare needs; the partitions file says what exists.
-try:
-    SITE = configure_site(
-        partitions_file=config["gpu"]["partitions"],
-        catalogue_overrides=config["gpu"]["catalogue"],
-        needs_file=config["gpu"]["needs"],
-    )
-except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
-    raise WorkflowError(f"gpubio: {error}") from None
+SITE = STARTUP.site
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found
-REQUIRE_GPU = "--require-gpu" if config["gpu"]["require"] else ""
+REQUIRE_GPU = "--require-gpu" if GPU["require"] else ""
 
 
 wildcard_constraints:
@@ -50,28 +42,9 @@ def sheet_row(domain, sample):
     return PROJECT.sheets[domain].loc[sample]
 
 
-# What the default target asks of each active module. Patterns expanded over its samples, and
-# files made once per module. A new step adds its outputs here.
-SAMPLE_TARGETS = {
-    "genomics": [
-        "results/genomics/{sample}/read_qc.json",
-        "results/genomics/{sample}/qc.json",
-        "results/genomics/{sample}/aligned.bam",
-        "results/genomics/{sample}/aligned.bam.bai",
-        "results/genomics/{sample}/variants.vcf.gz",
-        "results/genomics/{sample}/variants.vcf.gz.tbi",
-    ],
-    "transcriptomics": ["results/transcriptomics/{sample}/qc.json"],
-    "imaging": [
-        "results/imaging/{sample}/qc.json",
-        "results/imaging/{sample}/cells.tsv",
-        "results/imaging/{sample}/overlay.png",
-    ],
-}
-MODULE_TARGETS = {
-    domain: [f"results/{domain}/qc_summary.tsv", f"results/{domain}/qc_summary.png"]
-    for domain in SAMPLE_TARGETS
-}
+# What the default target asks of each active module: each domain's section below declares
+# its targets once, in one function (<domain>_targets), registered here by domain.
+DOMAIN_TARGETS = {}
 
 
 GPU_REPORT_TARGETS = [
@@ -83,13 +56,20 @@ GPU_REPORT_TARGETS = [
 ]
 
 
+# modules whose per-sample qc.json files make a QC summary table and figure
+QC_SUMMARY_DOMAINS = ("genomics", "transcriptomics", "imaging")
+
+
 def get_module_outputs(wildcards=None):
-    """Every active module's targets."""
+    """Every active module's targets, and its QC summary."""
     targets = []
-    for domain in SAMPLE_TARGETS:
+    for domain, domain_targets in DOMAIN_TARGETS.items():
         if PROJECT.active(domain):
-            targets += expand(SAMPLE_TARGETS[domain], sample=PROJECT.samples(domain))
-            targets += MODULE_TARGETS[domain]
+            targets += domain_targets()
+            if domain in QC_SUMMARY_DOMAINS:
+                targets += [
+                    f"results/{domain}/qc_summary.{ext}" for ext in ("tsv", "png")
+                ]
     return targets
 
 
@@ -104,57 +84,65 @@ def usage_record(step):
 
 
 def get_qc_files(wildcards):
-    """Per-sample QC JSON files of one module (the first per-sample target)."""
-    pattern = SAMPLE_TARGETS[wildcards.domain][0]
-    return expand(pattern, sample=PROJECT.samples(wildcards.domain))
+    """Per-sample QC JSON files of one module (every module writes results/<domain>/<sample>/qc.json)."""
+    return expand(
+        "results/{domain}/{sample}/qc.json",
+        domain=wildcards.domain,
+        sample=PROJECT.samples(wildcards.domain),
+    )
 
 
 # ---------------------------------------------------------------- genomics
 from gpubio.genomics.align import is_aligned_bam
 from gpubio.genomics.basecall import shard_count, shard_names, shard_work
 from gpubio.genomics.sheet import (
+    BASECALL_OPTIONS,
+    FINISH_VARIANTS_OPTIONS,
+    VARIANT_EFFECTS_OPTIONS,
     caller_for,
-    genomics_settings,
     sequencing_runs,
-    sheet_problems,
 )
 from gpubio.genomics.variants import parabricks_memory_options
 
-GENOMICS = genomics_settings(config)
 GENOMICS_SHEET = PROJECT.sheets.get("genomics")
-GENOMICS_REFERENCE = GENOMICS.get("reference") or "reference.fa"
+GENOMICS_REFERENCE = GENOMICS["reference"] or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
-_genomics_problems = sheet_problems(
-    GENOMICS_SHEET, GENOMICS["samples"], GENOMICS, str(CONFIG_FILE)
-) + extra_options_problems(
-    {"genomics": GENOMICS},
-    [
-        "genomics.basecall.options",
-        "genomics.align.dorado_options",
-        "genomics.variants.bcftools_options",
-        "genomics.variants.parabricks.options",
-        "genomics.variants.deepvariant.options",
-        "genomics.variants.clair3.options",
-    ],
-    str(CONFIG_FILE),
-)
-if _genomics_problems:
-    raise WorkflowError(ConfigError(_genomics_problems).report())
-if GENOMICS["variant_effects"]["enabled"]:
-    SAMPLE_TARGETS["genomics"].append("results/genomics/{sample}/variant_effects.tsv")
-MODULE_TARGETS["genomics"] += [
-    "results/genomics/read_qc.png",
-    "results/genomics/coverage.png",
-    "results/genomics/variants.png",
-    "results/genomics/variant_summary.tsv",
-]
-# Every documented output is a target, so a run restores one an interrupted job removed.
-SAMPLE_TARGETS["genomics"].append("results/genomics/{sample}/coverage.tsv")
-MODULE_TARGETS["genomics"] += [
-    f"results/genomics/{sample}/reads.bam"
-    for run in GENOMICS_RUNS.values()
-    for sample in run.barcodes
-]
+
+
+def genomics_targets():
+    """Every documented genomics output, so a run restores one an interrupted job removed."""
+    per_sample = [
+        "read_qc.json",
+        "qc.json",
+        "coverage.tsv",
+        "aligned.bam",
+        "aligned.bam.bai",
+        "variants.vcf.gz",
+        "variants.vcf.gz.tbi",
+    ]
+    if GENOMICS["variant_effects"]["enabled"]:
+        per_sample.append("variant_effects.tsv")
+    return (
+        expand(
+            "results/genomics/{sample}/{name}",
+            sample=PROJECT.samples("genomics"),
+            name=per_sample,
+        )
+        + [
+            "results/genomics/read_qc.png",
+            "results/genomics/coverage.png",
+            "results/genomics/variants.png",
+            "results/genomics/variant_summary.tsv",
+        ]
+        + [
+            f"results/genomics/{sample}/reads.bam"
+            for run in GENOMICS_RUNS.values()
+            for sample in run.barcodes
+        ]
+    )
+
+
+DOMAIN_TARGETS["genomics"] = genomics_targets
 
 
 def genomics_platform(wildcards):
@@ -243,61 +231,56 @@ def get_genomics_plot_inputs(wildcards):
 
 
 # ---------------------------------------------------------------- transcriptomics
-from gpubio.transcriptomics.settings import (
-    annotation_steps,
-    config_problems as transcriptomics_config_problems,
-    transcriptomics_settings,
-)
-from gpubio.transcriptomics.sizing import survey_count_files
+from gpubio.transcriptomics.settings import annotation_steps
 
-TRANSCRIPTOMICS = transcriptomics_settings(config)
 TRANSCRIPTOMICS_STEPS = annotation_steps(TRANSCRIPTOMICS)
 # size of what the integration step will read (cells x genes), for its VRAM and memory
-TRANSCRIPTOMICS_INPUT_MB = 0.0
-if PROJECT.active("transcriptomics"):
-    _transcriptomics_problems = transcriptomics_config_problems(
-        TRANSCRIPTOMICS, str(CONFIG_FILE), os.getcwd()
-    )
-    # unreadable or processed count files join the config problems, one line each
-    TRANSCRIPTOMICS_INPUT_MB, _count_file_problems = survey_count_files(
-        PROJECT.sheets["transcriptomics"]["counts"].to_dict(),
-        TRANSCRIPTOMICS["samples"],
-    )
-    _transcriptomics_problems += _count_file_problems
-    if _transcriptomics_problems:
-        raise WorkflowError(ConfigError(_transcriptomics_problems).report())
-    SAMPLE_TARGETS["transcriptomics"].append(
-        "results/transcriptomics/{sample}/filtered.h5ad"
-    )
-    MODULE_TARGETS["transcriptomics"] += [
-        "results/transcriptomics/integrated.h5ad",
-        *[
+TRANSCRIPTOMICS_INPUT_MB = STARTUP.input_mb["transcriptomics"]
+
+
+def transcriptomics_targets():
+    """Per-sample QC and cells, the atlas with its labels, embeddings and figures, and the
+    spatial statistics of every sample with coordinates."""
+    samples = PROJECT.samples("transcriptomics")
+    return (
+        expand(
+            "results/transcriptomics/{sample}/{name}",
+            sample=samples,
+            name=["qc.json", "filtered.h5ad"],
+        )
+        + [
+            "results/transcriptomics/integrated.h5ad",
+            "results/transcriptomics/atlas.h5ad",
+            "results/transcriptomics/markers.tsv",
+            "results/transcriptomics/plots/umap.png",
+            "results/transcriptomics/plots/qc_violins.png",
+            "results/transcriptomics/plots/markers_dotplot.png",
+        ]
+        + [
             f"results/transcriptomics/annotation/{method}.tsv"
             for method in ("celltypist", "scanvi")
             if TRANSCRIPTOMICS_STEPS[method]
-        ],
-        *(
+        ]
+        + (
             ["results/transcriptomics/celltypist/model.pkl"]
             if TRANSCRIPTOMICS_STEPS["train_celltypist"]
             else []
-        ),
-        *(
+        )
+        + (
             ["results/transcriptomics/embeddings.h5ad"]
             if TRANSCRIPTOMICS_STEPS["embeddings"]
             else []
-        ),
-        "results/transcriptomics/atlas.h5ad",
-        "results/transcriptomics/markers.tsv",
-        "results/transcriptomics/plots/umap.png",
-        "results/transcriptomics/plots/qc_violins.png",
-        "results/transcriptomics/plots/markers_dotplot.png",
-    ]
-    MODULE_TARGETS["transcriptomics"] += [
-        f"results/transcriptomics/spatial/{sample}.{ext}"
-        for sample in PROJECT.samples("transcriptomics")
-        if sheet_row("transcriptomics", sample).get("spatial")
-        for ext in ("tsv", "png")
-    ]
+        )
+        + [
+            f"results/transcriptomics/spatial/{sample}.{ext}"
+            for sample in samples
+            if sheet_row("transcriptomics", sample).get("spatial")
+            for ext in ("tsv", "png")
+        ]
+    )
+
+
+DOMAIN_TARGETS["transcriptomics"] = transcriptomics_targets
 
 
 def get_counts(wildcards):
@@ -354,9 +337,8 @@ from gpubio.imaging.resources import (
     restoration_vram_gb,
 )
 from gpubio.imaging.settings import (
+    IMAGE_QC_OPTIONS,
     cellpose_model,
-    config_problems as imaging_config_problems,
-    imaging_settings,
     registration_options,
     restoration_enabled,
     restoration_options,
@@ -365,43 +347,51 @@ from gpubio.imaging.settings import (
     training_options,
     uses_trained_model,
 )
-from gpubio.imaging.sheet import image_file_problems
 
-IMAGING = imaging_settings(config)
-if PROJECT.active("imaging"):
-    _imaging_problems = imaging_config_problems(IMAGING, str(CONFIG_FILE))
-    _imaging_problems += image_file_problems(
-        PROJECT.sheets["imaging"], IMAGING["samples"], os.getcwd()
-    )
-    if _imaging_problems:
-        raise WorkflowError(ConfigError(_imaging_problems).report())
 # learned registration is the GPU option; elastix runs on CPUs
 IMAGING_REGISTRATION_GPUS = 1 if IMAGING["registration"]["method"] == "learned" else 0
 IMAGING_CELLPOSE_MODEL = cellpose_model(IMAGING)
-SAMPLE_TARGETS["imaging"] += [
-    "results/imaging/{sample}/masks.tif",
-    "results/imaging/{sample}/segmentation.json",
-]
-if PROJECT.active("imaging"):
-    MODULE_TARGETS["imaging"] += [
-        f"results/imaging/{sample}/{name}"
-        for sample in PROJECT.samples("imaging")
-        if sheet_row("imaging", sample).get("reference_image")
-        for name in ("registered.tif", "transform.json", "checkerboard.png")
+
+
+def imaging_targets():
+    """Per-sample QC, masks, cells and overlays; registration outputs of samples with a
+    reference image; the model trained here, when segmentation uses one."""
+    samples = PROJECT.samples("imaging")
+    per_sample = [
+        "qc.json",
+        "cells.tsv",
+        "overlay.png",
+        "masks.tif",
+        "segmentation.json",
     ]
-    if uses_trained_model(IMAGING):
-        MODULE_TARGETS["imaging"] += [
-            "results/imaging/model/cellpose_trained",
-            "results/imaging/model/training.json",
-            "results/imaging/model/training_loss.png",
+    registered = ["registered.tif", "transform.json", "checkerboard.png"]
+    trained = ["cellpose_trained", "training.json", "training_loss.png"]
+    return (
+        expand("results/imaging/{sample}/{name}", sample=samples, name=per_sample)
+        + [
+            f"results/imaging/{sample}/{name}"
+            for sample in samples
+            if has_reference_image(sample)
+            for name in registered
         ]
+        + [
+            f"results/imaging/model/{name}"
+            for name in (trained if uses_trained_model(IMAGING) else [])
+        ]
+        + (
+            expand(
+                "results/imaging/{sample}/{name}",
+                sample=samples,
+                name=("restored.tif", "restoration.json", "restoration.png"),
+            )
+            if restoration_enabled(IMAGING)
+            else []
+        )
+    )
+
+
 IMAGING_RESTORATION_MODEL = IMAGING["restoration"]["model"]
-if restoration_enabled(IMAGING):
-    SAMPLE_TARGETS["imaging"] += [
-        "results/imaging/{sample}/restored.tif",
-        "results/imaging/{sample}/restoration.json",
-        "results/imaging/{sample}/restoration.png",
-    ]
+DOMAIN_TARGETS["imaging"] = imaging_targets
 
 
 def get_image(wildcards):
@@ -463,33 +453,26 @@ def get_training_files(wildcards):
 # ---------------------------------------------------------------- histopathology
 from gpubio.histopathology.settings import (
     class_options,
-    config_problems as histopathology_config_problems,
     tile_embedding_vram_gb,
-    histopathology_settings,
-    slide_problems,
     tiling_options,
 )
 
-HISTOPATHOLOGY = histopathology_settings(config)
-if PROJECT.active("histopathology"):
-    _histopathology_problems = histopathology_config_problems(
-        HISTOPATHOLOGY, str(CONFIG_FILE), os.getcwd()
-    )
-    _histopathology_problems += slide_problems(
-        PROJECT.sheets["histopathology"], HISTOPATHOLOGY["samples"], os.getcwd()
-    )
-    if _histopathology_problems:
-        raise WorkflowError(ConfigError(_histopathology_problems).report())
-SAMPLE_TARGETS["histopathology"] = [
-    "results/histopathology/{sample}/tiles.tsv",
-    "results/histopathology/{sample}/embeddings.h5ad",
-    "results/histopathology/{sample}/labels.tsv",
-    "results/histopathology/{sample}/heatmap.png",
-]
-MODULE_TARGETS["histopathology"] = [
-    "results/histopathology/class_fractions.tsv",
-    "results/histopathology/class_fractions.png",
-]
+HISTOPATHOLOGY = STARTUP.settings["histopathology"]
+
+
+def histopathology_targets():
+    """Per slide: tiles, embeddings, zero-shot labels and heatmap; the class fractions of all."""
+    return expand(
+        "results/histopathology/{sample}/{name}",
+        sample=PROJECT.samples("histopathology"),
+        name=("tiles.tsv", "embeddings.h5ad", "labels.tsv", "heatmap.png"),
+    ) + [
+        "results/histopathology/class_fractions.tsv",
+        "results/histopathology/class_fractions.png",
+    ]
+
+
+DOMAIN_TARGETS["histopathology"] = histopathology_targets
 
 
 def get_slide(wildcards):
@@ -499,7 +482,7 @@ def get_slide(wildcards):
 def slide_mpp_option(wildcards):
     """--mpp from the sheet, when given (else the slide's own resolution is used)."""
     mpp = sheet_row("histopathology", wildcards.sample).get("mpp") or ""
-    return f"--mpp {shlex.quote(mpp)}" if mpp else ""
+    return quote_option("--mpp", mpp)
 
 
 def get_slide_labels(wildcards):

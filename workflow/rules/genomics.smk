@@ -87,7 +87,7 @@ BASECALL_PLACEMENT = (
             key=lambda wildcards: f"{wildcards.run}/{wildcards.shard}",
         ),
     )
-    if config["gpu"]["balance"]
+    if GPU["balance"]
     else dict(policy="fastest")
 )
 
@@ -121,18 +121,15 @@ rule basecall:
     params:
         usage=usage_record("genomics/runs/{run}/basecall_{shard}"),
         model=GENOMICS["basecall"]["model"],
-        models_dir=quote_option(
-            "--models-directory", GENOMICS["basecall"]["models_directory"]
-        ),
-        kit=quote_option("--kit-name", GENOMICS["basecall"]["kit_name"]),
+        flags=settings_options(GENOMICS["basecall"], BASECALL_OPTIONS),
         options=quote_extra_options(GENOMICS["basecall"]["options"]),
         require_gpu=REQUIRE_GPU,
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} tool-on-device"
         " --gpu-args='--device cuda:all' --cpu-args='-x cpu' --stdout {output} --"
-        " dorado basecaller {params.model:q} {input:q}/{wildcards.shard}.pod5 {params.models_dir}"
-        " {params.kit} {params.options} > {log} 2>&1"
+        " dorado basecaller {params.model:q} {input:q}/{wildcards.shard}.pod5 {params.flags}"
+        " {params.options} > {log} 2>&1"
 
 
 rule merge_basecalls:
@@ -483,10 +480,10 @@ rule finish_variants:
     resources:
         **cpu_resources(mem_mb=2000, runtime=60),
     params:
-        min_qual=GENOMICS["variants"]["min_qual"],
+        options=settings_options(GENOMICS["variants"], FINISH_VARIANTS_OPTIONS),
     shell:
         "python -m gpubio --threads {threads} finish-variants {input.calls:q} --reference {input.reference:q}"
-        " --sample {wildcards.sample} --min-qual {params.min_qual:q} --out {output.vcf} > {log} 2>&1"
+        " --sample {wildcards.sample} {params.options} --out {output.vcf} > {log} 2>&1"
 
 
 # ---------------------------------------------------------------- variant effects
@@ -519,18 +516,13 @@ rule variant_effects:
         ),
     params:
         usage=usage_record("genomics/{sample}/variant_effects"),
-        effects=GENOMICS["variant_effects"],
-        track_names=quote_option(
-            "--track-names", GENOMICS["variant_effects"]["track_names"]
-        ),
+        options=settings_options(GENOMICS["variant_effects"], VARIANT_EFFECTS_OPTIONS),
         require_gpu=REQUIRE_GPU,
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} variant-effects"
-        " --vcf {input.vcf:q} --reference {input.reference:q} --family {params.effects[family]:q}"
-        " --weights {input.weights:q} --sequence-length {params.effects[sequence_length]:q}"
-        " --batch-size {params.effects[batch_size]:q} --head {params.effects[head]:q}"
-        " {params.track_names} --out {output} > {log} 2>&1"
+        " --vcf {input.vcf:q} --reference {input.reference:q} --weights {input.weights:q}"
+        " {params.options} --out {output} > {log} 2>&1"
 
 
 # ---------------------------------------------------------------- report
@@ -574,12 +566,12 @@ rule genomics_plots:
     resources:
         **cpu_resources(mem_mb=2000, runtime=30),
     params:
-        min_qual=GENOMICS["variants"]["min_qual"],
+        options=settings_options(GENOMICS["variants"], FINISH_VARIANTS_OPTIONS),
         effects=lambda wc, input: quote_option_list(
             "--effects", input.effects if "effects" in input.keys() else []
         ),
     shell:
         "python -m gpubio genomics-plots --qc {input.qc:q} --coverage {input.coverage:q} --vcf {input.vcf:q}"
-        " {params.effects} --min-qual {params.min_qual:q} --out-read-qc {output.read_qc}"
+        " {params.effects} {params.options} --out-read-qc {output.read_qc}"
         " --out-coverage {output.coverage} --out-variants {output.variants}"
         " --out-summary {output.summary} > {log} 2>&1"

@@ -18,10 +18,10 @@ rule image_qc:
     resources:
         **cpu_resources(mem_mb=2000, runtime=30),
     params:
-        max_saturated=IMAGING["qc"]["max_saturated_fraction"],
+        options=settings_options(IMAGING, IMAGE_QC_OPTIONS),
     shell:
         "python -m gpubio --threads {threads} image-qc {input:q} --out {output}"
-        " --max-saturated-fraction {params.max_saturated} > {log} 2>&1"
+        " {params.options} > {log} 2>&1"
 
 
 # elastix on CPUs; the learned (torch) method on a GPU when the site has one
@@ -99,7 +99,7 @@ rule train_cellpose:
         ),
     params:
         usage=usage_record("imaging/train_cellpose"),
-        images=IMAGING["training"].get("images", ""),
+        images=IMAGING["training"]["images"],
         options=training_options(IMAGING),
         require_gpu=REQUIRE_GPU,
     shell:

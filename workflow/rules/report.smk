@@ -42,7 +42,7 @@ localrules:
 rule gpu_plan:
     input:
         config=CONFIG_FILE,
-        partitions=config["gpu"]["partitions"],
+        partitions=GPU["partitions"],
     output:
         plan=report(
             "results/gpu_plan.tsv",
@@ -98,7 +98,7 @@ rule gpu_usage_report:
     resources:
         **cpu_resources(mem_mb=1000, runtime=10),
     params:
-        partitions=config["gpu"]["partitions"],
+        partitions=GPU["partitions"],
     shell:
         "python -m gpubio gpu-usage-report benchmarks --partitions {params.partitions:q}"
         " --out-tsv {output.tsv} --out-models {output.models} --out-png {output.png} > {log} 2>&1"

@@ -5,6 +5,14 @@ from gpubio.transcriptomics.annotation import ScanviParams
 from gpubio.transcriptomics.cluster import ClusterParams
 from gpubio.transcriptomics.commands import cli_options
 from gpubio.transcriptomics.embeddings import EmbeddingParams
+from gpubio.transcriptomics.settings import (
+    ANNOTATE_CELLTYPIST_OPTIONS,
+    ANNOTATE_SCANVI_OPTIONS,
+    CELL_QC_OPTIONS,
+    INTEGRATE_OPTIONS,
+    PLOT_ATLAS_OPTIONS,
+    TRAIN_CELLTYPIST_OPTIONS,
+)
 from gpubio.transcriptomics.sizing import atlas_mem_mb, atlas_vram_gb, embedding_vram_gb
 from gpubio.transcriptomics.spatial import SpatialParams
 
@@ -26,12 +34,10 @@ rule cell_qc:
         **cpu_resources(mem_mb=4000, runtime=30),
     params:
         batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
-        qc=config.get("transcriptomics", {}).get("qc", {}),
+        options=settings_options(TRANSCRIPTOMICS, CELL_QC_OPTIONS),
     shell:
         "python -m gpubio --threads {threads} cell-qc --counts {input:q} --sample {wildcards.sample}"
-        " --batch {params.batch:q} --min-genes {params.qc[min_genes]} --min-counts {params.qc[min_counts]}"
-        " --max-mito-pct {params.qc[max_mito_pct]} --min-cells {params.qc[min_cells]}"
-        " --mito-prefix {params.qc[mito_prefix]:q}"
+        " --batch {params.batch:q} {params.options}"
         " --out-json {output.json} --out-h5ad {output.h5ad} > {log} 2>&1"
 
 
@@ -68,19 +74,18 @@ rule integrate_cells:
     params:
         usage=usage_record("transcriptomics/integrate_cells"),
         require_gpu=REQUIRE_GPU,
-        backend=TRANSCRIPTOMICS.get("backend", "auto"),
-        n_markers=TRANSCRIPTOMICS.get("markers", {}).get("n_genes", 25),
-        options=cli_options(TRANSCRIPTOMICS.get("cluster", {}), ClusterParams),
+        steps=settings_options(TRANSCRIPTOMICS, INTEGRATE_OPTIONS),
+        options=cli_options(TRANSCRIPTOMICS["cluster"], ClusterParams),
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} integrate-cells {input:q}"
-        " --backend {params.backend} --n-markers {params.n_markers} {params.options}"
+        " {params.steps} {params.options}"
         " --out-h5ad {output.h5ad} --out-markers {output.markers} > {log} 2>&1"
 
 
 rule train_celltypist:
     input:
-        reference=TRANSCRIPTOMICS.get("annotation", {}).get("reference") or [],
+        reference=TRANSCRIPTOMICS["annotation"]["reference"] or [],
     output:
         "results/transcriptomics/celltypist/model.pkl",
     log:
@@ -93,12 +98,10 @@ rule train_celltypist:
     resources:
         **cpu_resources(mem_mb=8000, runtime=120),
     params:
-        label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
-        celltypist=TRANSCRIPTOMICS.get("annotation", {}).get("celltypist", {}),
+        options=settings_options(TRANSCRIPTOMICS, TRAIN_CELLTYPIST_OPTIONS),
     shell:
         "python -m gpubio --threads {threads} train-celltypist --reference {input.reference:q}"
-        " --label-key {params.label_key:q} --max-iter {params.celltypist[max_iter]}"
-        " --seed {params.celltypist[seed]} --out {output} > {log} 2>&1"
+        " {params.options} --out {output} > {log} 2>&1"
 
 
 rule annotate_celltypist:
@@ -117,13 +120,7 @@ rule annotate_celltypist:
     resources:
         **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
     params:
-        voting=(
-            "--majority-voting"
-            if TRANSCRIPTOMICS.get("annotation", {})
-            .get("celltypist", {})
-            .get("majority_voting")
-            else "--no-majority-voting"
-        ),
+        voting=settings_options(TRANSCRIPTOMICS, ANNOTATE_CELLTYPIST_OPTIONS),
     shell:
         "python -m gpubio --threads {threads} annotate-celltypist --integrated {input.integrated:q}"
         " --model {input.model:q} {params.voting} --out {output} > {log} 2>&1"
@@ -133,7 +130,7 @@ rule annotate_celltypist:
 rule annotate_scanvi:
     input:
         integrated="results/transcriptomics/integrated.h5ad",
-        reference=TRANSCRIPTOMICS.get("annotation", {}).get("reference") or [],
+        reference=TRANSCRIPTOMICS["annotation"]["reference"] or [],
     output:
         "results/transcriptomics/annotation/scanvi.tsv",
     log:
@@ -154,14 +151,12 @@ rule annotate_scanvi:
     params:
         usage=usage_record("transcriptomics/annotate_scanvi"),
         require_gpu=REQUIRE_GPU,
-        label_key=TRANSCRIPTOMICS.get("annotation", {}).get("label_key"),
-        options=cli_options(
-            TRANSCRIPTOMICS.get("annotation", {}).get("scanvi", {}), ScanviParams
-        ),
+        label_key=settings_options(TRANSCRIPTOMICS, ANNOTATE_SCANVI_OPTIONS),
+        options=cli_options(TRANSCRIPTOMICS["annotation"]["scanvi"], ScanviParams),
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} annotate-scanvi"
-        " --integrated {input.integrated:q} --reference {input.reference:q} --label-key {params.label_key:q}"
+        " --integrated {input.integrated:q} --reference {input.reference:q} {params.label_key}"
         " {params.options} --out {output} > {log} 2>&1"
 
 
@@ -170,7 +165,7 @@ rule annotate_scanvi:
 rule embed_cells:
     input:
         integrated="results/transcriptomics/integrated.h5ad",
-        weights=TRANSCRIPTOMICS.get("embeddings", {}).get("weights") or [],
+        weights=TRANSCRIPTOMICS["embeddings"]["weights"] or [],
     output:
         "results/transcriptomics/embeddings.h5ad",
     log:
@@ -183,7 +178,7 @@ rule embed_cells:
     resources:
         **gpu_resources(
             gpus=1,
-            vram_gb=embedding_vram_gb(TRANSCRIPTOMICS.get("embeddings", {})),
+            vram_gb=embedding_vram_gb(TRANSCRIPTOMICS["embeddings"]),
             policy="cheapest",
             mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
             runtime=240,
@@ -191,7 +186,7 @@ rule embed_cells:
     params:
         usage=usage_record("transcriptomics/embed_cells"),
         require_gpu=REQUIRE_GPU,
-        options=cli_options(TRANSCRIPTOMICS.get("embeddings", {}), EmbeddingParams),
+        options=cli_options(TRANSCRIPTOMICS["embeddings"], EmbeddingParams),
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} embed-cells"
@@ -254,9 +249,9 @@ rule plot_atlas:
     resources:
         **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
     params:
-        dotplot_genes=TRANSCRIPTOMICS.get("markers", {}).get("dotplot_genes", 3),
+        options=settings_options(TRANSCRIPTOMICS, PLOT_ATLAS_OPTIONS),
     shell:
-        "python -m gpubio --threads {threads} plot-atlas --atlas {input:q} --dotplot-genes {params.dotplot_genes}"
+        "python -m gpubio --threads {threads} plot-atlas --atlas {input:q} {params.options}"
         " --out-umap {output.umap} --out-violins {output.violins} --out-dotplot {output.dotplot} > {log} 2>&1"
 
 
@@ -284,7 +279,7 @@ rule spatial_stats:
     resources:
         **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=120),
     params:
-        options=cli_options(TRANSCRIPTOMICS.get("spatial", {}), SpatialParams),
+        options=cli_options(TRANSCRIPTOMICS["spatial"], SpatialParams),
         interactions=lambda wildcards, input: quote_option_list(
             "--interactions", input.interactions
         ),

@@ -118,6 +118,10 @@ def _genomics_plots(args) -> None:
 
 
 def register(sub) -> None:
+    from gpubio.genomics.sheet import genomics_settings
+
+    # defaults for use by hand come from the schema, like the workflow's settings
+    effects = genomics_settings({})["variant_effects"]
     p = sub.add_parser("read-qc", help="read count, N50 and base quality of FASTQ/BAM files")
     p.add_argument("reads", nargs="+")
     p.add_argument("--out", required=True)
@@ -191,12 +195,12 @@ def register(sub) -> None:
     p = sub.add_parser("variant-effects", help="score PASS variants with a sequence model (ref vs alt windows)")
     p.add_argument("--vcf", required=True)
     p.add_argument("--reference", required=True)
-    p.add_argument("--family", default="enformer")
+    p.add_argument("--family", default=effects["family"])
     p.add_argument("--weights", required=True, help="local weights directory")
     p.add_argument("--sequence-length", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--head", default="human")
-    p.add_argument("--track-names", default="")
+    p.add_argument("--batch-size", type=int, default=effects["batch_size"])
+    p.add_argument("--head", default=effects["head"])
+    p.add_argument("--track-names", default=effects["track_names"])
     p.add_argument("--out", required=True)
     p.set_defaults(func=_variant_effects)
 

@@ -12,15 +12,32 @@ CALLERS = ("bcftools", "deepvariant_gpu", "deepvariant", "clair3")
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+# Each step's table: setting (key in its section of genomics) -> flag of its command.
+BASECALL_OPTIONS = {"models_directory": "--models-directory", "kit_name": "--kit-name"}
+FINISH_VARIANTS_OPTIONS = {"min_qual": "--min-qual"}
+VARIANT_EFFECTS_OPTIONS = {
+    "family": "--family",
+    "sequence_length": "--sequence-length",
+    "batch_size": "--batch-size",
+    "head": "--head",
+    "track_names": "--track-names",
+}
+# Free-form option strings passed through to tools: each must split into shell words.
+OPTION_STRINGS = (
+    "genomics.basecall.options",
+    "genomics.align.dorado_options",
+    "genomics.variants.bcftools_options",
+    "genomics.variants.parabricks.options",
+    "genomics.variants.deepvariant.options",
+    "genomics.variants.clair3.options",
+)
+
+
 def genomics_settings(config: dict) -> dict:
     """The genomics section with schema defaults filled (also when the section is absent)."""
-    import copy
+    from gpubio.config import section_settings
 
-    from gpubio.config import _fill_defaults, load_schema
-
-    settings = copy.deepcopy(config.get("genomics") or {"samples": ""})
-    _fill_defaults(settings, load_schema("config.genomics"), top=False)
-    return settings
+    return section_settings(config, "genomics")
 
 
 def _value(row, column: str) -> str:

@@ -7,22 +7,12 @@ spelled out in the rules' shell commands, so `snakemake -n -p` shows every setti
 
 from __future__ import annotations
 
-import copy
 import shlex
 from pathlib import Path
 
 from gpubio.histopathology.weights import ModelError, read_model_config
 
 CUDA_CONTEXT_GB = 1.0
-
-
-def histopathology_settings(config: dict) -> dict:
-    """The histopathology section with schema defaults filled (also when the section is absent)."""
-    from gpubio.config import _fill_defaults, load_schema
-
-    settings = copy.deepcopy(config.get("histopathology") or {"samples": ""})
-    _fill_defaults(settings, load_schema("config.histopathology"), top=False)
-    return settings
 
 
 def config_problems(settings: dict, config_file: str, workdir: str | Path = ".") -> list[str]:

@@ -6,20 +6,18 @@ spelled out in the rules' shell commands, so `snakemake -n -p` shows every setti
 
 from __future__ import annotations
 
-import copy
-import shlex
 from pathlib import Path
+
+from gpubio.shell import Flag, settings_options
 
 TRAINED_MODEL = "results/imaging/model/cellpose_trained"
 
 
 def imaging_settings(config: dict) -> dict:
     """The imaging section with schema defaults filled (also when the section is absent)."""
-    from gpubio.config import _fill_defaults, load_schema
+    from gpubio.config import section_settings
 
-    settings = copy.deepcopy(config.get("imaging") or {"samples": ""})
-    _fill_defaults(settings, load_schema("config.imaging"), top=False)
-    return settings
+    return section_settings(config, "imaging")
 
 
 def imaging_defaults() -> dict:
@@ -122,79 +120,79 @@ def _training_file_problems(pairs, folder: str, config_file: str) -> list[str]:
     return problems
 
 
+# Each step's table: setting (dotted key in the imaging section) -> its command-line flag.
+IMAGE_QC_OPTIONS = {"qc.max_saturated_fraction": "--max-saturated-fraction"}
+REGISTRATION_OPTIONS = {"registration.method": "--method", "registration.channel": "--channel"}
+ELASTIX_FILE_OPTIONS = {"parameter_files": Flag("--parameter-file", each=True), "iterations": "--iterations"}
+ELASTIX_OPTIONS = {"transforms": "--transforms", "bspline_grid_spacing": "--grid-spacing", "iterations": "--iterations"}
+LEARNED_OPTIONS = {
+    "transform": "--learned-transform",
+    "deformable": "--deformable",
+    "iterations": "--iterations",
+    "learning_rate": "--learning-rate",
+    "smoothness": "--smoothness",
+}
+SEGMENTATION_OPTIONS = {
+    "segmentation.channels": "--channels",
+    "segmentation.diameter": "--diameter",
+    "segmentation.flow_threshold": "--flow-threshold",
+    "segmentation.cellprob_threshold": "--cellprob-threshold",
+    "segmentation.min_size": "--min-size",
+    "segmentation.batch_size": "--batch-size",
+    "segmentation.tile_size": "--tile-size",
+    "segmentation.tile_overlap": "--tile-overlap",
+    "segmentation.download_models": Flag("--download-models", negatable=False),
+}
+RESTORATION_OPTIONS = {
+    "segmentation.channels": "--channels",
+    "segmentation.diameter": "--diameter",
+    "restoration.tile_size": "--tile-size",
+    "restoration.tile_overlap": "--tile-overlap",
+    "segmentation.download_models": Flag("--download-models", negatable=False),
+}
+TRAINING_OPTIONS = {
+    "segmentation.channels": "--channels",
+    "training.base_model": "--base-model",
+    "training.epochs": "--epochs",
+    "training.batch_size": "--batch-size",
+    "training.seed": "--seed",
+    # unset (null): the installed Cellpose's default
+    "training.learning_rate": "--learning-rate",
+    "training.weight_decay": "--weight-decay",
+    "training.crop_size": "--crop-size",
+    "segmentation.download_models": Flag("--download-models", negatable=False),
+}
+
+
 def registration_options(settings: dict) -> str:
     """register-image options for the configured method."""
     reg = settings["registration"]
-    options = ["--method", reg["method"], "--channel", str(reg["channel"])]
+    options = [settings_options(settings, REGISTRATION_OPTIONS)]
     if reg["method"] == "elastix":
-        elastix = reg["elastix"]
-        if elastix["parameter_files"]:
-            for path in elastix["parameter_files"]:
-                options += ["--parameter-file", path]
-        else:
-            options += ["--transforms", *elastix["transforms"], "--grid-spacing", f"{elastix['bspline_grid_spacing']:g}"]
-        if elastix["iterations"]:
-            options += ["--iterations", str(elastix["iterations"])]
+        # parameter files replace the built-in transforms; 0 iterations = elastix's own default
+        elastix = dict(reg["elastix"], iterations=reg["elastix"]["iterations"] or None)
+        table = ELASTIX_FILE_OPTIONS if elastix["parameter_files"] else ELASTIX_OPTIONS
+        options.append(settings_options(elastix, table))
     else:
-        learned = reg["learned"]
-        options += [
-            "--learned-transform", learned["transform"],
-            "--deformable" if learned["deformable"] else "--no-deformable",
-            "--iterations", str(learned["iterations"]),
-            "--learning-rate", f"{learned['learning_rate']:g}",
-            "--smoothness", f"{learned['smoothness']:g}",
-        ]  # fmt: skip
-    return shlex.join(options)
+        options.append(settings_options(reg["learned"], LEARNED_OPTIONS))
+    return " ".join(o for o in options if o)
 
 
 def segmentation_options(settings: dict) -> str:
-    seg = settings["segmentation"]
-    # the restored image holds the segmentation channel first, then the nuclear one (if any)
-    channels = ([1, 2 if seg["channels"][1] else 0]) if restoration_enabled(settings) else seg["channels"]
-    options = [
-        "--channels", *map(str, channels),
-        "--diameter", f"{seg['diameter']:g}",
-        "--flow-threshold", f"{seg['flow_threshold']:g}",
-        "--cellprob-threshold", f"{seg['cellprob_threshold']:g}",
-        "--min-size", str(seg["min_size"]),
-        "--batch-size", str(seg["batch_size"]),
-        "--tile-size", str(seg["tile_size"]),
-        "--tile-overlap", str(seg["tile_overlap"]),
-    ]  # fmt: skip
-    if seg["download_models"]:
-        options.append("--download-models")
-    return shlex.join(options)
+    seg = dict(settings["segmentation"])
+    if restoration_enabled(settings):
+        # the restored image holds the segmentation channel first, then the nuclear one (if any)
+        seg["channels"] = [1, 2 if seg["channels"][1] else 0]
+    return settings_options({**settings, "segmentation": seg}, SEGMENTATION_OPTIONS)
 
 
 def restoration_options(settings: dict) -> str:
     """restore-image options; channels and diameter are segmentation's, so both see the same cells."""
-    seg, restoration = settings["segmentation"], settings["restoration"]
-    options = [
-        "--channels", *map(str, seg["channels"]),
-        "--diameter", f"{seg['diameter']:g}",
-        "--tile-size", str(restoration["tile_size"]),
-        "--tile-overlap", str(restoration["tile_overlap"]),
-    ]  # fmt: skip
-    if seg["download_models"]:
-        options.append("--download-models")
-    return shlex.join(options)
+    return settings_options(settings, RESTORATION_OPTIONS)
 
 
 def training_options(settings: dict) -> str:
-    training = settings["training"]
-    options = [
-        "--channels", *map(str, settings["segmentation"]["channels"]),
-        "--base-model", training["base_model"],
-        "--epochs", str(training["epochs"]),
-        "--batch-size", str(training["batch_size"]),
-        "--seed", str(training["seed"]),
-    ]  # fmt: skip
-    for key in ("learning_rate", "weight_decay", "crop_size"):  # unset: the installed Cellpose's default
-        if training[key] is not None:
-            options += ["--" + key.replace("_", "-"), f"{training[key]:g}"]
-    if settings["segmentation"]["download_models"]:
-        options.append("--download-models")
-    return shlex.join(options)
+    return settings_options(settings, TRAINING_OPTIONS)
 
 
 def training_files(settings: dict, workdir: str | Path = ".") -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import shlex
 
 log = logging.getLogger("gpubio")
 
@@ -27,18 +26,16 @@ def params_from(args, params_class):
     return params_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(params_class)})
 
 
+def option_table(params_class) -> dict[str, str]:
+    """A step's table, setting -> flag: one --flag per field of its parameter dataclass."""
+    return {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(params_class)}
+
+
 def cli_options(section: dict, params_class) -> str:
     """The flags for a config.yaml section, for a rule's shell command (shown by `snakemake -n -p`)."""
-    words = []
-    for f in dataclasses.fields(params_class):
-        if f.name not in section:
-            continue
-        value, flag = section[f.name], "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            words.append(flag if value else "--no-" + flag[2:])
-        else:
-            words += [flag, shlex.quote(str(value))]
-    return " ".join(words)
+    from gpubio.shell import settings_options
+
+    return settings_options(section, option_table(params_class))
 
 
 # --------------------------------------------------------------------------- commands
@@ -118,49 +115,53 @@ def register(sub) -> None:
     from gpubio.transcriptomics.backend import BACKENDS
     from gpubio.transcriptomics.cluster import ClusterParams
     from gpubio.transcriptomics.embeddings import EmbeddingParams
+    from gpubio.transcriptomics.settings import transcriptomics_settings
     from gpubio.transcriptomics.spatial import SpatialParams
 
+    # defaults for use by hand come from the schema, like the workflow's settings
+    defaults = transcriptomics_settings({})
+    qc, celltypist = defaults["qc"], defaults["annotation"]["celltypist"]
     p = sub.add_parser("cell-qc", help="single-cell QC and filtering of one sample")
     p.add_argument("--counts", required=True)
     p.add_argument("--sample", required=True)
     p.add_argument("--batch", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-h5ad", required=True)
-    p.add_argument("--min-genes", type=int, default=200)
-    p.add_argument("--min-counts", type=int, default=500)
-    p.add_argument("--max-mito-pct", type=float, default=20.0)
-    p.add_argument("--min-cells", type=int, default=3)
-    p.add_argument("--mito-prefix", default="MT-")
+    p.add_argument("--min-genes", type=int, default=qc["min_genes"])
+    p.add_argument("--min-counts", type=int, default=qc["min_counts"])
+    p.add_argument("--max-mito-pct", type=float, default=float(qc["max_mito_pct"]))
+    p.add_argument("--min-cells", type=int, default=qc["min_cells"])
+    p.add_argument("--mito-prefix", default=qc["mito_prefix"])
     p.set_defaults(func=_cell_qc)
 
     p = sub.add_parser("integrate-cells", help="all samples in one object: HVG, PCA, Harmony, UMAP, Leiden, markers")
     p.add_argument("filtered", nargs="+", help="per-sample filtered.h5ad files from cell-qc")
     p.add_argument("--out-h5ad", required=True)
     p.add_argument("--out-markers", required=True)
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: rapids-singlecell when given a GPU")
-    p.add_argument("--n-markers", type=int, default=25, help="marker genes per cluster in the table")
+    p.add_argument("--backend", choices=BACKENDS, default=defaults["backend"], help="auto: rapids-singlecell when given a GPU")
+    p.add_argument("--n-markers", type=int, default=defaults["markers"]["n_genes"], help="marker genes per cluster in the table")
     add_options(p, ClusterParams)
     p.set_defaults(func=_integrate)
 
     p = sub.add_parser("train-celltypist", help="train a CellTypist model on a labelled reference .h5ad")
     p.add_argument("--reference", required=True)
-    p.add_argument("--label-key", default="cell_type")
+    p.add_argument("--label-key", default=defaults["annotation"]["label_key"])
     p.add_argument("--out", required=True)
-    p.add_argument("--max-iter", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-iter", type=int, default=celltypist["max_iter"])
+    p.add_argument("--seed", type=int, default=celltypist["seed"])
     p.set_defaults(func=_train_celltypist)
 
     p = sub.add_parser("annotate-celltypist", help="label cells with a CellTypist model file")
     p.add_argument("--integrated", required=True)
     p.add_argument("--model", required=True, help="a .pkl model path")
     p.add_argument("--out", required=True)
-    p.add_argument("--majority-voting", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--majority-voting", action=argparse.BooleanOptionalAction, default=celltypist["majority_voting"])
     p.set_defaults(func=_annotate_celltypist)
 
     p = sub.add_parser("annotate-scanvi", help="label cells by mapping them onto a reference with scANVI")
     p.add_argument("--integrated", required=True)
     p.add_argument("--reference", required=True)
-    p.add_argument("--label-key", default="cell_type")
+    p.add_argument("--label-key", default=defaults["annotation"]["label_key"])
     p.add_argument("--out", required=True)
     add_options(p, ScanviParams)
     p.set_defaults(func=_annotate_scanvi)
@@ -186,7 +187,7 @@ def register(sub) -> None:
     p.add_argument("--out-umap", required=True)
     p.add_argument("--out-violins", required=True)
     p.add_argument("--out-dotplot", required=True)
-    p.add_argument("--dotplot-genes", type=int, default=3)
+    p.add_argument("--dotplot-genes", type=int, default=defaults["markers"]["dotplot_genes"])
     p.set_defaults(func=_plot_atlas)
 
     p = sub.add_parser("spatial-stats", help="squidpy neighbourhood enrichment and Moran's I of one sample")

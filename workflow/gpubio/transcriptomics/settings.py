@@ -6,16 +6,36 @@ from __future__ import annotations
 from pathlib import Path
 
 
+# Steps whose settings are not a parameter dataclass: their table, setting (dotted key in
+# the transcriptomics section) -> flag of their command.
+CELL_QC_OPTIONS = {
+    "qc.min_genes": "--min-genes",
+    "qc.min_counts": "--min-counts",
+    "qc.max_mito_pct": "--max-mito-pct",
+    "qc.min_cells": "--min-cells",
+    "qc.mito_prefix": "--mito-prefix",
+}
+INTEGRATE_OPTIONS = {"backend": "--backend", "markers.n_genes": "--n-markers"}
+TRAIN_CELLTYPIST_OPTIONS = {
+    "annotation.label_key": "--label-key",
+    "annotation.celltypist.max_iter": "--max-iter",
+    "annotation.celltypist.seed": "--seed",
+}
+ANNOTATE_CELLTYPIST_OPTIONS = {"annotation.celltypist.majority_voting": "--majority-voting"}
+ANNOTATE_SCANVI_OPTIONS = {"annotation.label_key": "--label-key"}
+PLOT_ATLAS_OPTIONS = {"markers.dotplot_genes": "--dotplot-genes"}
+
+
 def transcriptomics_settings(config: dict) -> dict:
-    """The validated section (defaults filled by gpubio.config), or {} when the module is off."""
-    return config.get("transcriptomics") or {}
+    """The transcriptomics section with schema defaults filled (also when the section is absent)."""
+    from gpubio.config import section_settings
+
+    return section_settings(config, "transcriptomics")
 
 
 def annotation_steps(settings: dict) -> dict[str, bool]:
     """celltypist: label with CellTypist; train_celltypist: train its model on the reference first;
     scanvi: label with scANVI; embeddings: Geneformer- or scGPT-style embeddings."""
-    if not settings:
-        return {"celltypist": False, "train_celltypist": False, "scanvi": False, "embeddings": False}
     annotation = settings["annotation"]
     reference, celltypist = annotation["reference"], annotation["celltypist"]
     use_celltypist = celltypist["enabled"] and bool(celltypist["model"] or reference)

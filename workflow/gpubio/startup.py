@@ -1,0 +1,111 @@
+"""The one start-up pass: config, sample sheets, the partitions and needs files, and the
+headers of every input, checked together before Snakemake builds a single job.
+
+Every problem found is one line; all of them are raised at once as a ConfigError, so a user
+fixes them in one go instead of meeting the next one on the next run. A section whose own
+problems make a later check meaningless (a value of the wrong type, a sheet with bad rows)
+skips that check; every other section is still checked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpubio.config import DOMAINS, ConfigError, Project, read_project, section_settings
+
+
+@dataclass
+class Startup:
+    """What the rules read: the project, each section's settings (every default filled, also
+    for modules that are off), the configured GPU site, and input sizes found on the way."""
+
+    project: Project
+    settings: dict[str, dict]  # "gpu" and each domain -> its settings
+    site: object = None  # gpubio.gpu.Site
+    input_mb: dict[str, float] = field(default_factory=dict)  # domain -> size its jobs are planned for
+
+
+def _genomics_problems(startup: Startup, config_file: str, workdir: Path) -> list[str]:
+    from gpubio.genomics.sheet import OPTION_STRINGS, sheet_problems
+    from gpubio.shell import extra_options_problems
+
+    settings = startup.settings["genomics"]
+    table = startup.project.sheets["genomics"]
+    return sheet_problems(table, settings["samples"], settings, config_file) + extra_options_problems(
+        {"genomics": settings}, OPTION_STRINGS, config_file
+    )
+
+
+def _transcriptomics_problems(startup: Startup, config_file: str, workdir: Path) -> list[str]:
+    from gpubio.transcriptomics.settings import config_problems
+    from gpubio.transcriptomics.sizing import survey_count_files
+
+    settings = startup.settings["transcriptomics"]
+    counts = startup.project.sheets["transcriptomics"]["counts"].to_dict()
+    # unreadable or processed count files join the config problems, one line each
+    startup.input_mb["transcriptomics"], count_problems = survey_count_files(counts, settings["samples"])
+    return config_problems(settings, config_file, str(workdir)) + count_problems
+
+
+def _imaging_problems(startup: Startup, config_file: str, workdir: Path) -> list[str]:
+    from gpubio.imaging.settings import config_problems
+    from gpubio.imaging.sheet import image_file_problems
+
+    settings = startup.settings["imaging"]
+    table = startup.project.sheets["imaging"]
+    return config_problems(settings, config_file, workdir) + image_file_problems(
+        table, settings["samples"], workdir
+    )
+
+
+def _histopathology_problems(startup: Startup, config_file: str, workdir: Path) -> list[str]:
+    from gpubio.histopathology.settings import config_problems, slide_problems
+
+    settings = startup.settings["histopathology"]
+    table = startup.project.sheets["histopathology"]
+    return config_problems(settings, config_file, workdir) + slide_problems(table, settings["samples"], workdir)
+
+
+# What each active module checks beyond its schema and sheet (files it names, input headers).
+MODULE_CHECKS = {
+    "genomics": _genomics_problems,
+    "transcriptomics": _transcriptomics_problems,
+    "imaging": _imaging_problems,
+    "histopathology": _histopathology_problems,
+}
+
+
+def _site_problems(startup: Startup, config_file: str) -> list[str]:
+    """The partitions file, GPU catalogue overrides and calibrated needs, as the site jobs go to."""
+    from gpubio.gpu import CatalogueError, InventoryError, PlacementError, configure_site
+    from gpubio.gpu.calibrate import NeedsError
+
+    gpu = startup.settings["gpu"]
+    try:
+        startup.site = configure_site(
+            partitions_file=gpu["partitions"],
+            catalogue_overrides=gpu["catalogue"],
+            needs_file=gpu["needs"],
+        )
+    except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
+        return [line for line in str(error).splitlines() if line.strip()]
+    return []
+
+
+def start_up(config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = ".") -> Startup:
+    """Check everything that can be checked before any job; raise one ConfigError listing every
+    problem, else return what the rules read."""
+    workdir = Path(workdir)
+    project, problems, flawed = read_project(config, config_file, workdir)
+    settings = {name: section_settings(project.config, name) for name in ("gpu", *DOMAINS)}
+    startup = Startup(project, settings, input_mb={domain: 0.0 for domain in DOMAINS})
+    if "gpu" not in flawed:
+        problems += _site_problems(startup, config_file)
+    for domain, check in MODULE_CHECKS.items():
+        if project.active(domain) and domain not in flawed:
+            problems += check(startup, config_file, workdir)
+    if problems:
+        raise ConfigError(problems)
+    return startup
