@@ -16,6 +16,7 @@ log = logging.getLogger("gpubio")
 # Each module's own subcommands: a module defines register(subparsers) and keeps its
 # imports inside the command functions, so `--help` stays fast and light.
 DOMAIN_COMMANDS = (
+    "gpubio.gpu.tool",  # first, and standard library only: vendor containers run it alone
     "gpubio.genomics.commands",
     "gpubio.transcriptomics.commands",
     "gpubio.imaging.commands",
@@ -159,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     for module in DOMAIN_COMMANDS:
-        importlib.import_module(module).register(sub)
+        try:
+            importlib.import_module(module).register(sub)
+        except ImportError as error:  # a vendor container (dorado, pbrun) has the standard library only
+            log.debug("commands of %s unavailable here: %s", module, error)
 
     p = sub.add_parser("demo-data", help="write the synthetic demo data set with planted truth")
     p.add_argument("--out", default="resources/demo")

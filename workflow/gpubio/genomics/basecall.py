@@ -191,29 +191,3 @@ def sample_reads(source: str, sample: str, out: str, barcode: str | None = None,
     else:
         inputs = [source]
     return label_reads([str(p) for p in inputs], sample, out, threads, barcode)
-
-
-def tool_args(gpu_args: str, cpu_args: str, devices: list[int]) -> list[str]:
-    """The device options of an external tool for what the CLI pinned (GPUs or none)."""
-    import shlex
-
-    return shlex.split(gpu_args if devices else cpu_args)
-
-
-def run_tool(command: list[str], gpu_args: str, cpu_args: str, stdout: str | None, devices: list[int]) -> int:
-    """Run an external tool with its GPU or CPU options appended; stdout to a file, atomically."""
-    import shlex
-    import subprocess
-
-    from gpubio.atomic import atomic_path
-
-    full = list(command) + tool_args(gpu_args, cpu_args, devices)
-    where = f"GPU(s) {devices} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})" if devices else "the CPU"
-    log.info("running %s on %s: %s", command[0], where, shlex.join(full))
-    if stdout is None:
-        return subprocess.run(full).returncode
-    with atomic_path(stdout) as tmp, open(tmp, "wb") as fh:
-        code = subprocess.run(full, stdout=fh).returncode
-        if code:
-            raise SystemExit(f"gpubio: {command[0]} exited with status {code}")
-    return code

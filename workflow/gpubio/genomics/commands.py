@@ -22,37 +22,6 @@ def _pod5_shard_plan(args) -> None:
     plan_shards(args.table, args.shards, args.out)
 
 
-def usable_devices(tool: str) -> list[int]:
-    """The job's GPUs if the driver lists them (the tool uses the driver directly), else []
-    with one line saying why; in require mode that is an error (gpubio.gpu.job)."""
-    from gpubio.gpu.devices import nvidia_smi_sees
-    from gpubio.gpu.job import current_job
-
-    job = current_job()
-    unusable = nvidia_smi_sees(job.devices) if job.devices else None
-    if unusable:
-        job.use_cpu(tool, unusable)
-        return []
-    return job.devices
-
-
-def _tool_on_device(args) -> None:
-    from gpubio.genomics.basecall import run_tool
-
-    command = args.tool[1:] if args.tool[:1] == ["--"] else args.tool
-    if not command:
-        sys.exit("gpubio tool-on-device: give the tool's command after --")
-    try:
-        code = run_tool(command, args.gpu_args, args.cpu_args, args.stdout, usable_devices(command[0]))
-    except FileNotFoundError:
-        sys.exit(
-            f"gpubio: {command[0]} is not on PATH; run with its container (--software-deployment-method "
-            "apptainer) or its site module (--software-deployment-method env-modules)"
-        )
-    if code:
-        sys.exit(code)
-
-
 def _merge_basecalls(args) -> None:
     from gpubio.genomics.basecall import merge_unaligned_bams
 
@@ -132,15 +101,6 @@ def register(sub) -> None:
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--out", required=True, help="table for `pod5 subset --table ... --columns shard`")
     p.set_defaults(func=_pod5_shard_plan)
-
-    p = sub.add_parser(
-        "tool-on-device", help="run an external tool with its GPU options when this job holds GPUs, else its CPU ones"
-    )
-    p.add_argument("--gpu-args", required=True, help="options appended when GPUs are pinned, e.g. '--device cuda:all'")
-    p.add_argument("--cpu-args", required=True, help="options appended on the CPU path, e.g. '-x cpu'")
-    p.add_argument("--stdout", help="write the tool's standard output to this file (atomically)")
-    p.add_argument("tool", nargs=argparse.REMAINDER, metavar="command", help="-- tool and its arguments")
-    p.set_defaults(func=_tool_on_device)
 
     p = sub.add_parser("merge-basecalls", help="merge basecalled shard BAMs, keeping read groups and tags")
     p.add_argument("bams", nargs="+")
