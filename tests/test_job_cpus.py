@@ -13,12 +13,13 @@ def dry_run_jobs(output: str) -> list[dict]:
     """rule, threads (Snakemake prints the line only above 1) and resources of each job that
     runs a command (not the target rule `all`)."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", output):
-        head = re.match(r"(?:local)?rule (\w+):\n", block)
-        resources = re.search(r"^    resources: (.*)$", block, re.M)
+    # jobs of a group (short per-sample steps) are printed indented inside their group job
+    for block in re.split(r"\n(?=\s*(?:local)?rule \w+:\n)", output):
+        head = re.match(r"\s*(?:local)?rule (\w+):\n", block)
+        resources = re.search(r"^\s+resources: (.*)$", block, re.M)
         if not head or head.group(1) == "all":
             continue
-        threads = re.search(r"^    threads: (\d+)$", block, re.M)
+        threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
         jobs.append({
             "rule": head.group(1),
             "threads": int(threads.group(1)) if threads else 1,
