@@ -235,14 +235,9 @@ def test_demux_bams_reads_nested_and_flat_layouts(tmp_path):
 
 
 def tool_env(tmp_path: Path, gpus: int) -> dict:
-    """Test doubles on PATH, `gpus` fake devices, and a driver (nvidia-smi) that lists them."""
+    """Test doubles on PATH (the nvidia-smi double lists the `gpus` fake devices)."""
     env = dict(os.environ, GPUBIO_NUM_GPUS=str(gpus), GPUBIO_GPU_LOCK_DIR=str(tmp_path / "locks"))
-    driver = tmp_path / "driver"
-    driver.mkdir(exist_ok=True)
-    smi = driver / "nvidia-smi"
-    smi.write_text("#!/bin/sh\n" + "".join(f"echo 'GPU {i}: Tesla T4 (UUID: GPU-{i})'\n" for i in range(gpus)))
-    smi.chmod(0o755)
-    env["PATH"] = os.pathsep.join([str(DOUBLES / "bin"), str(driver), env["PATH"]])
+    env["PATH"] = os.pathsep.join([str(DOUBLES / "bin"), env["PATH"]])
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
 
@@ -253,7 +248,11 @@ def test_basecall_on_a_gpu_the_driver_does_not_list_runs_on_the_cpu_or_fails_whe
     pod5_file = tmp_path / "r.pod5"
     write_pod5(pod5_file, [("ACGTACGTAC" * 20, 0)])
     env = tool_env(tmp_path, 2)
-    (tmp_path / "driver" / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
+    broken = tmp_path / "broken-driver"
+    broken.mkdir()
+    (broken / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")
+    (broken / "nvidia-smi").chmod(0o755)
+    env["PATH"] = os.pathsep.join([str(broken), env["PATH"]])
     base = [sys.executable, "-m", "gpubio", "--gpus", "1"]
     tool = ["tool-on-device", "--gpu-args=--device cuda:all", "--cpu-args=-x cpu", "--stdout",
             str(tmp_path / "calls.bam"), "--", "dorado", "basecaller", "hac", str(pod5_file)]  # fmt: skip
