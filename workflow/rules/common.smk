@@ -32,6 +32,9 @@ try:
         partitions_file=config["gpu"]["partitions"],
         catalogue_overrides=config["gpu"]["catalogue"],
         needs_file=config["gpu"]["needs"],
+        kind=config["gpu"]["site"],
+        remote_jobs=workflow.resource_settings.nodes,
+        require=config["gpu"]["require"],
     )
 except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
     raise WorkflowError(f"gpubio: {error}") from None
