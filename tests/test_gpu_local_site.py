@@ -175,3 +175,26 @@ def test_configure_site_local_checks_declared_needs_against_this_machine(monkeyp
             configure_site(kind="cluster")
     finally:
         reset_site()
+
+
+class _Inputs(list):
+    """A job's input as resource callables see it: paths, and Snakemake's own size_mb."""
+
+    asked = 0
+
+    @property
+    def size_mb(self):
+        self.asked += 1
+        raise LookupError("Snakemake's size_mb")
+
+
+def test_input_size_is_read_by_plain_stats_and_missing_files_go_to_snakemake(tmp_path):
+    from gpubio.gpu.placement import _input_size_mb
+
+    (tmp_path / "a.bin").write_bytes(b"x" * 3 * 1024 * 1024)
+    (tmp_path / "b.bin").write_bytes(b"y" * 512 * 1024)
+    inputs = _Inputs([str(tmp_path / "a.bin"), str(tmp_path / "b.bin")])
+    assert _input_size_mb(inputs) == 3.5 and inputs.asked == 0
+    missing = _Inputs([str(tmp_path / "a.bin"), str(tmp_path / "not-yet.bin")])
+    with pytest.raises(LookupError, match="Snakemake's size_mb"):
+        _input_size_mb(missing)  # the size is not known yet: Snakemake says so, as before

@@ -48,8 +48,12 @@ wildcard_constraints:
     domain="genomics|transcriptomics|imaging",
 
 
+# Input functions run for every job: a dict lookup per row, not a pandas .loc each time.
+SHEET_ROWS = {domain: sheet.to_dict("index") for domain, sheet in PROJECT.sheets.items()}
+
+
 def sheet_row(domain, sample):
-    return PROJECT.sheets[domain].loc[sample]
+    return SHEET_ROWS[domain][sample]
 
 
 # What the default target asks of each active module. Patterns expanded over its samples, and

@@ -16,6 +16,7 @@ inventory (the shipped example partitions) and catalogue are used.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import re
@@ -629,6 +630,28 @@ def _rule_above(path: str, lineno: int) -> str | None:
     return None
 
 
+def _resource_callable(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Snakemake reads the signature of every resource callable for every job (to pass only
+    the parameters it names); a stored signature turns that into an attribute lookup."""
+    func.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
+    return func
+
+
+def _input_size_mb(input: Any) -> float:
+    """``input.size_mb`` as Snakemake computes it, by plain stats for local files: Snakemake
+    runs an event loop per call, and every job of a size-dependent rule asks up to three times."""
+    sizes = []
+    for path in input:
+        if getattr(path, "is_storage", False):
+            return input.size_mb
+        try:
+            sizes.append(os.path.getsize(path) / 1024 / 1024)  # Snakemake's rounding, per file
+        except FileNotFoundError:
+            return input.size_mb  # Snakemake's own error: the job's size is not known yet
+    return sum(sizes)
+
+
+@_resource_callable
 def _threads_resource(wildcards: Any, threads: int) -> int:
     """cpus_per_task of a job: its threads, so SLURM and `snakemake -n` show one number."""
     return threads
@@ -663,6 +686,7 @@ def _placement_resource(
 
     if need.is_static:
 
+        @_resource_callable
         def static_resource(
             wildcards: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
         ) -> Any:
@@ -670,10 +694,11 @@ def _placement_resource(
 
         return static_resource
 
+    @_resource_callable
     def sized_resource(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> Any:
-        return pick(_placed(need, group, wildcards, attempt, rulename, threads, input.size_mb))
+        return pick(_placed(need, group, wildcards, attempt, rulename, threads, _input_size_mb(input)))
 
     return sized_resource
 
@@ -683,10 +708,11 @@ def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
     (``--usage-job``): rule, wildcards, attempt, model, partition, VRAM, runtime, input size.
     A string resource: Snakemake schedules nothing by it; it is evaluated once inputs exist."""
 
+    @_resource_callable
     def gpu_usage(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> str:
-        size = input.size_mb
+        size = _input_size_mb(input)
         placed = _placed(need, group, wildcards, attempt, rulename, threads, size)
         effective = current_site().effective_need(_named(need, rulename), size)
         vram = effective.at_input_size(size).vram_gb if not effective.is_static else effective.vram_gb
@@ -716,14 +742,17 @@ def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
 
     if need.is_static:
 
+        @_resource_callable
         def static_vram_gb(wildcards: Any, rulename: str | None = None) -> int:
             return math.ceil(current_site().effective_need(_named(need, rulename)).vram_gb)
 
         return static_vram_gb
 
+    @_resource_callable
     def vram_gb(wildcards: Any, input: Any, rulename: str | None = None) -> int:
-        named = current_site().effective_need(_named(need, rulename), input.size_mb)
-        sized = named.at_input_size(input.size_mb)
+        size = _input_size_mb(input)
+        named = current_site().effective_need(_named(need, rulename), size)
+        sized = named.at_input_size(size)
         assert not callable(sized.vram_gb)
         return math.ceil(sized.vram_gb)
 
@@ -736,12 +765,14 @@ def _runtime_resource(need: GpuNeed, declared: Any) -> Any:
     if not (current_site().needs and need.gpus and isinstance(declared, int)):
         return declared
 
+    @_resource_callable
     def runtime(wildcards: Any, rulename: str | None = None) -> int:
         return current_site().effective_need(_named(need, rulename)).runtime or declared
 
     return runtime
 
 
+@functools.lru_cache(maxsize=4096)  # one per rule and thread count: jobs of a rule share it
 def _named(need: GpuNeed, rulename: str | None, threads: int | None = None) -> GpuNeed:
     """The need of one job: named after its rule, its CPUs its threads unless given."""
     if rulename and not need.rule:
