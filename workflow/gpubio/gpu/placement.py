@@ -640,6 +640,8 @@ def _resource_callable(func: Callable[..., Any]) -> Callable[..., Any]:
 def _input_size_mb(input: Any) -> float:
     """``input.size_mb`` as Snakemake computes it, by plain stats for local files: Snakemake
     runs an event loop per call, and every job of a size-dependent rule asks up to three times."""
+    if not isinstance(input, list):  # Snakemake's InputFiles is a list of paths
+        return input.size_mb
     sizes = []
     for path in input:
         if getattr(path, "is_storage", False):
