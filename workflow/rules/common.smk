@@ -49,7 +49,9 @@ wildcard_constraints:
 
 
 # Input functions run for every job: a dict lookup per row, not a pandas .loc each time.
-SHEET_ROWS = {domain: sheet.to_dict("index") for domain, sheet in PROJECT.sheets.items()}
+SHEET_ROWS = {
+    domain: sheet.to_dict("index") for domain, sheet in PROJECT.sheets.items()
+}
 
 
 def sheet_row(domain, sample):
