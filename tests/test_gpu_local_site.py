@@ -136,6 +136,10 @@ def test_nvidia_smi_names_resolve_in_the_catalogue_or_keep_the_measured_vram():
 
 def test_local_gpus_of_unknown_vram_count_as_fitting():
     gpus = LocalGpus((LocalGpu("GPU 0"), LocalGpu("small", 6.0, None), LocalGpu("old", 24.0, 6.1)), "test")
+    assert gpus.summary().endswith(
+        "GPUs: 1 x GPU 0 (VRAM unknown), 1 x small (6 GB), 1 x old (24 GB, cc 6.1) (test); "
+        "VRAM unknown, so every need is taken to fit"
+    )
     assert [g.name for g in gpus.fitting(vram_gb=12, min_compute_capability=7.0)] == ["GPU 0"]
     assert [g.name for g in gpus.fitting(vram_gb=4, min_compute_capability=0)] == ["GPU 0", "small", "old"]
 

@@ -38,6 +38,8 @@ try:
     )
 except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
     raise WorkflowError(f"gpubio: {error}") from None
+if SITE.local is not None:
+    print(SITE.local.summary(), file=sys.stderr)
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found
 REQUIRE_GPU = "--require-gpu" if config["gpu"]["require"] else ""

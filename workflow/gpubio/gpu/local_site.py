@@ -70,6 +70,13 @@ class LocalGpus:
             names[gpu.describe()] = names.get(gpu.describe(), 0) + 1
         return ", ".join(f"{n} x {name}" for name, n in names.items()) + f" ({self.source})"
 
+    def summary(self) -> str:
+        """The start-up line of a local run."""
+        text = f"gpubio: local run: GPU needs are judged by this machine's GPUs: {self.describe()}"
+        if any(gpu.vram_gb is None for gpu in self.gpus):
+            text += "; VRAM unknown, so every need is taken to fit"
+        return text
+
     def fitting(self, vram_gb: float, min_compute_capability: float) -> list[LocalGpu]:
         """GPUs that can hold one GPU's share of a need; unknown VRAM or capability counts as
         fitting (the GPUBIO_NUM_GPUS count says nothing else; the tool finds out)."""
