@@ -146,17 +146,18 @@ def main() -> None:
         if len(set(jobs.values())) != 1:
             raise SystemExit(f"job counts differ: {jobs}")
         best = {k: min(v) for k, v in times.items()}
-        lines = [f"samples per domain: {args.samples}; jobs in each DAG: {jobs['gpubio']}"]
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        lines = [f"samples per domain: {args.samples}; jobs in each DAG: {jobs['gpubio']}; load average at the end: {load}"]
         for name in snakefiles:
             lines.append(f"{name:>15}: best {best[name]:.2f} s of {', '.join(f'{t:.2f}' for t in times[name])}")
         for base in ("same structure", "flat"):
             lines.append(f"ratio gpubio / {base}: {best['gpubio'] / best[base]:.2f}x")
         print("\n".join(lines))
         if args.write:
-            write_table(Path(args.write), args, jobs["gpubio"], best)
+            write_table(Path(args.write), args, jobs["gpubio"], best, load)
 
 
-def write_table(path: Path, args, jobs: int, best: dict[str, float]) -> None:
+def write_table(path: Path, args, jobs: int, best: dict[str, float], load: str) -> None:
     rows = [
         f"| {base} | {jobs:,} | {best[base]:.2f} s | {best['gpubio']:.2f} s | **{best['gpubio'] / best[base]:.2f}x** |"
         for base in ("same structure", "flat")
@@ -165,7 +166,7 @@ def write_table(path: Path, args, jobs: int, best: dict[str, float]) -> None:
         f"# DAG overhead: dry-run of {args.samples:,} samples per domain\n\n"
         f"Command: `.venv/bin/python bench/dag_overhead.py --samples {args.samples} --repeats {args.repeats}"
         f" --write {path}` ({os.cpu_count()}-core CPU machine; best of {args.repeats}, baselines and gpubio"
-        " alternating in one run).\n\n"
+        f" alternating in one run; load average 1/5/15 min at the end: {load}, on a machine shared with other work).\n\n"
         "| baseline | jobs | baseline | gpubio | ratio (target <= 1.5x against the same structure) |\n"
         "| --- | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n\n"
         "Same structure: every bare job depends on the bare twins of its gpubio job's parents (from"

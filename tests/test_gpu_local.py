@@ -58,5 +58,7 @@ def test_no_gpu_runs_the_cpu_path_and_says_so(tmp_path):
 def test_require_gpu_makes_a_missing_gpu_an_error(tmp_path):
     proc = run_local(tmp_path, gpus_on_machine=0, require=True, targets=["where/small.json"])
     assert proc.returncode != 0
-    assert "GPU requested (1) but none found" in proc.stderr
+    # refused at start-up: the machine's GPUs are known before any job runs
+    assert "rule 'small': gpu.require is true but this machine cannot run" in proc.stderr
+    assert "it has no GPU ($GPUBIO_NUM_GPUS=0)" in proc.stderr
     assert not (tmp_path / "where" / "small.json").exists()

@@ -120,7 +120,7 @@ def test_impossible_need_fails_at_start_up(tmp_path):
     config = site_config(tmp_path)
     proc = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--configfile", str(config), "-n",
-         "--config", "large_vram_gb=300"],
+         "--profile", str(REPO / "profiles" / "slurm-gpu"), "--config", "large_vram_gb=300"],
         capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode != 0

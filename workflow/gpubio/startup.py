@@ -77,7 +77,7 @@ MODULE_CHECKS = {
 }
 
 
-def _site_problems(startup: Startup, config_file: str) -> list[str]:
+def _site_problems(startup: Startup, config_file: str, remote_jobs: int | None) -> list[str]:
     """The partitions file, GPU catalogue overrides and calibrated needs, as the site jobs go to."""
     from gpubio.gpu import CatalogueError, InventoryError, PlacementError, configure_site
     from gpubio.gpu.calibrate import NeedsError
@@ -88,21 +88,30 @@ def _site_problems(startup: Startup, config_file: str) -> list[str]:
             partitions_file=gpu["partitions"],
             catalogue_overrides=gpu["catalogue"],
             needs_file=gpu["needs"],
+            kind=gpu["site"],
+            remote_jobs=remote_jobs,
+            require=gpu["require"],
         )
     except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
         return [line for line in str(error).splitlines() if line.strip()]
     return []
 
 
-def start_up(config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = ".") -> Startup:
+def start_up(
+    config: dict,
+    config_file: str = "config/config.yaml",
+    workdir: str | os.PathLike = ".",
+    remote_jobs: int | None = None,
+) -> Startup:
     """Check everything that can be checked before any job; raise one ConfigError listing every
-    problem, else return what the rules read."""
+    problem, else return what the rules read. ``remote_jobs``: Snakemake's ``--jobs`` (set for a
+    remote executor: the run is placed on the cluster, see gpubio.gpu.local_site)."""
     workdir = Path(workdir)
     project, problems, flawed = read_project(config, config_file, workdir)
     settings = {name: section_settings(project.config, name) for name in ("gpu", *DOMAINS)}
     startup = Startup(project, settings, input_mb={domain: 0.0 for domain in DOMAINS})
     if "gpu" not in flawed:
-        problems += _site_problems(startup, config_file)
+        problems += _site_problems(startup, config_file, remote_jobs)
     for domain, check in MODULE_CHECKS.items():
         if project.active(domain) and domain not in flawed:
             problems += check(startup, config_file, workdir)

@@ -1,5 +1,6 @@
 # Sample sheets, input functions (get_*) and wildcard constraints shared by every module.
 import os
+import sys
 
 from gpubio.config import ConfigError
 from gpubio.gpu import BalancedGroup, cpu_resources, gpu_resources
@@ -16,7 +17,10 @@ CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 # One pass over config, sheets, partitions and needs files and input headers; every problem
 # is one line, all raised together before any job is built.
 try:
-    STARTUP = start_up(config, config_file=str(CONFIG_FILE), workdir=os.getcwd())
+    # (positional: a line starting with `workdir=` would read as Snakemake's directive)
+    STARTUP = start_up(
+        config, str(CONFIG_FILE), os.getcwd(), workflow.resource_settings.nodes
+    )
 except ConfigError as error:
     raise WorkflowError(error.report()) from None
 PROJECT = STARTUP.project
@@ -28,6 +32,8 @@ TRANSCRIPTOMICS = STARTUP.settings["transcriptomics"]
 IMAGING = STARTUP.settings["imaging"]
 # The site GPU jobs are placed on. Rules declare needs; the partitions file says what exists.
 SITE = STARTUP.site
+if SITE.local is not None:  # a local run: say which GPUs judge its needs
+    print(SITE.local.summary(), file=sys.stderr)
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found
 REQUIRE_GPU = "--require-gpu" if GPU["require"] else ""
@@ -38,8 +44,14 @@ wildcard_constraints:
     domain="genomics|transcriptomics|imaging",
 
 
+# Input functions run for every job: a dict lookup per row, not a pandas .loc each time.
+SHEET_ROWS = {
+    domain: sheet.to_dict("index") for domain, sheet in PROJECT.sheets.items()
+}
+
+
 def sheet_row(domain, sample):
-    return PROJECT.sheets[domain].loc[sample]
+    return SHEET_ROWS[domain][sample]
 
 
 # What the default target asks of each active module: each domain's section below declares

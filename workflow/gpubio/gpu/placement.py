@@ -15,8 +15,12 @@ inventory (the shipped example partitions) and catalogue are used.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
+import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +34,7 @@ from .catalogue import (
     load_catalogue,
 )
 from .inventory import BUILTIN_INVENTORY, Inventory, SitePartition, load_inventory
+from .local_site import LocalGpus, detect_local_gpus, site_is_local
 
 __all__ = [
     "GpuNeed",
@@ -357,26 +362,63 @@ def _no_fit_message(need: GpuNeed, inventory: Inventory, pools: list[GpuPool]) -
 
 @dataclass(frozen=True)
 class Site:
-    """Inventory + catalogue. ``cpu_only`` places every job on a CPU partition."""
+    """Inventory + catalogue. ``cpu_only`` places every job on a CPU partition.
+
+    ``local``: the run's jobs run on this machine, whose GPUs (not the inventory) decide
+    whether a need can run. Jobs still carry the partition the inventory gives them where
+    it has one (the plan and usage records name it); a need the inventory cannot hold
+    goes to partition ``local``. ``require`` (gpu.require) refuses a need that no local
+    GPU can hold, as no CPU path is allowed then.
+    """
 
     inventory: Inventory
     catalogue: Catalogue
     cpu_only: bool = False
     # rule -> CalibratedNeed, from config/gpu_needs.yaml (``gpubio calibrate``)
     needs: Mapping[str, Any] = field(default_factory=dict)
+    local: LocalGpus | None = None
+    require: bool = False
+    # (need, attempt, size) -> Placement: every job of a rule asks the same question
+    _placements: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def place(
         self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None
     ) -> Placement:
+        key = (need, attempt, input_size_mb)
+        placed = self._placements.get(key)
+        if placed is None:
+            placed = self._placements[key] = self._place(need, attempt, input_size_mb)
+        return placed
+
+    def _place(self, need: GpuNeed, attempt: int, input_size_mb: float | None) -> Placement:
         if self.cpu_only and need.gpus:
             need = replace(need, gpus=0)
-        return place_gpu_job(
-            self.effective_need(need, input_size_mb),
-            self.inventory,
-            self.catalogue,
-            attempt,
-            input_size_mb=input_size_mb,
-        )
+        effective = self.effective_need(need, input_size_mb)
+        if self.local is not None and self.require and effective.gpus and (
+            effective.is_static or input_size_mb is not None
+        ):
+            self._check_here(effective.at_input_size(input_size_mb or 0.0))
+        try:
+            return place_gpu_job(
+                effective, self.inventory, self.catalogue, attempt, input_size_mb=input_size_mb
+            )
+        except PlacementError:
+            if self.local is None:
+                raise
+        # this machine's GPUs if enough of them fit, else the step's CPU path
+        return Placement(partition="local", gpus=effective.gpus, gpu_model="local" if effective.gpus else None,
+                         attempt=attempt)  # fmt: skip
+
+    def _check_here(self, need: GpuNeed) -> None:
+        """Under gpu.require no CPU path is allowed: refuse a need no local GPUs can hold."""
+        assert self.local is not None and not callable(need.vram_gb)
+        if len(self.local.fitting(need.vram_gb, need.min_compute_capability)) < need.gpus:
+            raise PlacementError(
+                f"{_rule_prefix(need)}gpu.require is true but this machine cannot run the GPU need "
+                f"({need.describe()}): it has {self.local.describe()}. Lower the need, set "
+                f"gpu.require: false to let the step run its CPU path, or run it on the cluster "
+                f"(--profile profiles/slurm-gpu)."
+            )
 
     def effective_need(self, need: GpuNeed, input_size_mb: float | None = None) -> GpuNeed:
         """The rule's calibrated need where one was measured (never below its floor), else
@@ -392,7 +434,8 @@ class Site:
 
 DEFAULT_SITE = Site(BUILTIN_INVENTORY, BUILTIN_CATALOGUE)
 _configured: Site | None = None
-# Needs declared through gpu_resources, for check_declared_needs; keyed to drop repeats.
+# Needs declared through gpu_resources, named after the rule declaring them where it is
+# known, for check_declared_needs; keyed to drop repeats.
 _declared: dict[GpuNeed, None] = {}
 
 
@@ -401,8 +444,17 @@ def configure_site(
     catalogue_overrides: Mapping[str, Any] | None = None,
     cpu_only: bool = False,
     needs_file: str | Path | None = None,
+    *,
+    kind: str = "cluster",
+    remote_jobs: int | None = None,
+    require: bool = False,
 ) -> Site:
     """Set the site every later placement uses; call once, before the rules.
+
+    ``kind`` (config gpu.site): ``cluster`` judges needs by the inventory, ``local`` by
+    this machine's GPUs, ``auto`` picks local unless inside a SLURM job or given
+    ``remote_jobs`` (Snakemake's ``--jobs`` for a remote executor); see
+    :mod:`gpubio.gpu.local_site`. ``require`` (gpu.require) matters only locally.
 
     ``partitions_file`` None keeps the built-in inventory. Every GRES type must resolve
     in the catalogue (checked here), and needs already declared are re-checked.
@@ -420,7 +472,9 @@ def configure_site(
         from .calibrate import load_needs
 
         needs = load_needs(needs_file)
-    site = Site(inventory, load_catalogue(catalogue_overrides), cpu_only, needs)
+    catalogue = load_catalogue(catalogue_overrides)
+    local = detect_local_gpus(catalogue) if site_is_local(kind, remote_jobs) else None
+    site = Site(inventory, catalogue, cpu_only, needs, local, require)
     gpu_pools(site.inventory, site.catalogue)  # fail now on an unknown GRES type
     _configured = site
     check_declared_needs(site)
@@ -504,9 +558,10 @@ def gpu_resources(
         rule=rule,
         min_vram_gb=min_vram_gb,
     )
-    _declared[need] = None
+    named = need if need.rule else replace(need, rule=_rule_being_declared())
+    _declared[named] = None
     if _configured is not None and need.is_static:
-        site_now.place(need)
+        site_now.place(named)
 
     gpu_count = 0 if site_now.cpu_only else gpus
     resources: dict[str, Any] = {
@@ -540,6 +595,65 @@ def cpu_resources(
     return resources
 
 
+def _rule_being_declared() -> str | None:
+    """The rule whose ``resources:`` calls gpu_resources, so start-up errors can name it.
+
+    Snakemake compiles a Snakefile and keeps a map from compiled to source lines; the
+    calling line in the source leads back to the ``rule NAME:`` header above it.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        workflow = frame.f_globals.get("workflow")
+        linemap = getattr(workflow, "linemaps", {}).get(frame.f_code.co_filename)
+        if linemap and frame.f_lineno in linemap:
+            return _rule_above(frame.f_code.co_filename, linemap[frame.f_lineno])
+        frame = frame.f_back
+    return None
+
+
+_RULE_HEADER = re.compile(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:")
+
+
+@functools.cache
+def _source_lines(path: str) -> tuple[str, ...]:
+    try:
+        return tuple(Path(path).read_text().splitlines())
+    except OSError:
+        return ()
+
+
+def _rule_above(path: str, lineno: int) -> str | None:
+    for line in reversed(_source_lines(path)[:lineno]):
+        match = _RULE_HEADER.match(line)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _resource_callable(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Snakemake reads the signature of every resource callable for every job (to pass only
+    the parameters it names); a stored signature turns that into an attribute lookup."""
+    func.__signature__ = inspect.signature(func)  # type: ignore[attr-defined]
+    return func
+
+
+def _input_size_mb(input: Any) -> float:
+    """``input.size_mb`` as Snakemake computes it, by plain stats for local files: Snakemake
+    runs an event loop per call, and every job of a size-dependent rule asks up to three times."""
+    if not isinstance(input, list):  # Snakemake's InputFiles is a list of paths
+        return input.size_mb
+    sizes = []
+    for path in input:
+        if getattr(path, "is_storage", False):
+            return input.size_mb
+        try:
+            sizes.append(os.path.getsize(path) / 1024 / 1024)  # Snakemake's rounding, per file
+        except FileNotFoundError:
+            return input.size_mb  # Snakemake's own error: the job's size is not known yet
+    return sum(sizes)
+
+
+@_resource_callable
 def _threads_resource(wildcards: Any, threads: int) -> int:
     """cpus_per_task of a job: its threads, so SLURM and `snakemake -n` show one number."""
     return threads
@@ -574,6 +688,7 @@ def _placement_resource(
 
     if need.is_static:
 
+        @_resource_callable
         def static_resource(
             wildcards: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
         ) -> Any:
@@ -581,10 +696,11 @@ def _placement_resource(
 
         return static_resource
 
+    @_resource_callable
     def sized_resource(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> Any:
-        return pick(_placed(need, group, wildcards, attempt, rulename, threads, input.size_mb))
+        return pick(_placed(need, group, wildcards, attempt, rulename, threads, _input_size_mb(input)))
 
     return sized_resource
 
@@ -594,10 +710,11 @@ def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
     (``--usage-job``): rule, wildcards, attempt, model, partition, VRAM, runtime, input size.
     A string resource: Snakemake schedules nothing by it; it is evaluated once inputs exist."""
 
+    @_resource_callable
     def gpu_usage(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> str:
-        size = input.size_mb
+        size = _input_size_mb(input)
         placed = _placed(need, group, wildcards, attempt, rulename, threads, size)
         effective = current_site().effective_need(_named(need, rulename), size)
         vram = effective.at_input_size(size).vram_gb if not effective.is_static else effective.vram_gb
@@ -627,14 +744,17 @@ def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
 
     if need.is_static:
 
+        @_resource_callable
         def static_vram_gb(wildcards: Any, rulename: str | None = None) -> int:
             return math.ceil(current_site().effective_need(_named(need, rulename)).vram_gb)
 
         return static_vram_gb
 
+    @_resource_callable
     def vram_gb(wildcards: Any, input: Any, rulename: str | None = None) -> int:
-        named = current_site().effective_need(_named(need, rulename), input.size_mb)
-        sized = named.at_input_size(input.size_mb)
+        size = _input_size_mb(input)
+        named = current_site().effective_need(_named(need, rulename), size)
+        sized = named.at_input_size(size)
         assert not callable(sized.vram_gb)
         return math.ceil(sized.vram_gb)
 
@@ -647,12 +767,14 @@ def _runtime_resource(need: GpuNeed, declared: Any) -> Any:
     if not (current_site().needs and need.gpus and isinstance(declared, int)):
         return declared
 
+    @_resource_callable
     def runtime(wildcards: Any, rulename: str | None = None) -> int:
         return current_site().effective_need(_named(need, rulename)).runtime or declared
 
     return runtime
 
 
+@functools.lru_cache(maxsize=4096)  # one per rule and thread count: jobs of a rule share it
 def _named(need: GpuNeed, rulename: str | None, threads: int | None = None) -> GpuNeed:
     """The need of one job: named after its rule, its CPUs its threads unless given."""
     if rulename and not need.rule:
