@@ -107,8 +107,10 @@ def dry_run(root: Path, snakefile: Path, *extra: str) -> tuple[float, str]:
     start = time.perf_counter()
     proc = subprocess.run(
         [str(snakemake), "-s", str(snakefile), "-n", "--cores", "1", *extra],
-        cwd=root, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"dry-run of {snakefile} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -134,8 +136,11 @@ def main() -> None:
         seed = "resources/demo/genomics/reference.fa"
         (root / "Snakefile.flat").write_text(bare_snakefile(counts, seed))
         (root / "Snakefile.chained").write_text(chained_snakefile(dag_structure(dot), seed))
-        snakefiles = {"gpubio": REPO / "Snakefile", "same structure": root / "Snakefile.chained",
-                      "flat": root / "Snakefile.flat"}  # fmt: skip
+        snakefiles = {
+            "gpubio": REPO / "Snakefile",
+            "same structure": root / "Snakefile.chained",
+            "flat": root / "Snakefile.flat",
+        }
         times: dict[str, list[float]] = {name: [] for name in snakefiles}
         jobs = {}
         for _ in range(args.repeats):
@@ -147,7 +152,9 @@ def main() -> None:
             raise SystemExit(f"job counts differ: {jobs}")
         best = {k: min(v) for k, v in times.items()}
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        lines = [f"samples per domain: {args.samples}; jobs in each DAG: {jobs['gpubio']}; load average at the end: {load}"]
+        lines = [
+            f"samples per domain: {args.samples}; jobs in each DAG: {jobs['gpubio']}; load average at the end: {load}"
+        ]
         for name in snakefiles:
             lines.append(f"{name:>15}: best {best[name]:.2f} s of {', '.join(f'{t:.2f}' for t in times[name])}")
         for base in ("same structure", "flat"):

@@ -26,8 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "workflow"))
 
-MID_SIZE = dict(dim=384, depth=2, heads=8, attn_dim_key=64, num_downsamples=7, dim_divisible_by=128,
-                output_heads={"human": 5313}, target_length=-1)  # fmt: skip
+MID_SIZE = dict(
+    dim=384,
+    depth=2,
+    heads=8,
+    attn_dim_key=64,
+    num_downsamples=7,
+    dim_divisible_by=128,
+    output_heads={"human": 5313},
+    target_length=-1,
+)
 FULL_SIZE = dict(dim=1536, depth=11, heads=8, output_heads={"human": 5313, "mouse": 1643}, target_length=896)
 
 
@@ -83,6 +91,7 @@ def long_reference(path: Path, length: int = 400_000) -> str:
 
 def chain_by_hand(root: Path, threads: int) -> float:
     """The demo's genomics steps in one process, in order (what the rules run, minus Snakemake)."""
+    import pysam
     import torch
 
     from gpubio.genomics.align import align_reads, sort_and_index
@@ -91,8 +100,6 @@ def chain_by_hand(root: Path, threads: int) -> float:
     from gpubio.genomics.plots import plot_coverage, plot_read_qc, plot_variants
     from gpubio.genomics.read_qc import write_read_qc
     from gpubio.genomics.variants import call_bcftools, finish_calls
-
-    import pysam
 
     start = time.perf_counter()
     demo = root / "resources" / "demo" / "genomics"
@@ -103,8 +110,10 @@ def chain_by_hand(root: Path, threads: int) -> float:
     settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["genomics"]["variant_effects"]
     torch.set_num_threads(settings["threads"])  # as the workflow's scoring jobs
     out = root / "byhand"
-    inputs = {"illu1": ("illumina", [demo / "illumina_R1.fastq.gz", demo / "illumina_R2.fastq.gz"]),
-              "ont1": ("ont", [demo / "ont.fastq.gz"])}  # fmt: skip
+    inputs = {
+        "illu1": ("illumina", [demo / "illumina_R1.fastq.gz", demo / "illumina_R2.fastq.gz"]),
+        "ont1": ("ont", [demo / "ont.fastq.gz"]),
+    }
     model = None
     for sample, (platform, reads) in inputs.items():
         d = out / sample
@@ -121,21 +130,33 @@ def chain_by_hand(root: Path, threads: int) -> float:
     samples = list(inputs)
     plot_read_qc([str(out / s / "qc.json") for s in samples], str(out / "read_qc.png"))
     plot_coverage([str(out / s / "coverage.tsv") for s in samples], str(out / "coverage.png"))
-    plot_variants([str(out / s / "variants.vcf.gz") for s in samples], 10,
-                  [str(out / s / "variant_effects.tsv") for s in samples], str(out / "variants.png"),
-                  str(out / "variant_summary.tsv"))  # fmt: skip
+    plot_variants(
+        [str(out / s / "variants.vcf.gz") for s in samples],
+        10,
+        [str(out / s / "variant_effects.tsv") for s in samples],
+        str(out / "variants.png"),
+        str(out / "variant_summary.tsv"),
+    )
     return time.perf_counter() - start
 
 
 def chain_workflow(root: Path, cores: int) -> tuple[float, int]:
     snakemake = Path(sys.executable).parent / "snakemake"
-    targets = [f"results/genomics/{s}/{f}" for s in ("illu1", "ont1")
-               for f in ("qc.json", "variants.vcf.gz", "variant_effects.tsv")]  # fmt: skip
+    targets = [
+        f"results/genomics/{s}/{f}"
+        for s in ("illu1", "ont1")
+        for f in ("qc.json", "variants.vcf.gz", "variant_effects.tsv")
+    ]
     targets += ["results/genomics/read_qc.png", "results/genomics/variants.png"]
     env = dict(os.environ, PATH=f"{snakemake.parent}{os.pathsep}{os.environ['PATH']}")  # the rules run `python`
     start = time.perf_counter()
-    proc = subprocess.run([str(snakemake), "-s", str(REPO / "Snakefile"), "--cores", str(cores), *targets],
-                          cwd=root, capture_output=True, text=True, env=env)  # fmt: skip
+    proc = subprocess.run(
+        [str(snakemake), "-s", str(REPO / "Snakefile"), "--cores", str(cores), *targets],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"workflow failed:\n{proc.stdout}\n{proc.stderr}")
@@ -177,8 +198,10 @@ def main() -> None:
             (root / "config" / f"{sheet}.tsv").write_text("")
         workflow_s, jobs = chain_workflow(root, args.cores)
         hand_s = chain_by_hand(root, args.cores)
-        print(f"CPU chain, 2 demo samples: workflow {workflow_s:.1f} s ({jobs} jobs, {args.cores} cores), "
-              f"by hand in one process {hand_s:.1f} s; ratio {workflow_s / hand_s:.2f}x")  # fmt: skip
+        print(
+            f"CPU chain, 2 demo samples: workflow {workflow_s:.1f} s ({jobs} jobs, {args.cores} cores), "
+            f"by hand in one process {hand_s:.1f} s; ratio {workflow_s / hand_s:.2f}x"
+        )
 
 
 def effect_benchmarks(root: Path, demo: Path, args, device: str) -> None:
@@ -190,13 +213,21 @@ def effect_benchmarks(root: Path, demo: Path, args, device: str) -> None:
     reference = long_reference(root / "long.fa")
     mid = write_tiny_enformer(root / "enformer_mid", seed=0, **MID_SIZE)
     print("variant effects, mid-size Enformer (dim 384, depth 2, 5313 tracks, 8192-bp windows), 16 variants:")
-    effect_throughput(mid, 8192, reference, variants_for(reference, 16, 8192),
-                      [b for b in args.batches if b <= 16], device, repeats=1)  # fmt: skip
+    effect_throughput(
+        mid, 8192, reference, variants_for(reference, 16, 8192), [b for b in args.batches if b <= 16], device, repeats=1
+    )
     if args.full:
         full = write_tiny_enformer(root / "enformer_full", seed=0, **FULL_SIZE)
         print("variant effects, published-size Enformer (random weights, 196608-bp windows), 16 variants:")
-        effect_throughput(full, 196_608, reference, variants_for(reference, 16, 196_608),
-                          [b for b in args.batches if b <= 8], device, repeats=1)  # fmt: skip
+        effect_throughput(
+            full,
+            196_608,
+            reference,
+            variants_for(reference, 16, 196_608),
+            [b for b in args.batches if b <= 8],
+            device,
+            repeats=1,
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from independent.genomics import make_genomics_set, precision_recall  # noqa: E402
 
-SAMPLES = {"pairs": "pairs\tillumina\tdata/pairs_R1.fq.gz\tdata/pairs_R2.fq.gz\t\n",
-           "aligned": "aligned\tillumina\t\t\tdata/aligned_input.bam\n"}  # fmt: skip
+SAMPLES = {
+    "pairs": "pairs\tillumina\tdata/pairs_R1.fq.gz\tdata/pairs_R2.fq.gz\t\n",
+    "aligned": "aligned\tillumina\t\t\tdata/aligned_input.bam\n",
+}
 
 
 def environment(repo: Path) -> dict:
@@ -56,14 +58,31 @@ def run(repo: Path, workdir: Path, coverage: float, seed: int, cores: int) -> tu
     targets = [f"results/genomics/{s}/variants.vcf.gz" for s in SAMPLES]
     snakemake = Path(sys.executable).parent / "snakemake"
     start = time.perf_counter()
-    proc = subprocess.run([str(snakemake), "-s", str(repo / "Snakefile"), "--directory", str(workdir), "--configfile",
-                           "config/config.yaml", "config/independent.yaml", "--cores", str(cores), *targets],
-                          cwd=workdir, capture_output=True, text=True, env=environment(repo))  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(snakemake),
+            "-s",
+            str(repo / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            "config/config.yaml",
+            "config/independent.yaml",
+            "--cores",
+            str(cores),
+            *targets,
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=environment(repo),
+    )
     if proc.returncode:
         sys.exit(f"the workflow failed:\n{proc.stderr[-3000:]}")
     workflow = time.perf_counter() - start
-    scores = {s: precision_recall(workdir / "results" / "genomics" / s / "variants.vcf.gz", data["truth"][s])
-              for s in SAMPLES}  # fmt: skip
+    scores = {
+        s: precision_recall(workdir / "results" / "genomics" / s / "variants.vcf.gz", data["truth"][s]) for s in SAMPLES
+    }
     return scores, generated, workflow
 
 

@@ -60,9 +60,16 @@ def write_image(path: Path, block, size: int) -> None:
 
     assert reps * BLOCK == size
     tifffile.imwrite(
-        path, tiles(), shape=(2, size, size), dtype=np.uint16, tile=(512, 512), compression="zlib",
-        metadata={"axes": "CYX"}, photometric="minisblack", planarconfig="separate",
-    )  # fmt: skip
+        path,
+        tiles(),
+        shape=(2, size, size),
+        dtype=np.uint16,
+        tile=(512, 512),
+        compression="zlib",
+        metadata={"axes": "CYX"},
+        photometric="minisblack",
+        planarconfig="separate",
+    )
 
 
 def train_study(workdir: Path, threads: int, every: int) -> tuple[Path, dict]:
@@ -74,9 +81,15 @@ def train_study(workdir: Path, threads: int, every: int) -> tuple[Path, dict]:
 
     from gpubio.demo.imaging import make_imaging
     from gpubio.imaging.cellpose_models import (
-        CellposeSegmenter, ModelChoice, import_cellpose, intensity_range, load_training_set, network_input,
-        select_channels, train_model,
-    )  # fmt: skip
+        CellposeSegmenter,
+        ModelChoice,
+        import_cellpose,
+        intensity_range,
+        load_training_set,
+        network_input,
+        select_channels,
+        train_model,
+    )
     from gpubio.imaging.io import read_image
     from gpubio.imaging.metrics import average_precision
     from gpubio.imaging.settings import imaging_settings
@@ -92,10 +105,19 @@ def train_study(workdir: Path, threads: int, every: int) -> tuple[Path, dict]:
     cellpose = import_cellpose()
     wall, cpu = time.perf_counter(), time.process_time()
     result = train_model(
-        images, labels, workdir / "training", "demo", torch.device("cpu"), cellpose=cellpose,
-        epochs=training["epochs"], learning_rate=training["learning_rate"], weight_decay=training["weight_decay"],
-        batch_size=training["batch_size"], crop_size=training["crop_size"], checkpoint_every=every,
-    )  # fmt: skip
+        images,
+        labels,
+        workdir / "training",
+        "demo",
+        torch.device("cpu"),
+        cellpose=cellpose,
+        epochs=training["epochs"],
+        learning_rate=training["learning_rate"],
+        weight_decay=training["weight_decay"],
+        batch_size=training["batch_size"],
+        crop_size=training["crop_size"],
+        checkpoint_every=every,
+    )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(f"trained the demo model in {wall:.0f} s ({cpu:.0f} s CPU)", flush=True)
     tests = [(demo / "nuclei1.tif", demo / "nuclei1_masks.tif"), (demo / "nuclei2.ome.tif", demo / "nuclei2_masks.tif")]
@@ -116,13 +138,37 @@ def train_study(workdir: Path, threads: int, every: int) -> tuple[Path, dict]:
 
 def segment(image: Path, model: Path, out: Path, args, log: Path) -> tuple[float, float, dict]:
     """Wall seconds, peak RSS (MB) and the summary of one segment-cells process."""
-    cmd = [sys.executable, "-m", "gpubio", "--threads", str(args.threads), "--gpus", "1", "segment-cells", str(image),
-           "--model", str(model), "--channels", "1", "0", "--diameter", f"{DEMO_DIAMETER * args.scale:g}",
-           "--tile-size", str(args.tile_size), "--tile-overlap", str(args.tile_overlap),
-           "--out-masks", str(out), "--out-json", str(out.with_suffix(".json"))]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpubio",
+        "--threads",
+        str(args.threads),
+        "--gpus",
+        "1",
+        "segment-cells",
+        str(image),
+        "--model",
+        str(model),
+        "--channels",
+        "1",
+        "0",
+        "--diameter",
+        f"{DEMO_DIAMETER * args.scale:g}",
+        "--tile-size",
+        str(args.tile_size),
+        "--tile-overlap",
+        str(args.tile_overlap),
+        "--out-masks",
+        str(out),
+        "--out-json",
+        str(out.with_suffix(".json")),
+    ]
     start = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(REPO / "workflow")})
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(REPO / "workflow")}
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     load = os.getloadavg()[0]
@@ -137,10 +183,12 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=2048)
     parser.add_argument("--tile-overlap", type=int, default=64)
     parser.add_argument(
-        "--scale", type=float, default=2.0,
+        "--scale",
+        type=float,
+        default=2.0,
         help="nuclei this many times the demo's size; Cellpose scales the image down by as much before its "
         "network (--diameter), which keeps the run short on a few CPU cores",
-    )  # fmt: skip
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path, help="a trained Cellpose model (default: train the demo's, see --every)")
     parser.add_argument("--every", type=int, default=5, help="training: measure AP every this many epochs")
@@ -160,13 +208,22 @@ def main() -> None:
             masks = workdir / f"masks_{size}.tif"
             seconds, peak_mb, summary = segment(image, model, masks, args, workdir / f"segment_{size}.log")
             expected = per_block * (size // BLOCK) ** 2
-            rows.append({
-                "side_px": size, "megapixels": size * size / 1e6, "tiles": summary["tiles"],
-                "cells": summary["cells"], "expected": expected, "seconds": seconds,
-                "segment_seconds": summary["seconds"], "mpx_per_s": size * size / 1e6 / summary["seconds"],
-                "peak_mb": peak_mb, "device": summary["device"], "image_mb": image.stat().st_size / 1e6,
-                "load1": summary["load1"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "side_px": size,
+                    "megapixels": size * size / 1e6,
+                    "tiles": summary["tiles"],
+                    "cells": summary["cells"],
+                    "expected": expected,
+                    "seconds": seconds,
+                    "segment_seconds": summary["seconds"],
+                    "mpx_per_s": size * size / 1e6 / summary["seconds"],
+                    "peak_mb": peak_mb,
+                    "device": summary["device"],
+                    "image_mb": image.stat().st_size / 1e6,
+                    "load1": summary["load1"],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
             for path in (image, masks):
                 path.unlink()
@@ -199,7 +256,9 @@ def write_report(args, rows, study=None) -> None:
             f"{one_block * blocks if one_block else '-'} | {r['seconds']:.0f} | {r['segment_seconds']:.0f} | "
             f"{r['mpx_per_s']:.3f} | {r['peak_mb']:.0f} |"
         )
-    peaks = ", ".join(f"{r['peak_mb']:.0f} MB at {r['side_px']} px ({r['tiles']} tile{'s' * (r['tiles'] > 1)})" for r in rows)
+    peaks = ", ".join(
+        f"{r['peak_mb']:.0f} MB at {r['side_px']} px ({r['tiles']} tile{'s' * (r['tiles'] > 1)})" for r in rows
+    )
     largest = rows[-1]
     lines += [
         "",

@@ -130,11 +130,7 @@ def report(command: str) -> str:
     inv = load_inventory(PARTITIONS)
     rows = compare(shards(100), inv)
     balanced, cheapest, fastest = rows
-    cbc = (
-        "CBC on PATH"
-        if pulp.COIN_CMD(msg=False).available()
-        else "the CBC bundled with pulp"
-    )
+    cbc = "CBC on PATH" if pulp.COIN_CMD(msg=False).available() else "the CBC bundled with pulp"
     lines = [
         "# GPU placement benchmark",
         "",
@@ -153,8 +149,7 @@ def report(command: str) -> str:
         "the longest job). List schedule = whole jobs, longest first, on each partition's "
         "GPUs. Cost in T4-hours (GPU-hours x relative hourly price).",
         "",
-        "| strategy | jobs t4 / a100 / h100 | estimate (h) | list schedule (h) "
-        "| cost (T4-h) | schedule vs balanced |",
+        "| strategy | jobs t4 / a100 / h100 | estimate (h) | list schedule (h) | cost (T4-h) | schedule vs balanced |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:

@@ -29,9 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from slurm_cluster import SlurmCluster, default_nodes  # noqa: E402
-
 from gpubio.demo import make_demo  # noqa: E402
+from slurm_cluster import SlurmCluster, default_nodes  # noqa: E402
 
 
 def slurm_jobs(cluster: SlurmCluster) -> list[dict[str, str]]:
@@ -74,11 +73,19 @@ def notice_lags(project: Path, cluster_log: Path) -> list[float]:
 def run_demo(workdir: Path, cluster: SlurmCluster, jobs: int) -> tuple[float, subprocess.CompletedProcess]:
     snakemake = Path(sys.executable).parent / "snakemake"
     cmd = [
-        str(snakemake), "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--profile", str(REPO / "profiles" / "slurm-gpu"), "--jobs", str(jobs),
+        str(snakemake),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--profile",
+        str(REPO / "profiles" / "slurm-gpu"),
+        "--jobs",
+        str(jobs),
         # the test cluster has no accounting database
-        "--slurm-status-command", "squeue",
-    ]  # fmt: skip
+        "--slurm-status-command",
+        "squeue",
+    ]
     # jobs run `python -m gpubio`: this environment's python, as on a cluster with a shared venv
     env = cluster.env | {"PATH": f"{snakemake.parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.monotonic()
@@ -94,7 +101,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.lags:
         lags = notice_lags(args.lags / "project", args.lags / "cluster" / "log" / "slurmctld.log")
-        print(f"{len(lags)} jobs, notice lag median {statistics.median(lags):.0f} s, mean {statistics.mean(lags):.0f} s")
+        print(
+            f"{len(lags)} jobs, notice lag median {statistics.median(lags):.0f} s, mean {statistics.mean(lags):.0f} s"
+        )
         return 0
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="gpubio-slurm-demo-"))
@@ -113,10 +122,12 @@ def main() -> int:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     lags = notice_lags(project, root / "cluster" / "log" / "slurmctld.log")
     by_kind = Counter(j["comment"].split("_wildcards_")[0] for j in submitted)
-    print(f"| {commit.stdout.strip()} | {wall / 60:.1f} min | {len(submitted)} "
-          f"| {sum(j['state'] == 'COMPLETED' for j in submitted)} "
-          f"| {statistics.median(lags):.0f} s | {os.getloadavg()[1]:.1f} "
-          f"| {', '.join(f'{k} {n}' for k, n in sorted(by_kind.items()))} |")  # fmt: skip
+    print(
+        f"| {commit.stdout.strip()} | {wall / 60:.1f} min | {len(submitted)} "
+        f"| {sum(j['state'] == 'COMPLETED' for j in submitted)} "
+        f"| {statistics.median(lags):.0f} s | {os.getloadavg()[1]:.1f} "
+        f"| {', '.join(f'{k} {n}' for k, n in sorted(by_kind.items()))} |"
+    )
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -66,25 +66,57 @@ def run(cmd: list[str], log: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 1024
 
 
-def workflow_path(inputs: list[Path], work: Path, threads: int, backend: str = "scanpy",
-                  gpus: int = 0) -> tuple[float, float, Path]:  # fmt: skip
+def workflow_path(
+    inputs: list[Path], work: Path, threads: int, backend: str = "scanpy", gpus: int = 0
+) -> tuple[float, float, Path]:
     gpubio = [sys.executable, "-m", "gpubio", "--threads", str(threads)]
     total, peak, filtered = 0.0, 0.0, []
     for k, path in enumerate(inputs):
         sample = f"s{k + 1}"
         out = work / sample
-        cmd = gpubio + ["cell-qc", "--counts", str(path), "--sample", sample, "--batch", f"batch{k + 1}",
-                        "--out-json", str(out / "qc.json"), "--out-h5ad", str(out / "filtered.h5ad")]  # fmt: skip
+        cmd = gpubio + [
+            "cell-qc",
+            "--counts",
+            str(path),
+            "--sample",
+            sample,
+            "--batch",
+            f"batch{k + 1}",
+            "--out-json",
+            str(out / "qc.json"),
+            "--out-h5ad",
+            str(out / "filtered.h5ad"),
+        ]
         cmd += [f"--{key.replace('_', '-')}={value}" for key, value in QC.items()]
         seconds, rss = run(cmd, work / f"cell_qc_{sample}.log")
         total, peak = total + seconds, max(peak, rss)
         filtered.append(str(out / "filtered.h5ad"))
     result = work / "integrated.h5ad"
-    cmd = gpubio + ["--gpus", str(gpus), "integrate-cells", *filtered, "--backend", backend, "--out-h5ad", str(result),
-                    "--out-markers", str(work / "markers.tsv"), "--n-top-genes", str(PARAMS["n_top_genes"]),
-                    "--n-pcs", str(PARAMS["n_pcs"]), "--scale", "--scale-max-value", str(PARAMS["scale_max_value"]),
-                    "--n-neighbors", str(PARAMS["n_neighbors"]),
-                    "--leiden-resolution", str(PARAMS["resolution"]), "--seed", str(PARAMS["seed"])]  # fmt: skip
+    cmd = gpubio + [
+        "--gpus",
+        str(gpus),
+        "integrate-cells",
+        *filtered,
+        "--backend",
+        backend,
+        "--out-h5ad",
+        str(result),
+        "--out-markers",
+        str(work / "markers.tsv"),
+        "--n-top-genes",
+        str(PARAMS["n_top_genes"]),
+        "--n-pcs",
+        str(PARAMS["n_pcs"]),
+        "--scale",
+        "--scale-max-value",
+        str(PARAMS["scale_max_value"]),
+        "--n-neighbors",
+        str(PARAMS["n_neighbors"]),
+        "--leiden-resolution",
+        str(PARAMS["resolution"]),
+        "--seed",
+        str(PARAMS["seed"]),
+    ]
     seconds, rss = run(cmd, work / "integrate.log")
     return total + seconds, max(peak, rss), result
 
@@ -103,8 +135,11 @@ def bare_scanpy(inputs: list[str], out: str, threads: int) -> None:
         adata.var_names_make_unique()
         adata.var["mt"] = adata.var_names.str.startswith("MT-")
         sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], inplace=True, percent_top=None, log1p=False)
-        keep = ((adata.obs["total_counts"] >= QC["min_counts"]) & (adata.obs["n_genes_by_counts"] >= QC["min_genes"])
-                & (adata.obs["pct_counts_mt"] <= QC["max_mito_pct"]))  # fmt: skip
+        keep = (
+            (adata.obs["total_counts"] >= QC["min_counts"])
+            & (adata.obs["n_genes_by_counts"] >= QC["min_genes"])
+            & (adata.obs["pct_counts_mt"] <= QC["max_mito_pct"])
+        )
         adata = adata[keep.to_numpy()].copy()
         sc.pp.filter_genes(adata, min_cells=QC["min_cells"])
         adata.obs["batch"] = f"batch{k + 1}"
@@ -112,8 +147,9 @@ def bare_scanpy(inputs: list[str], out: str, threads: int) -> None:
         parts.append(adata)
     adata = ad.concat(parts, join="outer", fill_value=0)
     adata.layers["counts"] = adata.X.copy()
-    sc.pp.highly_variable_genes(adata, flavor="seurat_v3", n_top_genes=PARAMS["n_top_genes"], layer="counts",
-                                batch_key="batch")  # fmt: skip
+    sc.pp.highly_variable_genes(
+        adata, flavor="seurat_v3", n_top_genes=PARAMS["n_top_genes"], layer="counts", batch_key="batch"
+    )
     sc.pp.normalize_total(adata, target_sum=1e4)
     sc.pp.log1p(adata)
     # the standard recipe: highly variable genes scaled to unit variance, clipped at 10, then PCA
@@ -122,16 +158,24 @@ def bare_scanpy(inputs: list[str], out: str, threads: int) -> None:
     sc.pp.pca(hvg, n_comps=PARAMS["n_pcs"], random_state=PARAMS["seed"])
     adata.obsm["X_pca"] = hvg.obsm["X_pca"]
     del hvg
-    harmony = harmonypy.run_harmony(adata.obsm["X_pca"], adata.obs, "batch", random_state=PARAMS["seed"],
-                                    ncores=threads, verbose=False)  # fmt: skip
+    harmony = harmonypy.run_harmony(
+        adata.obsm["X_pca"], adata.obs, "batch", random_state=PARAMS["seed"], ncores=threads, verbose=False
+    )
     adata.obsm["X_pca_harmony"] = np.asarray(harmony.Z_corr, dtype=np.float32)
     sc.pp.neighbors(adata, n_neighbors=PARAMS["n_neighbors"], use_rep="X_pca_harmony", random_state=PARAMS["seed"])
     sc.tl.umap(adata, random_state=PARAMS["seed"])
-    sc.tl.leiden(adata, resolution=PARAMS["resolution"], flavor="igraph", n_iterations=2, directed=False,
-                 random_state=PARAMS["seed"])  # fmt: skip
+    sc.tl.leiden(
+        adata,
+        resolution=PARAMS["resolution"],
+        flavor="igraph",
+        n_iterations=2,
+        directed=False,
+        random_state=PARAMS["seed"],
+    )
     sc.tl.rank_genes_groups(adata, "leiden", method="wilcoxon")
-    sc.get.rank_genes_groups_df(adata, None).groupby("group", observed=True).head(25).to_csv(out + ".markers.tsv",
-                                                                                                sep="\t")  # fmt: skip
+    sc.get.rank_genes_groups_df(adata, None).groupby("group", observed=True).head(25).to_csv(
+        out + ".markers.tsv", sep="\t"
+    )
     adata.write_h5ad(out)
 
 
@@ -155,8 +199,12 @@ def main() -> None:
     parser.add_argument("--cells", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each path per size; the fastest counts")
-    parser.add_argument("--backend", default="scanpy", choices=["scanpy", "auto", "rapids_singlecell"],
-                        help="the workflow's integration backend (rapids_singlecell: on a GPU node, with --gpus 1)")
+    parser.add_argument(
+        "--backend",
+        default="scanpy",
+        choices=["scanpy", "auto", "rapids_singlecell"],
+        help="the workflow's integration backend (rapids_singlecell: on a GPU node, with --gpus 1)",
+    )
     parser.add_argument("--gpus", type=int, default=0, help="GPUs for the workflow's integration step")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "transcriptomics.md"))
     parser.add_argument("--workdir", help="keep data and logs here (default: a temporary directory)")
@@ -180,15 +228,17 @@ def main() -> None:
             best = {"workflow": (float("inf"), 0.0), "bare": (float("inf"), 0.0)}
             for _ in range(args.repeats):  # alternating; the fastest run of each counts
                 for name, path in (("workflow", workflow_path), ("bare", bare_path)):
-                    seconds, rss, result = path(inputs, work / name, args.threads, backend=args.backend,
-                                                gpus=args.gpus)
+                    seconds, rss, result = path(inputs, work / name, args.threads, backend=args.backend, gpus=args.gpus)
                     results[name] = result
                     best[name] = min(best[name], (seconds, rss))
             (wf_time, wf_mem), (bare_time, bare_mem) = best["workflow"], best["bare"]
             ari = agreement(results["workflow"], results["bare"])
             rows.append((n, wf_time, bare_time, wf_mem, bare_mem, ari))
-            print(f"{n} cells: workflow {wf_time:.1f} s / {wf_mem:.0f} MB, bare {bare_time:.1f} s / {bare_mem:.0f} MB,"
-                  f" ARI {ari:.3f}", flush=True)  # fmt: skip
+            print(
+                f"{n} cells: workflow {wf_time:.1f} s / {wf_mem:.0f} MB, bare {bare_time:.1f} s / {bare_mem:.0f} MB,"
+                f" ARI {ari:.3f}",
+                flush=True,
+            )
     write_report(rows, args)
 
 

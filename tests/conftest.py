@@ -119,8 +119,11 @@ def _repository_status() -> set[str] | None:
     try:
         proc = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=all"],
-            cwd=REPO, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return set(proc.stdout.splitlines()) if proc.returncode == 0 else None

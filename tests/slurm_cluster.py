@@ -109,6 +109,7 @@ def default_nodes(cpus: int | None = None, memory_mb: int = 4096) -> list[Node]:
     trusts the configuration (config_overrides), so larger values, e.g. to accept a
     workflow's real mem_mb requests, cost nothing.
     """
+
     def c(n: int) -> int:
         return cpus if cpus is not None else n
 
@@ -183,22 +184,18 @@ class SlurmCluster:
     @property
     def env(self) -> dict[str, str]:
         """Environment for SLURM clients talking to this cluster."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not (k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")))
-        }
+        env = {k: v for k, v in os.environ.items() if not (k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")))}
         env["SLURM_CONF"] = str(self.conf)
         return env
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         self.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "SlurmCluster":
+    def start(self) -> SlurmCluster:
         if self._started:
             return self
         missing = missing_requirements()
@@ -315,7 +312,14 @@ class SlurmCluster:
 
     # ----------------------------------------------------------------- private
     def _prepare_dirs(self) -> None:
-        for d in (self.etc, self.logdir, self.devdir, self.workdir / "state", self.workdir / "spool", self.workdir / "run"):
+        for d in (
+            self.etc,
+            self.logdir,
+            self.devdir,
+            self.workdir / "state",
+            self.workdir / "spool",
+            self.workdir / "run",
+        ):
             if d.name in ("state", "spool", "run") and d.exists():
                 shutil.rmtree(d)
             d.mkdir(parents=True, exist_ok=True)
@@ -465,8 +469,7 @@ class SlurmCluster:
                 except OSError:
                     holder = "unknown owner"
                 raise SlurmClusterError(
-                    f"another SlurmCluster is running on this machine ({holder}); "
-                    "only one can own /etc/slurm at a time"
+                    f"another SlurmCluster is running on this machine ({holder}); only one can own /etc/slurm at a time"
                 ) from None
             try:
                 if os.stat(lock).st_ino == os.fstat(fd).st_ino:
@@ -611,7 +614,9 @@ class SlurmCluster:
     def _alive(self, name: str) -> bool:
         return any(n == name and p.poll() is None for n, p in self._procs)
 
-    def _wait_for(self, cond, what: str, proc_name: str | None = None, timeout: float | None = None, check_all: bool = False) -> None:
+    def _wait_for(
+        self, cond, what: str, proc_name: str | None = None, timeout: float | None = None, check_all: bool = False
+    ) -> None:
         deadline = time.monotonic() + (timeout or self.start_timeout)
         while True:
             for n, p in self._procs:

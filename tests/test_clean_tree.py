@@ -26,8 +26,13 @@ def test_a_test_that_leaves_a_file_in_the_repository_fails_the_run(tmp_path):
         subprocess.run([*git, *args], check=True, capture_output=True)
 
     def pytest_run(*select: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *select],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *select],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     clean = pytest_run("tests/test_litter.py::test_clean")
     assert clean.returncode == 0, clean.stdout + clean.stderr

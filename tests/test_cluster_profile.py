@@ -10,9 +10,8 @@ import sys
 
 import pandas as pd
 
-from gpubio.gpu.plan import parse_dry_run, plan_arguments
-
 from conftest import BIN, REPO, run_snakemake
+from gpubio.gpu.plan import parse_dry_run, plan_arguments
 
 CONDA_DOUBLE = REPO / "tests" / "doubles" / "conda"
 
@@ -60,23 +59,56 @@ def test_readme_cluster_commands_dry_run_without_conda(workdir):
 
 
 def test_plan_arguments_keep_what_decides_placement():
-    argv = ["results/x.tsv", "-n", "--profile", "profiles/slurm-gpu", "--cores", "4", "--set-resources",
-            "a:runtime=5", "b:mem_mb=3", "--config=gpu={require: true}", "-p", "--configfile", "c.yaml",
-            "--retries", "3", "--default-resources", "runtime=-1", "--sdm", "conda"]  # fmt: skip
+    argv = [
+        "results/x.tsv",
+        "-n",
+        "--profile",
+        "profiles/slurm-gpu",
+        "--cores",
+        "4",
+        "--set-resources",
+        "a:runtime=5",
+        "b:mem_mb=3",
+        "--config=gpu={require: true}",
+        "-p",
+        "--configfile",
+        "c.yaml",
+        "--retries",
+        "3",
+        "--default-resources",
+        "runtime=-1",
+        "--sdm",
+        "conda",
+    ]
     assert plan_arguments(argv) == [
-        "--profile", "profiles/slurm-gpu", "--set-resources", "a:runtime=5", "b:mem_mb=3",
-        "--config=gpu={require: true}", "--configfile", "c.yaml", "--default-resources", "runtime=-1",
-    ]  # fmt: skip
+        "--profile",
+        "profiles/slurm-gpu",
+        "--set-resources",
+        "a:runtime=5",
+        "b:mem_mb=3",
+        "--config=gpu={require: true}",
+        "--configfile",
+        "c.yaml",
+        "--default-resources",
+        "runtime=-1",
+    ]
     assert plan_arguments(["-n", "-p", "all"]) == []
     # one-value options end there: what follows is a target
     assert plan_arguments(["-s", "S", "--directory", "d", "all", "--profile", "p", "results/a"]) == [
-        "-s", "S", "--directory", "d", "--profile", "p",
-    ]  # fmt: skip
+        "-s",
+        "S",
+        "--directory",
+        "d",
+        "--profile",
+        "p",
+    ]
 
 
 def test_gpu_plan_job_plans_with_the_runs_own_overrides(workdir):
     overrides = ["--set-resources", "integrate_cells:runtime=600", "integrate_cells:slurm_partition=gpu-h100"]
-    run_snakemake(workdir, "results/gpu_plan.tsv", "--profile", str(REPO / "profiles" / "local"), "--cores", "1", *overrides)
+    run_snakemake(
+        workdir, "results/gpu_plan.tsv", "--profile", str(REPO / "profiles" / "local"), "--cores", "1", *overrides
+    )
     plan = pd.read_csv(workdir / "results/gpu_plan.tsv", sep="\t", keep_default_na=False).set_index("rule")
     integrate = plan.loc["integrate_cells"]
     assert (integrate["partition"], integrate["runtime_min"], integrate["gpus"]) == ("gpu-h100", 600, 1)
@@ -85,7 +117,9 @@ def test_gpu_plan_job_plans_with_the_runs_own_overrides(workdir):
     assert (plan.loc["read_qc", "partition"] == "cpu").all()
 
     # the same options again: nothing to do, even as a dry-run; other overrides: a new plan
-    same = run_snakemake(workdir, "-n", "results/gpu_plan.tsv", "--profile", str(REPO / "profiles" / "local"), *overrides)
+    same = run_snakemake(
+        workdir, "-n", "results/gpu_plan.tsv", "--profile", str(REPO / "profiles" / "local"), *overrides
+    )
     assert "Nothing to be done" in same.stdout + same.stderr
     changed = run_snakemake(workdir, "-n", "results/gpu_plan.tsv", "--set-resources", "integrate_cells:runtime=30")
     assert "params have changed" in changed.stdout + changed.stderr and "gpu_plan" in changed.stdout
@@ -98,7 +132,9 @@ def test_link_profiles_links_each_profile_and_keeps_the_users_own(tmp_path):
     config_dir = tmp_path / "xdg" / "snakemake"
     (config_dir / "mine").mkdir(parents=True)
     (config_dir / "local").symlink_to(tmp_path)  # a stale link from an older clone
-    proc = subprocess.run([sys.executable, str(LINK_PROFILES), "--config-dir", str(config_dir)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(LINK_PROFILES), "--config-dir", str(config_dir)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("local", "slurm-gpu"):
         assert (config_dir / name).resolve() == REPO / "profiles" / name
@@ -106,7 +142,9 @@ def test_link_profiles_links_each_profile_and_keeps_the_users_own(tmp_path):
 
     (config_dir / "slurm-gpu").unlink()
     (config_dir / "slurm-gpu").mkdir()  # the user's own profile of that name
-    proc = subprocess.run([sys.executable, str(LINK_PROFILES), "--config-dir", str(config_dir)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(LINK_PROFILES), "--config-dir", str(config_dir)], capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "slurm-gpu" in proc.stderr and "not links" in proc.stderr
     assert (config_dir / "slurm-gpu").is_dir() and not (config_dir / "slurm-gpu").is_symlink()
@@ -119,9 +157,22 @@ def test_link_profiles_help():
 
 def test_plan_whose_dry_run_fails_says_so_first_in_one_line(workdir):
     proc = subprocess.run(
-        [sys.executable, "-m", "gpubio", "plan", "--snakefile", str(REPO / "Snakefile"), "--", "--config", "bogus_key=1"],
-        capture_output=True, text=True, cwd=workdir, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "plan",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--",
+            "--config",
+            "bogus_key=1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        timeout=300,
+    )
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[0] == "gpubio plan: the dry-run failed:"
     assert "bogus_key" in proc.stderr  # the reason, from the nested run, follows

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpubio.config import ConfigError, load_project
-
 from conftest import REPO, run_snakemake
+from gpubio.config import ConfigError, load_project
 
 HEADER = "sample\tplatform\tpod5\tfastq_1\tfastq_2\tbam\n"
 FQ = "resources/demo/genomics/ont.fastq.gz"
@@ -44,15 +43,24 @@ def test_demo_config_is_valid_and_fills_defaults(workdir):
 @pytest.mark.parametrize(
     "edit, expected",
     [
-        (lambda c: c["transcriptomics"]["qc"].update(min_gens=5), "unknown key 'transcriptomics.qc.min_gens'; did you mean 'min_genes'?"),
+        (
+            lambda c: c["transcriptomics"]["qc"].update(min_gens=5),
+            "unknown key 'transcriptomics.qc.min_gens'; did you mean 'min_genes'?",
+        ),
         (lambda c: c.update(imagin={"samples": "x"}), "unknown key 'imagin'; did you mean 'imaging'?"),
-        (lambda c: c["transcriptomics"]["qc"].update(min_genes="many"), "key 'transcriptomics.qc.min_genes' must be integer"),
-        (lambda c: c["transcriptomics"]["qc"].update(max_mito_pct=150), "key 'transcriptomics.qc.max_mito_pct' = 150 is out of range"),
+        (
+            lambda c: c["transcriptomics"]["qc"].update(min_genes="many"),
+            "key 'transcriptomics.qc.min_genes' must be integer",
+        ),
+        (
+            lambda c: c["transcriptomics"]["qc"].update(max_mito_pct=150),
+            "key 'transcriptomics.qc.max_mito_pct' = 150 is out of range",
+        ),
         (lambda c: c["gpu"].update(require="yes"), "key 'gpu.require' must be boolean"),
         (lambda c: c["genomics"].update(reference="missing.fa"), "genomics.reference 'missing.fa' does not exist"),
         (lambda c: c["genomics"].pop("reference"), "genomics has samples but no 'reference'"),
     ],
-)  # fmt: skip
+)
 def test_bad_config_keys(workdir, edit, expected):
     config = demo_config()
     edit(config)
@@ -65,18 +73,30 @@ def test_bad_config_keys(workdir, edit, expected):
 @pytest.mark.parametrize(
     "rows, expected",
     [
-        (f"bad name\tont\t\t{FQ}\t\t\n", "row 1 (line 2, sample 'bad name'): sample name 'bad name' may only contain [A-Za-z0-9._-]"),
+        (
+            f"bad name\tont\t\t{FQ}\t\t\n",
+            "row 1 (line 2, sample 'bad name'): sample name 'bad name' may only contain [A-Za-z0-9._-]",
+        ),
         (f"a;rm\tont\t\t{FQ}\t\t\n", "sample name 'a;rm' may only contain"),
-        (f"s1\tont\t\t{FQ}\t\t\ns1\tont\t\t{FQ}\t\t\n", "row 2 (line 3, sample 's1'): duplicate sample name, already used in row 1"),
+        (
+            f"s1\tont\t\t{FQ}\t\t\ns1\tont\t\t{FQ}\t\t\n",
+            "row 2 (line 3, sample 's1'): duplicate sample name, already used in row 1",
+        ),
         (f"s1\tpacbio\t\t{FQ}\t\t\n", "platform 'pacbio' is not one of: ont, illumina"),
         ("s1\tont\t\tnope.fastq.gz\t\t\n", "fastq_1 'nope.fastq.gz' does not exist"),
-        (f"s1\tont\tresources/demo/genomics\t{FQ}\t\t\n", "has 2 inputs (pod5, fastq_1); give exactly one of pod5 or fastq_1 or bam"),
+        (
+            f"s1\tont\tresources/demo/genomics\t{FQ}\t\t\n",
+            "has 2 inputs (pod5, fastq_1); give exactly one of pod5 or fastq_1 or bam",
+        ),
         ("s1\tont\t\t\t\t\n", "has no input; give exactly one of pod5 or fastq_1 or bam"),
         (f"s1\tillumina\t\t\t{FQ}\t\n", "fastq_2 is set without fastq_1"),
-        ("s1\tont\t\tresources/demo/genomics/reference.fa\t\t\n", "fastq_1 'resources/demo/genomics/reference.fa' is not a .fastq"),
+        (
+            "s1\tont\t\tresources/demo/genomics/reference.fa\t\t\n",
+            "fastq_1 'resources/demo/genomics/reference.fa' is not a .fastq",
+        ),
         (f"s1\t\t\t{FQ}\t\t\n", "column 'platform' is empty"),
     ],
-)  # fmt: skip
+)
 def test_bad_genomics_rows(workdir, rows, expected):
     problems = problems_for(workdir, genomics=HEADER + rows)
     assert any(expected in p for p in problems), problems

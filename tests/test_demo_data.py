@@ -12,9 +12,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from gpubio.demo import sheet_text
-
 from conftest import REPO
+from gpubio.demo import sheet_text
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +36,14 @@ def test_committed_sample_sheets_match_the_generator(demo_data):
         fixed = {s: {k: v.replace("demo_again", "demo") for k, v in r.items()} for s, r in domain_rows.items()}
         assert (REPO / "config" / f"{domain}.tsv").read_text() == sheet_text(domain, fixed)
     again = demo_data / "resources" / "demo_again"
-    for rel in ["genomics/illumina_R1.fastq.gz", "genomics/truth.vcf", "transcriptomics/pbmc2/matrix.mtx.gz",
-                "transcriptomics/pbmc1_spatial.csv", "imaging/nuclei1.tif", "imaging/train/train3_masks.tif"]:  # fmt: skip
+    for rel in [
+        "genomics/illumina_R1.fastq.gz",
+        "genomics/truth.vcf",
+        "transcriptomics/pbmc2/matrix.mtx.gz",
+        "transcriptomics/pbmc1_spatial.csv",
+        "imaging/nuclei1.tif",
+        "imaging/train/train3_masks.tif",
+    ]:
         digest = [hashlib.sha256((d / rel).read_bytes()).hexdigest() for d in (demo_data / "resources" / "demo", again)]
         assert digest[0] == digest[1], f"{rel} differs between two runs with the same seed"
 

@@ -188,8 +188,14 @@ def third_party_needs(module: str, names: tuple[str, ...] | None = None) -> set[
         imported = imported_names(module)
         # classes or functions a decorator of this module registers (a plugin registry such
         # as MODEL_FAMILIES) are reached by name at run time, so they count as used
-        registered = [n for n, d in defs.items() if any(called_names(dec) & set(defs) or
-                      (isinstance(dec, ast.Name) and dec.id in defs) for dec in d.decorator_list)]  # fmt: skip
+        registered = [
+            n
+            for n, d in defs.items()
+            if any(
+                called_names(dec) & set(defs) or (isinstance(dec, ast.Name) and dec.id in defs)
+                for dec in d.decorator_list
+            )
+        ]
         todo = (list(defs) if names is None else list(names)) + registered
         while todo:
             name = todo.pop()
@@ -263,7 +269,9 @@ def test_third_party_needs_follows_functions_and_skips_optional(tmp_path, monkey
         "@register\nclass Enformer:\n    def load(self):\n        import enformer_pytorch\n"
         "def pick(name):\n    return REGISTRY[name]()\n"
     )
-    (pkg / "sub" / "other.py").write_text("import pandas\ndef needed():\n    import h5py\ndef other():\n    import zarr\n")
+    (pkg / "sub" / "other.py").write_text(
+        "import pandas\ndef needed():\n    import h5py\ndef other():\n    import zarr\n"
+    )
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE_ROOT", tmp_path)
     module_tree.cache_clear()
     try:
@@ -338,7 +346,11 @@ def test_vendor_image_entry_points_need_only_the_standard_library(tmp_path, entr
     marker = tmp_path / "ran"
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(PACKAGE_ROOT), "GPUBIO_NUM_GPUS": "0"}
     proc = subprocess.run(
-        [sys.executable, "-S", "-m", *entry, "touch", str(marker)], capture_output=True, text=True, env=env, cwd=tmp_path
+        [sys.executable, "-S", "-m", *entry, "touch", str(marker)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert marker.exists()

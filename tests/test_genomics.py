@@ -15,11 +15,10 @@ import pandas as pd
 import pysam
 import pytest
 
+from conftest import BIN, REPO
 from gpubio.genomics import align, basecall, effects, variants
 from gpubio.genomics.alignment_qc import alignment_qc, binned_depth
 from gpubio.genomics.sheet import genomics_settings, sequencing_runs, sheet_problems
-
-from conftest import BIN, REPO
 
 DOUBLES = REPO / "tests" / "doubles"
 sys.path.insert(0, str(DOUBLES))
@@ -109,8 +108,15 @@ def test_unaligned_bam_keeps_read_groups_and_tags(reference, tmp_path):
         rec = pysam.AlignedSegment(out.header)
         rec.query_name, rec.flag, rec.query_sequence = "r1", 4, seq
         rec.query_qualities = pysam.qualitystring_to_array("5" * len(seq))
-        rec.set_tags([("qs", 20.0, "f"), ("ch", 7, "i"), ("RG", "run1_hac", "Z"),
-                      ("MM", "C+m?,0;", "Z"), ("ML", array.array("B", [200]))])  # fmt: skip
+        rec.set_tags(
+            [
+                ("qs", 20.0, "f"),
+                ("ch", 7, "i"),
+                ("RG", "run1_hac", "Z"),
+                ("MM", "C+m?,0;", "Z"),
+                ("ML", array.array("B", [200])),
+            ]
+        )
         out.write(rec)
     bam = tmp_path / "aligned.bam"
     align.align_reads([str(ubam)], str(ref_path), "ont", "sampleX", str(bam))
@@ -159,11 +165,29 @@ def test_pod5_shards_cover_every_read_exactly_once(tmp_path):
     assert count == 4
     table, plan, shards = tmp_path / "reads.tsv", tmp_path / "plan.tsv", tmp_path / "shards"
     pod5_cli = str(BIN / "pod5")
-    subprocess.run([pod5_cli, "view", str(pod5_file), "--include", "read_id,num_samples", "--output", str(table)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [pod5_cli, "view", str(pod5_file), "--include", "read_id,num_samples", "--output", str(table)],
+        check=True,
+        capture_output=True,
+    )
     per_shard = basecall.plan_shards(str(table), count, str(plan))
-    subprocess.run([pod5_cli, "subset", str(pod5_file), "--table", str(plan), "--columns", "shard",
-                    "--template", "{shard}.pod5", "--output", str(shards)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            pod5_cli,
+            "subset",
+            str(pod5_file),
+            "--table",
+            str(plan),
+            "--columns",
+            "shard",
+            "--template",
+            "{shard}.pod5",
+            "--output",
+            str(shards),
+        ],
+        check=True,
+        capture_output=True,
+    )
     seen, signal = [], {}
     for shard in sorted(shards.glob("*.pod5")):
         with pod5.Reader(shard) as reader:
@@ -212,7 +236,9 @@ def test_merge_and_label_keep_read_groups_and_tags(tmp_path):
     with pysam.AlignmentFile(str(tmp_path / "clash.bam"), "wb", header=bad):
         pass
     with pytest.raises(ValueError, match="differs between inputs"):
-        basecall.merge_unaligned_bams([str(tmp_path / "other.bam"), str(tmp_path / "clash.bam")], str(tmp_path / "m2.bam"))
+        basecall.merge_unaligned_bams(
+            [str(tmp_path / "other.bam"), str(tmp_path / "clash.bam")], str(tmp_path / "m2.bam")
+        )
 
 
 def test_demux_bams_reads_nested_and_flat_layouts(tmp_path):
@@ -254,8 +280,18 @@ def test_basecall_on_a_gpu_the_driver_does_not_list_runs_on_the_cpu_or_fails_whe
     (broken / "nvidia-smi").chmod(0o755)
     env["PATH"] = os.pathsep.join([str(broken), env["PATH"]])
     base = [sys.executable, "-m", "gpubio", "--gpus", "1"]
-    tool = ["tool-on-device", "--gpu-args=--device cuda:all", "--cpu-args=-x cpu", "--stdout",
-            str(tmp_path / "calls.bam"), "--", "dorado", "basecaller", "hac", str(pod5_file)]  # fmt: skip
+    tool = [
+        "tool-on-device",
+        "--gpu-args=--device cuda:all",
+        "--cpu-args=-x cpu",
+        "--stdout",
+        str(tmp_path / "calls.bam"),
+        "--",
+        "dorado",
+        "basecaller",
+        "hac",
+        str(pod5_file),
+    ]
     proc = subprocess.run(base + tool, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "dorado on the CPU: nvidia-smi -L lists 0 device(s) (exit 9), 1 assigned" in proc.stderr
@@ -270,8 +306,23 @@ def test_basecall_device_follows_the_pinned_gpus(tmp_path, gpus):
     pod5_file = tmp_path / "r.pod5"
     write_pod5(pod5_file, [("ACGTACGTAC" * 20, 0), ("TTGCA" * 30, 0)])
     out = tmp_path / "calls.bam"
-    cmd = [sys.executable, "-m", "gpubio", "--gpus", "1", "tool-on-device", "--gpu-args=--device cuda:all",
-           "--cpu-args=-x cpu", "--stdout", str(out), "--", "dorado", "basecaller", "hac", str(pod5_file)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpubio",
+        "--gpus",
+        "1",
+        "tool-on-device",
+        "--gpu-args=--device cuda:all",
+        "--cpu-args=-x cpu",
+        "--stdout",
+        str(out),
+        "--",
+        "dorado",
+        "basecaller",
+        "hac",
+        str(pod5_file),
+    ]
     proc = subprocess.run(cmd, env=tool_env(tmp_path, gpus), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     expected_args = "--device cuda:all" if gpus else "-x cpu"
@@ -279,12 +330,28 @@ def test_basecall_device_follows_the_pinned_gpus(tmp_path, gpus):
     assert ("on GPU(s) [0]" if gpus else "on the CPU") in proc.stderr
     with pysam.AlignmentFile(str(out), "rb", check_sq=False) as fh:
         pg = fh.header.to_dict()["PG"][0]
-        assert expected_args in pg["CL"] and [r.query_sequence for r in fh.fetch(until_eof=True)][0] == "ACGTACGTAC" * 20
+        assert (
+            expected_args in pg["CL"] and [r.query_sequence for r in fh.fetch(until_eof=True)][0] == "ACGTACGTAC" * 20
+        )
 
 
 def test_gpu_required_but_missing_fails_before_the_tool_runs(tmp_path):
-    cmd = [sys.executable, "-m", "gpubio", "--gpus", "1", "--require-gpu", "tool-on-device", "--gpu-args=--device cuda:all",
-           "--cpu-args=-x cpu", "--", "dorado", "basecaller", "hac", "missing.pod5"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpubio",
+        "--gpus",
+        "1",
+        "--require-gpu",
+        "tool-on-device",
+        "--gpu-args=--device cuda:all",
+        "--cpu-args=-x cpu",
+        "--",
+        "dorado",
+        "basecaller",
+        "hac",
+        "missing.pod5",
+    ]
     proc = subprocess.run(cmd, env=tool_env(tmp_path, 0), capture_output=True, text=True)
     assert proc.returncode != 0 and "requires a GPU" in proc.stderr and "dorado basecaller" not in proc.stderr
 
@@ -316,13 +383,14 @@ def test_finish_calls_normalises_filters_and_indexes(tmp_path):
     # a CA deletion written at the right end of the repeat, a multi-allelic SNP, a low-quality SNP
     raw = tmp_path / "raw.vcf"
     lines = [
-        "##fileformat=VCFv4.2", f"##contig=<ID=c,length={len(seq)}>",
+        "##fileformat=VCFv4.2",
+        f"##contig=<ID=c,length={len(seq)}>",
         '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
         "\t".join(["#CHROM", "POS", "ID", "REF", "ALT", "QUAL", "FILTER", "INFO", "FORMAT", "caller_sample"]),
         f"c\t16\t.\t{seq[15:18]}\t{seq[15]}\t60\t.\t.\tGT\t0/1",
         f"c\t25\t.\t{seq[24]}\tA,C\t80\t.\t.\tGT\t1/2",
         f"c\t40\t.\t{seq[39]}\t{'T' if seq[39] != 'T' else 'G'}\t3\t.\t.\tGT\t0/1",
-    ]  # fmt: skip
+    ]
     raw.write_text("\n".join(lines) + "\n")
     out = tmp_path / "variants.vcf.gz"
     counts = variants.finish_calls(str(raw), str(ref), "patient1", 10, str(out))
@@ -375,12 +443,14 @@ def sheet(rows: list[dict]) -> pd.DataFrame:
 
 def test_sheet_problems_name_row_and_fix(tmp_path):
     settings = genomics_settings({"genomics": {"samples": "g.tsv", "variant_effects": {"enabled": False}}})
-    table = sheet([
-        {"sample": "a", "platform": "ont", "pod5": "run.pod5", "barcode": "barcode01"},
-        {"sample": "b", "platform": "ont", "pod5": "run.pod5", "barcode": "barcode01"},
-        {"sample": "c", "platform": "illumina", "pod5": "other.pod5", "barcode": ""},
-        {"sample": "d", "platform": "ont", "fastq_1": "x.fq", "barcode": "barcode02"},
-    ])  # fmt: skip
+    table = sheet(
+        [
+            {"sample": "a", "platform": "ont", "pod5": "run.pod5", "barcode": "barcode01"},
+            {"sample": "b", "platform": "ont", "pod5": "run.pod5", "barcode": "barcode01"},
+            {"sample": "c", "platform": "illumina", "pod5": "other.pod5", "barcode": ""},
+            {"sample": "d", "platform": "ont", "fastq_1": "x.fq", "barcode": "barcode02"},
+        ]
+    )
     problems = sheet_problems(table, "g.tsv", settings, "config.yaml")
     text = "\n".join(problems)
     assert "g.tsv row 1 (line 2, sample 'a'): barcode 'barcode01' given but genomics.basecall.kit_name is empty" in text
@@ -390,8 +460,14 @@ def test_sheet_problems_name_row_and_fix(tmp_path):
     settings["basecall"]["kit_name"] = "SQK-NBD114-24"
     runs = sequencing_runs(table)
     assert runs["run"].barcodes == {"a": "barcode01", "b": "barcode01"} and runs["c"].pod5 == "other.pod5"
-    clair = genomics_settings({"genomics": {"variants": {"caller": {"ont": "clair3"}},
-                                            "variant_effects": {"weights": str(tmp_path / "none")}}})  # fmt: skip
+    clair = genomics_settings(
+        {
+            "genomics": {
+                "variants": {"caller": {"ont": "clair3"}},
+                "variant_effects": {"weights": str(tmp_path / "none")},
+            }
+        }
+    )
     problems = sheet_problems(sheet([{"sample": "e", "platform": "ont", "fastq_1": "e.fq"}]), "g.tsv", clair, "c.yaml")
     assert any("caller.ont is clair3 but genomics.variants.clair3.model is empty" in p for p in problems)
     assert any("variant_effects.weights" in p and "is not a directory" in p for p in problems)
@@ -445,7 +521,9 @@ def test_enformer_scores_are_finite_batched_and_reproducible(reference, tiny_enf
     model = effects.load_effect_model("enformer", tiny_enformer, 512, "cpu")
     assert model.track_names == [f"track_{i}" for i in range(8)]
     by_batch = {b: effects.score_variants(model, str(ref_path), found, b) for b in (1, 5)}
-    again = effects.score_variants(effects.load_effect_model("enformer", tiny_enformer, 512, "cpu"), str(ref_path), found, 5)
+    again = effects.score_variants(
+        effects.load_effect_model("enformer", tiny_enformer, 512, "cpu"), str(ref_path), found, 5
+    )
     scores = {b: np.array([r["score"] for r in rows]) for b, rows in by_batch.items()}
     assert len(scores[1]) == len(found) and np.isfinite(scores[1]).all() and (scores[1] > 0).all()
     assert np.allclose(scores[1], scores[5], rtol=0, atol=1e-6)  # batch size does not change a score
@@ -472,8 +550,14 @@ def test_a_second_model_family_plugs_in_behind_the_same_interface(reference, tmp
     import torch
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=48, max_position_embeddings=128)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(weights, safe_serialization=False)
     assert set(effects.MODEL_FAMILIES) >= {"enformer", "dnabert"}
     model = effects.load_effect_model("dnabert", weights, 64, "cpu")

@@ -15,10 +15,9 @@ import pysam
 import pytest
 import torch
 
+from conftest import REPO, run_snakemake
 from gpubio.genomics import deepsea, effects
 from gpubio.genomics.inputs import InputError
-
-from conftest import REPO, run_snakemake
 from independent.deepsea import (
     apply_snvs,
     expected_effects,
@@ -36,13 +35,34 @@ FEATURES_B = [f"TF_{i}|tissue" for i in range(9)]
 # DeepSEA-like: 1,000 bp, ACGT (default order), N = 0; Beluga-like: 2,000 bp, AGCT, Conv2d
 # weights, two convolutions per pooling, N = 0.25
 CHECKPOINTS = {
-    "deepsea1000": dict(window=1000, conv=[{"channels": 6, "kernel": 8, "pool": 4}, {"channels": 8, "kernel": 8, "pool": 4},
-                                           {"channels": 10, "kernel": 8}],
-                        hidden=[16], features=FEATURES_A, alphabet=None, unknown_base=None, conv2d=False),
-    "beluga2000": dict(window=2000, conv=[{"channels": 5, "kernel": 8}, {"channels": 5, "kernel": 8, "pool": 4},
-                                          {"channels": 7, "kernel": 8}, {"channels": 7, "kernel": 8, "pool": 4}],
-                       hidden=[11], features=FEATURES_B, alphabet="AGCT", unknown_base=0.25, conv2d=True),
-}  # fmt: skip
+    "deepsea1000": dict(
+        window=1000,
+        conv=[
+            {"channels": 6, "kernel": 8, "pool": 4},
+            {"channels": 8, "kernel": 8, "pool": 4},
+            {"channels": 10, "kernel": 8},
+        ],
+        hidden=[16],
+        features=FEATURES_A,
+        alphabet=None,
+        unknown_base=None,
+        conv2d=False,
+    ),
+    "beluga2000": dict(
+        window=2000,
+        conv=[
+            {"channels": 5, "kernel": 8},
+            {"channels": 5, "kernel": 8, "pool": 4},
+            {"channels": 7, "kernel": 8},
+            {"channels": 7, "kernel": 8, "pool": 4},
+        ],
+        hidden=[11],
+        features=FEATURES_B,
+        alphabet="AGCT",
+        unknown_base=0.25,
+        conv2d=True,
+    ),
+}
 
 
 def random_contig(rng: np.random.Generator, length: int, masked: tuple[int, int] | None = None) -> str:
@@ -100,8 +120,12 @@ def test_scores_are_the_two_strand_average_of_the_module(genome, checkpoint, tmp
     records = variants_of(contigs)
     model = load(directory)
     assert model.sequence_length == spec["window"]  # the checkpoint's window, not sequence_length
-    rows = effects.score_variants(model, str(fasta), list(effects.read_variants(str(write_vcf(
-        tmp_path / "v.vcf", contigs, records)))), batch_size=4)  # fmt: skip
+    rows = effects.score_variants(
+        model,
+        str(fasta),
+        list(effects.read_variants(str(write_vcf(tmp_path / "v.vcf", contigs, records)))),
+        batch_size=4,
+    )
     alphabet, unknown = spec["alphabet"] or "ACGT", spec["unknown_base"] or 0.0
     expected = expected_effects(module, contigs, records, spec["window"], alphabet, unknown, spec["features"])
     assert [(r["chrom"], r["pos"], r["ref"], r["alt"]) for r in rows] == records
@@ -154,8 +178,9 @@ def test_a_published_state_dict_loads_as_is_with_its_layer_names(genome, tmp_pat
     names the layers; scores match the module run directly (AGCT order, N = 0, 2,000 bp)."""
     fasta, contigs = genome
     features = [f"Beluga_{i}" for i in range(6)]
-    module = write_beluga_shaped(tmp_path / "beluga", window=2000, channels=(5, 6, 7), hidden=9, features=features,
-                                 seed=21)  # fmt: skip
+    module = write_beluga_shaped(
+        tmp_path / "beluga", window=2000, channels=(5, 6, 7), hidden=9, features=features, seed=21
+    )
     assert "model.1.4.1.weight" in torch.load(tmp_path / "beluga" / "model.pt", weights_only=True)
     records = variants_of(contigs)
     vcf = write_vcf(tmp_path / "v.vcf", contigs, records)
@@ -182,8 +207,9 @@ def test_lower_case_alleles_score_as_upper_case(genome, checkpoint, tmp_path):
     ref = contigs[chrom][pos - 1]
     alt = {"a": "c", "c": "g", "g": "t", "t": "a"}[ref]
     lower = list(effects.read_variants(str(write_vcf(tmp_path / "lower.vcf", contigs, [(chrom, pos, ref, alt)]))))
-    upper = list(effects.read_variants(str(write_vcf(tmp_path / "upper.vcf", contigs,
-                                                     [(chrom, pos, ref.upper(), alt.upper())]))))  # fmt: skip
+    upper = list(
+        effects.read_variants(str(write_vcf(tmp_path / "upper.vcf", contigs, [(chrom, pos, ref.upper(), alt.upper())])))
+    )
     model = load(directory)
     (row_lower,) = effects.score_variants(model, str(fasta), lower, batch_size=1)
     (row_upper,) = effects.score_variants(model, str(fasta), upper, batch_size=1)
@@ -208,7 +234,9 @@ def test_checkpoint_problems_name_the_file_and_the_fix(tmp_path):
     config = json.loads((good / "config.json").read_text())
     (wrong_window / "config.json").write_text(json.dumps({**config, "window": 2000}))
     assert deepsea.checkpoint_problems(wrong_window, "k") == []  # only loading the weights can tell
-    with pytest.raises(InputError, match=r"dense.0 takes 530 inputs but a 2000-bp window through conv_layers gives 1150"):
+    with pytest.raises(
+        InputError, match=r"dense.0 takes 530 inputs but a 2000-bp window through conv_layers gives 1150"
+    ):
         load(wrong_window)
 
     typo = tmp_path / "typo"
@@ -244,12 +272,23 @@ def project(root: Path, weights: Path, contigs: dict[str, str]) -> Path:
         (root / "config" / f"{sheet}.tsv").write_text("")
     (root / "config" / "genomics.tsv").write_text("sample\tplatform\tbam\nsea1\tillumina\tdata/sea1.bam\n")
     # track_names overrides features.txt; its path has a space, so it must reach the shell quoted
-    settings = {"genomics": {"reference": "data/genome.fa", "variant_effects": {
-        "enabled": True, "family": "deepsea", "weights": str(weights), "batch_size": 5,
-        "track_names": "data/feature names.txt"}}}  # fmt: skip
+    settings = {
+        "genomics": {
+            "reference": "data/genome.fa",
+            "variant_effects": {
+                "enabled": True,
+                "family": "deepsea",
+                "weights": str(weights),
+                "batch_size": 5,
+                "track_names": "data/feature names.txt",
+            },
+        }
+    }
     (root / "config" / "deepsea.yaml").write_text(json.dumps(settings))
     (root / "data").mkdir(exist_ok=True)
-    (root / "data" / "feature names.txt").write_text("".join(f"renamed {n}\n" for n in CHECKPOINTS["deepsea1000"]["features"]))
+    (root / "data" / "feature names.txt").write_text(
+        "".join(f"renamed {n}\n" for n in CHECKPOINTS["deepsea1000"]["features"])
+    )
     write_fasta(contigs, root / "data" / "genome.fa")
     return root
 
@@ -296,8 +335,9 @@ def test_cluster_plan_puts_the_deepsea_job_on_a_small_gpu(deepsea_run, tmp_path)
     fresh = tmp_path / "plan"  # nothing done yet: every job shows
     shutil.copytree(deepsea_run["root"] / "config", fresh / "config")
     (fresh / "data").symlink_to(deepsea_run["root"] / "data")
-    proc = run_snakemake(fresh, "-n", "-p", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules",
-                         *CONFIG)  # fmt: skip
+    proc = run_snakemake(
+        fresh, "-n", "-p", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules", *CONFIG
+    )
     block = proc.stdout[proc.stdout.index("rule variant_effects:") :]
     resources = block[block.index("resources: ") :].splitlines()[0]
     assert "gpu=1" in resources and "gpu_model=t4" in resources and "slurm_partition=gpu-t4" in resources
@@ -328,8 +368,18 @@ def test_bad_checkpoints_stop_the_run_or_fail_the_job_with_one_line(deepsea_run,
     (wrong / "config.json").write_text(json.dumps({**config, "window": 2000}))
     settings["genomics"]["variant_effects"]["weights"] = str(wrong)
     (root / "config" / "wrong.yaml").write_text(json.dumps(settings))
-    proc = run_snakemake(root, "--cores", "1", "--forcerun", "variant_effects", "results/genomics/sea1/variant_effects.tsv",
-                         "--configfile", "config/config.yaml", "config/wrong.yaml", check=False)  # fmt: skip
+    proc = run_snakemake(
+        root,
+        "--cores",
+        "1",
+        "--forcerun",
+        "variant_effects",
+        "results/genomics/sea1/variant_effects.tsv",
+        "--configfile",
+        "config/config.yaml",
+        "config/wrong.yaml",
+        check=False,
+    )
     assert proc.returncode != 0
     log = (root / "logs" / "genomics" / "sea1" / "variant_effects.log").read_text()
     assert "Traceback" not in log

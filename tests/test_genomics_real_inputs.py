@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +60,10 @@ def test_paired_mates_keep_their_clips_where_each_mate_aligns_alone(reference, t
     align_reads([str(fq1), str(fq2)], str(fasta), "illumina", "clipped", str(out), threads=1)
 
     aligner = mappy.Aligner(str(fasta), preset="sr")
-    mates = {1: {r.name: r.sequence for r in pysam.FastxFile(str(fq1))},
-             2: {r.name: r.sequence for r in pysam.FastxFile(str(fq2))}}  # fmt: skip
+    mates = {
+        1: {r.name: r.sequence for r in pysam.FastxFile(str(fq1))},
+        2: {r.name: r.sequence for r in pysam.FastxFile(str(fq2))},
+    }
     compared, both_ends = 0, {(1, False): 0, (1, True): 0, (2, False): 0, (2, True): 0}
     with pysam.AlignmentFile(str(out), "rb", check_sq=False) as bam:
         for rec in bam.fetch(until_eof=True):
@@ -72,7 +73,9 @@ def test_paired_mates_keep_their_clips_where_each_mate_aligns_alone(reference, t
             expected = solo_records(aligner, mates[mate][rec.query_name])
             assert expected, rec.query_name
             assert (rec.reference_name, rec.reference_start, rec.is_reverse, rec.cigarstring) == expected[0], (
-                rec.query_name, mate)  # fmt: skip
+                rec.query_name,
+                mate,
+            )
             compared += 1
             if re.fullmatch(r"\d+S.*\d+S", rec.cigarstring):
                 both_ends[(mate, rec.is_reverse)] += 1
@@ -89,8 +92,10 @@ def small_contigs() -> dict[str, str]:
 
 
 def fasta_text(records: list[tuple[str, str]], width: int = 60) -> str:
-    return "".join(f">{n} some description\n" + "".join(s[i : i + width] + "\n" for i in range(0, len(s), width))
-                   for n, s in records)  # fmt: skip
+    return "".join(
+        f">{n} some description\n" + "".join(s[i : i + width] + "\n" for i in range(0, len(s), width))
+        for n, s in records
+    )
 
 
 def test_reference_with_a_contig_named_twice_is_refused_even_with_an_index(tmp_path):
@@ -212,11 +217,30 @@ def test_files_without_reads_fail_with_one_line_naming_them(tmp_path):
     runs = [
         ("read-qc", str(plain), "--out", str(tmp_path / "qc.json")),
         ("read-qc", str(tmp_path / "none.bam"), "--out", str(tmp_path / "qc.json")),
-        ("align-reads", str(packed), str(packed), "--reference", str(reference), "--platform", "illumina",
-         "--sample", "s", "--out", str(tmp_path / "a.bam")),
-        ("sort-bam", str(tmp_path / "none.bam"), "--sample", "s", "--platform", "illumina",
-         "--out", str(tmp_path / "sorted.bam")),
-    ]  # fmt: skip
+        (
+            "align-reads",
+            str(packed),
+            str(packed),
+            "--reference",
+            str(reference),
+            "--platform",
+            "illumina",
+            "--sample",
+            "s",
+            "--out",
+            str(tmp_path / "a.bam"),
+        ),
+        (
+            "sort-bam",
+            str(tmp_path / "none.bam"),
+            "--sample",
+            "s",
+            "--platform",
+            "illumina",
+            "--out",
+            str(tmp_path / "sorted.bam"),
+        ),
+    ]
     for args in runs:
         proc = subprocess.run([sys.executable, "-m", "gpubio", *args], capture_output=True, text=True)
         assert proc.returncode != 0, args
@@ -238,12 +262,27 @@ def test_mates_out_of_order_and_unaligned_bam_to_sort_fail_with_one_line(tmp_pat
         rec.query_name, rec.flag, rec.query_sequence = "r", 4, "ACGTACGT"
         bam.write(rec)
     runs = [
-        (["align-reads", str(tmp_path / "a_R1.fq"), str(tmp_path / "a_R2.fq"), "--reference", str(reference),
-          "--platform", "illumina", "--sample", "s", "--out", str(tmp_path / "a.bam")],
-         f"gpubio: align-reads: {tmp_path / 'a_R1.fq'} and {tmp_path / 'a_R2.fq'} are not in the same order"),
-        (["sort-bam", str(unaligned), "--sample", "s", "--platform", "illumina", "--out", str(tmp_path / "s.bam")],
-         f"gpubio: sort-bam: {unaligned} has no @SQ lines: it is not aligned"),
-    ]  # fmt: skip
+        (
+            [
+                "align-reads",
+                str(tmp_path / "a_R1.fq"),
+                str(tmp_path / "a_R2.fq"),
+                "--reference",
+                str(reference),
+                "--platform",
+                "illumina",
+                "--sample",
+                "s",
+                "--out",
+                str(tmp_path / "a.bam"),
+            ],
+            f"gpubio: align-reads: {tmp_path / 'a_R1.fq'} and {tmp_path / 'a_R2.fq'} are not in the same order",
+        ),
+        (
+            ["sort-bam", str(unaligned), "--sample", "s", "--platform", "illumina", "--out", str(tmp_path / "s.bam")],
+            f"gpubio: sort-bam: {unaligned} has no @SQ lines: it is not aligned",
+        ),
+    ]
     for args, expected in runs:
         proc = subprocess.run([sys.executable, "-m", "gpubio", *args], capture_output=True, text=True)
         problems = [line for line in proc.stderr.strip().splitlines() if " gpubio INFO " not in line]
@@ -290,7 +329,9 @@ def test_lower_case_alleles_from_soft_masked_sequence_are_written_upper_case(tmp
     # the effects table reads alleles from VCFs that may come from elsewhere: upper case there too
     pysam.tabix_compress(str(raw), str(tmp_path / "raw.vcf.gz"))
     assert [(v.ref, v.alt) for v in read_variants(str(tmp_path / "raw.vcf.gz"), pass_only=False)] == [
-        ("G", "T"), ("TGC", "T")]  # fmt: skip
+        ("G", "T"),
+        ("TGC", "T"),
+    ]
 
 
 # --------------------------------------------------------------------------- 5. read groups
@@ -299,9 +340,14 @@ def test_lower_case_alleles_from_soft_masked_sequence_are_written_upper_case(tmp
 def test_aligned_bam_with_a_foreign_sample_takes_the_sheets_name(tmp_path):
     from gpubio.genomics.align import sort_and_index
 
-    header = {"HD": {"VN": "1.6"}, "SQ": [{"SN": "scaffold_12", "LN": 1000}],
-              "RG": [{"ID": "lane1", "SM": FOREIGN_SAMPLE, "PL": "ILLUMINA"},
-                     {"ID": "lane2", "SM": FOREIGN_SAMPLE, "DS": "second lane", "PL": "ILLUMINA"}]}  # fmt: skip
+    header = {
+        "HD": {"VN": "1.6"},
+        "SQ": [{"SN": "scaffold_12", "LN": 1000}],
+        "RG": [
+            {"ID": "lane1", "SM": FOREIGN_SAMPLE, "PL": "ILLUMINA"},
+            {"ID": "lane2", "SM": FOREIGN_SAMPLE, "DS": "second lane", "PL": "ILLUMINA"},
+        ],
+    }
     source = tmp_path / "in.bam"
     with pysam.AlignmentFile(str(source), "wb", header=header) as bam:
         for i, pos in enumerate((500, 100, 300)):

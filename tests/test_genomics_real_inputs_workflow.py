@@ -37,8 +37,9 @@ def snakemake(root: Path, *args: str, check: bool = True):
 def independent_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("genomics-independent")
     data = make_genomics_set(root / "data", seed=7, coverage=30)
-    rows = ("pairs\tillumina\tdata/pairs_R1.fq.gz\tdata/pairs_R2.fq.gz\t\n"
-            "aligned\tillumina\t\t\tdata/aligned_input.bam\n")  # fmt: skip
+    rows = (
+        "pairs\tillumina\tdata/pairs_R1.fq.gz\tdata/pairs_R2.fq.gz\t\naligned\tillumina\t\t\tdata/aligned_input.bam\n"
+    )
     project(root, rows, "data/genome.fa")
     targets = [f"results/genomics/{s}/{f}" for s in ("pairs", "aligned") for f in ("variants.vcf.gz", "qc.json")]
     snakemake(root, "--cores", "2", *targets)
@@ -113,8 +114,10 @@ def test_reference_and_bam_problems_stop_the_run_before_any_job(tmp_path):
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Building DAG" not in output and "InputFunctionException" not in output
     assert f"genomics.reference '{fasta}' names contig 'NC_000913.3' 2 times" in output
-    assert (f"config/genomics.tsv row 1 (line 2, sample 'fromtext'): bam '{tmp_path / 'reads.bam'}' is not a BAM file"
-            in output)  # fmt: skip
+    assert (
+        f"config/genomics.tsv row 1 (line 2, sample 'fromtext'): bam '{tmp_path / 'reads.bam'}' is not a BAM file"
+        in output
+    )
     assert "Traceback" not in output
 
     packed = tmp_path / "packed.fa.gz"
@@ -147,20 +150,26 @@ def test_samples_without_reads_fail_their_jobs_with_one_line(tmp_path):
     for mate in (1, 2):
         with gzip.open(data / f"none_R{mate}.fq.gz", "wt"):
             pass
-    with pysam.AlignmentFile(str(data / "none.bam"), "wb", header={"HD": {"VN": "1.6"},
-                             "SQ": [{"SN": "scaffold_12", "LN": 3000}]}):  # fmt: skip
+    with pysam.AlignmentFile(
+        str(data / "none.bam"), "wb", header={"HD": {"VN": "1.6"}, "SQ": [{"SN": "scaffold_12", "LN": 3000}]}
+    ):
         pass
-    rows = ("plain\tillumina\tdata/no reads.fastq\t\t\n"
-            "packed\tillumina\tdata/none_R1.fq.gz\tdata/none_R2.fq.gz\t\n"
-            "nobam\tillumina\t\t\tdata/none.bam\n")  # fmt: skip
+    rows = (
+        "plain\tillumina\tdata/no reads.fastq\t\t\n"
+        "packed\tillumina\tdata/none_R1.fq.gz\tdata/none_R2.fq.gz\t\n"
+        "nobam\tillumina\t\t\tdata/none.bam\n"
+    )
     root = project(tmp_path, rows, "data/ref genome.fa")
     samples = ("plain", "packed", "nobam")
-    proc = snakemake(root, "--cores", "2", "--keep-going", *[f"results/genomics/{s}/variants.vcf.gz" for s in samples],
-                     check=False)  # fmt: skip
+    proc = snakemake(
+        root, "--cores", "2", "--keep-going", *[f"results/genomics/{s}/variants.vcf.gz" for s in samples], check=False
+    )
     assert proc.returncode != 0
-    expected = {"plain": ("align_mappy", "align-reads", "data/no reads.fastq"),
-                "packed": ("align_mappy", "align-reads", "data/none_R1.fq.gz"),
-                "nobam": ("sort_bam", "sort-bam", "data/none.bam")}  # fmt: skip
+    expected = {
+        "plain": ("align_mappy", "align-reads", "data/no reads.fastq"),
+        "packed": ("align_mappy", "align-reads", "data/none_R1.fq.gz"),
+        "nobam": ("sort_bam", "sort-bam", "data/none.bam"),
+    }
     for sample, (rule, command, path) in expected.items():
         log = (root / "logs" / "genomics" / sample / f"{rule}.log").read_text()
         assert "Traceback" not in log

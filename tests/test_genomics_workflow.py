@@ -33,7 +33,9 @@ def planted(demo: Path) -> dict[tuple, tuple]:
 
 def passing(vcf: Path) -> dict[tuple, tuple]:
     with pysam.VariantFile(str(vcf)) as fh:
-        return {(v.chrom, v.pos, v.ref, a): v.samples[0]["GT"] for v in fh if list(v.filter) == ["PASS"] for a in v.alts}
+        return {
+            (v.chrom, v.pos, v.ref, a): v.samples[0]["GT"] for v in fh if list(v.filter) == ["PASS"] for a in v.alts
+        }
 
 
 # --------------------------------------------------------------------------- the demo
@@ -119,24 +121,35 @@ def chain(demo_data, tmp_path_factory):
         f"illu1\tillumina\t\t{demo}/illumina_R1.fastq.gz\t{demo}/illumina_R2.fastq.gz\t\n"
     )
     settings = {
-        "basecall": {"model": "hac,5mCG_5hmCG", "models_directory": "models", "kit_name": "SQK-NBD114-24",
-                     "shard_size_mb": 0.15},
+        "basecall": {
+            "model": "hac,5mCG_5hmCG",
+            "models_directory": "models",
+            "kit_name": "SQK-NBD114-24",
+            "shard_size_mb": 0.15,
+        },
         "align": {"ont": "dorado"},
-        "variants": {"caller": {"illumina": "deepvariant_gpu", "ont": "clair3"},
-                     "clair3": {"model": "clair3_model", "options": "--include_all_ctgs"}},
+        "variants": {
+            "caller": {"illumina": "deepvariant_gpu", "ont": "clair3"},
+            "clair3": {"model": "clair3_model", "options": "--include_all_ctgs"},
+        },
         "variant_effects": {"enabled": False},
-    }  # fmt: skip
+    }
     (root / "config" / "chain.yaml").write_text(json.dumps({"genomics": settings}))
     targets = [f"results/genomics/{s}/variants.vcf.gz" for s in ("bcA", "bcB", "illu1")]
     targets += [f"results/genomics/{s}/qc.json" for s in ("bcA", "bcB")]
-    env = {"GPUBIO_NUM_GPUS": "2", "GPUBIO_GPU_LOCK_DIR": str(root / "locks"),
-           "GPUBIO_DOUBLES_LOG": str(root / "doubles.log"), "PATH": f"{DOUBLES / 'bin'}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    env = {
+        "GPUBIO_NUM_GPUS": "2",
+        "GPUBIO_GPU_LOCK_DIR": str(root / "locks"),
+        "GPUBIO_DOUBLES_LOG": str(root / "doubles.log"),
+        "PATH": f"{DOUBLES / 'bin'}{os.pathsep}{os.environ['PATH']}",
+    }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
         mp.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-        run_snakemake(root, "--configfile", "config/config.yaml", "config/chain.yaml", "--cores", "2", "--notemp",
-                      *targets)  # fmt: skip
+        run_snakemake(
+            root, "--configfile", "config/config.yaml", "config/chain.yaml", "--cores", "2", "--notemp", *targets
+        )
     return {"root": root, "ids": ids, "env": env, "targets": targets}
 
 
@@ -169,8 +182,9 @@ def test_pod5_shards_cover_every_read_exactly_once(chain):
         assert call[1] == "hac,5mCG_5hmCG" and "--device" in call and call[call.index("--device") + 1] == "cuda:all"
         assert call[-1] in ("CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1")
         assert call[call.index("--models-directory") + 1] == "models" and "SQK-NBD114-24" in call
-    assert ["demux", "--no-classify", "--output-dir", "results/genomics/runs/run1/demux", "--threads", "2"] == \
-        [c for c in calls if c[0] == "demux"][0][:6]  # fmt: skip
+    assert ["demux", "--no-classify", "--output-dir", "results/genomics/runs/run1/demux", "--threads", "2"] == [
+        c for c in calls if c[0] == "demux"
+    ][0][:6]
 
 
 def test_basecall_demux_align_chain_keeps_read_groups_and_tags(chain):
@@ -206,18 +220,30 @@ def test_callers_get_platform_and_gpu_options(chain):
     assert pb[pb.index("--num-streams-per-gpu") + 1] == "1"  # placed on a 16 GB T4
     clair = double_calls(root, "run_clair3.sh")
     assert len(clair) == 2 and all("--platform=ont" in c and "--model_path=clair3_model" in c for c in clair)
-    assert {c for call in clair for c in call if c.startswith("--sample_name=")} == {"--sample_name=bcA", "--sample_name=bcB"}
+    assert {c for call in clair for c in call if c.startswith("--sample_name=")} == {
+        "--sample_name=bcA",
+        "--sample_name=bcB",
+    }
     for sample in ("bcA", "bcB", "illu1"):
         with pysam.VariantFile(str(root / "results" / "genomics" / sample / "variants.vcf.gz")) as fh:
             assert list(fh.header.samples) == [sample] and sum(1 for _ in fh) > 10
     # the same samples with DeepVariant on the CPU: only calling and finishing run again
-    (root / "config" / "cpu_dv.yaml").write_text(json.dumps({"genomics": {"variants": {"caller": {
-        "illumina": "deepvariant", "ont": "deepvariant"}}}}))  # fmt: skip
+    (root / "config" / "cpu_dv.yaml").write_text(
+        json.dumps({"genomics": {"variants": {"caller": {"illumina": "deepvariant", "ont": "deepvariant"}}}})
+    )
     with pytest.MonkeyPatch.context() as mp:
         for key, value in chain["env"].items():
             mp.setenv(key, value)
-        proc = run_snakemake(root, "--configfile", "config/config.yaml", "config/chain.yaml", "config/cpu_dv.yaml",
-                             "--cores", "2", *chain["targets"])  # fmt: skip
+        proc = run_snakemake(
+            root,
+            "--configfile",
+            "config/config.yaml",
+            "config/chain.yaml",
+            "config/cpu_dv.yaml",
+            "--cores",
+            "2",
+            *chain["targets"],
+        )
     ran = set(re.findall(r"rule (\w+):", proc.stdout + proc.stderr))
     assert ran <= {"call_deepvariant", "finish_variants"} and "call_deepvariant" in ran
     models = sorted(next(a for a in c if a.startswith("--model_type=")) for c in double_calls(root, "run_deepvariant"))
@@ -244,17 +270,39 @@ def dry_run_jobs(output: str) -> dict[str, list[dict]]:
 def test_gpu_jobs_are_placed_by_their_needs(chain, tmp_path):
     root = chain["root"]
     # shards unbalanced: each on the fastest GPU (the spread is tested in test_slurm_demo.py)
-    (root / "config" / "placed.yaml").write_text(json.dumps({"gpu": {"balance": False}, "genomics": {
-        "variants": {"parabricks": {"gpus": 2}},
-        "variant_effects": {"enabled": True, "weights": "resources/demo/genomics/enformer_tiny", "sequence_length": 512},
-    }}))  # fmt: skip
+    (root / "config" / "placed.yaml").write_text(
+        json.dumps(
+            {
+                "gpu": {"balance": False},
+                "genomics": {
+                    "variants": {"parabricks": {"gpus": 2}},
+                    "variant_effects": {
+                        "enabled": True,
+                        "weights": "resources/demo/genomics/enformer_tiny",
+                        "sequence_length": 512,
+                    },
+                },
+            }
+        )
+    )
     workdir = tmp_path / "fresh"  # nothing done yet: every job shows
     shutil.copytree(root / "config", workdir / "config")
     for name in ("resources", "pod5", "models", "clair3_model"):
         (workdir / name).symlink_to(root / name)
     # the cluster profile as a user runs it (env-modules: no conda needed for a dry-run here)
-    proc = run_snakemake(workdir, "-n", "-p", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules",
-                         "--configfile", "config/config.yaml", "config/chain.yaml", "config/placed.yaml")  # fmt: skip
+    proc = run_snakemake(
+        workdir,
+        "-n",
+        "-p",
+        "--profile",
+        str(REPO / "profiles" / "slurm-gpu"),
+        "--sdm",
+        "env-modules",
+        "--configfile",
+        "config/config.yaml",
+        "config/chain.yaml",
+        "config/placed.yaml",
+    )
     jobs = dry_run_jobs(proc.stdout)
     from gpubio.genomics.basecall import shard_count
 
@@ -282,4 +330,7 @@ def test_sheet_errors_stop_the_run_before_any_job(chain, tmp_path):
     proc = run_snakemake(workdir, "-n", check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Building DAG" not in output
-    assert "config/genomics.tsv row 1 (line 2, sample 'bcA'): barcode 'barcode01' given but genomics.basecall.kit_name" in output
+    assert (
+        "config/genomics.tsv row 1 (line 2, sample 'bcA'): barcode 'barcode01' given but genomics.basecall.kit_name"
+        in output
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from gpubio.gpu import (
     BUILTIN_CATALOGUE,
     GpuNeed,
@@ -19,9 +20,7 @@ from gpubio.gpu.balance import (
     schedule_makespan,
 )
 
-PARTITIONS = (
-    Path(__file__).resolve().parents[1] / "profiles" / "slurm-gpu" / "partitions.yaml"
-)
+PARTITIONS = Path(__file__).resolve().parents[1] / "profiles" / "slurm-gpu" / "partitions.yaml"
 CAT = BUILTIN_CATALOGUE
 
 
@@ -31,12 +30,8 @@ def inv():
     return load_inventory(PARTITIONS)
 
 
-def shards(
-    n: int, hours: float = 1.0, prefix: str = "shard", **need
-) -> list[BalanceJob]:
-    return [
-        BalanceJob(f"{prefix}{i}", GpuNeed(vram_gb=8, **need), hours) for i in range(n)
-    ]
+def shards(n: int, hours: float = 1.0, prefix: str = "shard", **need) -> list[BalanceJob]:
+    return [BalanceJob(f"{prefix}{i}", GpuNeed(vram_gb=8, **need), hours) for i in range(n)]
 
 
 def test_100_equal_shards_spread_over_all_partitions(inv):
@@ -55,10 +50,7 @@ def test_balanced_beats_cheapest_fit_and_fastest_only(inv):
     jobs = shards(100)
     balanced = plan_balanced(jobs, inv, CAT).assignment
     cheapest = {j.id: place_gpu_job(j.need, inv, CAT) for j in jobs}
-    fastest = {
-        j.id: place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), inv, CAT)
-        for j in jobs
-    }
+    fastest = {j.id: place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), inv, CAT) for j in jobs}
     spans = {
         name: estimate_assignment(jobs, plan, inv)[0]
         for name, plan in (
@@ -67,9 +59,7 @@ def test_balanced_beats_cheapest_fit_and_fastest_only(inv):
             ("fastest", fastest),
         )
     }
-    assert spans == pytest.approx(
-        {"balanced": 37 / 14, "cheapest": 100 / 8, "fastest": 100 / 14}
-    )
+    assert spans == pytest.approx({"balanced": 37 / 14, "cheapest": 100 / 8, "fastest": 100 / 14})
     # Whole jobs on real GPUs (list schedule): 3 h vs 13 h vs 50 rounds of 1/7 h.
     assert schedule_makespan(jobs, balanced, inv) == pytest.approx(3.0)
     assert schedule_makespan(jobs, cheapest, inv) == pytest.approx(13.0)
@@ -93,9 +83,7 @@ def test_one_long_job_goes_to_the_fastest_gpu(inv):
 
 
 def test_mixed_classes_respect_each_need(inv):
-    jobs = shards(40) + [
-        BalanceJob(f"wide{i}", GpuNeed(vram_gb=30), 2.0) for i in range(20)
-    ]
+    jobs = shards(40) + [BalanceJob(f"wide{i}", GpuNeed(vram_gb=30), 2.0) for i in range(20)]
     plan = plan_balanced(jobs, inv, CAT)
     assert plan.classes == 2
     assert all(plan.assignment[f"wide{i}"].partition != "gpu-t4" for i in range(20))
@@ -111,9 +99,7 @@ def test_cost_objective_under_a_makespan_bound(inv):
     # T4 and A100-40 cost the same per job (1 T4-hour); the H100 costs 9/7 per job
     assert plan.cost == pytest.approx(100.0)
     assert "gpu-h100" not in plan.counts()
-    assert plan.makespan_h == pytest.approx(
-        67 / 16
-    )  # the quickest of the cheapest plans
+    assert plan.makespan_h == pytest.approx(67 / 16)  # the quickest of the cheapest plans
     tight = plan_balanced(jobs, inv, CAT, objective="cost", makespan_bound_h=3.0)
     assert tight.makespan_h <= 3.0 and tight.cost > plan.cost
     with pytest.raises(PlacementError, match="no plan finishes within 2 h"):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from gpubio.gpu.devices import (
     DeviceError,
     DeviceTimeout,
@@ -104,9 +105,7 @@ def test_leases_are_distinct_until_released(monkeypatch):
     fake_gpus(monkeypatch, 2)
     first, second = acquire_gpus(1), acquire_gpus(1)
     assert (first.devices, second.devices) == ([0], [1])
-    with pytest.raises(
-        DeviceTimeout, match=rf"all 2 GPUs stayed busy .*gpu0: pid {os.getpid()}"
-    ):
+    with pytest.raises(DeviceTimeout, match=rf"all 2 GPUs stayed busy .*gpu0: pid {os.getpid()}"):
         acquire_gpus(1, timeout=0.3)
     first.release()
     assert acquire_gpus(1, timeout=0.3).devices == [0]
@@ -116,17 +115,12 @@ def test_pin_sets_and_restores_env(monkeypatch):
     fake_gpus(monkeypatch, 2)
     with pin_gpus(1) as outer:
         assert outer == [0] and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-        with pin_gpus(
-            1
-        ) as inner:  # a nested pin reuses the outer one, never waits on it
+        with pin_gpus(1) as inner:  # a nested pin reuses the outer one, never waits on it
             assert inner == [0]
         with pytest.raises(DeviceError, match="inside a pin that holds 1"):
             acquire_gpus(2)
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-    assert (
-        "CUDA_VISIBLE_DEVICES" not in os.environ
-        and "GPUBIO_PINNED_GPUS" not in os.environ
-    )
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ and "GPUBIO_PINNED_GPUS" not in os.environ
     with pin_gpus(2) as both:  # everything was released
         assert both == [0, 1] and os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
 
@@ -183,12 +177,7 @@ def test_four_processes_get_four_devices(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     env = child_env(GPUBIO_NUM_GPUS="4")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(out), "4", str(i), "exit"], env=env
-        )
-        for i in range(4)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, str(out), "4", str(i), "exit"], env=env) for i in range(4)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0, 0]
     held = sorted(f.name.split(".")[0] for f in out.iterdir())
     assert held == ["0", "1", "2", "3"]
@@ -266,17 +255,13 @@ def test_cli_execs_the_command_holding_the_lock(tmp_path):
     assert run.returncode == 0, run.stderr
     visible, state, pid = run.stdout.split()
     assert (visible, state) == ("0", "held")  # the exec'd command holds GPU 0
-    assert (
-        tmp_path / "locks" / "gpu0.lock"
-    ).read_text().strip() == pid  # exec kept the pid
-    assert f"on GPU(s) 0 (CUDA_VISIBLE_DEVICES=0)" in run.stderr
+    assert (tmp_path / "locks" / "gpu0.lock").read_text().strip() == pid  # exec kept the pid
+    assert "on GPU(s) 0 (CUDA_VISIBLE_DEVICES=0)" in run.stderr
     assert "RuntimeWarning" not in run.stderr
 
 
 def test_command_under_the_cli_can_pin_again_without_deadlock():
-    nested = (
-        "from gpubio.gpu import pin_gpus\nwith pin_gpus(1, timeout=5) as d: print(d)"
-    )
+    nested = "from gpubio.gpu import pin_gpus\nwith pin_gpus(1, timeout=5) as d: print(d)"
     run = run_cli("--gpus", "1", "--", sys.executable, "-c", nested, gpus="1")
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[0]"
@@ -286,9 +271,7 @@ def test_cli_without_gpu_runs_on_cpu_or_fails_when_strict(tmp_path):
     run = run_cli("--gpus", "1", "--", sys.executable, "-c", "print('ran')", gpus="0")
     assert run.returncode == 0 and run.stdout.strip() == "ran"
     assert "on the CPU: no GPU found on this node" in run.stderr
-    strict = run_cli(
-        "--strict", "--gpus", "1", "--", sys.executable, "-c", "print('ran')", gpus="0"
-    )
+    strict = run_cli("--strict", "--gpus", "1", "--", sys.executable, "-c", "print('ran')", gpus="0")
     assert strict.returncode == 1 and strict.stdout == ""
     assert "no GPU found on this node; GPU required" in strict.stderr
 
@@ -314,9 +297,19 @@ def test_recorded_command_keeps_the_lock_and_writes_its_usage_record(tmp_path):
     smi = fake_nvidia_smi(tmp_path / "bin", 1)
     record = tmp_path / "usage" / "job.gpu.json"
     run = run_cli(
-        "--gpus", "1", "--usage", str(record), "--usage-job", "rule=call_parabricks;attempt=2;model=a100",
-        "--", sys.executable, "-c", PROBE + "raise SystemExit(4)", gpus="1", smi=smi,
-    )  # fmt: skip
+        "--gpus",
+        "1",
+        "--usage",
+        str(record),
+        "--usage-job",
+        "rule=call_parabricks;attempt=2;model=a100",
+        "--",
+        sys.executable,
+        "-c",
+        PROBE + "raise SystemExit(4)",
+        gpus="1",
+        smi=smi,
+    )
     assert run.returncode == 4  # the tool's status, passed through
     visible, state, _ = run.stdout.split()
     assert (visible, state) == ("0", "held")  # the child holds the lock while it runs

@@ -20,10 +20,23 @@ def run_local(tmp_path, gpus_on_machine: int, require: bool = False, targets=())
     config.write_text(yaml.safe_dump({"gpu": {"partitions": str(TEST_PARTITIONS), "require": require}}))
     env = {**os.environ, "GPUBIO_NUM_GPUS": str(gpus_on_machine), "GPUBIO_GPU_LOCK_DIR": str(tmp_path / "locks")}
     cmd = [
-        str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--directory", str(tmp_path), "--configfile", str(config),
-        "--profile", str(REPO / "profiles" / "local"), "--cores", "2", "--resources", f"gpu={max(gpus_on_machine, 1)}",
-        "--retries", "1", *targets,
-    ]  # fmt: skip
+        str(BIN / "snakemake"),
+        "-s",
+        str(GPU_WORKFLOW),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(config),
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--cores",
+        "2",
+        "--resources",
+        f"gpu={max(gpus_on_machine, 1)}",
+        "--retries",
+        "1",
+        *targets,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
 
 

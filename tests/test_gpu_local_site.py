@@ -11,12 +11,11 @@ import subprocess
 import pytest
 import yaml
 
+from conftest import BIN, REPO
 from gpubio.gpu import configure_site, gpu_resources, reset_site
 from gpubio.gpu.catalogue import BUILTIN_CATALOGUE
 from gpubio.gpu.local_site import LocalGpu, LocalGpus, parse_nvidia_smi, site_is_local
 from gpubio.gpu.placement import GpuNeed, PlacementError, Site
-
-from conftest import BIN, REPO
 
 GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
 TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
@@ -46,8 +45,18 @@ def run_gpu_workflow(tmp_path, *args, require=False, num_gpus=None, smi_dir=None
         env["GPUBIO_NUM_GPUS"] = str(num_gpus)
     if smi_dir is not None:
         env["PATH"] = f"{smi_dir}{os.pathsep}{env['PATH']}"
-    cmd = [str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--directory", str(tmp_path), "--configfile",
-           str(config), "--config", f"large_vram_gb={large_vram_gb}", *args]  # fmt: skip
+    cmd = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(GPU_WORKFLOW),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(config),
+        "--config",
+        f"large_vram_gb={large_vram_gb}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
 
 
@@ -60,8 +69,7 @@ def test_cluster_dry_run_refuses_a_need_above_the_largest_cluster_gpu(tmp_path):
 
 
 def test_local_cpu_only_run_takes_a_need_the_cluster_cannot_hold(tmp_path):
-    proc = run_gpu_workflow(tmp_path, "--profile", str(PROFILE_LOCAL), "--cores", "1", "where/large.json",
-                            num_gpus=0)  # fmt: skip
+    proc = run_gpu_workflow(tmp_path, "--profile", str(PROFILE_LOCAL), "--cores", "1", "where/large.json", num_gpus=0)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((tmp_path / "where" / "large.json").read_text())
     assert info["backend"] == "cpu" and info["devices"] == [] and info["cuda_visible_devices"] is None
@@ -124,7 +132,9 @@ def test_site_kind_rejects_an_unknown_setting():
 
 
 def test_nvidia_smi_names_resolve_in_the_catalogue_or_keep_the_measured_vram():
-    text = "Tesla T4, 15360\nNVIDIA A100-PCIE-40GB, 40960\nNVIDIA H100 80GB HBM3, 81559\nNVIDIA GeForce RTX 3050, 6144\n"
+    text = (
+        "Tesla T4, 15360\nNVIDIA A100-PCIE-40GB, 40960\nNVIDIA H100 80GB HBM3, 81559\nNVIDIA GeForce RTX 3050, 6144\n"
+    )
     gpus = parse_nvidia_smi(text, BUILTIN_CATALOGUE)
     assert gpus == (
         LocalGpu("T4", 16, 7.5),
@@ -173,7 +183,9 @@ def test_configure_site_local_checks_declared_needs_against_this_machine(monkeyp
     try:
         gpu_resources(vram_gb=500, rule="giant")
         configure_site(kind="local")  # CPU path allowed: no refusal
-        with pytest.raises(PlacementError, match=r"rule 'giant': gpu.require is true .* no GPU \(\$GPUBIO_NUM_GPUS=0\)"):
+        with pytest.raises(
+            PlacementError, match=r"rule 'giant': gpu.require is true .* no GPU \(\$GPUBIO_NUM_GPUS=0\)"
+        ):
             configure_site(kind="local", require=True)
         with pytest.raises(PlacementError, match="rule 'giant': no partition in"):
             configure_site(kind="cluster")

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+
 from gpubio.gpu import (
     BUILTIN_CATALOGUE,
     BUILTIN_INVENTORY,
@@ -89,9 +90,7 @@ def test_builtin_catalogue_figures():
     assert (h200.vram_gb, h200.compute_capability) == (141, 9.0)
     assert (CAT["a100-40"].vram_gb, CAT["A100-80"].vram_gb) == (40, 80)
     assert CAT["l4"].compute_capability == 8.9 and CAT["a10"].compute_capability == 8.6
-    speeds = [
-        CAT[n].speed for n in ("t4", "l4", "a10", "l40s", "a100-40", "h100", "h200")
-    ]
+    speeds = [CAT[n].speed for n in ("t4", "l4", "a10", "l40s", "a100-40", "h100", "h200")]
     assert speeds == sorted(speeds) and speeds[-2] == 7.0
     assert 4 <= CAT["a100-80"].cost <= 5 and 9 <= CAT["h100"].cost <= 10
 
@@ -118,9 +117,7 @@ def test_gres_type_resolves_to_model(name, model):
 
 
 def test_unknown_gres_type_names_it_and_says_what_to_do():
-    with pytest.raises(
-        CatalogueError, match=r"'mi300x'.*config\['gpu'\]\['catalogue'\]"
-    ):
+    with pytest.raises(CatalogueError, match=r"'mi300x'.*config\['gpu'\]\['catalogue'\]"):
         CAT.resolve("mi300x")
     with pytest.raises(CatalogueError, match="'a100-60'"):
         CAT.resolve("a100-60")  # the family exists, the size does not
@@ -185,17 +182,13 @@ def test_example_inventory_loads_with_the_slurm_plugins_reader(site_inv):
     partitions = pytest.importorskip("snakemake_executor_plugin_slurm.partitions")
     theirs = partitions.read_partition_file(PARTITIONS)
     assert [p.name for p in theirs] == list(site_inv.names)
-    assert {
-        p.name: (p.limits.max_gpu, p.limits.available_gpu_models) for p in theirs
-    } == {
+    assert {p.name: (p.limits.max_gpu, p.limits.available_gpu_models) for p in theirs} == {
         "gpu-t4": (8, ["t4"]),
         "gpu-a100": (4, ["a100"]),
         "gpu-h100": (2, ["h100"]),
         "cpu": (0, None),
     }
-    assert {p.name: p.limits.max_runtime for p in theirs} == {
-        p.name: p.max_runtime for p in site_inv.partitions
-    }
+    assert {p.name: p.limits.max_runtime for p in theirs} == {p.name: p.max_runtime for p in site_inv.partitions}
 
 
 def test_plugin_accepts_every_placement_we_make(site_inv):
@@ -215,18 +208,13 @@ def test_plugin_accepts_every_placement_we_make(site_inv):
                 "runtime": res["runtime"],
             },
         )
-        accepted = {
-            name for name, p in theirs.items() if p.score_job_fit(job) is not None
-        }
+        accepted = {name for name, p in theirs.items() if p.score_job_fit(job) is not None}
         assert accepted == {evaluate(res["slurm_partition"], attempt)}
 
 
 def test_inventory_errors_name_file_partition_and_key(tmp_path):
     bad = tmp_path / "partitions.yaml"
-    bad.write_text(
-        "partitions:\n  gpu-x:\n    max_gpu: 2\n    available_gpu_models: [t4]\n"
-        "    gpus_total: 16\n"
-    )
+    bad.write_text("partitions:\n  gpu-x:\n    max_gpu: 2\n    available_gpu_models: [t4]\n    gpus_total: 16\n")
     with pytest.raises(
         InventoryError,
         match=r"partitions.yaml: partitions\['gpu-x'\]: unknown key\(s\) \['gpus_total'\]",
@@ -244,9 +232,7 @@ def test_inventory_errors_name_file_partition_and_key(tmp_path):
         match=r"\['gpu-x'\]: max_gpu is 2 but available_gpu_models is empty",
     ):
         inventory_from_dict({"partitions": {"gpu-x": {"max_gpu": 2}}})
-    with pytest.raises(
-        InventoryError, match=r"gpu_models names partition\(s\) \['gpu-y'\]"
-    ):
+    with pytest.raises(InventoryError, match=r"gpu_models names partition\(s\) \['gpu-y'\]"):
         inventory_from_dict({"partitions": {"cpu": {}}, "gpu_models": {"gpu-y": "t4"}})
     with pytest.raises(InventoryError, match=r"GRES type\(s\) \['v100'\] are not in"):
         inventory_from_dict(
@@ -274,17 +260,13 @@ def test_max_runtime_forms(value, minutes):
 
 
 def test_ambiguous_runtime_is_refused():
-    with pytest.raises(
-        InventoryError, match=r"\['max_runtime'\]: cannot read duration '60:30'"
-    ):
+    with pytest.raises(InventoryError, match=r"\['max_runtime'\]: cannot read duration '60:30'"):
         inventory_from_dict({"partitions": {"cpu": {"max_runtime": "60:30"}}})
 
 
 def test_unknown_gres_type_fails_when_the_site_is_configured(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(
-        "partitions:\n  gpu-mi:\n    max_gpu: 8\n    available_gpu_models: [mi300x]\n"
-    )
+    path.write_text("partitions:\n  gpu-mi:\n    max_gpu: 8\n    available_gpu_models: [mi300x]\n")
     with pytest.raises(CatalogueError, match=r"partition 'gpu-mi': GPU type 'mi300x'"):
         configure_site(partitions_file=path)
     # declaring the model in the catalogue fixes it
@@ -299,10 +281,7 @@ def test_unknown_gres_type_fails_when_the_site_is_configured(tmp_path):
             }
         },
     )
-    assert (
-        place_gpu_job(GpuNeed(vram_gb=150), site.inventory, site.catalogue).gpu_model
-        == "mi300x"
-    )
+    assert place_gpu_job(GpuNeed(vram_gb=150), site.inventory, site.catalogue).gpu_model == "mi300x"
 
 
 # --------------------------------------------------------------------------- placement
@@ -348,33 +327,22 @@ def test_cpu_job_goes_to_the_cpu_partition(site_inv):
     [(1, "gpu-t4"), (2, "gpu-a100"), (3, "gpu-h100"), (4, "gpu-h100")],
 )
 def test_escalation_on_retry(site_inv, attempt, partition):
-    assert (
-        place_gpu_job(GpuNeed(vram_gb=8), site_inv, CAT, attempt).partition == partition
-    )
+    assert place_gpu_job(GpuNeed(vram_gb=8), site_inv, CAT, attempt).partition == partition
 
 
-@pytest.mark.parametrize(
-    ("attempt", "partition"), [(1, "gpu-t4"), (2, "gpu-a100"), (3, "gpu-a100")]
-)
+@pytest.mark.parametrize(("attempt", "partition"), [(1, "gpu-t4"), (2, "gpu-a100"), (3, "gpu-a100")])
 def test_escalation_without_h100_clamps_at_a100(site_inv, attempt, partition):
     smaller = site_inv.without("gpu-h100")
-    assert (
-        place_gpu_job(GpuNeed(vram_gb=8), smaller, CAT, attempt).partition == partition
-    )
+    assert place_gpu_job(GpuNeed(vram_gb=8), smaller, CAT, attempt).partition == partition
 
 
 def test_escalation_follows_vram_not_speed():
     # Without the gpu_models line, "a100" is the 80 GB card: same VRAM as the H100, so a
     # retry after out-of-memory stops there (the cheaper of the two 80 GB models).
-    inv = inventory_from_dict(
-        yaml.safe_load(PARTITIONS.read_text()) | {"gpu_models": {}}
-    )
+    inv = inventory_from_dict(yaml.safe_load(PARTITIONS.read_text()) | {"gpu_models": {}})
     got = [place_gpu_job(GpuNeed(vram_gb=8), inv, CAT, a).model.name for a in (1, 2, 3)]
     assert got == ["T4", "A100-80", "A100-80"]
-    fastest = [
-        place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), inv, CAT, a).partition
-        for a in (1, 2)
-    ]
+    fastest = [place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), inv, CAT, a).partition for a in (1, 2)]
     assert fastest == ["gpu-h100", "gpu-h100"]
 
 
@@ -386,32 +354,20 @@ def test_impossible_need_explains_itself(site_inv):
     assert "Largest GPU available: H100 (80 GB, cc 9.0) in partition 'gpu-h100'" in text
     assert str(PARTITIONS) in text and "To fix" in text
 
-    with pytest.raises(
-        PlacementError, match="more than 2 GPUs per node \\('gpu-h100'\\)"
-    ):
+    with pytest.raises(PlacementError, match="more than 2 GPUs per node \\('gpu-h100'\\)"):
         place_gpu_job(GpuNeed(gpus=3, vram_gb=60), site_inv, CAT)
-    with pytest.raises(
-        PlacementError, match="highest compute capability among them is 9"
-    ):
+    with pytest.raises(PlacementError, match="highest compute capability among them is 9"):
         place_gpu_job(GpuNeed(min_compute_capability=10.0), site_inv, CAT)
     with pytest.raises(PlacementError, match="exceed the limits of gpu-h100"):
-        place_gpu_job(
-            GpuNeed(vram_gb=60, runtime=2000), site_inv, CAT
-        )  # h100: 1 day max
+        place_gpu_job(GpuNeed(vram_gb=60, runtime=2000), site_inv, CAT)  # h100: 1 day max
     with pytest.raises(PlacementError, match="no GPU partitions.*cpu_only=True"):
-        place_gpu_job(
-            GpuNeed(), site_inv.without("gpu-t4", "gpu-a100", "gpu-h100"), CAT
-        )
+        place_gpu_job(GpuNeed(), site_inv.without("gpu-t4", "gpu-a100", "gpu-h100"), CAT)
 
 
 def test_size_dependent_need(site_inv):
     need = GpuNeed(vram_gb=lambda size_mb: 2 + size_mb / 100)
-    assert (
-        place_gpu_job(need, site_inv, CAT, input_size_mb=1000).partition == "gpu-t4"
-    )  # 12 GB
-    assert (
-        place_gpu_job(need, site_inv, CAT, input_size_mb=3000).partition == "gpu-a100"
-    )  # 32 GB
+    assert place_gpu_job(need, site_inv, CAT, input_size_mb=1000).partition == "gpu-t4"  # 12 GB
+    assert place_gpu_job(need, site_inv, CAT, input_size_mb=3000).partition == "gpu-a100"  # 32 GB
     with pytest.raises(ValueError, match="pass input_size_mb"):
         place_gpu_job(need, site_inv, CAT)
 
@@ -451,9 +407,7 @@ def test_gpu_resources_standard_keys():
         res["runtime"],
         res["vram_gb"],
     ) == (1, 1, 16000, 60, 8)
-    assert (
-        gpu_resources(gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
-    )
+    assert gpu_resources(gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
 
 
 def test_gpu_resources_default_site_is_built_in():
@@ -470,10 +424,7 @@ def test_gpu_resources_default_site_is_built_in():
 def test_gpu_resources_escalate_and_follow_the_inventory(tmp_path):
     configure_site(partitions_file=PARTITIONS)
     res = gpu_resources(vram_gb=8)  # the rule: declared once, never edited below
-    place = [
-        (evaluate(res["slurm_partition"], a), evaluate(res["gpu_model"], a))
-        for a in (1, 2, 3, 4)
-    ]
+    place = [(evaluate(res["slurm_partition"], a), evaluate(res["gpu_model"], a)) for a in (1, 2, 3, 4)]
     assert place == [
         ("gpu-t4", "t4"),
         ("gpu-a100", "a100"),
@@ -481,9 +432,7 @@ def test_gpu_resources_escalate_and_follow_the_inventory(tmp_path):
         ("gpu-h100", "h100"),
     ]
 
-    configure_site(
-        partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",))
-    )
+    configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
     assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
         "gpu-t4",
         "gpu-a100",
@@ -511,13 +460,9 @@ def test_needs_declared_before_the_site_are_checked_when_it_is_set(tmp_path):
     gpu_resources(vram_gb=8)
     gpu_resources(vram_gb=60, rule="big")  # fits the built-in default (H100)...
     assert [p.partition for p in check_declared_needs()] == ["gpu-t4", "gpu-h100"]
-    with pytest.raises(
-        PlacementError, match="rule 'big'.*Largest GPU available: A100-40"
-    ):
+    with pytest.raises(PlacementError, match="rule 'big'.*Largest GPU available: A100-40"):
         # ...but not a site without H100s
-        configure_site(
-            partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",))
-        )
+        configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
 
 
 def test_cpu_only_site():
@@ -553,9 +498,7 @@ rule sized:
 """
 
 
-def snakemake(
-    workdir: Path, partitions: Path, *args: str
-) -> subprocess.CompletedProcess[str]:
+def snakemake(workdir: Path, partitions: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(
         os.environ,
         PYTHONPATH=f"{REPO / 'workflow'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
@@ -582,9 +525,7 @@ def snakemake(
 @pytest.fixture
 def workdir(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
-    (tmp_path / "input.bin").write_bytes(
-        b"\0" * (2 * 1024 * 1024)
-    )  # 2 MB -> 20 GB VRAM
+    (tmp_path / "input.bin").write_bytes(b"\0" * (2 * 1024 * 1024))  # 2 MB -> 20 GB VRAM
     return tmp_path
 
 
@@ -593,11 +534,7 @@ def test_dry_run_shows_where_each_job_goes(workdir):
     assert run.returncode == 0, run.stderr
     out = run.stdout + run.stderr
     assert "gpu=1, slurm_partition=gpu-t4" in out and "gpu_model=t4" in out
-    assert (
-        "slurm_partition=gpu-a100" in out
-        and "vram_gb=20" in out
-        and "gpu_model=a100" in out
-    )
+    assert "slurm_partition=gpu-a100" in out and "vram_gb=20" in out and "gpu_model=a100" in out
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from gpubio.gpu.plan import parse_dry_run
-
 from conftest import BIN, REPO
+from gpubio.gpu.plan import parse_dry_run
 
 GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
 TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
@@ -30,8 +29,21 @@ def site_config(tmp_path: Path, partitions: dict | None = None) -> Path:
 
 def plan(tmp_path: Path, config: Path, *extra: str) -> tuple[pd.DataFrame, str]:
     out = tmp_path / "plan.tsv"
-    cmd = [sys.executable, "-m", "gpubio", "plan", "--snakefile", str(GPU_WORKFLOW), "--directory", str(tmp_path),
-           "--configfile", str(config), "--out", str(out), *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpubio",
+        "plan",
+        "--snakefile",
+        str(GPU_WORKFLOW),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(config),
+        "--out",
+        str(out),
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return pd.read_csv(out, sep="\t", keep_default_na=False), proc.stdout
@@ -67,13 +79,24 @@ def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_p
     import json
 
     for i, size in enumerate([0.001, 0.002, 0.003]):
-        record = {"rule": "medium", "backend": "cuda", "gpus": 1, "peak_vram_gb": 3.0, "device_vram_gb": 40.0,
-                  "input_size_mb": size, "wall_s": 120 + i}  # fmt: skip
+        record = {
+            "rule": "medium",
+            "backend": "cuda",
+            "gpus": 1,
+            "peak_vram_gb": 3.0,
+            "device_vram_gb": 40.0,
+            "input_size_mb": size,
+            "wall_s": 120 + i,
+        }
         (tmp_path / "past" / "benchmarks").mkdir(parents=True, exist_ok=True)
         (tmp_path / "past" / "benchmarks" / f"medium{i}.gpu.json").write_text(json.dumps(record))
     needs = tmp_path / "gpu_needs.yaml"
-    proc = subprocess.run([sys.executable, "-m", "gpubio", "calibrate", str(tmp_path / "past"), "--out", str(needs)],
-                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpubio", "calibrate", str(tmp_path / "past"), "--out", str(needs)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     config = site_config(tmp_path)
     before, _ = plan(tmp_path, config)
@@ -105,10 +128,20 @@ def test_inventory_change_replaces_jobs_without_touching_rules(tmp_path):
 def test_dry_run_with_the_cluster_profile_shows_model_and_partition(tmp_path):
     config = site_config(tmp_path)
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--configfile", str(config), "-n",
-         "--profile", str(REPO / "profiles" / "slurm-gpu")],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(BIN / "snakemake"),
+            "-s",
+            str(GPU_WORKFLOW),
+            "--configfile",
+            str(config),
+            "-n",
+            "--profile",
+            str(REPO / "profiles" / "slurm-gpu"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     jobs = {j.rule: j for j in parse_dry_run(proc.stdout)}
     assert jobs["medium"].resources["gpu_model"] == "a100"
@@ -119,10 +152,22 @@ def test_dry_run_with_the_cluster_profile_shows_model_and_partition(tmp_path):
 def test_impossible_need_fails_at_start_up(tmp_path):
     config = site_config(tmp_path)
     proc = subprocess.run(
-        [str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--configfile", str(config), "-n",
-         "--profile", str(REPO / "profiles" / "slurm-gpu"), "--config", "large_vram_gb=300"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(BIN / "snakemake"),
+            "-s",
+            str(GPU_WORKFLOW),
+            "--configfile",
+            str(config),
+            "-n",
+            "--profile",
+            str(REPO / "profiles" / "slurm-gpu"),
+            "--config",
+            "large_vram_gb=300",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "no partition in" in output and "fits the GPU need" in output
@@ -191,8 +236,11 @@ def test_make_profiles_lets_snakemake_find_the_profile_by_name(workdir, tmp_path
     assert (xdg / "snakemake" / "slurm-gpu").resolve() == REPO / "profiles" / "slurm-gpu"
     proc = subprocess.run(
         [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--profile", "slurm-gpu", "-n"],
-        capture_output=True, text=True, cwd=workdir, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Using profile slurm-gpu" in proc.stdout + proc.stderr
     jobs = parse_dry_run(proc.stdout)

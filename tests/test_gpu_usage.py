@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from gpubio.gpu import configure_site, reset_site
 from gpubio.gpu.calibrate import calibrate, fit_rule, load_needs, needs_to_yaml, upper_line
 from gpubio.gpu.placement import GpuNeed
@@ -67,7 +68,13 @@ def _clean(monkeypatch):
 def test_gpu_step_records_peak_memory_utilisation_and_the_plan(tmp_path):
     nvml = FakeNvml([1.0, 3.5, 6.25, 2.0])
     path = tmp_path / "bench" / "s1.gpu.json"
-    job = {"rule": "segment_cells", "job": "sample=s1", "attempt": 2, "input_size_mb": 12.5, "planned_gpu_model": "a100"}
+    job = {
+        "rule": "segment_cells",
+        "job": "sample=s1",
+        "attempt": 2,
+        "input_size_mb": 12.5,
+        "planned_gpu_model": "a100",
+    }
     with record_usage(path, job, gpus=1, devices=[0], nvml=nvml, interval_s=0.01) as record:
         while nvml.calls < 4:
             pass
@@ -76,8 +83,11 @@ def test_gpu_step_records_peak_memory_utilisation_and_the_plan(tmp_path):
     assert (data["device_model"], data["device_vram_gb"]) == ("Tesla T4", 16.0)
     assert data["mean_utilisation"] == 80.0 and data["nvml"] == "ok" and data["sources"] == ["nvml"]
     assert (data["rule"], data["attempt"], data["input_size_mb"], data["planned_gpu_model"]) == (
-        "segment_cells", 2, 12.5, "a100",
-    )  # fmt: skip
+        "segment_cells",
+        2,
+        12.5,
+        "a100",
+    )
     assert data["backend"] == "cuda" and data["exit_status"] == 0 and record.wall_s > 0
 
 
@@ -149,15 +159,33 @@ def test_cli_step_on_the_cpu_writes_a_record_saying_so(tmp_path):
     record = tmp_path / "b" / "device_info.gpu.json"
     env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(REPO / "workflow"), "GPUBIO_NUM_GPUS": "0"}
     proc = subprocess.run(
-        [sys.executable, "-m", "gpubio", "--gpus", "1", "--usage", str(record),
-         "--usage-job", "rule=device_info;attempt=1;input_mb=3.5", "device-info", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "--gpus",
+            "1",
+            "--usage",
+            str(record),
+            "--usage-job",
+            "rule=device_info;attempt=1;input_mb=3.5",
+            "device-info",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(record.read_text())
     assert (data["rule"], data["backend"], data["reason"], data["input_size_mb"]) == (
-        "device_info", "cpu", "no GPU found on this node", 3.5,
-    )  # fmt: skip
+        "device_info",
+        "cpu",
+        "no GPU found on this node",
+        3.5,
+    )
 
 
 # --------------------------------------------------------------------------- calibration
@@ -165,11 +193,16 @@ def _records(rule, law, sizes, model_vram=80.0, jitter=0.0, seed=0, **extra):
     rng = random.Random(seed)
     return [
         UsageRecord(
-            rule=rule, backend="cuda", input_size_mb=s, peak_vram_gb=law(s) * (1 - rng.uniform(0, jitter)),
-            device_vram_gb=model_vram, wall_s=60.0 + s, **extra,
+            rule=rule,
+            backend="cuda",
+            input_size_mb=s,
+            peak_vram_gb=law(s) * (1 - rng.uniform(0, jitter)),
+            device_vram_gb=model_vram,
+            wall_s=60.0 + s,
+            **extra,
         )
         for s in sizes
-    ]  # fmt: skip
+    ]
 
 
 def test_calibration_recovers_a_linear_law_as_an_upper_bound():
@@ -243,16 +276,31 @@ def test_calibrate_command_reads_run_directories_and_writes_the_needs_file(tmp_p
     out = tmp_path / "config" / "gpu_needs.yaml"
     env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(REPO / "workflow")}
     proc = subprocess.run(
-        [sys.executable, "-m", "gpubio", "calibrate", str(tmp_path / "run1"), str(tmp_path / "run2"), "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "calibrate",
+            str(tmp_path / "run1"),
+            str(tmp_path / "run2"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     need = load_needs(out)["embed"]
     assert need.records == 4 and need.vram_gb(40) >= 5.0 and need.vram.slope > 0
     empty = subprocess.run(
         [sys.executable, "-m", "gpubio", "calibrate", str(tmp_path / "nothing"), "--out", str(tmp_path / "n.yaml")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert empty.returncode != 0 and "no GPU usage records" in empty.stderr
 
 
@@ -267,9 +315,15 @@ def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it():
     spec = resources["gpu_usage"](wildcards, SimpleNamespace(size_mb=10.0), attempt=2, rulename="segment_cells")
     job = parse_job_spec(spec)
     assert job == {
-        "rule": "segment_cells", "job": "sample=s1", "attempt": 2, "planned_gpu_model": "h100",
-        "planned_partition": "gpu-h100", "planned_vram_gb": 20.0, "planned_runtime_min": 90.0, "input_size_mb": 10.0,
-    }  # fmt: skip  (20 GB: A100 at attempt 1, the next larger GPU, H100, at attempt 2)
+        "rule": "segment_cells",
+        "job": "sample=s1",
+        "attempt": 2,
+        "planned_gpu_model": "h100",
+        "planned_partition": "gpu-h100",
+        "planned_vram_gb": 20.0,
+        "planned_runtime_min": 90.0,
+        "input_size_mb": 10.0,
+    }
 
 
 def test_report_compares_planned_with_measured_and_flags_both_ways_a_need_is_wrong(tmp_path):
@@ -280,24 +334,68 @@ def test_report_compares_planned_with_measured_and_flags_both_ways_a_need_is_wro
     records = {
         # 3 GB on a 16 GB T4 for 30 min, planned 60 min: a cheaper GPU would do (there is none cheaper
         # than a T4 here, but the flag is about the share of memory used)
-        "small": UsageRecord(rule="embed", job="sample=a", backend="cuda", gpus=1, device_model="Tesla T4",
-                             device_vram_gb=16.0, peak_vram_gb=3.0, wall_s=1800, planned_gpu_model="t4",
-                             planned_partition="gpu-t4", planned_runtime_min=60, input_size_mb=5),
+        "small": UsageRecord(
+            rule="embed",
+            job="sample=a",
+            backend="cuda",
+            gpus=1,
+            device_model="Tesla T4",
+            device_vram_gb=16.0,
+            peak_vram_gb=3.0,
+            wall_s=1800,
+            planned_gpu_model="t4",
+            planned_partition="gpu-t4",
+            planned_runtime_min=60,
+            input_size_mb=5,
+        ),
         # ran out of memory on the T4, then fitted on the A100 at attempt 2
-        "oom": UsageRecord(rule="segment", job="sample=b", backend="cuda", gpus=1, device_vram_gb=16.0,
-                           peak_vram_gb=15.9, oom=True, exit_status=1, wall_s=60, planned_gpu_model="t4",
-                           planned_partition="gpu-t4", planned_runtime_min=60, input_size_mb=400),
-        "retry": UsageRecord(rule="segment", job="sample=b", attempt=2, backend="cuda", gpus=1,
-                             device_vram_gb=40.0, peak_vram_gb=22.0, wall_s=3600, planned_gpu_model="a100",
-                             planned_partition="gpu-a100", planned_runtime_min=120, input_size_mb=400),
-        "cpu": UsageRecord(rule="embed", job="sample=c", backend="cpu", reason="no GPU found", gpus=1, wall_s=99,
-                           planned_gpu_model="t4", planned_partition="gpu-t4", planned_runtime_min=60),
-    }  # fmt: skip
+        "oom": UsageRecord(
+            rule="segment",
+            job="sample=b",
+            backend="cuda",
+            gpus=1,
+            device_vram_gb=16.0,
+            peak_vram_gb=15.9,
+            oom=True,
+            exit_status=1,
+            wall_s=60,
+            planned_gpu_model="t4",
+            planned_partition="gpu-t4",
+            planned_runtime_min=60,
+            input_size_mb=400,
+        ),
+        "retry": UsageRecord(
+            rule="segment",
+            job="sample=b",
+            attempt=2,
+            backend="cuda",
+            gpus=1,
+            device_vram_gb=40.0,
+            peak_vram_gb=22.0,
+            wall_s=3600,
+            planned_gpu_model="a100",
+            planned_partition="gpu-a100",
+            planned_runtime_min=120,
+            input_size_mb=400,
+        ),
+        "cpu": UsageRecord(
+            rule="embed",
+            job="sample=c",
+            backend="cpu",
+            reason="no GPU found",
+            gpus=1,
+            wall_s=99,
+            planned_gpu_model="t4",
+            planned_partition="gpu-t4",
+            planned_runtime_min=60,
+        ),
+    }
     for name, record in records.items():
         write_record(tmp_path / "benchmarks" / f"{name}.gpu.json", record)
     out = tmp_path / "results"
-    table = write_usage_report([tmp_path / "benchmarks"], out / "gpu_usage.tsv", out / "gpu_usage_models.tsv",
-                               out / "gpu_usage.png", site)  # fmt: skip
+    table = write_usage_report(
+        [tmp_path / "benchmarks"], out / "gpu_usage.tsv", out / "gpu_usage_models.tsv", out / "gpu_usage.png", site
+    )
     row = table.set_index(["rule", "job", "attempt"])
     small = row.loc[("embed", "sample=a", 1)]
     assert small["headroom_gb"] == 13.0 and small["used_share"] == pytest.approx(3 / 16, abs=1e-3)
@@ -349,15 +447,42 @@ def test_required_gpu_torch_cannot_use_fails_the_cli_step_with_one_line(tmp_path
     for name in ("a.tif", "b.tif"):
         tifffile.imwrite(tmp_path / name, image)
     record = tmp_path / "register.gpu.json"
-    env = {"PATH": str(Path(sys.executable).parent), "PYTHONPATH": str(REPO / "workflow"),
-           "GPUBIO_NUM_GPUS": "1", "GPUBIO_GPU_LOCK_DIR": str(tmp_path / "locks")}  # fmt: skip
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "PYTHONPATH": str(REPO / "workflow"),
+        "GPUBIO_NUM_GPUS": "1",
+        "GPUBIO_GPU_LOCK_DIR": str(tmp_path / "locks"),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "gpubio", "--gpus", "1", "--require-gpu", "--usage", str(record),
-         "register-image", str(tmp_path / "a.tif"), "--reference", str(tmp_path / "b.tif"), "--method", "learned",
-         "--out-image", str(tmp_path / "r.tif"), "--out-transform", str(tmp_path / "t.json"),
-         "--out-png", str(tmp_path / "c.png"), "--out-footprint", str(tmp_path / "f.tif")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "--gpus",
+            "1",
+            "--require-gpu",
+            "--usage",
+            str(record),
+            "register-image",
+            str(tmp_path / "a.tif"),
+            "--reference",
+            str(tmp_path / "b.tif"),
+            "--method",
+            "learned",
+            "--out-image",
+            str(tmp_path / "r.tif"),
+            "--out-transform",
+            str(tmp_path / "t.json"),
+            "--out-png",
+            str(tmp_path / "c.png"),
+            "--out-footprint",
+            str(tmp_path / "f.tif"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode != 0 and not (tmp_path / "r.tif").exists()
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("gpubio: register-image: learned registration: GPU(s) [0] assigned, but torch")
@@ -384,8 +509,9 @@ def test_demo_writes_a_usage_record_for_every_gpu_step_and_the_report_compares(d
         assert (record.backend, record.exit_status, record.attempt) == ("cpu", 0, 1), key
         assert record.reason and record.wall_s > 0 and record.input_size_mb > 0, key
         assert (record.planned_gpu_model, record.planned_partition) == (
-            planned[key].gpu_model, planned[key].partition,
-        ), key  # fmt: skip
+            planned[key].gpu_model,
+            planned[key].partition,
+        ), key
     usage = pd.read_csv(demo_run / "results/gpu_usage.tsv", sep="\t", keep_default_na=False)
     assert {(r.rule, r.job) for r in usage.itertuples()} == gpu_jobs
     assert all("ran on the CPU" in flags for flags in usage["flags"])

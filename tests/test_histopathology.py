@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from independent.histopathology import DOWNSAMPLES, HEIGHT, MPP, WIDTH, expected_tiles, level0, planted_mask, write_slide
+from independent.histopathology import (
+    DOWNSAMPLES,
+    HEIGHT,
+    MPP,
+    WIDTH,
+    expected_tiles,
+    level0,
+    planted_mask,
+    write_slide,
+)
 from tiny_vlm import CLASSES, CONFIG, VOCAB, write_tiny_model
 
 torch.set_num_threads(1)
@@ -223,7 +232,14 @@ def test_a_single_level_slide_is_reduced_block_by_block(tmp_path):
     "name, options, mpp",
     [
         ("ome.ome.tif", {"metadata": {"axes": "YXS", "PhysicalSizeX": 500, "PhysicalSizeXUnit": "nm"}}, 0.5),
-        ("aperio.svs", {"description": "Aperio Image Library v12.0.15\r\n512x512 (256x256) JPEG/RGB|AppMag = 20|MPP = 0.4990", "metadata": None}, 0.499),
+        (
+            "aperio.svs",
+            {
+                "description": "Aperio Image Library v12.0.15\r\n512x512 (256x256) JPEG/RGB|AppMag = 20|MPP = 0.4990",
+                "metadata": None,
+            },
+            0.499,
+        ),
         ("inch.tif", {"resolution": (50800, 50800), "resolutionunit": "INCH"}, 0.5),
         ("unknown.tif", {"resolution": (72, 72), "resolutionunit": "INCH"}, None),  # a default, not a scan's
     ],
@@ -233,7 +249,9 @@ def test_the_resolution_is_read_from_each_kind_of_file(tmp_path, name, options, 
 
     from gpubio.histopathology.slide import Slide, slide_problem
 
-    tifffile.imwrite(tmp_path / name, np.full((512, 512, 3), 200, np.uint8), photometric="rgb", tile=(256, 256), **options)
+    tifffile.imwrite(
+        tmp_path / name, np.full((512, 512, 3), 200, np.uint8), photometric="rgb", tile=(256, 256), **options
+    )
     with Slide(tmp_path / name) as slide:
         assert slide.mpp == (pytest.approx(mpp) if mpp else None)
     assert (slide_problem(tmp_path / name, None) is None) == (mpp is not None)

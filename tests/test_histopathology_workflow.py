@@ -62,7 +62,9 @@ def histopathology_project(root: Path, inputs: Path, rows: list[str], **section)
 @pytest.fixture(scope="module")
 def run(inputs, tmp_path_factory) -> Path:
     root = histopathology_project(
-        tmp_path_factory.mktemp("histo-run"), inputs, ["tagged\tslides/with_mpp.tif\t", "untagged\tslides/no_mpp.tif\t0.25"]
+        tmp_path_factory.mktemp("histo-run"),
+        inputs,
+        ["tagged\tslides/with_mpp.tif\t", "untagged\tslides/no_mpp.tif\t0.25"],
     )
     run_snakemake(root, "--profile", str(REPO / "profiles" / "local"), "--cores", "2", timeout=900)
     return root
@@ -125,21 +127,38 @@ def test_cluster_dry_run_places_the_embedding_job_on_a_gpu_by_batch_size(inputs,
     # a CONCH-sized architecture (ViT-B/16 at 448 px): the weights themselves are not read by a dry-run
     conch = tmp_path / "conch"
     conch.mkdir()
-    (conch / "config.json").write_text(json.dumps({
-        "image_size": 448, "patch_size": 16, "width": 768, "depth": 12, "heads": 12, "embed_dim": 512,
-        "text_width": 768, "text_depth": 12, "text_heads": 12, "context_length": 128, "vocab_size": 32007,
-    }))  # fmt: skip
+    (conch / "config.json").write_text(
+        json.dumps(
+            {
+                "image_size": 448,
+                "patch_size": 16,
+                "width": 768,
+                "depth": 12,
+                "heads": 12,
+                "embed_dim": 512,
+                "text_width": 768,
+                "text_depth": 12,
+                "text_heads": 12,
+                "context_length": 128,
+                "vocab_size": 32007,
+            }
+        )
+    )
     (conch / "model.pt").write_bytes(b"")
     (conch / "vocab.txt").write_text("[PAD]\n")
     placed = {}
     for batch in (64, 512):
         root = histopathology_project(
-            tmp_path / f"b{batch}", inputs, ["tagged\tslides/with_mpp.tif\t"], model=str(conch), embedding={"batch_size": batch}
+            tmp_path / f"b{batch}",
+            inputs,
+            ["tagged\tslides/with_mpp.tif\t"],
+            model=str(conch),
+            embedding={"batch_size": batch},
         )
         proc = run_snakemake(root, "-n", "-p", "--profile", SLURM_GPU, "--sdm", "env-modules")
         (embed,) = _job_resources(proc.stdout, "embed_tiles")
         placed[batch] = embed
-        assert "--batch-size %d" % batch in proc.stdout
+        assert f"--batch-size {batch}" in proc.stdout
         for rule in ("tile_slide", "zero_shot_labels", "slide_fractions"):
             assert [job["slurm_partition"] for job in _job_resources(proc.stdout, rule)] == ["cpu"], rule
     # ~1.8 GB of weights and context, ~59 MB of activations per 448 px tile: 64 fit a T4 (16 GB), 512 do not
@@ -205,13 +224,32 @@ def test_a_slide_without_tissue_fails_its_job_with_one_line(tmp_path):
     import tifffile
 
     blank = tmp_path / "blank.tif"
-    tifffile.imwrite(blank, np.full((512, 512, 3), 244, np.uint8), photometric="rgb", tile=(256, 256),
-                     resolution=(4e4, 4e4), resolutionunit="CENTIMETER")  # fmt: skip
+    tifffile.imwrite(
+        blank,
+        np.full((512, 512, 3), 244, np.uint8),
+        photometric="rgb",
+        tile=(256, 256),
+        resolution=(4e4, 4e4),
+        resolutionunit="CENTIMETER",
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "gpubio", "tile-slide", str(blank), "--out-tiles", str(tmp_path / "t.tsv"),
-         "--out-mask", str(tmp_path / "m.tif"), "--out-json", str(tmp_path / "t.json")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "tile-slide",
+            str(blank),
+            "--out-tiles",
+            str(tmp_path / "t.tsv"),
+            "--out-mask",
+            str(tmp_path / "m.tif"),
+            "--out-json",
+            str(tmp_path / "t.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"gpubio: tile-slide: {blank}: no tile has tissue on >= 0.5 of its area; "
@@ -226,9 +264,14 @@ def test_slide_and_model_paths_reach_the_commands_as_single_words(inputs, tmp_pa
     (root / "odd dir" / "my $slide;.tif").symlink_to(inputs / "slides" / "with_mpp.tif")
     (root / "odd dir" / "tiny model").symlink_to(inputs / "models" / "tiny")
     commands = run_snakemake(root, "-n", "-p").stdout
-    lines = {rule: next(line for line in commands.splitlines() if f" {rule} " in line)
-             for rule in ("tile-slide", "embed-tiles", "zero-shot-labels")}  # fmt: skip
+    lines = {
+        rule: next(line for line in commands.splitlines() if f" {rule} " in line)
+        for rule in ("tile-slide", "embed-tiles", "zero-shot-labels")
+    }
     for line in lines.values():
         assert "'odd dir/my $slide;.tif' --mpp 0.25" in line or "'odd dir/my $slide;.tif' results/" in line, line
     assert "--model 'odd dir/tiny model'" in lines["embed-tiles"]
-    assert "--class tumor 'an H&E image of tumor tissue with dense purple nuclei' 'an image of tumor'" in lines["zero-shot-labels"]
+    assert (
+        "--class tumor 'an H&E image of tumor tissue with dense purple nuclei' 'an image of tumor'"
+        in lines["zero-shot-labels"]
+    )

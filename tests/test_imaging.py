@@ -246,9 +246,14 @@ def test_cell_features_equal_regionprops(demo):
         properties=("label", "area", "centroid", "eccentricity", "intensity_mean"),
     )
     assert len(table) == 40 and list(table["cell"]) == list(props["label"])
-    for ours, theirs in [("area", "area"), ("centroid_row", "centroid-0"), ("centroid_col", "centroid-1"),
-                         ("eccentricity", "eccentricity"), ("mean_ch1", "intensity_mean-0"),
-                         ("mean_ch2", "intensity_mean-1")]:  # fmt: skip
+    for ours, theirs in [
+        ("area", "area"),
+        ("centroid_row", "centroid-0"),
+        ("centroid_col", "centroid-1"),
+        ("eccentricity", "eccentricity"),
+        ("mean_ch1", "intensity_mean-0"),
+        ("mean_ch2", "intensity_mean-1"),
+    ]:
         assert np.allclose(table[ours], props[theirs]), ours
 
 
@@ -454,9 +459,13 @@ def test_config_problems_name_the_key_and_the_fix(tmp_path):
 def test_rule_options_spell_out_the_settings():
     from gpubio.imaging.settings import registration_options, segmentation_options, training_options
 
-    assert registration_options(settings()) == "--method elastix --channel 1 --transforms rigid bspline --grid-spacing 32"
+    assert (
+        registration_options(settings()) == "--method elastix --channel 1 --transforms rigid bspline --grid-spacing 32"
+    )
     learned = settings(registration__method="learned")
-    assert registration_options(learned).startswith("--method learned --channel 1 --learned-transform rigid --deformable")
+    assert registration_options(learned).startswith(
+        "--method learned --channel 1 --learned-transform rigid --deformable"
+    )
     assert "--tile-size 2048 --tile-overlap 64" in segmentation_options(settings())
     assert training_options(settings()) == "--channels 1 0 --base-model none --epochs 100 --batch-size 8 --seed 0"
     assert training_options(settings(training__learning_rate=0.01)).endswith("--seed 0 --learning-rate 0.01")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+
 from conftest import REPO, run_snakemake
 from independent.imaging import make_pair, noise_scene, padded_copy, tissue_scene
 
@@ -49,6 +50,7 @@ def rigid_pair():
 
 def test_learned_defaults_fit_a_rigid_plus_smooth_warp(warped_pair):
     import torch
+
     from gpubio.imaging.registration import ncc, register_learned
 
     torch.set_num_threads(1)
@@ -56,10 +58,15 @@ def test_learned_defaults_fit_a_rigid_plus_smooth_warp(warped_pair):
     assert ncc(pair.image[0], pair.reference[0]) < 0.6
     learned = learned_defaults()
     result = register_learned(
-        pair.reference, pair.image, transform=learned["transform"], deformable=learned["deformable"],
-        iterations=learned["iterations"], learning_rate=learned["learning_rate"],
-        smoothness=learned["smoothness"], device="cpu",
-    )  # fmt: skip
+        pair.reference,
+        pair.image,
+        transform=learned["transform"],
+        deformable=learned["deformable"],
+        iterations=learned["iterations"],
+        learning_rate=learned["learning_rate"],
+        smoothness=learned["smoothness"],
+        device="cpu",
+    )
     assert ncc(result.registered[0], pair.reference[0], result.valid) >= 0.98
     # against the truth: the registered image is the image seen through the planted transform
     assert registration_error(result, pair) < 0.08
@@ -77,15 +84,21 @@ def test_elastix_reference_fits_the_same_pair(warped_pair):
 
 def test_learned_defaults_recover_a_pure_rigid_transform_exactly(rigid_pair):
     import torch
+
     from gpubio.imaging.registration import register_learned, rigid_parameters
 
     torch.set_num_threads(1)
     pair = rigid_pair
     learned = learned_defaults()
     result = register_learned(
-        pair.reference, pair.image, deformable=learned["deformable"], iterations=learned["iterations"],
-        learning_rate=learned["learning_rate"], smoothness=learned["smoothness"], device="cpu",
-    )  # fmt: skip
+        pair.reference,
+        pair.image,
+        deformable=learned["deformable"],
+        iterations=learned["iterations"],
+        learning_rate=learned["learning_rate"],
+        smoothness=learned["smoothness"],
+        device="cpu",
+    )
     found = rigid_parameters(result.matrix, pair.truth.centre_rc)
     assert found["rotation_deg"] == pytest.approx(-7.0, abs=0.02)
     assert found["translation_rc"] == pytest.approx([-6.75, 11.5], abs=0.05)
@@ -181,7 +194,13 @@ def test_normalisation_ignores_the_padding_outside_the_footprint(tmp_path):
     plain, with_footprint = RecordingSegmenter(), RecordingSegmenter()
     alone = segment_file(tmp_path / "content.tif", tmp_path / "m1.tif", plain, (1, 0), 2048, 32)
     registered = segment_file(
-        tmp_path / "padded.tif", tmp_path / "m2.tif", with_footprint, (1, 0), 2048, 32, footprint=tmp_path / "footprint.tif"
+        tmp_path / "padded.tif",
+        tmp_path / "m2.tif",
+        with_footprint,
+        (1, 0),
+        2048,
+        32,
+        footprint=tmp_path / "footprint.tif",
     )
     assert alone["normalisation"][0] == pytest.approx(expected, rel=1e-6)
     assert np.allclose(registered["normalisation"], alone["normalisation"], rtol=1e-6)
@@ -262,7 +281,9 @@ def test_corrupt_images_stop_the_workflow_with_one_line_each(tmp_path):
     assert len(lines) == 2, out
     assert lines[0].startswith("config/imaging.tsv row 1 (line 2, sample 'a'): reference_image 'images/truncated.tif'")
     assert "cut short" in lines[0] and "copy the file again" in lines[0]
-    assert lines[1].startswith("config/imaging.tsv row 2 (line 3, sample 'b'): image 'images/notes.tif': not a TIFF file")
+    assert lines[1].startswith(
+        "config/imaging.tsv row 2 (line 3, sample 'b'): image 'images/notes.tif': not a TIFF file"
+    )
     assert files["good"].name not in " ".join(lines)
 
 
@@ -282,17 +303,35 @@ def test_a_job_given_a_bad_image_ends_with_one_line(tmp_path):
     files = corrupt_images(tmp_path)
     qc = subprocess.run(
         [sys.executable, "-m", "gpubio", "image-qc", str(files["plane_truncated"]), "--out", str(tmp_path / "qc.json")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert qc.returncode != 0 and "Traceback" not in qc.stderr
-    assert qc.stderr.strip().splitlines()[-1].startswith(f"gpubio: image-qc: {files['plane_truncated']}: the file is cut short")
+    assert (
+        qc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"gpubio: image-qc: {files['plane_truncated']}: the file is cut short")
+    )
     assert not (tmp_path / "qc.json").exists()
     register = subprocess.run(
-        [sys.executable, "-m", "gpubio", "register-image", str(files["text"]), "--reference", str(files["good"]),
-         "--out-image", str(tmp_path / "r.tif"), "--out-transform", str(tmp_path / "t.json"),
-         "--out-png", str(tmp_path / "c.png")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "register-image",
+            str(files["text"]),
+            "--reference",
+            str(files["good"]),
+            "--out-image",
+            str(tmp_path / "r.tif"),
+            "--out-transform",
+            str(tmp_path / "t.json"),
+            "--out-png",
+            str(tmp_path / "c.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert register.returncode != 0 and "Traceback" not in register.stderr
     assert register.stderr.strip().splitlines() == [
         f"gpubio: register-image: {files['text']}: not a TIFF file (it starts with 'samp'); give a TIFF or OME-TIFF image"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+
 from conftest import REPO, run_snakemake
 from independent.restoration import (
     noisy_cells,
@@ -50,6 +51,7 @@ def noisy(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
 
 def restorer_for(model_spec: str):
     import torch
+
     from gpubio.imaging.cellpose_models import import_cellpose
     from gpubio.imaging.restoration import CellposeRestorer, resolve_restoration_model
 
@@ -94,19 +96,35 @@ def test_tiles_stitch_without_seams_and_a_nuclear_channel_is_restored_too(smooth
     assert np.abs(b[1][inner] - expected_nuclear[inner]).max() < 1e-4
 
 
-def test_builtin_names_load_from_cellposes_model_folder_and_never_download(smoothing_model, noisy, tmp_path, monkeypatch):
+def test_builtin_names_load_from_cellposes_model_folder_and_never_download(
+    smoothing_model, noisy, tmp_path, monkeypatch
+):
     import cellpose.models
+
     from gpubio.cli import main
 
     path, _, _ = noisy
     monkeypatch.setattr(cellpose.models, "MODEL_DIR", tmp_path / "models")
     (tmp_path / "models").mkdir()
     out = {k: str(tmp_path / f"r.{k}") for k in ("tif", "json", "png")}
-    args = ["restore-image", str(path), "--model", "denoise_cyto3", "--out-image", out["tif"], "--out-json", out["json"], "--out-png", out["png"]]
+    args = [
+        "restore-image",
+        str(path),
+        "--model",
+        "denoise_cyto3",
+        "--out-image",
+        out["tif"],
+        "--out-json",
+        out["json"],
+        "--out-png",
+        out["png"],
+    ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     message = str(exit_info.value)
-    assert message.startswith("gpubio: restore-image: restoration model 'denoise_cyto3' needs its weights file 'denoise_cyto3'")
+    assert message.startswith(
+        "gpubio: restore-image: restoration model 'denoise_cyto3' needs its weights file 'denoise_cyto3'"
+    )
     assert "\n" not in message and str(tmp_path / "models") in message and "imaging.restoration.model" in message
     assert not Path(out["tif"]).exists()
 
@@ -129,13 +147,22 @@ def test_start_up_refuses_cellpose_4_unknown_names_and_missing_files(tmp_path):
     from gpubio.imaging.settings import config_problems, imaging_settings
 
     def problems(model, major=3, **extra):
-        settings = imaging_settings({"imaging": {"samples": "s.tsv", "segmentation": {"model": "cyto3"},
-                                                 "restoration": {"enabled": True, "model": model, **extra}}})  # fmt: skip
+        settings = imaging_settings(
+            {
+                "imaging": {
+                    "samples": "s.tsv",
+                    "segmentation": {"model": "cyto3"},
+                    "restoration": {"enabled": True, "model": model, **extra},
+                }
+            }
+        )
         return config_problems(settings, "config.yaml", tmp_path, cellpose_major=major)
 
     assert problems("denoise_cyto3") == [] and problems("deblur_nuclei") == [] and problems("upsample_cyto3") == []
     (line,) = problems("denoise_cyto3", major=4)
-    assert line.startswith("config.yaml: imaging.restoration.model: Cellpose 4 (Cellpose-SAM) has no restoration models")
+    assert line.startswith(
+        "config.yaml: imaging.restoration.model: Cellpose 4 (Cellpose-SAM) has no restoration models"
+    )
     (line,) = problems("denoise_cyto4")
     assert "unknown restoration model 'denoise_cyto4'" in line and "denoise_cyto3" in line
     (line,) = problems("models/restore.pth")
@@ -144,7 +171,9 @@ def test_start_up_refuses_cellpose_4_unknown_names_and_missing_files(tmp_path):
     assert problems("my_restorer") == []
     (line,) = problems("denoise_cyto3", tile_size=100, tile_overlap=50)
     assert "imaging.restoration.tile_overlap (50) must be less than half of tile_size (100)" in line
-    settings = imaging_settings({"imaging": {"samples": "s.tsv", "restoration": {"enabled": False, "model": "nonsense"}}})
+    settings = imaging_settings(
+        {"imaging": {"samples": "s.tsv", "restoration": {"enabled": False, "model": "nonsense"}}}
+    )
     assert all("restoration" not in p for p in config_problems(settings, "config.yaml", tmp_path, cellpose_major=4))
 
 
@@ -156,7 +185,9 @@ def test_a_restoration_job_under_cellpose_4_fails_with_one_line(smoothing_model)
 
     cellpose4 = types.SimpleNamespace(version="4.0.6", models=types.SimpleNamespace(MODEL_DIR="/nonexistent"))
     for spec in (str(smoothing_model), "denoise_cyto3"):  # neither a file nor a built-in name gets through
-        with pytest.raises(ModelError, match=r"^Cellpose 4 \(Cellpose-SAM\) has no restoration models; install cellpose 3.x"):
+        with pytest.raises(
+            ModelError, match=r"^Cellpose 4 \(Cellpose-SAM\) has no restoration models; install cellpose 3.x"
+        ):
             resolve_restoration_model(spec, cellpose4)
 
 
@@ -176,6 +207,7 @@ def test_restoration_gpu_need_grows_with_the_tile():
 def segmentation_model(tmp_path_factory) -> Path:
     """A Cellpose 3 model trained here on clean images of the same kind of cells."""
     import torch
+
     from gpubio.imaging.cellpose_models import (
         intensity_range,
         network_input,
@@ -196,8 +228,11 @@ def segmentation_model(tmp_path_factory) -> Path:
     return Path(result["model"])
 
 
-def test_segmentation_ap_with_restoration_against_without(segmentation_model, smoothing_model, tmp_path, record_property):
+def test_segmentation_ap_with_restoration_against_without(
+    segmentation_model, smoothing_model, tmp_path, record_property
+):
     import torch
+
     from gpubio.imaging.cellpose_models import (
         CellposeSegmenter,
         import_cellpose,
@@ -208,7 +243,9 @@ def test_segmentation_ap_with_restoration_against_without(segmentation_model, sm
     from gpubio.imaging.tiling import segment_file
 
     cellpose = import_cellpose()
-    segmenter = CellposeSegmenter(resolve_model(str(segmentation_model), cellpose), torch.device("cpu"), cellpose=cellpose)
+    segmenter = CellposeSegmenter(
+        resolve_model(str(segmentation_model), cellpose), torch.device("cpu"), cellpose=cellpose
+    )
     restorer = restorer_for(str(smoothing_model))
     figures = {}
     for noise in (0.05, 0.6):
@@ -217,7 +254,9 @@ def test_segmentation_ap_with_restoration_against_without(segmentation_model, sm
         tifffile.imwrite(raw, image, metadata={"axes": "CYX"})
         segment_file(raw, tmp_path / f"masks_raw_{noise}.tif", segmenter, (1, 0), 1024, 32)
         restore_file(raw, tmp_path / f"restored_{noise}.tif", restorer, (1, 0), 1024, 32)
-        segment_file(tmp_path / f"restored_{noise}.tif", tmp_path / f"masks_restored_{noise}.tif", segmenter, (1, 0), 1024, 32)
+        segment_file(
+            tmp_path / f"restored_{noise}.tif", tmp_path / f"masks_restored_{noise}.tif", segmenter, (1, 0), 1024, 32
+        )
         figures[noise] = {
             kind: average_precision(truth, tifffile.imread(tmp_path / f"masks_{kind}_{noise}.tif"))["ap"]
             for kind in ("raw", "restored")
@@ -250,7 +289,12 @@ def restoration_project(tmp_path_factory, segmentation_model, smoothing_model) -
     config.pop("transcriptomics")
     config["imaging"]["samples"] = "config/imaging.tsv"
     config["imaging"]["segmentation"] |= {"model": "models/segmenter", "tile_size": 128, "tile_overlap": 16}
-    config["imaging"]["restoration"] = {"enabled": True, "model": "models/restorer", "tile_size": 96, "tile_overlap": 16}
+    config["imaging"]["restoration"] = {
+        "enabled": True,
+        "model": "models/restorer",
+        "tile_size": 96,
+        "tile_overlap": 16,
+    }
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     (root / "config" / "imaging.tsv").write_text(
         "sample\timage\treference_image\nsa\timages/cells a.tif\t\nsb\timages/cells-b.tif\t\n"
@@ -266,7 +310,9 @@ def test_dry_run_shows_segmentation_reading_the_restored_image_and_the_gpu_place
     assert "restore-image 'images/cells a.tif' --model models/restorer --sample sa" in out  # the space is quoted
     assert "segment-cells results/imaging/sa/restored.tif --model models/segmenter --channels 1 0" in out
     assert "cell-features 'images/cells a.tif' results/imaging/sa/masks.tif" in out  # features: the raw image
-    proc = run_snakemake(restoration_project, "-n", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules")
+    proc = run_snakemake(
+        restoration_project, "-n", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules"
+    )
     jobs = [job for job in parse_dry_run(proc.stdout) if job.rule == "restore_image"]
     assert len(jobs) == 2
     for job in jobs:  # (96 + 32)^2 px: ~1.1 GB, the cheapest GPU that fits

@@ -51,7 +51,10 @@ def test_trained_demo_model_segments_with_ap_above_0_8(demo_run, demo, truth, mo
         assert summary["cells"] == len(np.unique(masks)) - 1 and summary["device"] == "cpu"
     assert truth["nuclei1"]["cells"] == 40
     log = (demo_run / "logs/imaging/nuclei2/segment_cells.log").read_text()
-    assert "Cellpose segmentation on the CPU: no GPU found" in log and "model file results/imaging/model/cellpose_trained" in log
+    assert (
+        "Cellpose segmentation on the CPU: no GPU found" in log
+        and "model file results/imaging/model/cellpose_trained" in log
+    )
 
 
 def test_registration_recovers_the_planted_transform(demo_run, demo, truth):
@@ -72,8 +75,15 @@ def test_cell_tables_and_figures(demo_run, truth):
         cells = pd.read_csv(demo_run / f"results/imaging/{sample}/cells.tsv", sep="\t")
         masks = tifffile.imread(demo_run / f"results/imaging/{sample}/masks.tif")
         assert list(cells.columns) == [
-            "sample", "cell", "area", "centroid_row", "centroid_col", "eccentricity", "mean_ch1", "mean_ch2",
-        ]  # fmt: skip
+            "sample",
+            "cell",
+            "area",
+            "centroid_row",
+            "centroid_col",
+            "eccentricity",
+            "mean_ch1",
+            "mean_ch2",
+        ]
         assert set(cells["sample"]) == {sample} and len(cells) == len(np.unique(masks)) - 1
         assert abs(len(cells) - truth[sample]["cells"]) <= 3
         assert cells["eccentricity"].between(0, 1).all() and (cells["mean_ch1"] > 2 * cells["mean_ch2"]).all()
@@ -120,10 +130,23 @@ def test_tiled_and_untiled_segmentation_agree_and_a_blank_image_has_no_cells(dem
         assert summary["cells"] == 0 and not tifffile.imread(tmp_path / f"{name}_masks.tif").any()
     # and the features step takes zero cells in its stride
     proc = subprocess.run(
-        [sys.executable, "-m", "gpubio", "cell-features", str(tmp_path / "blank.tif"), str(tmp_path / "blank_masks.tif"),
-         "--sample", "blank", "--out-tsv", str(tmp_path / "cells.tsv"), "--out-png", str(tmp_path / "overlay.png")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "cell-features",
+            str(tmp_path / "blank.tif"),
+            str(tmp_path / "blank_masks.tif"),
+            "--sample",
+            "blank",
+            "--out-tsv",
+            str(tmp_path / "cells.tsv"),
+            "--out-png",
+            str(tmp_path / "overlay.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cells.tsv").read_text().splitlines() == [
         "sample\tcell\tarea\tcentroid_row\tcentroid_col\teccentricity\tmean_ch1\tmean_ch2"
@@ -137,8 +160,18 @@ def test_builtin_model_without_weights_fails_with_one_clear_line(demo, tmp_path,
 
     monkeypatch.setattr(cellpose.models, "MODEL_DIR", tmp_path / "no-models")
     with pytest.raises(SystemExit) as exit_info:
-        main(["segment-cells", str(demo / "nuclei2.ome.tif"), "--model", "cyto3", "--out-masks",
-              str(tmp_path / "m.tif"), "--out-json", str(tmp_path / "s.json")])  # fmt: skip
+        main(
+            [
+                "segment-cells",
+                str(demo / "nuclei2.ome.tif"),
+                "--model",
+                "cyto3",
+                "--out-masks",
+                str(tmp_path / "m.tif"),
+                "--out-json",
+                str(tmp_path / "s.json"),
+            ]
+        )
     message = str(exit_info.value)
     assert message.startswith("gpubio: segment-cells: cellpose model 'cyto3' needs its weights file 'cyto3'")
     assert "set imaging.segmentation.model to a local model file" in message
@@ -175,12 +208,32 @@ def test_learned_registration_is_a_gpu_job_in_the_dry_run(workdir):
 def test_learned_registration_command_on_the_cpu_path(demo, truth, tmp_path):
     out = {name: tmp_path / name for name in ("registered.tif", "transform.json", "checkerboard.png")}
     proc = subprocess.run(
-        [sys.executable, "-m", "gpubio", "--threads", "1", "--gpus", "1", "register-image", str(demo / "nuclei1.tif"),
-         "--reference", str(demo / "nuclei1_reference.tif"), "--method", "learned", "--iterations", "80",
-         "--out-image", str(out["registered.tif"]), "--out-transform", str(out["transform.json"]),
-         "--out-png", str(out["checkerboard.png"])],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "--threads",
+            "1",
+            "--gpus",
+            "1",
+            "register-image",
+            str(demo / "nuclei1.tif"),
+            "--reference",
+            str(demo / "nuclei1_reference.tif"),
+            "--method",
+            "learned",
+            "--iterations",
+            "80",
+            "--out-image",
+            str(out["registered.tif"]),
+            "--out-transform",
+            str(out["transform.json"]),
+            "--out-png",
+            str(out["checkerboard.png"]),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "on the CPU: no GPU found on this node" in proc.stderr
     result = json.loads(out["transform.json"].read_text())

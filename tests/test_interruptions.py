@@ -63,8 +63,10 @@ def test_a_run_after_an_interrupted_forcerun_restores_every_output_and_leaves_no
     (tmp_path / "sheets" / "genomics.tsv").write_text(
         "sample\tplatform\tfastq_1\tfastq_2\nsA\tillumina\treads/r1.fq\treads/r2.fq\n"
     )
-    write_config(tmp_path, {"genomics": {"samples": "sheets/genomics.tsv", "reference": "ref.fa",
-                                         "variant_effects": {"enabled": False}}})  # fmt: skip
+    write_config(
+        tmp_path,
+        {"genomics": {"samples": "sheets/genomics.tsv", "reference": "ref.fa", "variant_effects": {"enabled": False}}},
+    )
     args = ("--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1")
     run_snakemake(tmp_path, *args)
     results = tmp_path / "results"
@@ -82,10 +84,19 @@ def test_a_run_after_an_interrupted_forcerun_restores_every_output_and_leaves_no
     assert sorted(str(p.relative_to(tmp_path)) for p in results.rglob(".*.tmp*")) == []
 
     # force the plan again and kill Snakemake (and its job) once the old outputs are gone
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), *args,
-           "--forcerun", "gpu_plan"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        *args,
+        "--forcerun",
+        "gpu_plan",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while partitions.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -115,15 +126,23 @@ def test_every_documented_output_is_a_target(workdir):
     [targets] = re.findall(r"^(?:local)?rule all:\n    input: (.*)$", proc.stdout, re.M)
     targets = set(targets.split(", "))
     documented = {
-        "results/gpu_plan.tsv", "results/gpu_plan.partitions.tsv",
-        "results/genomics/ont1/coverage.tsv", "results/genomics/illu1/coverage.tsv",
-        "results/transcriptomics/pbmc1/filtered.h5ad", "results/transcriptomics/integrated.h5ad",
-        "results/transcriptomics/annotation/celltypist.tsv", "results/transcriptomics/annotation/scanvi.tsv",
-        "results/imaging/model/cellpose_trained", "results/imaging/model/training.json",
-        "results/imaging/model/training_loss.png", "results/imaging/nuclei1/registered.tif",
-        "results/imaging/nuclei1/transform.json", "results/imaging/nuclei1/checkerboard.png",
-        "results/imaging/nuclei1/masks.tif", "results/imaging/nuclei2/segmentation.json",
-    }  # fmt: skip
+        "results/gpu_plan.tsv",
+        "results/gpu_plan.partitions.tsv",
+        "results/genomics/ont1/coverage.tsv",
+        "results/genomics/illu1/coverage.tsv",
+        "results/transcriptomics/pbmc1/filtered.h5ad",
+        "results/transcriptomics/integrated.h5ad",
+        "results/transcriptomics/annotation/celltypist.tsv",
+        "results/transcriptomics/annotation/scanvi.tsv",
+        "results/imaging/model/cellpose_trained",
+        "results/imaging/model/training.json",
+        "results/imaging/model/training_loss.png",
+        "results/imaging/nuclei1/registered.tif",
+        "results/imaging/nuclei1/transform.json",
+        "results/imaging/nuclei1/checkerboard.png",
+        "results/imaging/nuclei1/masks.tif",
+        "results/imaging/nuclei2/segmentation.json",
+    }
     assert documented - targets == set()
     # registration outputs only for the sample that has a reference image
     assert not any(t.startswith("results/imaging/nuclei2/registered") for t in targets)

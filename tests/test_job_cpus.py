@@ -20,11 +20,13 @@ def dry_run_jobs(output: str) -> list[dict]:
         if not head or head.group(1) == "all":
             continue
         threads = re.search(r"^\s+threads: (\d+)$", block, re.M)
-        jobs.append({
-            "rule": head.group(1),
-            "threads": int(threads.group(1)) if threads else 1,
-            "resources": dict(item.split("=", 1) for item in resources.group(1).split(", ")),
-        })  # fmt: skip
+        jobs.append(
+            {
+                "rule": head.group(1),
+                "threads": int(threads.group(1)) if threads else 1,
+                "resources": dict(item.split("=", 1) for item in resources.group(1).split(", ")),
+            }
+        )
     return jobs
 
 

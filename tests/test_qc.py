@@ -57,7 +57,9 @@ def test_cell_filter_counts_each_reason():
     )
     adata = ad.AnnData(sp.csr_matrix(X.astype(np.float32)))
     adata.var_names = genes
-    filtered, summary = filter_cells(adata, min_genes=2, min_counts=100, max_mito_pct=20, min_cells=1, mito_prefix="MT-")
+    filtered, summary = filter_cells(
+        adata, min_genes=2, min_counts=100, max_mito_pct=20, min_cells=1, mito_prefix="MT-"
+    )
     assert summary["removed"] == {"low_counts": 1, "low_genes": 1, "high_mito": 1}
     assert summary["cells_after_qc"] == 1 and filtered.n_obs == 1
     assert summary["total_counts"] == int(X.sum())

@@ -62,9 +62,16 @@ def test_step_tables_of_each_domain_build_their_commands():
     )
     imaging = {
         "segmentation": {"channels": [3, 0], "download_models": True},
-        "training": {"base_model": "my model.pt", "epochs": 5, "batch_size": 2, "seed": 9,
-                     "learning_rate": None, "weight_decay": 1e-05, "crop_size": None},
-    }  # fmt: skip
+        "training": {
+            "base_model": "my model.pt",
+            "epochs": 5,
+            "batch_size": 2,
+            "seed": 9,
+            "learning_rate": None,
+            "weight_decay": 1e-05,
+            "crop_size": None,
+        },
+    }
     assert settings_options(imaging, TRAINING_OPTIONS) == (
         "--channels 3 0 --base-model 'my model.pt' --epochs 5 --batch-size 2 --seed 9"
         " --weight-decay 1e-05 --download-models"

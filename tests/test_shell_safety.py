@@ -82,14 +82,27 @@ def test_hostile_fastq_and_reference_paths_run_end_to_end_and_run_nothing(tmp_pa
         "# a comment line; the '#' inside the path below is part of the name\n"
         f"s1\tillumina\t{HOSTILE_DIR}/{HOSTILE_R1}\t{HOSTILE_DIR}/{HOSTILE_R2}\n"
     )
-    write_config(tmp_path, {"genomics": {
-        "samples": "sheets/genomics.tsv",
-        "reference": HOSTILE_REFERENCE,
-        "variants": {"caller": {"illumina": "bcftools"}, "bcftools_options": "--min-BQ 0"},
-        "variant_effects": {"enabled": False},
-    }})  # fmt: skip
-    run_snakemake(tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "2",
-                  "results/genomics/s1/variants.vcf.gz", "results/genomics/s1/qc.json")  # fmt: skip
+    write_config(
+        tmp_path,
+        {
+            "genomics": {
+                "samples": "sheets/genomics.tsv",
+                "reference": HOSTILE_REFERENCE,
+                "variants": {"caller": {"illumina": "bcftools"}, "bcftools_options": "--min-BQ 0"},
+                "variant_effects": {"enabled": False},
+            }
+        },
+    )
+    run_snakemake(
+        tmp_path,
+        "--configfile",
+        "config/config.yaml",
+        "config/test.yaml",
+        "--cores",
+        "2",
+        "results/genomics/s1/variants.vcf.gz",
+        "results/genomics/s1/qc.json",
+    )
 
     assert markers_left(tmp_path) == []
     out = tmp_path / "results" / "genomics" / "s1"
@@ -126,13 +139,26 @@ def test_hostile_image_paths_run_end_to_end_and_run_nothing(tmp_path):
     (tmp_path / "sheets").mkdir()
     image, reference = (str(p.relative_to(tmp_path)) for p in (moving, fixed))
     (tmp_path / "sheets" / "imaging.tsv").write_text(f"sample\timage\treference_image\ncells\t{image}\t{reference}\n")
-    write_config(tmp_path, {"imaging": {
-        "samples": "sheets/imaging.tsv",
-        "registration": {"elastix": {"transforms": ["translation"]}},
-        "segmentation": {"model": "cyto3"},
-    }})  # fmt: skip
-    run_snakemake(tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "2",
-                  "results/imaging/cells/qc.json", "results/imaging/cells/transform.json")  # fmt: skip
+    write_config(
+        tmp_path,
+        {
+            "imaging": {
+                "samples": "sheets/imaging.tsv",
+                "registration": {"elastix": {"transforms": ["translation"]}},
+                "segmentation": {"model": "cyto3"},
+            }
+        },
+    )
+    run_snakemake(
+        tmp_path,
+        "--configfile",
+        "config/config.yaml",
+        "config/test.yaml",
+        "--cores",
+        "2",
+        "results/imaging/cells/qc.json",
+        "results/imaging/cells/transform.json",
+    )
 
     assert markers_left(tmp_path) == []
     out = tmp_path / "results" / "imaging" / "cells"
@@ -157,10 +183,20 @@ def startup_error(tmp_path: Path, genomics: dict) -> str:
     (tmp_path / "weights").mkdir()
     (tmp_path / "sheets").mkdir()
     (tmp_path / "sheets" / "genomics.tsv").write_text("sample\tplatform\tfastq_1\ns1\tont\treads.fq\n")
-    write_config(tmp_path, {"genomics": {"samples": "sheets/genomics.tsv", "reference": "ref.fa",
-                                         "variant_effects": {"weights": "weights"}} | genomics})  # fmt: skip
-    proc = run_snakemake(tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1",
-                         check=False)  # fmt: skip
+    write_config(
+        tmp_path,
+        {
+            "genomics": {
+                "samples": "sheets/genomics.tsv",
+                "reference": "ref.fa",
+                "variant_effects": {"weights": "weights"},
+            }
+            | genomics
+        },
+    )
+    proc = run_snakemake(
+        tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1", check=False
+    )
     assert proc.returncode != 0
     assert markers_left(tmp_path) == [] and not (tmp_path / "results").exists()
     assert "Traceback" not in proc.stderr
@@ -222,17 +258,25 @@ def test_dry_run_shows_every_tool_option_as_the_words_the_user_meant(tmp_path):
     )
     tricky = "--tag 'a b; $(touch pwned_config)' --flag=`id`"
     words = ["--tag", "a b; $(touch pwned_config)", "--flag=`id`"]
-    write_config(tmp_path, {"genomics": {
-        "samples": "sheets/genomics.tsv",
-        "reference": "ref $(x).fa",
-        "basecall": {"model": "sup@v5.2.0", "models_directory": "dorado models", "options": tricky},
-        "align": {"ont": "dorado", "dorado_options": "--mm2-opts '-k 15'"},
-        "variants": {"caller": {"illumina": "deepvariant_gpu", "ont": "clair3"}, "bcftools_options": tricky,
-                     "parabricks": {"options": tricky}, "clair3": {"model": "clair3 model; x", "options": tricky}},
-        "variant_effects": {"enabled": False},
-    }})  # fmt: skip
-    proc = run_snakemake(tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "-n", "-p",
-                         "--cores", "2")  # fmt: skip
+    write_config(
+        tmp_path,
+        {
+            "genomics": {
+                "samples": "sheets/genomics.tsv",
+                "reference": "ref $(x).fa",
+                "basecall": {"model": "sup@v5.2.0", "models_directory": "dorado models", "options": tricky},
+                "align": {"ont": "dorado", "dorado_options": "--mm2-opts '-k 15'"},
+                "variants": {
+                    "caller": {"illumina": "deepvariant_gpu", "ont": "clair3"},
+                    "bcftools_options": tricky,
+                    "parabricks": {"options": tricky},
+                    "clair3": {"model": "clair3 model; x", "options": tricky},
+                },
+                "variant_effects": {"enabled": False},
+            }
+        },
+    )
+    proc = run_snakemake(tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "-n", "-p", "--cores", "2")
     commands = shell_commands(proc.stdout)
     [basecall] = commands["basecall"]
     assert contains(basecall, ["basecaller", "sup@v5.2.0"]) and contains(
@@ -257,11 +301,18 @@ def test_bcftools_options_reach_the_caller_as_one_argument_of_words(tmp_path):
     (tmp_path / "sheets").mkdir()
     (tmp_path / "sheets" / "genomics.tsv").write_text("sample\tplatform\tfastq_1\ns1\tont\treads.fq\n")
     tricky = "--min-BQ 0 --annotate 'FORMAT/AD; $(touch pwned_config)'"
-    write_config(tmp_path, {"genomics": {"samples": "sheets/genomics.tsv", "reference": "ref.fa",
-                                         "variants": {"bcftools_options": tricky},
-                                         "variant_effects": {"enabled": False}}})  # fmt: skip
-    proc = run_snakemake(tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "-n", "-p",
-                         "--cores", "1")  # fmt: skip
+    write_config(
+        tmp_path,
+        {
+            "genomics": {
+                "samples": "sheets/genomics.tsv",
+                "reference": "ref.fa",
+                "variants": {"bcftools_options": tricky},
+                "variant_effects": {"enabled": False},
+            }
+        },
+    )
+    proc = run_snakemake(tmp_path, "--configfile", "config/config.yaml", "config/test.yaml", "-n", "-p", "--cores", "1")
     [argv] = shell_commands(proc.stdout)["call_bcftools"]
     [option] = [word for word in argv if word.startswith("--options=")]
     assert shlex.split(option[len("--options=") :]) == [
@@ -282,14 +333,30 @@ def run_extra_rules(
     its shell prefix applies; `workflow.basedir` is the folder of `snakefile`)."""
     write_config(workdir, {})
     snakefile.write_text(f"include: {str(project)!r}\n\n" + textwrap.dedent(rules))
-    cmd = [str(BIN / "snakemake"), "-s", str(snakefile), "--directory", str(workdir),
-           "--configfile", "config/config.yaml", "config/test.yaml", "--cores", "1", "--keep-going", *targets]  # fmt: skip
+    cmd = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(snakefile),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        "config/config.yaml",
+        "config/test.yaml",
+        "--cores",
+        "1",
+        "--keep-going",
+        *targets,
+    ]
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=600)
 
 
 def test_a_failing_command_inside_a_pipe_fails_the_job(tmp_path):
     """The project's shell prefix keeps bash's strict mode: `false | cat` fails, `true | cat` passes."""
-    proc = run_extra_rules(tmp_path, tmp_path / "pipes.smk", REPO / "Snakefile", """\
+    proc = run_extra_rules(
+        tmp_path,
+        tmp_path / "pipes.smk",
+        REPO / "Snakefile",
+        """\
         rule pipe_fails:
             output: "fails.txt"
             shell: "false | cat > {output}"
@@ -301,7 +368,11 @@ def test_a_failing_command_inside_a_pipe_fails_the_job(tmp_path):
         rule unset_variable:
             output: "unset.txt"
             shell: "echo $GPUBIO_SURELY_UNSET_VARIABLE > {output}"
-    """, "fails.txt", "passes.txt", "unset.txt")  # fmt: skip
+    """,
+        "fails.txt",
+        "passes.txt",
+        "unset.txt",
+    )
     assert proc.returncode != 0
     assert (tmp_path / "passes.txt").exists()
     assert not (tmp_path / "fails.txt").exists() and not (tmp_path / "unset.txt").exists()
@@ -316,11 +387,17 @@ def test_a_checkout_in_a_folder_with_spaces_and_dollars_runs_its_own_package(tmp
     shutil.copy(REPO / "Snakefile", checkout / "Snakefile")
     workdir = tmp_path / "project"
     workdir.mkdir()
-    proc = run_extra_rules(workdir, checkout / "which.smk", checkout / "Snakefile", """\
+    proc = run_extra_rules(
+        workdir,
+        checkout / "which.smk",
+        checkout / "Snakefile",
+        """\
         rule which_gpubio:
             output: "gpubio.txt"
             shell: "python -c 'import gpubio; print(gpubio.__file__)' > {output}"
-    """, "gpubio.txt")  # fmt: skip
+    """,
+        "gpubio.txt",
+    )
     assert proc.returncode == 0, proc.stderr
     assert (workdir / "gpubio.txt").read_text().strip() == str(checkout / "workflow" / "gpubio" / "__init__.py")
     assert markers_left(tmp_path) == []

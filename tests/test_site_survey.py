@@ -9,12 +9,11 @@ import sys
 import pytest
 import yaml
 
+from conftest import REPO
 from gpubio.gpu import load_catalogue, load_inventory, place_gpu_job
 from gpubio.gpu.catalogue import CatalogueError
 from gpubio.gpu.placement import GpuNeed, PlacementError, gpu_pools
 from gpubio.gpu.site_survey import draft_inventory, parse_gres, render, slurm_minutes, survey
-
-from conftest import REPO
 
 SCRIPT = REPO / "scripts" / "partitions-from-sinfo"
 SHIPPED = REPO / "profiles" / "slurm-gpu" / "partitions.yaml"
@@ -41,8 +40,12 @@ def test_gres_and_time_limits_are_read_as_slurm_writes_them():
     assert parse_gres("gpu:a100_80g:4(S:0-1),gpu:l40s:2,shard:l40s:8") == {"a100_80g": 4, "l40s": 2}
     assert parse_gres("gpu:4") == {"": 4} and parse_gres("(null)") == {}
     assert [slurm_minutes(t) for t in ("2-00:00:00", "12:00:00", "30:00", "90", "UNLIMITED")] == [
-        2880, 720, 30, 90, None,
-    ]  # fmt: skip
+        2880,
+        720,
+        30,
+        90,
+        None,
+    ]
 
 
 def test_draft_of_a_mixed_site(tmp_path):
@@ -51,9 +54,12 @@ def test_draft_of_a_mixed_site(tmp_path):
     assert list(parts) == ["gpu-mixed", "gpu-long", "gpu-ws", "gpu-old", "short"]
     # GPUs per node: the larger node (4 + 2); limits: the larger node, capped by the partition
     assert parts["gpu-mixed"] == {
-        "max_gpu": 6, "available_gpu_models": ["a100_80g", "l40s"], "max_cpus_per_task": 96,
-        "max_mem_mb": 1024000, "max_runtime": "2d",
-    }  # fmt: skip
+        "max_gpu": 6,
+        "available_gpu_models": ["a100_80g", "l40s"],
+        "max_cpus_per_task": 96,
+        "max_mem_mb": 1024000,
+        "max_runtime": "2d",
+    }
     assert (parts["gpu-long"]["max_cpus_per_task"], parts["gpu-long"]["max_mem_mb"]) == (32, 256000)
     assert parts["gpu-long"]["max_runtime"] == "7d" and parts["gpu-ws"]["max_runtime"] == "12h"
     assert parts["short"] == {"max_gpu": 0, "max_cpus_per_task": 128, "max_mem_mb": 256000, "max_runtime": "30m"}
@@ -67,9 +73,12 @@ def test_draft_of_a_mixed_site(tmp_path):
     inventory = load_inventory(path)
     pools = {(p.partition.name, p.gres_type): p.model.name for p in gpu_pools(inventory, load_catalogue())}
     assert pools == {
-        ("gpu-mixed", "a100_80g"): "A100-80", ("gpu-mixed", "l40s"): "L40S",
-        ("gpu-long", "a100_80g"): "A100-80", ("gpu-long", "l40s"): "L40S", ("gpu-ws", "rtx6000"): "L40S",
-    }  # fmt: skip
+        ("gpu-mixed", "a100_80g"): "A100-80",
+        ("gpu-mixed", "l40s"): "L40S",
+        ("gpu-long", "a100_80g"): "A100-80",
+        ("gpu-long", "l40s"): "L40S",
+        ("gpu-ws", "rtx6000"): "L40S",
+    }
 
 
 def test_unknown_gres_type_is_marked_and_stops_gpubio_with_its_name(tmp_path):
@@ -108,8 +117,11 @@ def test_draft_from_the_test_cluster_places_jobs_as_the_shipped_file(slurm_clust
     out = tmp_path / "partitions.yaml"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--gpu-model", "a100=a100-40", "--out", str(out)],
-        capture_output=True, text=True, env=slurm_cluster.env, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=slurm_cluster.env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "0 line(s) marked CHECK" in proc.stderr
     drafted, shipped = load_inventory(out), load_inventory(SHIPPED)

@@ -25,15 +25,19 @@ SMOKE = Path(__file__).resolve().parent / "slurm_smoke"
 # The executor settings that work against this cluster (SLURM 22.05, no slurmdbd).
 # Keep in sync with profiles/slurm-gpu and the integration tests.
 SNAKEMAKE_SLURM_ARGS = [
-    "--executor", "slurm",
-    "--jobs", "4",
+    "--executor",
+    "slurm",
+    "--jobs",
+    "4",
     # No accounting: sacct only says "Slurm accounting storage is disabled", the status
     # query fails every time and snakemake waits forever. squeue works as long as
     # MinJobAge (7200 s here) >= 3 x init-seconds-before-status-checks.
-    "--slurm-status-command", "squeue",
+    "--slurm-status-command",
+    "squeue",
     # First status check 1 s after submission (default 40 s); the plugin adds 10 s per
     # round in which no job finished and resets to this value when one did.
-    "--slurm-init-seconds-before-status-checks", "1",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
     "--slurm-keep-successful-logs",
 ]
 
@@ -115,8 +119,7 @@ def test_default_partition_is_cpu(slurm_cluster, tmp_path):
 def test_concurrent_jobs_get_distinct_gpus(slurm_cluster, tmp_path):
     """Four 2-GPU jobs at once on the 8-GPU T4 node share out all eight devices."""
     jobs = [
-        _run_job(slurm_cluster, tmp_path, "-p", "gpu-t4", "--gres=gpu:t4:2", name=f"j{i}", seconds=3)
-        for i in range(4)
+        _run_job(slurm_cluster, tmp_path, "-p", "gpu-t4", "--gres=gpu:t4:2", name=f"j{i}", seconds=3) for i in range(4)
     ]
     time.sleep(1)
     assert [slurm_cluster.job_state(j) for j, _ in jobs].count("RUNNING") >= 2
@@ -129,9 +132,7 @@ def test_concurrent_jobs_get_distinct_gpus(slurm_cluster, tmp_path):
 
 
 def test_more_gpus_than_the_node_has_is_refused(slurm_cluster):
-    p = slurm_cluster.run(
-        ["sbatch", "-p", "gpu-h100", "--gres=gpu:h100:3", "--wrap=true"], check=False
-    )
+    p = slurm_cluster.run(["sbatch", "-p", "gpu-h100", "--gres=gpu:h100:3", "--wrap=true"], check=False)
     assert p.returncode != 0
     assert "Requested node configuration is not available" in p.stderr
 
@@ -155,8 +156,10 @@ def _snakemake() -> str:
 def test_snakemake_slurm_executor_places_gpu_jobs(slurm_cluster, tmp_path):
     cmd = [
         _snakemake(),
-        "--snakefile", str(SMOKE / "Snakefile"),
-        "--directory", str(tmp_path),
+        "--snakefile",
+        str(SMOKE / "Snakefile"),
+        "--directory",
+        str(tmp_path),
         *SNAKEMAKE_SLURM_ARGS,
         "--verbose",
     ]
@@ -190,7 +193,7 @@ def test_snakemake_slurm_executor_places_gpu_jobs(slurm_cluster, tmp_path):
         assert info["JobState"] == "COMPLETED"
         if ngpus:
             assert info.get("TresPerJob") == f"gres:gpu:{name}:{ngpus}", info
-    for name, (partition, ngpus) in expected.items():
+    for name, (_partition, ngpus) in expected.items():
         if ngpus:
             assert f"--gpus={name}:{ngpus}" in log
     assert elapsed < 120, f"smoke run took {elapsed:.0f} s"

@@ -150,10 +150,20 @@ def slurm_demo(slurm_cluster, demo_data, tmp_path_factory) -> dict:
     before = set(slurm_cluster.run(["squeue", "--states=all", "-h", "-o", "%i"]).stdout.split())
     # the shipped profile as is; only the status command differs (no accounting database here)
     cmd = [
-        str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(root),
-        "--profile", str(REPO / "profiles" / "slurm-gpu"), "--configfile", configfile,
-        "--slurm-status-command", "squeue", "--jobs", "4",
-    ]  # fmt: skip
+        str(BIN / "snakemake"),
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(root),
+        "--profile",
+        str(REPO / "profiles" / "slurm-gpu"),
+        "--configfile",
+        configfile,
+        "--slurm-status-command",
+        "squeue",
+        "--jobs",
+        "4",
+    ]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:] + slurm_cluster.logs()
     return {
@@ -162,7 +172,6 @@ def slurm_demo(slurm_cluster, demo_data, tmp_path_factory) -> dict:
         "ran": submitted_jobs(slurm_cluster, before),
         "done_before": done_before,
     }
-
 
 
 @pytest.mark.slurm
@@ -220,8 +229,9 @@ def test_demo_on_slurm_torch_steps_say_they_ran_on_the_cpu_and_why(slurm_demo):
         assert re.search(r"\bCPU\b|\bcpu\b", text), (rule, wildcards, text[-2000:])
         # SLURM assigned a (fake) GPU; torch here has no CUDA: the log says exactly that
         assert re.search(r"on the CPU: GPU\(s\) \[\d+\] assigned, but torch \S+ sees no CUDA device", text), (
-            rule, text[-2000:],
-        )  # fmt: skip
+            rule,
+            text[-2000:],
+        )
 
 
 @pytest.mark.slurm
@@ -263,8 +273,11 @@ def pod5_project(tmp_path) -> Path:
     sheet = tmp_path / "config" / "genomics.tsv"
     sheet.write_text("sample\tplatform\tpod5\n")
     shard_size_mb = add_pod5_run(tmp_path, reference, sheet)
-    settings = {"reference": str(reference), "basecall": {"shard_size_mb": shard_size_mb},
-                "variant_effects": {"enabled": False}}  # fmt: skip
+    settings = {
+        "reference": str(reference),
+        "basecall": {"shard_size_mb": shard_size_mb},
+        "variant_effects": {"enabled": False},
+    }
     write_config(tmp_path, "balance.yaml", dict(settings, basecall=dict(settings["basecall"])))
     write_config(tmp_path, "no_balance.yaml", dict(settings, basecall=dict(settings["basecall"])), {"balance": False})
     write_config(tmp_path, "bad_balance.yaml", dict(settings, basecall=dict(settings["basecall"])), {"balance": "yes"})
@@ -274,10 +287,25 @@ def pod5_project(tmp_path) -> Path:
 def basecall_partitions(project: Path, configfile: str) -> dict[str, str]:
     out = project / "plan.tsv"
     subprocess.run(
-        [sys.executable, "-m", "gpubio", "plan", "--snakefile", str(REPO / "Snakefile"), "--directory", str(project),
-         "--configfile", configfile, "--out", str(out)],
-        check=True, capture_output=True, cwd=project, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "plan",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(project),
+            "--configfile",
+            configfile,
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=project,
+        timeout=600,
+    )
     plan = pd.read_csv(out, sep="\t", keep_default_na=False)
     rows = plan[plan["rule"] == "basecall"]
     return dict(zip(rows["wildcards"], rows["partition"], strict=True))

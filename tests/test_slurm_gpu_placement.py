@@ -28,22 +28,52 @@ def test_gpu_jobs_land_where_the_plan_says(slurm_cluster, tmp_path):
 
     plan_file = tmp_path / "plan.tsv"
     subprocess.run(
-        [sys.executable, "-m", "gpubio", "plan", "--snakefile", str(GPU_WORKFLOW), "--directory", str(tmp_path),
-         "--configfile", str(config), "--out", str(plan_file)],
-        check=True, capture_output=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "plan",
+            "--snakefile",
+            str(GPU_WORKFLOW),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(config),
+            "--out",
+            str(plan_file),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     plan = pd.read_csv(plan_file, sep="\t", keep_default_na=False)
     expected = {(r.wildcards.replace("shard=", "shard") or r.rule): r for r in plan.itertuples()}
 
     # the shipped profile, as a user with a shared virtual environment runs it (no --sdm)
     cmd = [
-        str(BIN / "snakemake"), "-s", str(GPU_WORKFLOW), "--directory", str(tmp_path),
-        "--profile", str(REPO / "profiles" / "slurm-gpu"), "--configfile", str(config),
-        "--slurm-partition-config", str(TEST_PARTITIONS),
+        str(BIN / "snakemake"),
+        "-s",
+        str(GPU_WORKFLOW),
+        "--directory",
+        str(tmp_path),
+        "--profile",
+        str(REPO / "profiles" / "slurm-gpu"),
+        "--configfile",
+        str(config),
+        "--slurm-partition-config",
+        str(TEST_PARTITIONS),
         # this cluster has no accounting database: ask squeue, early and often
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-        "--retries", "1", "--jobs", "8", "--latency-wait", "5",
-    ]  # fmt: skip
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--retries",
+        "1",
+        "--jobs",
+        "8",
+        "--latency-wait",
+        "5",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=slurm_cluster.env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:] + slurm_cluster.logs()
 

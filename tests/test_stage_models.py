@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpubio.models.staging import ModelNeed, _stage_dorado, check, model_needs, stage, StagingError
-
 from conftest import REPO
+from gpubio.models.staging import ModelNeed, StagingError, _stage_dorado, check, model_needs, stage
 
 SCRIPT = REPO / "scripts" / "stage-models"
 SIMPLEX = "dna_r10.4.1_e8.2_400bps_sup@v5.2.0"
@@ -45,8 +44,14 @@ def write_config(tmp_path: Path) -> Path:
 def tiny_bert(path: Path, vocab: list[str], masked_lm: bool = False) -> None:
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
-    config = BertConfig(vocab_size=len(vocab), hidden_size=12, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=16, max_position_embeddings=64)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=12,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=64,
+    )
     (BertForMaskedLM if masked_lm else BertModel)(config).save_pretrained(path, safe_serialization=False)
 
 
@@ -170,7 +175,9 @@ def test_dorado_staging_command_and_complex_names(tmp_path):
     assert calls == [["dorado", "download", "--model", SIMPLEX, "--models-directory", str(tmp_path / "dorado")]]
     with pytest.raises(StagingError, match="--dorado-model"):
         _stage_dorado(ModelNeed("dorado", "hac", "dorado", "k", "dorado"), tmp_path / "dorado")
-    assert check(tmp_path / "nowhere", [need])[0].endswith("(scripts/stage-models --out " + str(tmp_path / "nowhere") + ")")
+    assert check(tmp_path / "nowhere", [need])[0].endswith(
+        "(scripts/stage-models --out " + str(tmp_path / "nowhere") + ")"
+    )
 
 
 def test_help():
@@ -188,9 +195,18 @@ def test_check_of_a_staged_enformer(tmp_path):
     weights = site / "variant_effects" / "enformer"
     torch.manual_seed(3)
     Enformer.from_hparams(
-        dim=24, depth=1, heads=2, attn_dim_key=4, num_downsamples=3, dim_divisible_by=4,
-        output_heads={"human": 3}, target_length=-1, dropout_rate=0.0, attn_dropout=0.0, pos_dropout=0.0,
-    ).save_pretrained(str(weights), safe_serialization=False)  # fmt: skip
+        dim=24,
+        depth=1,
+        heads=2,
+        attn_dim_key=4,
+        num_downsamples=3,
+        dim_divisible_by=4,
+        output_heads={"human": 3},
+        target_length=-1,
+        dropout_rate=0.0,
+        attn_dropout=0.0,
+        pos_dropout=0.0,
+    ).save_pretrained(str(weights), safe_serialization=False)
     proc = run_script("--check", str(site), "--configfile", str(config))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == f"genomics.variant_effects.weights: {weights}"
@@ -228,7 +244,10 @@ def test_check_knows_the_deepsea_scgpt_conch_and_restoration_layouts(tmp_path):
     }
     for key, files in expected.items():
         for name in files:
-            assert sum(line.startswith(f"{key}: ") and line.split("; ")[0].endswith(f"has no {name}") for line in problems) == 1
+            assert (
+                sum(line.startswith(f"{key}: ") and line.split("; ")[0].endswith(f"has no {name}") for line in problems)
+                == 1
+            )
     assert any(line.startswith("imaging.restoration.model:") for line in problems)
     for need in needs.values():
         target = site / need.target
@@ -237,8 +256,11 @@ def test_check_knows_the_deepsea_scgpt_conch_and_restoration_layouts(tmp_path):
             target.write_bytes(b"weights")
             continue
         target.mkdir(parents=True, exist_ok=True)
-        for name in {"deepsea": expected["genomics.variant_effects.weights"], "scgpt": expected[
-                "transcriptomics.embeddings.weights"], "conch": expected["histopathology.model"]}[need.kind]:  # fmt: skip
+        for name in {
+            "deepsea": expected["genomics.variant_effects.weights"],
+            "scgpt": expected["transcriptomics.embeddings.weights"],
+            "conch": expected["histopathology.model"],
+        }[need.kind]:
             (target / name).write_text("x")
     assert check(site, list(needs.values())) == []
     with pytest.raises(Exception, match="not downloadable in gpubio's layout"):

@@ -65,18 +65,27 @@ def test_every_kind_of_mistake_is_reported_in_one_run(tmp_path):
     rng = np.random.default_rng(11)
     write_reference(tmp_path, "genome/chrZ.fa", rng)
     write_fastq(tmp_path, "reads/lib A.fastq", rng)
-    write(tmp_path, "lists/dna.tsv", "sample\tplatform\tfastq_1\nd7\tont\treads/lib A.fastq\nd7\tont\treads/lib A.fastq\n")
+    write(
+        tmp_path, "lists/dna.tsv", "sample\tplatform\tfastq_1\nd7\tont\treads/lib A.fastq\nd7\tont\treads/lib A.fastq\n"
+    )
     write(tmp_path, "lists/rna.tsv", "sample\tcounts\tbatch\nr1\tcounts/r1.h5ad\tb1\n")
     write(tmp_path, "pictures/m1.tif", "this is a note, not an image\n")
     write(tmp_path, "lists/img.tsv", "sample\timage\nm1\tpictures/m1.tif\n")
     write(tmp_path, "site/partitions.yaml", BAD_PARTITIONS)
-    write_project(tmp_path, {
-        "gpu": {"partitions": "site/partitions.yaml", "needs": ""},
-        "genomics": {"samples": "lists/dna.tsv", "reference": "genome/chrZ.fa",
-                     "basecall": {"modle": "sup"}, "variant_effects": {"enabled": False}},
-        "transcriptomics": {"samples": "lists/rna.tsv", "cluster": {"seed": -1}},
-        "imaging": {"samples": "lists/img.tsv", "segmentation": {"model": "cyto3"}},
-    })  # fmt: skip
+    write_project(
+        tmp_path,
+        {
+            "gpu": {"partitions": "site/partitions.yaml", "needs": ""},
+            "genomics": {
+                "samples": "lists/dna.tsv",
+                "reference": "genome/chrZ.fa",
+                "basecall": {"modle": "sup"},
+                "variant_effects": {"enabled": False},
+            },
+            "transcriptomics": {"samples": "lists/rna.tsv", "cluster": {"seed": -1}},
+            "imaging": {"samples": "lists/img.tsv", "segmentation": {"model": "cyto3"}},
+        },
+    )
 
     output = assert_stopped_before_jobs(run_snakemake(tmp_path, "-n", check=False), tmp_path)
 
@@ -109,12 +118,15 @@ def test_input_headers_of_every_module_are_checked_together(tmp_path):
     write(tmp_path, "in/bad.tif", "II*\x00 cut short")
     write(tmp_path, "img.tsv", "sample\timage\ng.1\tin/good.tif\nb.2\tin/bad.tif\n")
     write(tmp_path, "partitions.yaml", BAD_PARTITIONS)
-    write_project(tmp_path, {
-        "gpu": {"partitions": "partitions.yaml", "needs": ""},
-        "genomics": {"samples": "dna.tsv", "reference": "ref/mini.fa", "variant_effects": {"enabled": False}},
-        "transcriptomics": {"samples": "rna.tsv"},
-        "imaging": {"samples": "img.tsv", "segmentation": {"model": "nuclei"}},
-    })  # fmt: skip
+    write_project(
+        tmp_path,
+        {
+            "gpu": {"partitions": "partitions.yaml", "needs": ""},
+            "genomics": {"samples": "dna.tsv", "reference": "ref/mini.fa", "variant_effects": {"enabled": False}},
+            "transcriptomics": {"samples": "rna.tsv"},
+            "imaging": {"samples": "img.tsv", "segmentation": {"model": "nuclei"}},
+        },
+    )
 
     output = assert_stopped_before_jobs(run_snakemake(tmp_path, "-n", check=False), tmp_path)
 
@@ -163,12 +175,15 @@ def test_qc_summary_reads_every_sample_qc_file_of_its_module(tmp_path):
     for name in ("w 1", "w2"):
         tifffile.imwrite(tmp_path / f"{name}.tif", rng.integers(0, 255, (32, 32), dtype=np.uint8))
     write(tmp_path, "plates.tsv", "sample\timage\nwell-A\tw 1.tif\nwell_B\tw2.tif\n")
-    write_project(tmp_path, {
-        "gpu": {"needs": ""},
-        "genomics": {"samples": "none.tsv"},
-        "transcriptomics": {"samples": "none.tsv"},
-        "imaging": {"samples": "plates.tsv", "segmentation": {"model": "nuclei"}},
-    })  # fmt: skip
+    write_project(
+        tmp_path,
+        {
+            "gpu": {"needs": ""},
+            "genomics": {"samples": "none.tsv"},
+            "transcriptomics": {"samples": "none.tsv"},
+            "imaging": {"samples": "plates.tsv", "segmentation": {"model": "nuclei"}},
+        },
+    )
 
     proc = run_snakemake(tmp_path, "-n", "-p", "--cores", "1")
 
@@ -195,11 +210,13 @@ def test_a_module_with_bad_rows_skips_only_its_own_deeper_checks(tmp_path):
     write(tmp_path, "stack.tif", "GIF89a")
     write(tmp_path, "img.tsv", "sample\timage\nst\tstack.tif\n")
     config = {
-        "gpu": {"partitions": str(Path(__file__).resolve().parent.parent / "profiles/slurm-gpu/partitions.yaml"),
-                "needs": ""},
+        "gpu": {
+            "partitions": str(Path(__file__).resolve().parent.parent / "profiles/slurm-gpu/partitions.yaml"),
+            "needs": "",
+        },
         "genomics": {"samples": "dna.tsv", "reference": "g.fa", "variant_effects": {"enabled": False}},
         "imaging": {"samples": "img.tsv", "segmentation": {"model": "cyto3"}},
-    }  # fmt: skip
+    }
     with pytest.raises(ConfigError) as caught:
         start_up(config, "my.yaml", tmp_path)
     problems = caught.value.problems

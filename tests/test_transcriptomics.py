@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import REPO, run_snakemake
 from gpubio.transcriptomics.backend import BackendError, select_backend
 from gpubio.transcriptomics.sizing import atlas_vram_gb, counts_nonzeros, expected_input_mb, input_size_mb
-
-from conftest import REPO, run_snakemake
 
 DEMO_SAMPLES = {"pbmc1": ("pbmc1.h5", "batch1"), "pbmc2": ("pbmc2", "batch2")}
 
@@ -58,8 +57,14 @@ def test_h5ad_input_gives_the_same_cells_as_the_10x_files(demo, filtered, tmp_pa
 
     sc.read_10x_mtx(demo / "pbmc2", var_names="gene_symbols").write_h5ad(tmp_path / "pbmc2.h5ad")
     qc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["qc"]
-    summary = sample_qc(str(tmp_path / "pbmc2.h5ad"), "pbmc2", "batch2", str(tmp_path / "qc.json"),
-                        str(tmp_path / "filtered.h5ad"), **qc)  # fmt: skip
+    summary = sample_qc(
+        str(tmp_path / "pbmc2.h5ad"),
+        "pbmc2",
+        "batch2",
+        str(tmp_path / "qc.json"),
+        str(tmp_path / "filtered.h5ad"),
+        **qc,
+    )
     from_mtx = ad.read_h5ad(filtered[1])
     from_h5ad = ad.read_h5ad(tmp_path / "filtered.h5ad")
     assert summary["cells_after_qc"] == from_mtx.n_obs
@@ -119,15 +124,18 @@ def fake_rapids(monkeypatch):
     rsc = types.ModuleType("rapids_singlecell")
     rsc.__spec__ = importlib.machinery.ModuleSpec("rapids_singlecell", None)
     rsc.pp = types.SimpleNamespace(
-        **{n: recorded(f"pp.{n}", getattr(sc.pp, n)) for n in ("highly_variable_genes", "normalize_total", "log1p",
-                                                               "scale", "pca", "neighbors")},
+        **{
+            n: recorded(f"pp.{n}", getattr(sc.pp, n))
+            for n in ("highly_variable_genes", "normalize_total", "log1p", "scale", "pca", "neighbors")
+        },
         harmony_integrate=recorded("pp.harmony_integrate", harmony_integrate),
-    )  # fmt: skip
+    )
     leiden = lambda adata, **kw: sc.tl.leiden(adata, flavor="igraph", n_iterations=2, directed=False, **kw)  # noqa: E731
     rsc.tl = types.SimpleNamespace(
-        umap=recorded("tl.umap", sc.tl.umap), leiden=recorded("tl.leiden", leiden),
+        umap=recorded("tl.umap", sc.tl.umap),
+        leiden=recorded("tl.leiden", leiden),
         rank_genes_groups=recorded("tl.rank_genes_groups", sc.tl.rank_genes_groups),
-    )  # fmt: skip
+    )
     rsc.get = types.SimpleNamespace(
         anndata_to_GPU=recorded("to_GPU", lambda adata, **kw: None),
         anndata_to_CPU=recorded("to_CPU", lambda adata, **kw: None),
@@ -152,10 +160,19 @@ def test_one_code_path_runs_on_the_gpu_backend_and_recovers_the_planted_types(fa
     adata = combine_samples(filtered)
     cluster_cells(adata, ClusterParams(**settings), backend)
     assert fake_rapids == [
-        "to_GPU", "pp.highly_variable_genes", "pp.normalize_total", "pp.log1p", "pp.scale", "pp.pca",
+        "to_GPU",
+        "pp.highly_variable_genes",
+        "pp.normalize_total",
+        "pp.log1p",
+        "pp.scale",
+        "pp.pca",
         "pp.harmony_integrate",
-        "pp.neighbors", "tl.umap", "tl.leiden", "tl.rank_genes_groups", "to_CPU",
-    ]  # fmt: skip
+        "pp.neighbors",
+        "tl.umap",
+        "tl.leiden",
+        "tl.rank_genes_groups",
+        "to_CPU",
+    ]
     assert adata.uns["gpubio"] == {"backend": "rapids_singlecell", "device": "cuda", "representation": "X_pca_harmony"}
     truth = truth_labels(demo).loc[adata.obs_names]
     assert adjusted_rand_score(truth, adata.obs["leiden"]) >= 0.9
@@ -167,20 +184,31 @@ def test_one_code_path_runs_on_the_gpu_backend_and_recovers_the_planted_types(fa
 def test_gpu_backend_scales_before_pca_like_the_cpu_backend(fake_rapids, tmp_path):
     """The standard recipe on both backends: the stand-in (scanpy underneath) must give the CPU
     backend's principal components and clusters, from data unlike the demo's."""
-    from independent.transcriptomics import simulate, write_10x_h5
-
     from gpubio.transcriptomics.cluster import ClusterParams, cluster_cells, combine_samples
     from gpubio.transcriptomics.qc import sample_qc
+    from independent.transcriptomics import simulate, write_10x_h5
 
     qc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["qc"]
-    sample_qc(str(write_10x_h5(tmp_path / "s.h5", simulate(seed=4, n_cells=500, n_genes=700))), "s", "b",
-              str(tmp_path / "qc.json"), str(tmp_path / "s.h5ad"), **qc)  # fmt: skip
+    sample_qc(
+        str(write_10x_h5(tmp_path / "s.h5", simulate(seed=4, n_cells=500, n_genes=700))),
+        "s",
+        "b",
+        str(tmp_path / "qc.json"),
+        str(tmp_path / "s.h5ad"),
+        **qc,
+    )
     combined = combine_samples([str(tmp_path / "s.h5ad")])
     params = ClusterParams(n_pcs=15)
     on_gpu, on_cpu, unscaled = combined.copy(), combined.copy(), combined.copy()
     cluster_cells(on_gpu, params, select_backend("auto", gpus=[0]))
-    assert fake_rapids[:6] == ["to_GPU", "pp.highly_variable_genes", "pp.normalize_total", "pp.log1p", "pp.scale",
-                               "pp.pca"]  # fmt: skip
+    assert fake_rapids[:6] == [
+        "to_GPU",
+        "pp.highly_variable_genes",
+        "pp.normalize_total",
+        "pp.log1p",
+        "pp.scale",
+        "pp.pca",
+    ]
     cluster_cells(on_cpu, params, select_backend("scanpy", gpus=[]))
     np.testing.assert_allclose(on_gpu.obsm["X_pca"], on_cpu.obsm["X_pca"], rtol=1e-4, atol=1e-4)
     assert (on_gpu.obs["leiden"] == on_cpu.obs["leiden"]).all()
@@ -212,10 +240,15 @@ def test_integration_vram_places_small_data_on_a_t4_and_a_million_cells_on_an_80
     assert atlas_vram_gb(atlas) > 40
     assert place_gpu_job(need, inventory, catalogue, input_size_mb=atlas).partition == "gpu-h100"
     with_a100_80 = inventory_from_dict(
-        {"partitions": {"gpu-t4": {"max_gpu": 8, "available_gpu_models": ["t4"]},
-                        "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100"]},
-                        "gpu-h100": {"max_gpu": 2, "available_gpu_models": ["h100"]}}}, "site.yaml",
-    )  # fmt: skip
+        {
+            "partitions": {
+                "gpu-t4": {"max_gpu": 8, "available_gpu_models": ["t4"]},
+                "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100"]},
+                "gpu-h100": {"max_gpu": 2, "available_gpu_models": ["h100"]},
+            }
+        },
+        "site.yaml",
+    )
     assert place_gpu_job(need, with_a100_80, catalogue, input_size_mb=atlas).model.name == "A100-80"
 
 
@@ -242,9 +275,11 @@ def test_schema_defaults_are_the_parameter_defaults():
 
     schema = load_schema("config.transcriptomics")["properties"]
     sections = {
-        ClusterParams: schema["cluster"], SpatialParams: schema["spatial"], EmbeddingParams: schema["embeddings"],
+        ClusterParams: schema["cluster"],
+        SpatialParams: schema["spatial"],
+        EmbeddingParams: schema["embeddings"],
         ScanviParams: schema["annotation"]["properties"]["scanvi"],
-    }  # fmt: skip
+    }
     for cls, section in sections.items():
         for f in dataclasses.fields(cls):
             assert section["properties"][f.name]["default"] == f.default, (cls.__name__, f.name)
@@ -256,8 +291,17 @@ def test_config_options_reach_the_command_unchanged():
     from gpubio.transcriptomics.commands import cli_options, params_from
 
     section = {"n_top_genes": 500, "harmony": False, "leiden_resolution": 0.7, "marker_method": "t-test"}
-    args = build_parser().parse_args(["integrate-cells", "a.h5ad", "--out-h5ad", "o", "--out-markers", "m",
-                                      *cli_options(section, ClusterParams).split()])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "integrate-cells",
+            "a.h5ad",
+            "--out-h5ad",
+            "o",
+            "--out-markers",
+            "m",
+            *cli_options(section, ClusterParams).split(),
+        ]
+    )
     assert params_from(args, ClusterParams) == ClusterParams(**section)
 
 
@@ -304,8 +348,14 @@ def tiny_model(path: Path, genes: list[str], seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     tokens = {"<pad>": 0, "<mask>": 1} | {g: i + 2 for i, g in enumerate(sorted(genes))}
-    config = BertConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=256)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(tokens),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     BertForMaskedLM(config).save_pretrained(path)
     (path / "token_dictionary.json").write_text(json.dumps(tokens))
 
@@ -333,8 +383,23 @@ def test_embeddings_from_a_tiny_random_model_offline(integrated_counts, demo, tm
     weights = tmp_path / "tiny-geneformer"
     tiny_model(weights, list(cells.var["gene_ids"]))
     out = tmp_path / "embeddings.h5ad"
-    main(["--threads", "1", "embed-cells", "--integrated", str(integrated_counts), "--weights", str(weights),
-          "--out", str(out), "--max-length", "24", "--layer", "-1"])  # fmt: skip
+    main(
+        [
+            "--threads",
+            "1",
+            "embed-cells",
+            "--integrated",
+            str(integrated_counts),
+            "--weights",
+            str(weights),
+            "--out",
+            str(out),
+            "--max-length",
+            "24",
+            "--layer",
+            "-1",
+        ]
+    )
     emb = ad.read_h5ad(out)
     assert emb.shape == (cells.n_obs, 32) and list(emb.obs_names) == list(cells.obs_names)
     assert np.isfinite(emb.X).all() and emb.uns["embedding"]["device"] == "cpu"

@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 import yaml
 
+from conftest import REPO, run_snakemake
 from independent.transcriptomics import (
     CLOSE_PAIR,
     log_normalised,
@@ -23,8 +24,6 @@ from independent.transcriptomics import (
     write_mtx,
     write_processed_h5ad,
 )
-
-from conftest import REPO, run_snakemake
 
 QC = {"min_genes": 200, "min_counts": 500, "max_mito_pct": 20.0, "min_cells": 3, "mito_prefix": "MT-"}
 
@@ -66,11 +65,13 @@ def test_processed_h5ad_with_raw_counts_beside_it_is_analysed_on_those_counts(ce
     "make, expected",
     [
         (lambda c: log_normalised(c.counts), "X holds non-integer values"),
-        (lambda c: sp.csr_matrix(np.where(c.counts.toarray() > 0, c.counts.toarray() - 1.5, -0.4)),
-         "X holds negative values (e.g. -"),
+        (
+            lambda c: sp.csr_matrix(np.where(c.counts.toarray() > 0, c.counts.toarray() - 1.5, -0.4)),
+            "X holds negative values (e.g. -",
+        ),
     ],
     ids=["log-normalised", "scaled"],
-)  # fmt: skip
+)
 def test_matrix_that_is_not_counts_is_refused_naming_the_sample_and_the_fix(cells, tmp_path, make, expected):
     from gpubio.cli import main
 
@@ -78,8 +79,21 @@ def test_matrix_that_is_not_counts_is_refused_naming_the_sample_and_the_fix(cell
     adata.X = make(cells)
     adata.write_h5ad(tmp_path / "analysed.h5ad")
     with pytest.raises(SystemExit) as exit_info:
-        main(["cell-qc", "--counts", str(tmp_path / "analysed.h5ad"), "--sample", "proc", "--batch", "b1",
-              "--out-json", str(tmp_path / "qc.json"), "--out-h5ad", str(tmp_path / "f.h5ad")])  # fmt: skip
+        main(
+            [
+                "cell-qc",
+                "--counts",
+                str(tmp_path / "analysed.h5ad"),
+                "--sample",
+                "proc",
+                "--batch",
+                "b1",
+                "--out-json",
+                str(tmp_path / "qc.json"),
+                "--out-h5ad",
+                str(tmp_path / "f.h5ad"),
+            ]
+        )
     message = str(exit_info.value.code)
     assert message.startswith(f"gpubio: cell-qc: {tmp_path / 'analysed.h5ad'}: sample proc: {expected}")
     assert "no raw counts in layers['counts'] or .raw" in message
@@ -129,8 +143,21 @@ def test_sample_that_qc_empties_fails_with_the_reason(tmp_path):
     shallow = simulate(seed=5, n_cells=300, n_genes=900, library=120)  # below min_counts 500 everywhere
     path = write_10x_h5(tmp_path / "shallow.h5", shallow)
     with pytest.raises(SystemExit) as exit_info:
-        main(["cell-qc", "--counts", str(path), "--sample", "shallow", "--batch", "b1", "--out-json",
-              str(tmp_path / "qc.json"), "--out-h5ad", str(tmp_path / "f.h5ad")])  # fmt: skip
+        main(
+            [
+                "cell-qc",
+                "--counts",
+                str(path),
+                "--sample",
+                "shallow",
+                "--batch",
+                "b1",
+                "--out-json",
+                str(tmp_path / "qc.json"),
+                "--out-h5ad",
+                str(tmp_path / "f.h5ad"),
+            ]
+        )
     message = str(exit_info.value.code)
     assert message.startswith(f"gpubio: cell-qc: {path}: sample shallow: cell QC removed all 300 cells (")
     assert "300 with fewer than 500 counts (transcriptomics.qc.min_counts)" in message
@@ -184,7 +211,8 @@ def test_count_files_that_cannot_be_used_are_each_one_line(cells, tmp_path):
         assert line.startswith(f"sheet.tsv: sample {sample}: counts '{files[sample]}' cannot be read (")
         assert line.endswith("copy it again, or point the row at a readable one")
     assert by_sample["sample processed"].startswith(
-        f"sheet.tsv: sample processed: counts '{files['processed']}': X holds non-integer values")
+        f"sheet.tsv: sample processed: counts '{files['processed']}': X holds non-integer values"
+    )
     assert "give the raw count matrix instead" in by_sample["sample processed"]
     assert all("\n" not in p for p in problems)
 
@@ -226,8 +254,9 @@ def test_sample_emptied_by_qc_fails_its_job_with_one_clear_line(cells, tmp_path)
     shallow = simulate(seed=5, n_cells=300, n_genes=900, library=120)
     data = tmp_path / "data"
     data.mkdir()
-    root = project(tmp_path, {"good": write_10x_h5(data / "good.h5", cells),
-                              "shallow": write_10x_h5(data / "shallow.h5", shallow)})  # fmt: skip
+    root = project(
+        tmp_path, {"good": write_10x_h5(data / "good.h5", cells), "shallow": write_10x_h5(data / "shallow.h5", shallow)}
+    )
     proc = run_snakemake(root, "--cores", "1", "results/transcriptomics/shallow/qc.json", check=False)
     assert proc.returncode != 0
     log = (root / "logs/transcriptomics/shallow/cell_qc.log").read_text()

@@ -17,8 +17,18 @@ import yaml
 
 from conftest import REPO, run_snakemake
 
-ARGS = {"embsize": 24, "nheads": 3, "d_hid": 40, "nlayers": 2, "n_bins": 9, "pad_token": "<pad>", "pad_value": -2,
-        "input_emb_style": "continuous", "dropout": 0.2, "max_seq_len": 1200}  # fmt: skip
+ARGS = {
+    "embsize": 24,
+    "nheads": 3,
+    "d_hid": 40,
+    "nlayers": 2,
+    "n_bins": 9,
+    "pad_token": "<pad>",
+    "pad_value": -2,
+    "input_emb_style": "continuous",
+    "dropout": 0.2,
+    "max_seq_len": 1200,
+}
 SPECIALS = ["<pad>", "<cls>", "<eoc>"]
 
 
@@ -38,8 +48,9 @@ def make_cells(seed: int = 3, n_cells: int = 30, n_genes: int = 50):
     return sp.csr_matrix(counts), genes, programme
 
 
-def save_checkpoint(path: Path, genes: list[str], args: dict = ARGS, seed: int = 0, flash_names: bool = False,
-                    drop: str | None = None) -> dict:  # fmt: skip
+def save_checkpoint(
+    path: Path, genes: list[str], args: dict = ARGS, seed: int = 0, flash_names: bool = False, drop: str | None = None
+) -> dict:
     """A random scGPT-layout checkpoint written by hand (no gpubio code): args.json,
     best_model.pt with the encoder's weights plus decoder weights, vocab.json."""
     import torch
@@ -56,9 +67,13 @@ def save_checkpoint(path: Path, genes: list[str], args: dict = ARGS, seed: int =
 
     state = {"encoder.embedding.weight": w(len(vocab), d, scale=1.0), **norm("encoder.enc_norm")}
     if args["input_emb_style"] == "continuous":
-        state |= {"value_encoder.linear1.weight": w(d, 1, scale=0.5), "value_encoder.linear1.bias": w(d, scale=0.5),
-                  "value_encoder.linear2.weight": w(d, d), "value_encoder.linear2.bias": w(d, scale=0.1),
-                  **norm("value_encoder.norm")}  # fmt: skip
+        state |= {
+            "value_encoder.linear1.weight": w(d, 1, scale=0.5),
+            "value_encoder.linear1.bias": w(d, scale=0.5),
+            "value_encoder.linear2.weight": w(d, d),
+            "value_encoder.linear2.bias": w(d, scale=0.1),
+            **norm("value_encoder.norm"),
+        }
     else:
         state |= {
             "value_encoder.embedding.weight": w(args["n_bins"] + 2, d, scale=1.0),
@@ -67,12 +82,18 @@ def save_checkpoint(path: Path, genes: list[str], args: dict = ARGS, seed: int =
     for n in range(layers):
         p = f"transformer_encoder.layers.{n}"
         qkv = "self_attn.Wqkv" if flash_names else "self_attn.in_proj"
-        state |= {f"{p}.{qkv}{'.' if flash_names else '_'}weight": w(3 * d, d),
-                  f"{p}.{qkv}{'.' if flash_names else '_'}bias": w(3 * d, scale=0.1),
-                  f"{p}.self_attn.out_proj.weight": w(d, d), f"{p}.self_attn.out_proj.bias": w(d, scale=0.1),
-                  f"{p}.linear1.weight": w(h, d), f"{p}.linear1.bias": w(h, scale=0.1),
-                  f"{p}.linear2.weight": w(d, h), f"{p}.linear2.bias": w(d, scale=0.1),
-                  **norm(f"{p}.norm1"), **norm(f"{p}.norm2")}  # fmt: skip
+        state |= {
+            f"{p}.{qkv}{'.' if flash_names else '_'}weight": w(3 * d, d),
+            f"{p}.{qkv}{'.' if flash_names else '_'}bias": w(3 * d, scale=0.1),
+            f"{p}.self_attn.out_proj.weight": w(d, d),
+            f"{p}.self_attn.out_proj.bias": w(d, scale=0.1),
+            f"{p}.linear1.weight": w(h, d),
+            f"{p}.linear1.bias": w(h, scale=0.1),
+            f"{p}.linear2.weight": w(d, h),
+            f"{p}.linear2.bias": w(d, scale=0.1),
+            **norm(f"{p}.norm1"),
+            **norm(f"{p}.norm2"),
+        }
     state |= {"decoder.fc.0.weight": w(d, d), "mvc_decoder.gene2query.weight": w(d, d)}  # not the encoder's
     if drop:
         del state[drop]
@@ -102,8 +123,9 @@ def reference_cls(state: dict, args: dict, tokens, values) -> np.ndarray:
     v = torch.as_tensor(np.asarray(values), dtype=torch.float64)
     x = ln(s["encoder.embedding.weight"][t], "encoder.enc_norm")
     if args["input_emb_style"] == "continuous":
-        hidden = torch.relu(torch.clamp(v, max=512)[:, None] @ s["value_encoder.linear1.weight"].T
-                            + s["value_encoder.linear1.bias"])  # fmt: skip
+        hidden = torch.relu(
+            torch.clamp(v, max=512)[:, None] @ s["value_encoder.linear1.weight"].T + s["value_encoder.linear1.bias"]
+        )
         x = x + ln(lin(hidden, "value_encoder.linear2"), "value_encoder.norm")
     else:
         x = x + ln(s["value_encoder.embedding.weight"][v.long()], "value_encoder.enc_norm")
@@ -147,8 +169,22 @@ def embed(integrated: Path, weights: Path, out: Path, *options: str):
 
     from gpubio.cli import main
 
-    main(["--threads", "1", "embed-cells", "--family", "scgpt", "--integrated", str(integrated),
-          "--weights", str(weights), "--out", str(out), *options])  # fmt: skip
+    main(
+        [
+            "--threads",
+            "1",
+            "embed-cells",
+            "--family",
+            "scgpt",
+            "--integrated",
+            str(integrated),
+            "--weights",
+            str(weights),
+            "--out",
+            str(out),
+            *options,
+        ]
+    )
     return ad.read_h5ad(out)
 
 
@@ -195,8 +231,12 @@ def test_cells_are_cls_then_vocabulary_genes_with_their_bins_capped_at_the_highe
 @pytest.fixture()
 def cells(tmp_path):
     counts, genes, programme = make_cells()
-    return {"counts": counts, "genes": genes, "programme": programme,
-            "integrated": write_integrated(tmp_path / "integrated.h5ad", counts, genes)}  # fmt: skip
+    return {
+        "counts": counts,
+        "genes": genes,
+        "programme": programme,
+        "integrated": write_integrated(tmp_path / "integrated.h5ad", counts, genes),
+    }
 
 
 @pytest.mark.parametrize("style", ["continuous", "category"])
@@ -217,8 +257,9 @@ def test_embeddings_are_deterministic_normalised_and_follow_expression(cells, tm
     save_checkpoint(tmp_path / "model", cells["genes"][:-5])
     first = embed(cells["integrated"], tmp_path / "model", tmp_path / "a.h5ad", "--batch-size", "4").X
     again = embed(cells["integrated"], tmp_path / "model", tmp_path / "b.h5ad", "--batch-size", "30").X
-    assert np.array_equal(first, embed(cells["integrated"], tmp_path / "model", tmp_path / "c.h5ad",
-                                       "--batch-size", "4").X)  # fmt: skip
+    assert np.array_equal(
+        first, embed(cells["integrated"], tmp_path / "model", tmp_path / "c.h5ad", "--batch-size", "4").X
+    )
     np.testing.assert_allclose(first, again, atol=1e-5)  # padding in bigger batches changes nothing
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
 
@@ -273,8 +314,9 @@ def test_genes_are_matched_by_symbol_and_too_few_matches_stop_the_job(cells, tmp
     emb = embed(by_id, tmp_path / "model", tmp_path / "b.h5ad", "--symbol-column", "symbol")
     assert emb.uns["embedding"]["genes_matched"] == 30 and "30 of 50 genes matched by symbol" in caplog.text
     with pytest.raises(SystemExit, match="only 30 of 50 genes"):
-        embed(by_id, tmp_path / "model", tmp_path / "c.h5ad", "--symbol-column", "symbol",
-              "--min-vocab-fraction", "0.7")  # fmt: skip
+        embed(
+            by_id, tmp_path / "model", tmp_path / "c.h5ad", "--symbol-column", "symbol", "--min-vocab-fraction", "0.7"
+        )
 
 
 def test_atlas_gets_the_scgpt_key(cells, tmp_path):
@@ -325,16 +367,25 @@ def scgpt_project(workdir):
     section = config["transcriptomics"]
     section["annotation"]["celltypist"]["enabled"] = False
     section["annotation"]["scanvi"]["enabled"] = False
-    section["embeddings"].update(family="scgpt", weights="models/scgpt", batch_size=32, max_length=64,
-                                 min_vocab_fraction=0.4)  # fmt: skip
+    section["embeddings"].update(
+        family="scgpt", weights="models/scgpt", batch_size=32, max_length=64, min_vocab_fraction=0.4
+    )
     (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     return {"root": workdir, "symbols": symbols}
 
 
 def test_plan_shows_the_embedding_job_on_a_gpu_partition_and_bad_checkpoints_stop_it(scgpt_project, tmp_path):
     root = scgpt_project["root"]
-    proc = run_snakemake(root, "results/transcriptomics/atlas.h5ad", "-n", "-p", "--profile",
-                         str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules")  # fmt: skip
+    proc = run_snakemake(
+        root,
+        "results/transcriptomics/atlas.h5ad",
+        "-n",
+        "-p",
+        "--profile",
+        str(REPO / "profiles" / "slurm-gpu"),
+        "--sdm",
+        "env-modules",
+    )
     block = proc.stdout[proc.stdout.index("rule embed_cells:") :]
     resources = block[block.index("resources: ") :].splitlines()[0]
     assert "gpu=1" in resources and "gpu_model=t4" in resources and "slurm_partition=gpu-t4" in resources

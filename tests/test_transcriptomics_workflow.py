@@ -79,8 +79,12 @@ def test_marker_table_names_the_planted_markers(demo_run, atlas, truth, demo):
 
 
 def test_spatial_enrichment_is_positive_for_same_type_neighbours(demo_run, atlas, truth, demo):
-    table = pd.read_csv(demo_run / "results/transcriptomics/spatial/pbmc1.tsv", sep="\t", dtype={"first": str,
-                        "second": str}, keep_default_na=False)  # fmt: skip
+    table = pd.read_csv(
+        demo_run / "results/transcriptomics/spatial/pbmc1.tsv",
+        sep="\t",
+        dtype={"first": str, "second": str},
+        keep_default_na=False,
+    )
     assert not (demo_run / "results/transcriptomics/spatial/pbmc2.tsv").exists()  # no coordinates
     z = table[table["statistic"] == "nhood_enrichment_z"].astype({"value": float})
     same, other = z[z["first"] == z["second"]], z[z["first"] != z["second"]]

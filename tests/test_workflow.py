@@ -105,6 +105,13 @@ def test_snakefmt_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]])
+def test_ruff_is_clean(command):
+    """The one Python linter and formatter (pyproject.toml), as `make lint` runs it."""
+    proc = subprocess.run([str(BIN / "ruff"), *command], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def conda_directives() -> list[tuple[str, str]]:
     found = []
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
@@ -121,9 +128,7 @@ def test_every_conda_directive_points_at_a_pinned_env():
     # local rules run in Snakemake's own environment on the head node (the GPU plan)
     local = sum(b.count(",") for t in texts for b in re.findall(r"^localrules:\n((?:    \w+,\n)+)", t, re.M))
     assert local == 1 and len(directives) == rule_count - local  # every other rule has one
-    lock = dict(
-        line.split("==", 1) for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line
-    )
+    lock = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line)
     for smk, rel in directives:
         env_file = (REPO / "workflow" / "rules" / rel).resolve()
         assert env_file.is_file(), f"{smk}: conda env {rel} does not exist"

@@ -12,13 +12,42 @@ import numpy as np
 from independent.histopathology import REGIONS, reduce
 
 VOCAB = [
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "an", "h", "&", "e", "image", "of", "tumor", "tissue",
-    "stroma", "with", "dense", "purple", "nuclei", "pink", "fibres", "##s", "fibrous", "connective",
-]  # fmt: skip
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "an",
+    "h",
+    "&",
+    "e",
+    "image",
+    "of",
+    "tumor",
+    "tissue",
+    "stroma",
+    "with",
+    "dense",
+    "purple",
+    "nuclei",
+    "pink",
+    "fibres",
+    "##s",
+    "fibrous",
+    "connective",
+]
 CONFIG = {
-    "image_size": 32, "patch_size": 8, "width": 32, "depth": 2, "heads": 4, "embed_dim": 16,
-    "text_width": 32, "text_depth": 2, "text_heads": 4, "context_length": 16, "vocab_size": len(VOCAB),
-}  # fmt: skip
+    "image_size": 32,
+    "patch_size": 8,
+    "width": 32,
+    "depth": 2,
+    "heads": 4,
+    "embed_dim": 16,
+    "text_width": 32,
+    "text_depth": 2,
+    "text_heads": 4,
+    "context_length": 16,
+    "vocab_size": len(VOCAB),
+}
 CLASSES = {
     "tumor": ["an H&E image of tumor tissue with dense purple nuclei", "an image of tumor"],
     "stroma": ["an H&E image of stroma with pink fibres", "an image of fibrous connective tissue"],
@@ -55,9 +84,9 @@ def write_tiny_model(directory, level0: np.ndarray, steps: int = 30, seed: int =
         x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
         x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
         images = torch.nn.functional.normalize(model.encode_image((x - loaded.mean) / loaded.std), dim=-1)
-        classes = torch.stack([
-            torch.nn.functional.normalize(model.encode_text(*tokens[name]), dim=-1).mean(0) for name in CLASSES
-        ])  # fmt: skip
+        classes = torch.stack(
+            [torch.nn.functional.normalize(model.encode_text(*tokens[name]), dim=-1).mean(0) for name in CLASSES]
+        )
         logits = model.logit_scale.exp() * images @ torch.nn.functional.normalize(classes, dim=-1).T
         loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels))
         optimiser.zero_grad()

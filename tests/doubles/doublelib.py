@@ -39,7 +39,10 @@ def log_call(tool: str) -> None:
     path = os.environ.get("GPUBIO_DOUBLES_LOG")
     if path:
         with open(path, "a") as fh:
-            fh.write("\t".join([tool, *sys.argv[1:], f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"]) + "\n")
+            fh.write(
+                "\t".join([tool, *sys.argv[1:], f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}"])
+                + "\n"
+            )
 
 
 def visible_gpus() -> list[str]:
@@ -57,15 +60,29 @@ def require_file(tool: str, path: str, what: str) -> None:
 def run_info(run_id: str, flow_cell: str = "PAW00001", sample: str = "lib1"):
     import pod5
 
-    start = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    start = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC)
     return pod5.RunInfo(
-        acquisition_id=run_id, acquisition_start_time=start, adc_max=2047, adc_min=-2048, context_tags={},
-        experiment_name="exp1", flow_cell_id=flow_cell, flow_cell_product_code="FLO-PRO114M",
+        acquisition_id=run_id,
+        acquisition_start_time=start,
+        adc_max=2047,
+        adc_min=-2048,
+        context_tags={},
+        experiment_name="exp1",
+        flow_cell_id=flow_cell,
+        flow_cell_product_code="FLO-PRO114M",
         protocol_name="sequencing/sequencing_PRO114_DNA_e8_2_400K:FLO-PRO114M:SQK-NBD114-24",
-        protocol_run_id=f"{run_id}-protocol", protocol_start_time=start, sample_id=sample, sample_rate=5000,
-        sequencing_kit="sqk-nbd114-24", sequencer_position="1A", sequencer_position_type="PromethION",
-        software="MinKNOW", system_name="PC24A001", system_type="PromethION 24", tracking_id={"run_id": run_id},
-    )  # fmt: skip
+        protocol_run_id=f"{run_id}-protocol",
+        protocol_start_time=start,
+        sample_id=sample,
+        sample_rate=5000,
+        sequencing_kit="sqk-nbd114-24",
+        sequencer_position="1A",
+        sequencer_position_type="PromethION",
+        software="MinKNOW",
+        system_name="PC24A001",
+        system_type="PromethION 24",
+        tracking_id={"run_id": run_id},
+    )
 
 
 def write_pod5(path: str | Path, reads: list[tuple[str, int]], run_id: str = "0a1b2c3d4e5f6a7b") -> list[str]:
@@ -81,12 +98,17 @@ def write_pod5(path: str | Path, reads: list[tuple[str, int]], run_id: str = "0a
             signal = np.array([barcode] + [BASES.index(b) for b in seq], dtype=np.int16)
             writer.add_read(
                 pod5.Read(
-                    read_id=read_id, pore=pod5.Pore(channel=i % 512 + 1, well=1 + i % 4, pore_type="not_set"),
-                    calibration=pod5.Calibration(0.0, 1.0), read_number=i, start_sample=i * 20000,
-                    median_before=200.0, end_reason=pod5.EndReason(pod5.EndReasonEnum.SIGNAL_POSITIVE, False),
-                    run_info=info, signal=signal,
+                    read_id=read_id,
+                    pore=pod5.Pore(channel=i % 512 + 1, well=1 + i % 4, pore_type="not_set"),
+                    calibration=pod5.Calibration(0.0, 1.0),
+                    read_number=i,
+                    start_sample=i * 20000,
+                    median_before=200.0,
+                    end_reason=pod5.EndReason(pod5.EndReasonEnum.SIGNAL_POSITIVE, False),
+                    run_info=info,
+                    signal=signal,
                 )
-            )  # fmt: skip
+            )
             ids.append(str(read_id))
     return ids
 

@@ -67,25 +67,40 @@ class BelugaShaped(nn.Module):
         length = ((window - 14) // 4 - 14) // 4 - 14
         self.model = nn.Sequential(
             nn.Sequential(
-                nn.Conv2d(4, a, (1, 8)), nn.ReLU(), nn.Conv2d(a, a, (1, 8)), nn.ReLU(), nn.Dropout(0.2),
+                nn.Conv2d(4, a, (1, 8)),
+                nn.ReLU(),
+                nn.Conv2d(a, a, (1, 8)),
+                nn.ReLU(),
+                nn.Dropout(0.2),
                 nn.MaxPool2d((1, 4), (1, 4)),
-                nn.Conv2d(a, b, (1, 8)), nn.ReLU(), nn.Conv2d(b, b, (1, 8)), nn.ReLU(), nn.Dropout(0.2),
+                nn.Conv2d(a, b, (1, 8)),
+                nn.ReLU(),
+                nn.Conv2d(b, b, (1, 8)),
+                nn.ReLU(),
+                nn.Dropout(0.2),
                 nn.MaxPool2d((1, 4), (1, 4)),
-                nn.Conv2d(b, c, (1, 8)), nn.ReLU(), nn.Conv2d(c, c, (1, 8)), nn.ReLU(),
+                nn.Conv2d(b, c, (1, 8)),
+                nn.ReLU(),
+                nn.Conv2d(c, c, (1, 8)),
+                nn.ReLU(),
             ),
             nn.Sequential(  # Beluga's Lambda layers hold no weights: Flatten / Identity keep the indices
-                nn.Dropout(0.5), nn.Flatten(), nn.Sequential(nn.Identity(), nn.Linear(c * length, hidden)),
-                nn.ReLU(), nn.Sequential(nn.Identity(), nn.Linear(hidden, outputs)),
+                nn.Dropout(0.5),
+                nn.Flatten(),
+                nn.Sequential(nn.Identity(), nn.Linear(c * length, hidden)),
+                nn.ReLU(),
+                nn.Sequential(nn.Identity(), nn.Linear(hidden, outputs)),
             ),
             nn.Sigmoid(),
-        )  # fmt: skip
+        )
 
     def forward(self, x):
         return self.model(x.unsqueeze(2))
 
 
-def write_beluga_shaped(out: Path, *, window: int, channels: tuple[int, int, int], hidden: int,
-                        features: list[str], seed: int) -> BelugaShaped:  # fmt: skip
+def write_beluga_shaped(
+    out: Path, *, window: int, channels: tuple[int, int, int], hidden: int, features: list[str], seed: int
+) -> BelugaShaped:
     """Its state dict saved as is (as a user copies deepsea.beluga.pth), and a config.json naming its layers."""
     torch.manual_seed(seed)
     module = BelugaShaped(window, channels, hidden, len(features))
@@ -94,23 +109,40 @@ def write_beluga_shaped(out: Path, *, window: int, channels: tuple[int, int, int
     out.mkdir(parents=True, exist_ok=True)
     a, b, c = channels
     config = {
-        "window": window, "alphabet": "AGCT",
-        "conv_layers": [{"channels": a, "kernel": 8}, {"channels": a, "kernel": 8, "pool": 4},
-                        {"channels": b, "kernel": 8}, {"channels": b, "kernel": 8, "pool": 4},
-                        {"channels": c, "kernel": 8}, {"channels": c, "kernel": 8}],
+        "window": window,
+        "alphabet": "AGCT",
+        "conv_layers": [
+            {"channels": a, "kernel": 8},
+            {"channels": a, "kernel": 8, "pool": 4},
+            {"channels": b, "kernel": 8},
+            {"channels": b, "kernel": 8, "pool": 4},
+            {"channels": c, "kernel": 8},
+            {"channels": c, "kernel": 8},
+        ],
         "hidden": [hidden],
-        "state_dict_keys": {"conv": ["model.0.0", "model.0.2", "model.0.6", "model.0.8", "model.0.12", "model.0.14"],
-                            "dense": ["model.1.2.1", "model.1.4.1"]},
-    }  # fmt: skip
+        "state_dict_keys": {
+            "conv": ["model.0.0", "model.0.2", "model.0.6", "model.0.8", "model.0.12", "model.0.14"],
+            "dense": ["model.1.2.1", "model.1.4.1"],
+        },
+    }
     (out / "config.json").write_text(json.dumps(config, indent=1))
     torch.save(module.state_dict(), out / "model.pt")
     (out / "features.txt").write_text("".join(f"{name}\n" for name in features))
     return module.eval()
 
 
-def write_checkpoint(out: Path, *, window: int, conv: list[dict], hidden: list[int], features: list[str],
-                     seed: int, alphabet: str | None = None, unknown_base: float | None = None,
-                     conv2d: bool = False) -> TinyDeepsea:  # fmt: skip
+def write_checkpoint(
+    out: Path,
+    *,
+    window: int,
+    conv: list[dict],
+    hidden: list[int],
+    features: list[str],
+    seed: int,
+    alphabet: str | None = None,
+    unknown_base: float | None = None,
+    conv2d: bool = False,
+) -> TinyDeepsea:
     """A random-init model saved in the deepsea layout; returns the module (eval mode)."""
     torch.manual_seed(seed)
     module = TinyDeepsea(window, conv, hidden, len(features), conv2d=conv2d)
@@ -140,6 +172,7 @@ def encode(seq: str, alphabet: str, unknown_base: float) -> np.ndarray:
 
 def strand_probabilities(module: TinyDeepsea, seqs: list[str], alphabet: str, unknown_base: float):
     """(forward, reverse-complement) sigmoid outputs, each (n, features) float64."""
+
     def run(strings):
         x = torch.from_numpy(np.stack([encode(s, alphabet, unknown_base) for s in strings]))
         with torch.no_grad():
@@ -159,8 +192,16 @@ def ref_alt_windows(contig: str, pos: int, ref: str, alt: str, window: int) -> t
     return context[:window], (context[:centre] + alt.upper() + context[centre + len(ref) :])[:window]
 
 
-def expected_effects(module, contigs: dict[str, str], variants: list[tuple], window: int, alphabet: str,
-                     unknown_base: float, features: list[str], strands: str = "both") -> list[dict]:  # fmt: skip
+def expected_effects(
+    module,
+    contigs: dict[str, str],
+    variants: list[tuple],
+    window: int,
+    alphabet: str,
+    unknown_base: float,
+    features: list[str],
+    strands: str = "both",
+) -> list[dict]:
     """Per variant: score, top feature, its delta and log-odds change, mean |delta|.
 
     strands: "both" (DeepSEA's average), or "forward" to show what skipping the average gives.
@@ -178,8 +219,15 @@ def expected_effects(module, contigs: dict[str, str], variants: list[tuple], win
         top = int(np.argmax(np.abs(delta)))
         a, r = alt_p[i, top], ref_p[i, top]
         log_odds = np.log((a + EPSILON) / (1 - a + EPSILON)) - np.log((r + EPSILON) / (1 - r + EPSILON))
-        rows.append({"score": abs(delta[top]), "top_track": features[top], "top_track_delta": delta[top],
-                     "top_track_log_odds_delta": log_odds, "mean_abs_delta": np.abs(delta).mean()})  # fmt: skip
+        rows.append(
+            {
+                "score": abs(delta[top]),
+                "top_track": features[top],
+                "top_track_delta": delta[top],
+                "top_track_log_odds_delta": log_odds,
+                "mean_abs_delta": np.abs(delta).mean(),
+            }
+        )
     return rows
 
 
@@ -198,8 +246,10 @@ def apply_snvs(contigs: dict[str, str], snvs: list[tuple]) -> dict[str, str]:
 def write_tiled_bam(sample_contigs: dict[str, str], out: Path, read_length: int = 90, step: int = 3) -> int:
     """A coordinate-sorted aligned BAM of error-free reads tiling every contig on both strands,
     extra reads flush with each contig end, so variants near the ends have depth too."""
-    header = {"HD": {"VN": "1.6", "SO": "coordinate"},
-              "SQ": [{"SN": name, "LN": len(seq)} for name, seq in sample_contigs.items()]}  # fmt: skip
+    header = {
+        "HD": {"VN": "1.6", "SO": "coordinate"},
+        "SQ": [{"SN": name, "LN": len(seq)} for name, seq in sample_contigs.items()],
+    }
     count = 0
     with pysam.AlignmentFile(str(out), "wb", header=header) as bam:
         for tid, (name, seq) in enumerate(sample_contigs.items()):

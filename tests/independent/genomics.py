@@ -230,8 +230,9 @@ def write_pairs(haps, coverage: float, rng: np.random.Generator, out_1: Path, ou
     return count
 
 
-def write_aligned_bam(haps, contigs: dict[str, str], coverage: float, rng: np.random.Generator, out: Path,
-                      error_rate=0.001) -> int:  # fmt: skip
+def write_aligned_bam(
+    haps, contigs: dict[str, str], coverage: float, rng: np.random.Generator, out: Path, error_rate=0.001
+) -> int:
     """Single-end reads placed where they came from (true CIGAR), sorted and indexed, with a
     read group whose SM is not the sheet's sample name."""
     import pysam
@@ -250,8 +251,16 @@ def write_aligned_bam(haps, contigs: dict[str, str], coverage: float, rng: np.ra
         seq, origin = haps[names[tid]][int(rng.integers(0, 2))]
         start = int(rng.integers(0, len(seq) - READ_LENGTH))
         start_pos, cigar = true_cigar(origin[start : start + READ_LENGTH])
-        records.append((tid, start_pos, f"read{i:06d}", _with_errors(seq[start : start + READ_LENGTH], rng, error_rate),
-                        cigar, bool(rng.random() < 0.5)))  # fmt: skip
+        records.append(
+            (
+                tid,
+                start_pos,
+                f"read{i:06d}",
+                _with_errors(seq[start : start + READ_LENGTH], rng, error_rate),
+                cigar,
+                bool(rng.random() < 0.5),
+            )
+        )
     records.sort(key=lambda r: (r[0], r[1]))
     with pysam.AlignmentFile(str(out), "wb", header=header) as bam:
         for tid, pos, name, seq, cigar, reverse in records:
@@ -325,6 +334,11 @@ def precision_recall(vcf: Path, truth: list[PlantedVariant]) -> dict[str, dict]:
         true = {(v.chrom, v.pos, v.ref, v.alt) for v in truth if v.kind == kind}
         called = {c for c in calls if (len(c[2]) == len(c[3]) == 1) == (kind == "snp")}
         tp = len(true & called)
-        result[kind] = {"tp": tp, "fp": len(called - true), "fn": len(true - called),
-                        "precision": tp / len(called) if called else 0.0, "recall": tp / len(true)}  # fmt: skip
+        result[kind] = {
+            "tp": tp,
+            "fp": len(called - true),
+            "fn": len(true - called),
+            "precision": tp / len(called) if called else 0.0,
+            "recall": tp / len(true),
+        }
     return result

@@ -93,7 +93,8 @@ def expected_tiles(tile_px_level0: int, min_fraction: float) -> list[tuple[int, 
     for y in range(0, HEIGHT - tile_px_level0 + 1, tile_px_level0):
         for x in range(0, WIDTH - tile_px_level0 + 1, tile_px_level0):
             covered = sum(
-                max(0, min(x + tile_px_level0, r.x1) - max(x, r.x0)) * max(0, min(y + tile_px_level0, r.y1) - max(y, r.y0))
+                max(0, min(x + tile_px_level0, r.x1) - max(x, r.x0))
+                * max(0, min(y + tile_px_level0, r.y1) - max(y, r.y0))
                 for r in REGIONS
             )
             fraction = covered / tile_px_level0**2
@@ -104,5 +105,7 @@ def expected_tiles(tile_px_level0: int, min_fraction: float) -> list[tuple[int, 
 
 def region_of(x: int, y: int, size: int) -> str:
     """The planted region covering most of a tile."""
-    cover = {r.name: max(0, min(x + size, r.x1) - max(x, r.x0)) * max(0, min(y + size, r.y1) - max(y, r.y0)) for r in REGIONS}
+    cover = {
+        r.name: max(0, min(x + size, r.x1) - max(x, r.x0)) * max(0, min(y + size, r.y1) - max(y, r.y0)) for r in REGIONS
+    }
     return max(cover, key=cover.get)

@@ -113,9 +113,7 @@ def make_pair(
     rows, cols = np.indices((size, size), dtype=np.float64)
     tr, tc = truth.apply(rows, cols)
     # the reference samples the scene (beyond the crop too), so it is fully covered
-    reference = np.stack(
-        [ndimage.map_coordinates(p, [tr + top, tc + left], order=3, mode="reflect") for p in scene]
-    )
+    reference = np.stack([ndimage.map_coordinates(p, [tr + top, tc + left], order=3, mode="reflect") for p in scene])
     image = scene[:, top : top + size, left : left + size]
     scale = 20000.0 / float(np.percentile(scene, 99.5))
     reference = reference + rng.normal(0, noise * float(np.percentile(scene, 99.5)), reference.shape)

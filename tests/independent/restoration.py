@@ -85,5 +85,7 @@ def noisy_cells(shape=(2, 300, 340), n_cells=45, radius=(6.0, 10.0), noise=0.6, 
     signal = ndimage.gaussian_filter(signal, 1.0)  # optics: soft edges
     image = np.empty(shape, np.float64)
     image[0] = background + signal + rng.normal(0.0, noise * 1100.0, (height, width))
-    image[1] = 500 + 200 * ndimage.gaussian_filter(rng.normal(size=(height, width)), 8) + rng.normal(0, 50, (height, width))
+    image[1] = (
+        500 + 200 * ndimage.gaussian_filter(rng.normal(size=(height, width)), 8) + rng.normal(0, 50, (height, width))
+    )
     return np.clip(image, 0, 65535).astype(np.uint16), labels

@@ -106,8 +106,10 @@ def _calibrate(args) -> None:
     for rule, need in needs.items():
         size = need.max_input_mb
         vram = f"{need.vram.intercept:.2f} GB" + (f" + {need.vram.slope:.4f} GB/MB" if need.vram.slope else "")
-        print(f"  {rule}: {vram} ({need.records} records, {need.oom_records} out of memory"
-              + (f", inputs up to {size:g} MB)" if size is not None else ")"))
+        print(
+            f"  {rule}: {vram} ({need.records} records, {need.oom_records} out of memory"
+            + (f", inputs up to {size:g} MB)" if size is not None else ")")
+        )
 
 
 def _device_info(args) -> None:
@@ -154,9 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--require-gpu", action="store_true", help="fail when --gpus > 0 and no GPU is found (config gpu.require)"
     )
     parser.add_argument("--usage", help="write this step's GPU usage record (JSON) here, also when it fails")
-    parser.add_argument(
-        "--usage-job", default="", help="what the plan gave the job: the rule's resources.gpu_usage"
-    )
+    parser.add_argument("--usage-job", default="", help="what the plan gave the job: the rule's resources.gpu_usage")
     sub = parser.add_subparsers(dest="command", required=True)
 
     for module in DOMAIN_COMMANDS:

@@ -59,9 +59,7 @@ def load_schema(name: str) -> dict:
     return schema
 
 
-def load_project(
-    config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = "."
-) -> Project:
+def load_project(config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = ".") -> Project:
     """Validate `config` and every sample sheet it names; raise ConfigError listing all problems."""
     project, problems, _ = read_project(config, config_file, workdir)
     if problems:
@@ -161,10 +159,7 @@ def _describe_config_error(error: jsonschema.ValidationError, config_file: str) 
         missing = error.message.split("'")[1]
         return f"{config_file}: section '{where}' is missing the key '{missing}'; add it"
     if error.validator == "type":
-        return (
-            f"{config_file}: key '{where}' must be {error.validator_value}, "
-            f"found {error.instance!r}; fix the value"
-        )
+        return f"{config_file}: key '{where}' must be {error.validator_value}, found {error.instance!r}; fix the value"
     if error.validator == "pattern":
         allowed = error.validator_value.strip("^$+")
         return (
@@ -251,8 +246,7 @@ def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
         problems += _row_problems(values, schema, validator, where, Path(workdir))
         if name in seen:
             problems.append(
-                f"{where}: duplicate sample name, already used in row {seen[name]}; "
-                "give every row its own name"
+                f"{where}: duplicate sample name, already used in row {seen[name]}; give every row its own name"
             )
         else:
             seen[name] = i

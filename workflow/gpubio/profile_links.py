@@ -32,7 +32,11 @@ def link_profiles(profiles_dir: Path, config_dir: Path) -> list[tuple[str, Path]
     profiles = sorted(p for p in Path(profiles_dir).iterdir() if (p / "config.yaml").is_file())
     if not profiles:
         raise ProfileLinkError(f"no profiles (directories with config.yaml) in {profiles_dir}")
-    taken = [config_dir / p.name for p in profiles if (config_dir / p.name).exists() and not (config_dir / p.name).is_symlink()]
+    taken = [
+        config_dir / p.name
+        for p in profiles
+        if (config_dir / p.name).exists() and not (config_dir / p.name).is_symlink()
+    ]
     if taken:
         raise ProfileLinkError(
             f"{', '.join(map(str, taken))} exist(s) and are not links: your own profile(s)? "
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         "so `snakemake --profile slurm-gpu` works as typed.",
     )
     parser.add_argument("--config-dir", type=Path, help="default: $XDG_CONFIG_HOME/snakemake or ~/.config/snakemake")
-    parser.add_argument("--profiles", type=Path, default=REPOSITORY_PROFILES, help="default: the repository's profiles/")
+    parser.add_argument(
+        "--profiles", type=Path, default=REPOSITORY_PROFILES, help="default: the repository's profiles/"
+    )
     args = parser.parse_args(argv)
     config_dir = args.config_dir or snakemake_config_dir()
     try:

@@ -55,9 +55,7 @@ def _imaging_problems(startup: Startup, config_file: str, workdir: Path) -> list
 
     settings = startup.settings["imaging"]
     table = startup.project.sheets["imaging"]
-    return config_problems(settings, config_file, workdir) + image_file_problems(
-        table, settings["samples"], workdir
-    )
+    return config_problems(settings, config_file, workdir) + image_file_problems(table, settings["samples"], workdir)
 
 
 def _histopathology_problems(startup: Startup, config_file: str, workdir: Path) -> list[str]:

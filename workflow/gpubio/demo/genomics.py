@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from gpubio.demo import gzip_text
-
 from gpubio.genomics.read_qc import n50
 
 BASES = np.array(list("ACGT"))
@@ -26,8 +25,7 @@ def revcomp(seq: str) -> str:
 
 def random_genome(rng: np.random.Generator) -> dict[str, str]:
     return {
-        name: "".join(BASES[rng.choice(4, size=length, p=[0.28, 0.22, 0.22, 0.28])])
-        for name, length in CONTIGS.items()
+        name: "".join(BASES[rng.choice(4, size=length, p=[0.28, 0.22, 0.22, 0.28])]) for name, length in CONTIGS.items()
     }
 
 
@@ -49,9 +47,7 @@ def plant_variants(rng: np.random.Generator, genome: dict[str, str]) -> list[dic
                 length = int(rng.integers(1, 5))
                 ref, alt = seq[pos : pos + 1 + length], ref_base
             genotype = "1/1" if rng.random() < 2 / 3 else "0/1"
-            variants.append(
-                {"contig": contig, "pos": int(pos) + 1, "ref": ref, "alt": alt, "gt": genotype}
-            )
+            variants.append({"contig": contig, "pos": int(pos) + 1, "ref": ref, "alt": alt, "gt": genotype})
     return _left_align_safe(variants, genome)
 
 
@@ -169,9 +165,7 @@ def write_vcf(path: Path, variants: list[dict], sample: str = "truth") -> None:
     for v in sorted(variants, key=lambda v: (list(CONTIGS).index(v["contig"]), v["pos"])):
         kind = "snp" if len(v["ref"]) == len(v["alt"]) else "indel"
         lines.append(
-            "\t".join(
-                [v["contig"], str(v["pos"]), ".", v["ref"], v["alt"], ".", "PASS", f"TYPE={kind}", "GT", v["gt"]]
-            )
+            "\t".join([v["contig"], str(v["pos"]), ".", v["ref"], v["alt"], ".", "PASS", f"TYPE={kind}", "GT", v["gt"]])
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -179,9 +173,18 @@ def write_vcf(path: Path, variants: list[dict], sample: str = "truth") -> None:
 # A randomly initialised Enformer small enough for the CPU: same code path as the published
 # model (from_pretrained on a local directory), 512-bp windows, 8 output tracks.
 TINY_ENFORMER = dict(
-    dim=48, depth=1, heads=2, attn_dim_key=8, num_downsamples=4, dim_divisible_by=8,
-    output_heads={"human": 8}, target_length=-1, dropout_rate=0.0, attn_dropout=0.0, pos_dropout=0.0,
-)  # fmt: skip
+    dim=48,
+    depth=1,
+    heads=2,
+    attn_dim_key=8,
+    num_downsamples=4,
+    dim_divisible_by=8,
+    output_heads={"human": 8},
+    target_length=-1,
+    dropout_rate=0.0,
+    attn_dropout=0.0,
+    pos_dropout=0.0,
+)
 TINY_ENFORMER_WINDOW = 512
 
 

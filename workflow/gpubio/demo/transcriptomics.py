@@ -14,16 +14,27 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from gpubio.demo import gzip_text
 import pandas as pd
 import scipy.sparse as sp
 
+from gpubio.demo import gzip_text
+
 CELL_TYPES = ["T cell", "B cell", "Monocyte", "NK cell"]
 MITO_GENES = [
-    "MT-ND1", "MT-ND2", "MT-CO1", "MT-CO2", "MT-ATP8", "MT-ATP6", "MT-CO3",
-    "MT-ND3", "MT-ND4L", "MT-ND4", "MT-ND5", "MT-ND6", "MT-CYB",
-]  # fmt: skip
+    "MT-ND1",
+    "MT-ND2",
+    "MT-CO1",
+    "MT-CO2",
+    "MT-ATP8",
+    "MT-ATP6",
+    "MT-CO3",
+    "MT-ND3",
+    "MT-ND4L",
+    "MT-ND4",
+    "MT-ND5",
+    "MT-ND6",
+    "MT-CYB",
+]
 N_GENES = 1500
 MARKERS_PER_TYPE = 20
 # QC thresholds the demo config uses; low-quality cells are planted well beyond them
@@ -36,9 +47,7 @@ def gene_names() -> list[str]:
 
 def marker_genes() -> dict[str, list[str]]:
     names = gene_names()
-    return {
-        t: names[k * MARKERS_PER_TYPE : (k + 1) * MARKERS_PER_TYPE] for k, t in enumerate(CELL_TYPES)
-    }
+    return {t: names[k * MARKERS_PER_TYPE : (k + 1) * MARKERS_PER_TYPE] for k, t in enumerate(CELL_TYPES)}
 
 
 def expression_profiles(rng: np.random.Generator) -> np.ndarray:
@@ -89,9 +98,7 @@ def simulate_cells(
         for i, b in enumerate(barcodes):
             barcodes[i] = f"{prefix}{_barcode(rng)}-1" if b in seen else b
             seen.add(barcodes[i])
-    obs = pd.DataFrame(
-        {"cell_type": [CELL_TYPES[t] for t in types], "quality": flags}, index=pd.Index(barcodes)
-    )
+    obs = pd.DataFrame({"cell_type": [CELL_TYPES[t] for t in types], "quality": flags}, index=pd.Index(barcodes))
     return sp.csr_matrix(counts), obs
 
 
@@ -150,9 +157,7 @@ def write_interactions(path: Path) -> list[dict]:
     so the pair's mean expression is highest between exactly those two types."""
     markers = marker_genes()
     pairs = [("T cell", "B cell"), ("Monocyte", "NK cell")]
-    rows = [
-        {"source": markers[a][0], "target": markers[b][0], "source_type": a, "target_type": b} for a, b in pairs
-    ]
+    rows = [{"source": markers[a][0], "target": markers[b][0], "source_type": a, "target_type": b} for a, b in pairs]
     path.write_text("source\ttarget\n" + "".join(f"{r['source']}\t{r['target']}\n" for r in rows))
     return rows
 

@@ -144,9 +144,7 @@ def placements(hits, read_num: int | None, read_length: int) -> list[Placed]:
 
 
 def _sa_tag(others: list[Placed]) -> str:
-    return "".join(
-        f"{p.contig},{p.start + 1},{'-' if p.reverse else '+'},{p.cigar},{p.mapq},{p.nm};" for p in others
-    )
+    return "".join(f"{p.contig},{p.start + 1},{'-' if p.reverse else '+'},{p.cigar},{p.mapq},{p.nm};" for p in others)
 
 
 def make_record(header, read: Read, placed: Placed | None, rg: str, *, others=(), pair=None):
@@ -258,9 +256,7 @@ def _mappy_version() -> str:
 # --------------------------------------------------------------------------- alignment
 
 
-def align_reads(
-    reads: list[str], reference: str, platform: str, sample: str, out: str, threads: int = 1
-) -> dict:
+def align_reads(reads: list[str], reference: str, platform: str, sample: str, out: str, threads: int = 1) -> dict:
     """Map FASTQ (one file or two mates) or unaligned BAM(s) with mappy; write an unsorted BAM.
 
     Returns counts (reads, records, mapped primary reads).
@@ -285,7 +281,11 @@ def align_reads(
     paired = len(reads) == 2 and not str(reads[0]).endswith(".bam")
     log.info(
         "aligning %s (%s, preset %s) to %s with mappy on %d thread(s)",
-        "read pairs" if paired else "reads", platform, PRESETS[platform], reference, threads,
+        "read pairs" if paired else "reads",
+        platform,
+        PRESETS[platform],
+        reference,
+        threads,
     )
     with atomic_path(out) as tmp, pysam.AlignmentFile(str(tmp), "wb", header=header, threads=threads) as bam:
         for records in _map_in_threads(aligner, iter_input(reads), threads):

@@ -66,8 +66,14 @@ def alignment_qc(bam_path: str, read_qc: dict | None = None) -> tuple[dict, list
         depth = binned_depth(np.array(intervals[contig][0]), np.array(intervals[contig][1]), length, bin_size)
         all_depths.append(depth)
         for i, d in enumerate(depth):
-            profile.append({"contig": contig, "start": i * bin_size, "end": min(length, (i + 1) * bin_size),
-                            "depth": round(float(d), 3)})  # fmt: skip
+            profile.append(
+                {
+                    "contig": contig,
+                    "start": i * bin_size,
+                    "end": min(length, (i + 1) * bin_size),
+                    "depth": round(float(d), 3),
+                }
+            )
     depths = np.concatenate(all_depths) if all_depths else np.zeros(0)
     qc = dict(read_qc or {})
     qc.update(
@@ -96,6 +102,11 @@ def write_alignment_qc(bam: str, read_qc_json: str, out_json: str, out_coverage:
     with atomic_path(out_coverage) as tmp, open(tmp, "w") as fh:
         fh.write("contig\tstart\tend\tdepth\n")
         fh.writelines(f"{r['contig']}\t{r['start']}\t{r['end']}\t{r['depth']}\n" for r in profile)
-    log.info("%s: %.1f%% mapped, mean depth %.1fx, read groups %s", bam, 100 * qc["mapped_fraction"],
-             qc["mean_depth"], qc["read_groups"])  # fmt: skip
+    log.info(
+        "%s: %.1f%% mapped, mean depth %.1fx, read groups %s",
+        bam,
+        100 * qc["mapped_fraction"],
+        qc["mean_depth"],
+        qc["read_groups"],
+    )
     return qc

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from pathlib import Path
 
@@ -123,8 +122,13 @@ def merge_unaligned_bams(inputs: list[str], out: str, threads: int = 1) -> int:
                     for rec in src.fetch(until_eof=True):
                         dest.write(rec)  # unaligned: no reference ids to translate
                         records += 1
-    log.info("merged %d BAM(s) into %s: %d records, read groups %s", len(inputs), out, records,
-             [rg["ID"] for rg in header["RG"]])  # fmt: skip
+    log.info(
+        "merged %d BAM(s) into %s: %d records, read groups %s",
+        len(inputs),
+        out,
+        records,
+        [rg["ID"] for rg in header["RG"]],
+    )
     return records
 
 
@@ -174,8 +178,9 @@ def label_reads(inputs: list[str], sample: str, out: str, threads: int = 1, barc
                 for rec in src.fetch(until_eof=True):
                     dest.write(rec)
                     records += 1
-    log.info("%s: %d reads from %d BAM(s), read groups %s", sample, records, len(inputs),
-             [rg["ID"] for rg in header["RG"]])  # fmt: skip
+    log.info(
+        "%s: %d reads from %d BAM(s), read groups %s", sample, records, len(inputs), [rg["ID"] for rg in header["RG"]]
+    )
     return records
 
 

@@ -70,7 +70,9 @@ def read_config(weights: str | Path) -> DeepseaConfig:
     """The checkpoint's config.json, checked; a bad key raises InputError naming it."""
     path = Path(weights) / CONFIG_FILE
     if not path.is_file():
-        raise InputError(f"{path} is missing; a deepsea checkpoint needs {CONFIG_FILE}, {WEIGHTS_FILE} and {FEATURES_FILE}")
+        raise InputError(
+            f"{path} is missing; a deepsea checkpoint needs {CONFIG_FILE}, {WEIGHTS_FILE} and {FEATURES_FILE}"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -105,27 +107,38 @@ def read_config(weights: str | Path) -> DeepseaConfig:
     hidden = tuple(positive_int(h, f"hidden[{i}]") for i, h in enumerate(hidden))
     alphabet = raw.get("alphabet", "ACGT")
     if not isinstance(alphabet, str) or sorted(alphabet) != list("ACGT"):
-        raise InputError(f"{path}: alphabet must order the four bases A, C, G, T (e.g. \"AGCT\"), not {alphabet!r}")
+        raise InputError(f'{path}: alphabet must order the four bases A, C, G, T (e.g. "AGCT"), not {alphabet!r}')
     unknown_base = raw.get("unknown_base", 0.0)
     if not isinstance(unknown_base, (int, float)) or isinstance(unknown_base, bool):
         raise InputError(f"{path}: unknown_base must be a number (0 or 0.25), not {unknown_base!r}")
     keys = raw.get("state_dict_keys", {})
     if keys:
         wanted = {"conv": len(conv), "dense": len(hidden) + 1}
-        if not isinstance(keys, dict) or set(keys) != set(wanted) or any(
-            not isinstance(keys[k], list) or len(keys[k]) != n or not all(isinstance(x, str) for x in keys[k])
-            for k, n in wanted.items()
+        if (
+            not isinstance(keys, dict)
+            or set(keys) != set(wanted)
+            or any(
+                not isinstance(keys[k], list) or len(keys[k]) != n or not all(isinstance(x, str) for x in keys[k])
+                for k, n in wanted.items()
+            )
         ):
             raise InputError(
-                f"{path}: state_dict_keys must be {{\"conv\": [{len(conv)} layer names], "
-                f"\"dense\": [{len(hidden) + 1} layer names]}}, one per layer of conv_layers and hidden + output"
+                f'{path}: state_dict_keys must be {{"conv": [{len(conv)} layer names], '
+                f'"dense": [{len(hidden) + 1} layer names]}}, one per layer of conv_layers and hidden + output'
             )
     config = DeepseaConfig(
-        window, tuple(conv), hidden, alphabet, float(unknown_base),
-        tuple(keys.get("conv", ())), tuple(keys.get("dense", ())),
-    )  # fmt: skip
+        window,
+        tuple(conv),
+        hidden,
+        alphabet,
+        float(unknown_base),
+        tuple(keys.get("conv", ())),
+        tuple(keys.get("dense", ())),
+    )
     if config.conv_output_length() < 1:
-        raise InputError(f"{path}: a {window}-bp window leaves no positions after conv_layers; check window and kernels")
+        raise InputError(
+            f"{path}: a {window}-bp window leaves no positions after conv_layers; check window and kernels"
+        )
     return config
 
 
@@ -241,8 +254,10 @@ def load_network(weights: str | Path, device: str):
         state = state["state_dict"]
     if config.conv_keys:
         state = _renamed(state, config, path)
-    state = {k: v.squeeze(2) if k.startswith("conv.") and k.endswith(".weight") and v.dim() == 4 else v
-             for k, v in state.items()}  # fmt: skip
+    state = {
+        k: v.squeeze(2) if k.startswith("conv.") and k.endswith(".weight") and v.dim() == 4 else v
+        for k, v in state.items()
+    }
     last = f"dense.{len(config.hidden)}.weight"
     if last not in state:
         raise InputError(

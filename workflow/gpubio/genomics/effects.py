@@ -133,7 +133,7 @@ class EnformerModel(EffectModel):
         from enformer_pytorch import Enformer
 
         model = Enformer.from_pretrained(str(weights), local_files_only=True)
-        downsample = 2 ** model.config.num_downsamples
+        downsample = 2**model.config.num_downsamples
         if sequence_length % downsample:
             raise ValueError(
                 f"sequence_length {sequence_length} must be a multiple of {downsample} "
@@ -146,7 +146,13 @@ class EnformerModel(EffectModel):
         names = _track_names(track_names, heads[head])
         log.info(
             "Enformer from %s: dim %d, depth %d, head %s (%d tracks), %d-bp windows, on %s",
-            weights, model.config.dim, model.config.depth, head, heads[head], sequence_length, device,
+            weights,
+            model.config.dim,
+            model.config.depth,
+            head,
+            heads[head],
+            sequence_length,
+            device,
         )
         return cls(model, head, sequence_length=sequence_length, device=device, track_names=names)
 
@@ -182,15 +188,21 @@ class DnabertModel(EffectModel):
         kmer = _kmer_size(tokenizer.get_vocab())
         log.info(
             "DNABERT-style encoder from %s (%s tokens), %d-bp windows, on %s",
-            weights, f"{kmer}-mer" if kmer else "subword", sequence_length, device,
+            weights,
+            f"{kmer}-mer" if kmer else "subword",
+            sequence_length,
+            device,
         )
         return cls(
-            model, tokenizer, kmer, sequence_length=sequence_length, device=device,
+            model,
+            tokenizer,
+            kmer,
+            sequence_length=sequence_length,
+            device=device,
             track_names=["embedding_cosine_distance"],
         )
 
     def _embed(self, sequences: list[str]):
-        import torch
 
         if self.kmer:  # DNABERT (v1): overlapping k-mers separated by spaces
             k = self.kmer
@@ -247,8 +259,14 @@ class DeepseaModel(EffectModel):
         log.info(
             "DeepSEA-style model from %s: %d conv layers, %d features, %d-bp windows from %s "
             "(sequence_length %d is not used by this family), both strands, on %s",
-            weights, len(config.conv_layers), outputs, config.window, deepsea.CONFIG_FILE, sequence_length, device,
-        )  # fmt: skip
+            weights,
+            len(config.conv_layers),
+            outputs,
+            config.window,
+            deepsea.CONFIG_FILE,
+            sequence_length,
+            device,
+        )
         return cls(network, config, sequence_length=config.window, device=device, track_names=names)
 
     def probabilities(self, sequences: list[str]) -> np.ndarray:
@@ -349,12 +367,18 @@ def score_variants(model: EffectModel, fasta_path: str, variants: list[Variant],
                 top = int(np.argmax(np.abs(d)))
                 rows.append(
                     {
-                        "variant": v.name, "chrom": v.chrom, "pos": v.pos, "ref": v.ref, "alt": v.alt,
-                        "score": float(np.abs(d[top])), "top_track": model.track_names[top],
-                        "top_track_delta": float(d[top]), "mean_abs_delta": float(np.abs(d).mean()),
+                        "variant": v.name,
+                        "chrom": v.chrom,
+                        "pos": v.pos,
+                        "ref": v.ref,
+                        "alt": v.alt,
+                        "score": float(np.abs(d[top])),
+                        "top_track": model.track_names[top],
+                        "top_track_delta": float(d[top]),
+                        "mean_abs_delta": float(np.abs(d).mean()),
                         **{column: float(values[i, top]) for column, values in extras.items()},
                     }
-                )  # fmt: skip
+                )
     return rows
 
 

@@ -8,13 +8,14 @@ scanned for header lines as a stream, never loaded whole.
 
 from __future__ import annotations
 
-from gpubio.errors import UnusableInput
 import gzip
 import os
 import struct
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+
+from gpubio.errors import UnusableInput
 
 CHUNK = 1 << 22
 MAX_HEADER_BYTES = 1 << 16  # a header line longer than this means the index skips something

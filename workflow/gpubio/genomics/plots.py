@@ -89,10 +89,15 @@ def variant_summary(vcfs: list[str]):
         records = pd.DataFrame(vcf_records(path), columns=["type", "filter", "qual"])
         passing = records[records["filter"] == "PASS"]
         rows.append(
-            {"sample": _sample_of(path), "pass": len(passing), "pass_snps": int((passing["type"] == "snp").sum()),
-             "pass_indels": int((passing["type"] == "indel").sum()), "pass_mnps": int((passing["type"] == "mnp").sum()),
-             "low_qual": len(records) - len(passing)}
-        )  # fmt: skip
+            {
+                "sample": _sample_of(path),
+                "pass": len(passing),
+                "pass_snps": int((passing["type"] == "snp").sum()),
+                "pass_indels": int((passing["type"] == "indel").sum()),
+                "pass_mnps": int((passing["type"] == "mnp").sum()),
+                "low_qual": len(records) - len(passing),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -112,15 +117,20 @@ def plot_variants(vcfs: list[str], min_qual: float, effect_files: list[str], out
     top = max([q.max() for q in quals if q.size] + [min_qual * 10, 10])
     bins = np.logspace(0, np.log10(top) + 0.1, 40)
     for k, (path, q) in enumerate(zip(vcfs, quals)):
-        axes[0].hist(np.clip(q, 1, None), bins=bins, histtype="step", color=COLOURS[k % len(COLOURS)],
-                     label=_sample_of(path))  # fmt: skip
+        axes[0].hist(
+            np.clip(q, 1, None), bins=bins, histtype="step", color=COLOURS[k % len(COLOURS)], label=_sample_of(path)
+        )
     axes[0].axvline(min_qual, color="black", ls="--", lw=1, label=f"QUAL filter ({min_qual:g})")
     axes[0].set(xscale="log", xlabel="QUAL", ylabel="records", title="variant quality")
     axes[0].legend(fontsize=8)
     x = np.arange(len(summary))
     bottom = np.zeros(len(summary))
-    for column, label, colour in (("pass_snps", "SNP (PASS)", COLOURS[0]), ("pass_indels", "indel (PASS)", COLOURS[1]),
-                                  ("pass_mnps", "MNP (PASS)", COLOURS[3]), ("low_qual", "LowQual", COLOURS[6])):  # fmt: skip
+    for column, label, colour in (
+        ("pass_snps", "SNP (PASS)", COLOURS[0]),
+        ("pass_indels", "indel (PASS)", COLOURS[1]),
+        ("pass_mnps", "MNP (PASS)", COLOURS[3]),
+        ("low_qual", "LowQual", COLOURS[6]),
+    ):
         axes[1].bar(x, summary[column], bottom=bottom, label=label, color=colour)
         bottom += summary[column].to_numpy()
     axes[1].set_xticks(x, summary["sample"], rotation=45)
@@ -131,8 +141,13 @@ def plot_variants(vcfs: list[str], min_qual: float, effect_files: list[str], out
             effects = pd.read_csv(path, sep="\t")
             kinds = np.where(effects["ref"].str.len() == effects["alt"].str.len(), 0.0, 1.0)
             jitter = (np.random.default_rng(0).random(len(effects)) - 0.5) * 0.3
-            axes[2].scatter(kinds + jitter + 0.08 * k, effects["score"], s=10, color=COLOURS[k % len(COLOURS)],
-                            label=_sample_of(path))  # fmt: skip
+            axes[2].scatter(
+                kinds + jitter + 0.08 * k,
+                effects["score"],
+                s=10,
+                color=COLOURS[k % len(COLOURS)],
+                label=_sample_of(path),
+            )
         axes[2].set_xticks([0, 1], ["SNP / MNP", "indel"])
         axes[2].set(ylabel="effect score (max |alt - ref| over tracks)", title="predicted regulatory effect")
         axes[2].legend(fontsize=8)

@@ -94,7 +94,9 @@ def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[
         if (barcode or _value(row, "run")) and not pod5:
             problems.append(f"{where}: barcode/run only apply to POD5 input; clear them or give a pod5")
         if pod5 and platform != "ont":
-            problems.append(f"{where}: POD5 is Oxford Nanopore signal, but platform is '{platform}'; set platform to ont")
+            problems.append(
+                f"{where}: POD5 is Oxford Nanopore signal, but platform is '{platform}'; set platform to ont"
+            )
         if barcode and not kit:
             problems.append(
                 f"{where}: barcode '{barcode}' given but genomics.basecall.kit_name is empty in {config_file}; "
@@ -108,14 +110,20 @@ def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[
         rows = table.loc[list(run.barcodes)]
         pod5s = sorted(set(rows["pod5"]))
         if len(pod5s) > 1:
-            problems.append(f"{sheet}: run '{run.name}' has samples with different pod5 inputs {pod5s}; give each run its own name")
+            problems.append(
+                f"{sheet}: run '{run.name}' has samples with different pod5 inputs {pod5s}; give each run its own name"
+            )
         if run.barcoded and not all(run.barcodes.values()):
-            problems.append(f"{sheet}: run '{run.name}' mixes barcoded and unbarcoded samples; give every sample of it a barcode")
+            problems.append(
+                f"{sheet}: run '{run.name}' mixes barcoded and unbarcoded samples; give every sample of it a barcode"
+            )
         used = [b for b in run.barcodes.values() if b]
         if len(used) != len(set(used)):
             problems.append(f"{sheet}: run '{run.name}' uses a barcode twice; each barcode is one sample")
         if not run.barcoded and len(run.barcodes) > 1:
-            problems.append(f"{sheet}: samples {sorted(run.barcodes)} share run '{run.name}' without barcodes; give barcodes or separate runs")
+            problems.append(
+                f"{sheet}: samples {sorted(run.barcodes)} share run '{run.name}' without barcodes; give barcodes or separate runs"
+            )
     problems += _input_problems(table, sheet, settings, config_file)
     problems += _caller_problems(table, settings, config_file)
     problems += _effect_problems(settings, config_file)
@@ -179,5 +187,7 @@ def _effect_problems(settings: dict, config_file: str) -> list[str]:
 
         problems += checkpoint_problems(effects["weights"], f"{config_file}: genomics.variant_effects.weights")
     if effects["track_names"] and not Path(effects["track_names"]).is_file():
-        problems.append(f"{config_file}: genomics.variant_effects.track_names '{effects['track_names']}' does not exist; fix the path")
+        problems.append(
+            f"{config_file}: genomics.variant_effects.track_names '{effects['track_names']}' does not exist; fix the path"
+        )
     return problems

@@ -30,9 +30,21 @@ def call_bcftools(bam: str, reference: str, platform: str, out: str, threads: in
         pileup = f"{tmp}.pileup.bcf"
         try:
             _bcftools(
-                "mpileup", "-f", reference, "-X", MPILEUP_PRESETS[platform], "-a", "FORMAT/AD,FORMAT/DP",
-                "--threads", str(threads), *shlex.split(extra), "-Ou", "-o", pileup, bam,
-            )  # fmt: skip
+                "mpileup",
+                "-f",
+                reference,
+                "-X",
+                MPILEUP_PRESETS[platform],
+                "-a",
+                "FORMAT/AD,FORMAT/DP",
+                "--threads",
+                str(threads),
+                *shlex.split(extra),
+                "-Ou",
+                "-o",
+                pileup,
+                bam,
+            )
             _bcftools("call", "-m", "-v", "--threads", str(threads), "-Oz", "-o", str(tmp), pileup)
         finally:
             Path(pileup).unlink(missing_ok=True)
@@ -50,10 +62,32 @@ def finish_calls(raw: str, reference: str, sample: str, min_qual: float, out: st
     out_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
     try:
-        _bcftools("norm", "-f", reference, "-m", "-any", "-c", "w", "--threads", str(threads),
-                  "-Oz", "-o", str(work / "norm.vcf.gz"), raw)  # fmt: skip
-        _bcftools("filter", "-s", LOW_QUAL, "-e", f"QUAL<{min_qual:g}", "-Oz", "-o", str(work / "filtered.vcf.gz"),
-                  str(work / "norm.vcf.gz"))  # fmt: skip
+        _bcftools(
+            "norm",
+            "-f",
+            reference,
+            "-m",
+            "-any",
+            "-c",
+            "w",
+            "--threads",
+            str(threads),
+            "-Oz",
+            "-o",
+            str(work / "norm.vcf.gz"),
+            raw,
+        )
+        _bcftools(
+            "filter",
+            "-s",
+            LOW_QUAL,
+            "-e",
+            f"QUAL<{min_qual:g}",
+            "-Oz",
+            "-o",
+            str(work / "filtered.vcf.gz"),
+            str(work / "norm.vcf.gz"),
+        )
         source = work / "filtered.vcf.gz"
         with pysam.VariantFile(str(source)) as vcf:
             names = list(vcf.header.samples)
@@ -73,8 +107,15 @@ def finish_calls(raw: str, reference: str, sample: str, min_qual: float, out: st
     finally:
         shutil.rmtree(work, ignore_errors=True)
     counts = vcf_counts(out)
-    log.info("%s: %d PASS (%d SNPs, %d indels), %d LowQual (QUAL < %g)", sample, counts["pass"],
-             counts["pass_snps"], counts["pass_indels"], counts["low_qual"], min_qual)  # fmt: skip
+    log.info(
+        "%s: %d PASS (%d SNPs, %d indels), %d LowQual (QUAL < %g)",
+        sample,
+        counts["pass"],
+        counts["pass_snps"],
+        counts["pass_indels"],
+        counts["low_qual"],
+        min_qual,
+    )
     return counts
 
 
@@ -118,10 +159,17 @@ def vcf_records(vcf: str) -> list[dict]:
             flt = ";".join(rec.filter) or "PASS"
             for alt in rec.alts or ():
                 rows.append(
-                    {"chrom": rec.chrom, "pos": rec.pos, "ref": rec.ref, "alt": alt, "qual": rec.qual,
-                     "filter": flt, "type": variant_type(rec.ref, alt),
-                     "genotype": "/".join("." if a is None else str(a) for a in gt) if gt else "."}
-                )  # fmt: skip
+                    {
+                        "chrom": rec.chrom,
+                        "pos": rec.pos,
+                        "ref": rec.ref,
+                        "alt": alt,
+                        "qual": rec.qual,
+                        "filter": flt,
+                        "type": variant_type(rec.ref, alt),
+                        "genotype": "/".join("." if a is None else str(a) for a in gt) if gt else ".",
+                    }
+                )
     return rows
 
 

@@ -59,17 +59,11 @@ class BalanceJob:
 
     def __post_init__(self) -> None:
         if not self.need.is_static:
-            raise ValueError(
-                f"job {self.id!r}: evaluate the VRAM need first (need.at_input_size)"
-            )
+            raise ValueError(f"job {self.id!r}: evaluate the VRAM need first (need.at_input_size)")
         if self.need.gpus < 1:
-            raise ValueError(
-                f"job {self.id!r}: the balanced plan is for GPU jobs (gpus >= 1)"
-            )
+            raise ValueError(f"job {self.id!r}: the balanced plan is for GPU jobs (gpus >= 1)")
         if not (math.isfinite(self.t4_hours) and self.t4_hours > 0):
-            raise ValueError(
-                f"job {self.id!r}: t4_hours must be > 0, got {self.t4_hours!r}"
-            )
+            raise ValueError(f"job {self.id!r}: t4_hours must be > 0, got {self.t4_hours!r}")
 
 
 @dataclass(frozen=True)
@@ -147,12 +141,8 @@ def plan_balanced(
     for group in members:
         fit = [p for p in pools if pool_fits(group[0].need, p)]
         if not fit:
-            place_gpu_job(
-                group[0].need, inventory, catalogue
-            )  # raises the full message
-            raise PlacementError(
-                f"job {group[0].id!r}: no pool fits"
-            )  # pragma: no cover
+            place_gpu_job(group[0].need, inventory, catalogue)  # raises the full message
+            raise PlacementError(f"job {group[0].id!r}: no pool fits")  # pragma: no cover
         fitting.append(fit)
 
     prob = pulp.LpProblem("gpubio_balance", pulp.LpMinimize)
@@ -168,9 +158,7 @@ def plan_balanced(
             prob += count[c, k] <= len(group) * used[c, k]
             # A pool is busy at least as long as its longest job.
             prob += makespan >= group[0].t4_hours / pool.model.speed * used[c, k]
-        prob += pulp.lpSum(count[c, pool_index[_pool_key(p)]] for p in fit) == len(
-            group
-        )
+        prob += pulp.lpSum(count[c, pool_index[_pool_key(p)]] for p in fit) == len(group)
     for k, pool in enumerate(pools):
         terms = [
             count[c, k] * group[0].need.gpus * group[0].t4_hours / pool.model.speed
@@ -180,11 +168,7 @@ def plan_balanced(
         if terms:
             prob += pulp.lpSum(terms) <= pool.partition.max_gpu * makespan
     cost = pulp.lpSum(
-        count[c, k]
-        * members[c][0].need.gpus
-        * members[c][0].t4_hours
-        / pools[k].model.speed
-        * pools[k].model.cost
+        count[c, k] * members[c][0].need.gpus * members[c][0].t4_hours / pools[k].model.speed * pools[k].model.cost
         for (c, k) in count
     )
 
@@ -219,9 +203,7 @@ def plan_balanced(
         # Guard against solver rounding: any job left over goes to its fastest pool.
         for job in queue:
             pool = max(fit, key=lambda p: p.model.speed)
-            assignment[job.id] = Placement(
-                pool.partition.name, job.need.gpus, pool.gres_type, pool.model
-            )
+            assignment[job.id] = Placement(pool.partition.name, job.need.gpus, pool.gres_type, pool.model)
 
     span, total, busy = estimate_assignment(jobs, assignment, inventory)
     return BalancedPlan(
@@ -279,10 +261,7 @@ def estimate_assignment(
         longest[key] = max(longest[key], hours)
         speed[key] = placed.model.speed
         cost += job.need.gpus * hours * placed.model.cost
-    busy = {
-        key: max(gpu_hours[key] / inventory[key[0]].max_gpu, longest[key])
-        for key in gpu_hours
-    }
+    busy = {key: max(gpu_hours[key] / inventory[key[0]].max_gpu, longest[key]) for key in gpu_hours}
     return max(busy.values(), default=0.0), cost, busy
 
 
@@ -300,9 +279,7 @@ def schedule_makespan(
     for job in jobs:
         placed = assignment[job.id]
         assert placed.model is not None and placed.gpu_model is not None
-        by_pool[(placed.partition, placed.gpu_model)].append(
-            (job.t4_hours / placed.model.speed, job.need.gpus)
-        )
+        by_pool[(placed.partition, placed.gpu_model)].append((job.t4_hours / placed.model.speed, job.need.gpus))
     span = 0.0
     for (partition, _), work in by_pool.items():
         free = [0.0] * inventory[partition].max_gpu  # when each GPU is next free
@@ -340,9 +317,12 @@ class BalancedGroup:
             jobs = self._jobs() if callable(self._jobs) else self._jobs
             balance_jobs = [BalanceJob(str(k), need, float(h)) for k, h in jobs.items()]
             plan = plan_balanced(
-                balance_jobs, site.inventory, site.catalogue,
-                objective=self._objective, makespan_bound_h=self._bound,
-            )  # fmt: skip
+                balance_jobs,
+                site.inventory,
+                site.catalogue,
+                objective=self._objective,
+                makespan_bound_h=self._bound,
+            )
             cached = self._plans[id(site)] = (site, plan)
         return cached[1]
 

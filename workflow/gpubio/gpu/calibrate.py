@@ -80,12 +80,7 @@ def upper_line(points: list[tuple[float, float]]) -> Line:
     top = max(v for _, v in points)
     slope = 0.0
     if len(points) >= MIN_POINTS_FOR_SLOPE and max(sizes) > min(sizes):
-        slopes = [
-            (v2 - v1) / (s2 - s1)
-            for i, (s1, v1) in enumerate(points)
-            for s2, v2 in points[i + 1 :]
-            if s2 != s1
-        ]
+        slopes = [(v2 - v1) / (s2 - s1) for i, (s1, v1) in enumerate(points) for s2, v2 in points[i + 1 :] if s2 != s1]
         slope = max(0.0, median(slopes))
         if slope * (max(sizes) - min(sizes)) < MIN_SIZE_EFFECT * top:
             slope = 0.0
@@ -94,9 +89,7 @@ def upper_line(points: list[tuple[float, float]]) -> Line:
 
 def fit_rule(rule: str, records: list[UsageRecord], margin: float = DEFAULT_MARGIN) -> CalibratedNeed | None:
     """One rule's need from its records; None when no record measured a GPU peak."""
-    measured = [
-        r for r in records if r.backend == "cuda" and r.peak_vram_gb is not None and not r.exit_status
-    ]
+    measured = [r for r in records if r.backend == "cuda" and r.peak_vram_gb is not None and not r.exit_status]
     ooms = [r for r in records if r.oom and r.device_vram_gb]
     if not measured and not ooms:
         return None

@@ -149,10 +149,7 @@ class Catalogue(Mapping[str, GpuModel]):
         if not overrides:
             return Catalogue(self._models.values())
         if not isinstance(overrides, Mapping):
-            raise CatalogueError(
-                f"{where} must be a mapping of model name -> fields, "
-                f"got {type(overrides).__name__}"
-            )
+            raise CatalogueError(f"{where} must be a mapping of model name -> fields, got {type(overrides).__name__}")
         models = dict(self._models)
         for raw_name, entry in overrides.items():
             name = str(raw_name).strip()
@@ -160,26 +157,19 @@ class Catalogue(Mapping[str, GpuModel]):
             if not name:
                 raise CatalogueError(f"{at}: model name is empty")
             if not isinstance(entry, Mapping):
-                raise CatalogueError(
-                    f"{at} must be a mapping with {', '.join(_ENTRY_FIELDS)}, "
-                    f"got {entry!r}"
-                )
+                raise CatalogueError(f"{at} must be a mapping with {', '.join(_ENTRY_FIELDS)}, got {entry!r}")
             unknown = sorted(set(entry) - set(_ENTRY_FIELDS))
             if unknown:
                 raise CatalogueError(
-                    f"{at}: unknown field(s) {', '.join(map(str, unknown))}; "
-                    f"allowed: {', '.join(_ENTRY_FIELDS)}"
+                    f"{at}: unknown field(s) {', '.join(map(str, unknown))}; allowed: {', '.join(_ENTRY_FIELDS)}"
                 )
-            values: dict[str, Any] = {
-                str(k): _positive_number(v, f"{at}[{k!r}]") for k, v in entry.items()
-            }
+            values: dict[str, Any] = {str(k): _positive_number(v, f"{at}[{k!r}]") for k, v in entry.items()}
             base = models.get(name.lower())
             if base is None:
                 missing = [k for k in _ENTRY_FIELDS if k not in values]
                 if missing:
                     raise CatalogueError(
-                        f"{at}: new GPU model is missing {', '.join(missing)} "
-                        f"(needs {', '.join(_ENTRY_FIELDS)})"
+                        f"{at}: new GPU model is missing {', '.join(missing)} (needs {', '.join(_ENTRY_FIELDS)})"
                     )
                 models[name.lower()] = GpuModel(name=name, **values)
             else:

@@ -67,9 +67,7 @@ def detect_gpu_count() -> int:
         try:
             count = int(override)
         except ValueError:
-            raise DeviceError(
-                f"${ENV_NUM_GPUS} must be a whole number, got {override!r}"
-            ) from None
+            raise DeviceError(f"${ENV_NUM_GPUS} must be a whole number, got {override!r}") from None
         if count < 0:
             raise DeviceError(f"${ENV_NUM_GPUS} must be >= 0, got {count}")
         return count
@@ -77,9 +75,7 @@ def detect_gpu_count() -> int:
     if smi is None:
         return 0
     try:
-        out = subprocess.run(
-            [smi, "-L"], capture_output=True, text=True, timeout=30, check=True
-        )
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError) as err:
         # A broken driver is "no usable GPU", which callers already handle.
         log.warning("nvidia-smi -L failed (%s); assuming no GPU", err)
@@ -267,13 +263,9 @@ def pin_gpus(
     lease = acquire_gpus(n, lock_dir, timeout)
     if n and not lease.devices:
         if strict:
-            raise DeviceError(
-                f"GPU requested ({n}) but none found (nvidia-smi -L, ${ENV_NUM_GPUS})"
-            )
+            raise DeviceError(f"GPU requested ({n}) but none found (nvidia-smi -L, ${ENV_NUM_GPUS})")
         log.warning("no GPU found: running on the CPU (gpu.require: true makes this an error)")
-    previous = {
-        var: os.environ.get(var) for var in ("CUDA_VISIBLE_DEVICES", ENV_PINNED)
-    }
+    previous = {var: os.environ.get(var) for var in ("CUDA_VISIBLE_DEVICES", ENV_PINNED)}
     try:
         if lease.sets_environment:
             _export(lease)

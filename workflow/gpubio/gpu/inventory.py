@@ -149,27 +149,18 @@ def inventory_from_dict(data: Any, source: str = "<dict>") -> Inventory:
         raise InventoryError(f"{source}: missing the top-level 'partitions' mapping")
     unknown = sorted(set(map(str, data)) - _TOP_LEVEL_KEYS)
     if unknown:
-        raise InventoryError(
-            f"{source}: unknown top-level key(s) {unknown}; "
-            f"allowed: {sorted(_TOP_LEVEL_KEYS)}"
-        )
+        raise InventoryError(f"{source}: unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_LEVEL_KEYS)}")
     raw_partitions = data["partitions"]
     if not isinstance(raw_partitions, Mapping) or not raw_partitions:
         raise InventoryError(f"{source}: 'partitions' must be a non-empty mapping")
     raw_models = data.get("gpu_models") or {}
     if not isinstance(raw_models, Mapping):
-        raise InventoryError(
-            f"{source}: 'gpu_models' must be a mapping partition -> ..."
-        )
+        raise InventoryError(f"{source}: 'gpu_models' must be a mapping partition -> ...")
     stray = sorted(set(map(str, raw_models)) - set(map(str, raw_partitions)))
     if stray:
-        raise InventoryError(
-            f"{source}: gpu_models names partition(s) {stray} that are not under "
-            f"'partitions'"
-        )
+        raise InventoryError(f"{source}: gpu_models names partition(s) {stray} that are not under 'partitions'")
     partitions = tuple(
-        _partition(str(name), limits, raw_models.get(name), source)
-        for name, limits in raw_partitions.items()
+        _partition(str(name), limits, raw_models.get(name), source) for name, limits in raw_partitions.items()
     )
     return Inventory(partitions=partitions, source=source)
 
@@ -191,17 +182,10 @@ def _partition(name: str, limits: Any, models: Any, source: str) -> SitePartitio
         )
     max_gpu = limits.get("max_gpu", 0)
     if isinstance(max_gpu, bool) or not isinstance(max_gpu, int) or max_gpu < 0:
-        raise InventoryError(
-            f"{at}['max_gpu'] must be a whole number >= 0, got {max_gpu!r}"
-        )
+        raise InventoryError(f"{at}['max_gpu'] must be a whole number >= 0, got {max_gpu!r}")
     gpu_types = limits.get("available_gpu_models") or []
-    if not isinstance(gpu_types, list) or not all(
-        isinstance(t, str) for t in gpu_types
-    ):
-        raise InventoryError(
-            f"{at}['available_gpu_models'] must be a list of GRES type names, "
-            f"got {gpu_types!r}"
-        )
+    if not isinstance(gpu_types, list) or not all(isinstance(t, str) for t in gpu_types):
+        raise InventoryError(f"{at}['available_gpu_models'] must be a list of GRES type names, got {gpu_types!r}")
     if max_gpu > 0 and not gpu_types:
         raise InventoryError(
             f"{at}: max_gpu is {max_gpu} but available_gpu_models is empty; list the "
@@ -211,16 +195,10 @@ def _partition(name: str, limits: Any, models: Any, source: str) -> SitePartitio
         name=name,
         max_gpu=max_gpu,
         gpu_types=tuple(gpu_types),
-        max_runtime=_minutes(
-            limits.get("max_runtime", math.inf), f"{at}['max_runtime']"
-        ),
+        max_runtime=_minutes(limits.get("max_runtime", math.inf), f"{at}['max_runtime']"),
         max_mem_mb=_limit(limits.get("max_mem_mb", math.inf), f"{at}['max_mem_mb']"),
-        max_cpus_per_task=_limit(
-            limits.get("max_cpus_per_task", math.inf), f"{at}['max_cpus_per_task']"
-        ),
-        max_cpus_per_gpu=_limit(
-            limits.get("max_cpus_per_gpu", math.inf), f"{at}['max_cpus_per_gpu']"
-        ),
+        max_cpus_per_task=_limit(limits.get("max_cpus_per_task", math.inf), f"{at}['max_cpus_per_task']"),
+        max_cpus_per_gpu=_limit(limits.get("max_cpus_per_gpu", math.inf), f"{at}['max_cpus_per_gpu']"),
         gpu_models=_gpu_models(models, gpu_types, f"{source}: gpu_models[{name!r}]"),
     )
 
@@ -231,19 +209,13 @@ def _gpu_models(models: Any, gpu_types: list[str], at: str) -> dict[str, str]:
         return {}
     if isinstance(models, str):
         return {t: models for t in gpu_types}
-    if not isinstance(models, Mapping) or not all(
-        isinstance(v, str) for v in models.values()
-    ):
+    if not isinstance(models, Mapping) or not all(isinstance(v, str) for v in models.values()):
         raise InventoryError(
-            f"{at} must be a catalogue model name or a mapping GRES type -> model name, "
-            f"got {models!r}"
+            f"{at} must be a catalogue model name or a mapping GRES type -> model name, got {models!r}"
         )
     stray = sorted(set(map(str, models)) - set(gpu_types))
     if stray:
-        raise InventoryError(
-            f"{at}: GRES type(s) {stray} are not in the partition's "
-            f"available_gpu_models {gpu_types}"
-        )
+        raise InventoryError(f"{at}: GRES type(s) {stray} are not in the partition's available_gpu_models {gpu_types}")
     return {str(k): v for k, v in models.items()}
 
 
@@ -278,17 +250,13 @@ def _minutes(value: Any, at: str) -> float:
     if number is not None:
         return _minutes(number, at)
     if _UNITS_RE.match(text):
-        return sum(
-            float(n) * _UNIT_MINUTES[u]
-            for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
-        )
+        return sum(float(n) * _UNIT_MINUTES[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([dhms])", text))
     m = _SLURM_RE.match(text)
     if m and (m.group("d") or m.group("s")):
         d, h, mi, s = (int(m.group(k) or 0) for k in "dhms")
         return d * 1440 + h * 60 + mi + s / 60
     raise InventoryError(
-        f"{at}: cannot read duration {value!r}; use minutes (120), units (2d, 12h30m) "
-        f"or SLURM D-HH:MM:SS / HH:MM:SS"
+        f"{at}: cannot read duration {value!r}; use minutes (120), units (2d, 12h30m) or SLURM D-HH:MM:SS / HH:MM:SS"
     )
 
 

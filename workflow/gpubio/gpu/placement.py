@@ -87,22 +87,14 @@ class GpuNeed:
 
     def __post_init__(self) -> None:
         where = f"rule {self.rule!r}: " if self.rule else ""
-        if (
-            isinstance(self.gpus, bool)
-            or not isinstance(self.gpus, int)
-            or self.gpus < 0
-        ):
-            raise ValueError(
-                f"{where}gpus must be a whole number >= 0, got {self.gpus!r}"
-            )
+        if isinstance(self.gpus, bool) or not isinstance(self.gpus, int) or self.gpus < 0:
+            raise ValueError(f"{where}gpus must be a whole number >= 0, got {self.gpus!r}")
         if not callable(self.vram_gb):
             _check_number(self.vram_gb, f"{where}vram_gb")
         _check_number(self.min_compute_capability, f"{where}min_compute_capability")
         _check_number(self.min_vram_gb, f"{where}min_vram_gb")
         if self.policy not in POLICIES:
-            raise ValueError(
-                f"{where}policy must be one of {POLICIES}, got {self.policy!r}"
-            )
+            raise ValueError(f"{where}policy must be one of {POLICIES}, got {self.policy!r}")
         for name in ("cpus", "mem_mb", "runtime"):
             value = getattr(self, name)
             if value is not None:
@@ -164,9 +156,7 @@ class GpuPool:
     order: int  # position at the site; breaks ties in file order
 
     def describe(self) -> str:
-        return (
-            f"{self.partition.name}: {self.partition.max_gpu} x {self.model.describe()}"
-        )
+        return f"{self.partition.name}: {self.partition.max_gpu} x {self.model.describe()}"
 
 
 @dataclass(frozen=True)
@@ -182,10 +172,7 @@ class Placement:
     def describe(self) -> str:
         if self.model is None:
             return f"partition {self.partition} (CPU)"
-        return (
-            f"partition {self.partition}, {self.gpus} x {self.model.describe()} "
-            f"(GRES type {self.gpu_model})"
-        )
+        return f"partition {self.partition}, {self.gpus} x {self.model.describe()} (GRES type {self.gpu_model})"
 
 
 def gpu_pools(inventory: Inventory, catalogue: Catalogue) -> list[GpuPool]:
@@ -198,9 +185,7 @@ def gpu_pools(inventory: Inventory, catalogue: Catalogue) -> list[GpuPool]:
             try:
                 model = catalogue.resolve(partition.catalogue_name(gres_type))
             except CatalogueError as err:
-                raise CatalogueError(
-                    f"{inventory.source}: partition {partition.name!r}: {err}"
-                ) from None
+                raise CatalogueError(f"{inventory.source}: partition {partition.name!r}: {err}") from None
             pools.append(GpuPool(partition, gres_type, model, order=len(pools)))
     return pools
 
@@ -210,11 +195,7 @@ def _fits_limits(need: GpuNeed, partition: SitePartition) -> bool:
         (need.cpus is None or need.cpus <= partition.max_cpus_per_task)
         and (need.mem_mb is None or need.mem_mb <= partition.max_mem_mb)
         and (need.runtime is None or need.runtime <= partition.max_runtime)
-        and (
-            need.cpus is None
-            or need.gpus == 0
-            or need.cpus / need.gpus <= partition.max_cpus_per_gpu
-        )
+        and (need.cpus is None or need.gpus == 0 or need.cpus / need.gpus <= partition.max_cpus_per_gpu)
     )
 
 
@@ -263,9 +244,7 @@ def place_gpu_job(
         raise ValueError(f"attempt counts from 1, got {attempt}")
     if not need.is_static:
         if input_size_mb is None:
-            raise ValueError(
-                "this need's vram_gb depends on the input size; pass input_size_mb"
-            )
+            raise ValueError("this need's vram_gb depends on the input size; pass input_size_mb")
         need = need.at_input_size(input_size_mb)
     if need.gpus == 0:
         return _place_cpu_job(need, inventory)
@@ -315,10 +294,7 @@ def _rule_prefix(need: GpuNeed) -> str:
 
 
 def _no_fit_message(need: GpuNeed, inventory: Inventory, pools: list[GpuPool]) -> str:
-    head = (
-        f"{_rule_prefix(need)}no partition in {inventory.source} fits the GPU need "
-        f"({need.describe()})."
-    )
+    head = f"{_rule_prefix(need)}no partition in {inventory.source} fits the GPU need ({need.describe()})."
     if not pools:
         return (
             f"{head} The site has no GPU partitions. Add one (max_gpu, "
@@ -328,9 +304,7 @@ def _no_fit_message(need: GpuNeed, inventory: Inventory, pools: list[GpuPool]) -
     assert not callable(need.vram_gb)
     largest = max(pools, key=lambda p: (p.model.vram_gb, p.model.speed))
     big = [p for p in pools if p.model.vram_gb >= need.vram_gb]
-    capable = [
-        p for p in big if p.model.compute_capability >= need.min_compute_capability
-    ]
+    capable = [p for p in big if p.model.compute_capability >= need.min_compute_capability]
     roomy = [p for p in capable if p.partition.max_gpu >= need.gpus]
     # The first filter that empties the field is the reason.
     if not big:
@@ -381,9 +355,7 @@ class Site:
     # (need, attempt, size) -> Placement: every job of a rule asks the same question
     _placements: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    def place(
-        self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None
-    ) -> Placement:
+    def place(self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None) -> Placement:
         key = (need, attempt, input_size_mb)
         placed = self._placements.get(key)
         if placed is None:
@@ -394,20 +366,22 @@ class Site:
         if self.cpu_only and need.gpus:
             need = replace(need, gpus=0)
         effective = self.effective_need(need, input_size_mb)
-        if self.local is not None and self.require and effective.gpus and (
-            effective.is_static or input_size_mb is not None
+        if (
+            self.local is not None
+            and self.require
+            and effective.gpus
+            and (effective.is_static or input_size_mb is not None)
         ):
             self._check_here(effective.at_input_size(input_size_mb or 0.0))
         try:
-            return place_gpu_job(
-                effective, self.inventory, self.catalogue, attempt, input_size_mb=input_size_mb
-            )
+            return place_gpu_job(effective, self.inventory, self.catalogue, attempt, input_size_mb=input_size_mb)
         except PlacementError:
             if self.local is None:
                 raise
         # this machine's GPUs if enough of them fit, else the step's CPU path
-        return Placement(partition="local", gpus=effective.gpus, gpu_model="local" if effective.gpus else None,
-                         attempt=attempt)  # fmt: skip
+        return Placement(
+            partition="local", gpus=effective.gpus, gpu_model="local" if effective.gpus else None, attempt=attempt
+        )
 
     def _check_here(self, need: GpuNeed) -> None:
         """Under gpu.require no CPU path is allowed: refuse a need no local GPUs can hold."""
@@ -462,11 +436,7 @@ def configure_site(
     unless ``$GPUBIO_DECLARED_NEEDS`` is set (the plan's "declared" column).
     """
     global _configured
-    inventory = (
-        BUILTIN_INVENTORY
-        if partitions_file is None
-        else load_inventory(partitions_file)
-    )
+    inventory = BUILTIN_INVENTORY if partitions_file is None else load_inventory(partitions_file)
     needs = {}
     if needs_file and Path(needs_file).is_file() and not os.environ.get(ENV_DECLARED_NEEDS):
         from .calibrate import load_needs
@@ -569,9 +539,7 @@ def gpu_resources(
         "slurm_partition": _placement_resource(need, lambda p: p.partition, group),
         "cpus_per_task": cpus if cpus is not None else _threads_resource,
         "mem_mb": (
-            mem_mb
-            if mem_mb is not None
-            else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB)
+            mem_mb if mem_mb is not None else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB)
         ),
         "runtime": _runtime_resource(need, runtime if runtime is not None else DEFAULT_RUNTIME_MIN),
         "vram_gb": _vram_resource(need),
@@ -675,9 +643,7 @@ def _placed(
     return current_site().place(named, attempt, None if need.is_static else size_mb)
 
 
-def _placement_resource(
-    need: GpuNeed, pick: Callable[[Placement], Any], group: Any = None
-) -> Callable[..., Any]:
+def _placement_resource(need: GpuNeed, pick: Callable[[Placement], Any], group: Any = None) -> Callable[..., Any]:
     """A Snakemake resource callable; Snakemake passes only the parameters named here.
 
     The site is read when Snakemake evaluates the resource, so a changed inventory

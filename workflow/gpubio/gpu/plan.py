@@ -18,9 +18,18 @@ _RULE = re.compile(r"^\s*(?:local)?rule (\w+):$")
 _FIELD = re.compile(r"^\s+(wildcards|resources|jobid): (.*)$")
 
 COLUMNS = [
-    "rule", "sample", "wildcards", "gpus", "vram_gb", "gpu_model", "model", "partition",
-    "runtime_min", "gpu_hours", "relative_cost",
-]  # fmt: skip
+    "rule",
+    "sample",
+    "wildcards",
+    "gpus",
+    "vram_gb",
+    "gpu_model",
+    "model",
+    "partition",
+    "runtime_min",
+    "gpu_hours",
+    "relative_cost",
+]
 
 
 @dataclass
@@ -61,11 +70,24 @@ def parse_dry_run(output: str) -> list[DryRunJob]:
 # Snakemake options that change where or how big a job is; the plan repeats them.
 # Option -> how many values it takes: 0 (a flag), 1, or None (all up to the next option).
 PLAN_OPTIONS = {
-    "--profile": 1, "--workflow-profile": 1, "--snakefile": 1, "-s": 1, "--directory": 1, "-d": 1,
-    "--configfile": None, "--configfiles": None, "--config": None, "-C": None,
-    "--replace-workflow-config": 0, "--set-resources": None, "--default-resources": None,
-    "--default-res": None, "--set-threads": None, "--max-threads": 1, "--set-resource-scopes": None,
-}  # fmt: skip
+    "--profile": 1,
+    "--workflow-profile": 1,
+    "--snakefile": 1,
+    "-s": 1,
+    "--directory": 1,
+    "-d": 1,
+    "--configfile": None,
+    "--configfiles": None,
+    "--config": None,
+    "-C": None,
+    "--replace-workflow-config": 0,
+    "--set-resources": None,
+    "--default-resources": None,
+    "--default-res": None,
+    "--set-threads": None,
+    "--max-threads": 1,
+    "--set-resource-scopes": None,
+}
 
 
 def plan_arguments(argv: list[str]) -> list[str]:
@@ -108,9 +130,21 @@ def dry_run(
     if declared_needs:
         env[ENV_DECLARED_NEEDS] = "1"
     cmd = [
-        sys.executable, "-m", "snakemake", "-s", snakefile, "--directory", workdir,
-        "-n", "--forceall", "--nolock", "--ignore-incomplete", "--cores", "1", *extra_args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        snakefile,
+        "--directory",
+        workdir,
+        "-n",
+        "--forceall",
+        "--nolock",
+        "--ignore-incomplete",
+        "--cores",
+        "1",
+        *extra_args,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"the dry-run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -164,9 +198,11 @@ def plan_table(jobs: list[DryRunJob], site):
 
 def partition_totals(table):
     totals = table.groupby("partition", sort=True).agg(
-        jobs=("rule", "size"), gpu_jobs=("gpus", lambda g: int((g > 0).sum())),
-        gpu_hours=("gpu_hours", "sum"), relative_cost=("relative_cost", "sum"),
-    )  # fmt: skip
+        jobs=("rule", "size"),
+        gpu_jobs=("gpus", lambda g: int((g > 0).sum())),
+        gpu_hours=("gpu_hours", "sum"),
+        relative_cost=("relative_cost", "sum"),
+    )
     return totals.reset_index()
 
 

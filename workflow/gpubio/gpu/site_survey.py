@@ -125,7 +125,9 @@ def read_cluster(run=subprocess.run) -> list[PartitionSurvey]:
         try:
             proc = run(cmd, capture_output=True, text=True, timeout=60)
         except FileNotFoundError:
-            raise SurveyError("scontrol not found: run this on a machine with the SLURM client (a login node)") from None
+            raise SurveyError(
+                "scontrol not found: run this on a machine with the SLURM client (a login node)"
+            ) from None
         if proc.returncode != 0:
             raise SurveyError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip() or proc.returncode}")
         texts.append(proc.stdout)
@@ -255,7 +257,9 @@ def render(draft: Draft, source: str) -> str:
     if draft.gpu_models:
         lines += ["", "# Read by gpubio only: which catalogue model a partition's GRES type means.", "gpu_models:"]
         for name, models in draft.gpu_models.items():
-            lines.append(f"  {_scalar(name)}: {{" + ", ".join(f"{_scalar(t)}: {_scalar(m)}" for t, m in models.items()) + "}")
+            lines.append(
+                f"  {_scalar(name)}: {{" + ", ".join(f"{_scalar(t)}: {_scalar(m)}" for t, m in models.items()) + "}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -276,13 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="write here instead of printing (an existing file is kept unless --force)")
     parser.add_argument("--force", action="store_true", help="overwrite --out")
     parser.add_argument(
-        "--gpu-model", type=_hint, action="append", default=[], metavar="GRES_TYPE=MODEL",
+        "--gpu-model",
+        type=_hint,
+        action="append",
+        default=[],
+        metavar="GRES_TYPE=MODEL",
         help="the catalogue model a GRES type means, e.g. a100=a100-40 (repeatable)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--from-files", nargs=2, metavar=("NODES", "PARTITIONS"),
+        "--from-files",
+        nargs=2,
+        metavar=("NODES", "PARTITIONS"),
         help="read saved `scontrol show node -o` and `scontrol show partition -o` output instead of asking SLURM",
-    )  # fmt: skip
+    )
     return parser
 
 
@@ -291,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     catalogue = load_catalogue()
     hints = dict(args.gpu_model)
     try:
-        for gres_type, model in hints.items():
+        for model in hints.values():
             catalogue.resolve(model)
         if args.from_files:
             partitions = survey(*(Path(p).read_text() for p in args.from_files))

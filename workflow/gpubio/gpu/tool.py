@@ -30,7 +30,9 @@ def run_tool(command: list[str], gpu_args: str, cpu_args: str, stdout: str | Non
     from gpubio.atomic import atomic_path
 
     full = list(command) + tool_args(gpu_args, cpu_args, devices)
-    where = f"GPU(s) {devices} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})" if devices else "the CPU"
+    where = (
+        f"GPU(s) {devices} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})" if devices else "the CPU"
+    )
     log.info("running %s on %s: %s", command[0], where, shlex.join(full))
     if stdout is None:
         return subprocess.run(full).returncode

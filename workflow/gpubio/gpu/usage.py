@@ -258,9 +258,7 @@ def torch_peak_gb() -> tuple[float | None, str | None, float | None]:
         if torch is None or not torch.cuda.is_initialized():
             return None, None, None
         count = torch.cuda.device_count()
-        peak = sum(
-            max(torch.cuda.max_memory_reserved(i), torch.cuda.max_memory_allocated(i)) for i in range(count)
-        )
+        peak = sum(max(torch.cuda.max_memory_reserved(i), torch.cuda.max_memory_allocated(i)) for i in range(count))
         props = torch.cuda.get_device_properties(0)
         return peak / 1e9, props.name, props.total_memory / 1e9
     except Exception:  # noqa: BLE001

@@ -16,11 +16,28 @@ from .usage import UsageRecord
 
 SMALL_USE_SHARE = 0.25
 COLUMNS = [
-    "rule", "job", "attempt", "backend", "planned_gpu_model", "planned_partition", "device_model",
-    "device_vram_gb", "peak_vram_gb", "headroom_gb", "used_share", "mean_utilisation", "input_size_mb",
-    "planned_vram_gb", "gpus", "wall_s", "gpu_hours_used", "relative_cost_used", "planned_gpu_hours",
-    "planned_relative_cost", "flags",
-]  # fmt: skip
+    "rule",
+    "job",
+    "attempt",
+    "backend",
+    "planned_gpu_model",
+    "planned_partition",
+    "device_model",
+    "device_vram_gb",
+    "peak_vram_gb",
+    "headroom_gb",
+    "used_share",
+    "mean_utilisation",
+    "input_size_mb",
+    "planned_vram_gb",
+    "gpus",
+    "wall_s",
+    "gpu_hours_used",
+    "relative_cost_used",
+    "planned_gpu_hours",
+    "planned_relative_cost",
+    "flags",
+]
 
 
 def _model_cost(record: UsageRecord, site: Any) -> float | None:
@@ -72,13 +89,22 @@ def usage_table(records: list[UsageRecord], site: Any = None):
         )
         rows.append(
             {
-                "rule": r.rule, "job": r.job, "attempt": r.attempt, "backend": r.backend,
-                "planned_gpu_model": r.planned_gpu_model, "planned_partition": r.planned_partition,
-                "device_model": r.device_model, "device_vram_gb": r.device_vram_gb, "peak_vram_gb": r.peak_vram_gb,
+                "rule": r.rule,
+                "job": r.job,
+                "attempt": r.attempt,
+                "backend": r.backend,
+                "planned_gpu_model": r.planned_gpu_model,
+                "planned_partition": r.planned_partition,
+                "device_model": r.device_model,
+                "device_vram_gb": r.device_vram_gb,
+                "peak_vram_gb": r.peak_vram_gb,
                 "headroom_gb": round(headroom, 3) if headroom is not None else None,
                 "used_share": round(r.peak_vram_gb / r.device_vram_gb, 3) if headroom is not None else None,
-                "mean_utilisation": r.mean_utilisation, "input_size_mb": r.input_size_mb,
-                "planned_vram_gb": r.planned_vram_gb, "gpus": r.gpus, "wall_s": r.wall_s,
+                "mean_utilisation": r.mean_utilisation,
+                "input_size_mb": r.input_size_mb,
+                "planned_vram_gb": r.planned_vram_gb,
+                "gpus": r.gpus,
+                "wall_s": r.wall_s,
                 "gpu_hours_used": round(gpu_hours, 5),
                 "relative_cost_used": round(gpu_hours * cost, 5) if cost is not None else None,
                 "planned_gpu_hours": round(planned_hours, 5) if planned_hours is not None else None,
@@ -87,7 +113,7 @@ def usage_table(records: list[UsageRecord], site: Any = None):
                 ),
                 "flags": "; ".join(flags(r)),
             }
-        )  # fmt: skip
+        )
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.sort_values(["rule", "job", "attempt"], kind="stable", ignore_index=True)
 
@@ -99,14 +125,22 @@ def model_summary(table):
     if table.empty:
         return pd.DataFrame(columns=["planned_gpu_model", "jobs", "gpu_hours_used", "planned_gpu_hours"])
     key = table["planned_gpu_model"].fillna("cpu")
-    summary = table.assign(model=key).groupby("model", sort=True).agg(
-        jobs=("rule", "size"), on_gpu=("backend", lambda b: int((b == "cuda").sum())),
-        peak_vram_gb=("peak_vram_gb", "max"), median_used_share=("used_share", "median"),
-        gpu_hours_used=("gpu_hours_used", "sum"), planned_gpu_hours=("planned_gpu_hours", "sum"),
-        relative_cost_used=("relative_cost_used", "sum"), planned_relative_cost=("planned_relative_cost", "sum"),
-        could_be_cheaper=("flags", lambda f: int(f.str.contains("cheaper").sum())),
-        out_of_memory=("flags", lambda f: int(f.str.contains("out of memory|retried").sum())),
-    )  # fmt: skip
+    summary = (
+        table.assign(model=key)
+        .groupby("model", sort=True)
+        .agg(
+            jobs=("rule", "size"),
+            on_gpu=("backend", lambda b: int((b == "cuda").sum())),
+            peak_vram_gb=("peak_vram_gb", "max"),
+            median_used_share=("used_share", "median"),
+            gpu_hours_used=("gpu_hours_used", "sum"),
+            planned_gpu_hours=("planned_gpu_hours", "sum"),
+            relative_cost_used=("relative_cost_used", "sum"),
+            planned_relative_cost=("planned_relative_cost", "sum"),
+            could_be_cheaper=("flags", lambda f: int(f.str.contains("cheaper").sum())),
+            out_of_memory=("flags", lambda f: int(f.str.contains("out of memory|retried").sum())),
+        )
+    )
     return summary.reset_index().rename(columns={"model": "planned_gpu_model"})
 
 
@@ -128,8 +162,14 @@ def plot_usage(table, out_png: str) -> None:
         if not points.empty:
             ax.scatter(points["input_size_mb"], points["peak_vram_gb"], s=18, label="measured peak")
             retried = points[points["flags"].str.contains("out of memory|retried")]
-            ax.scatter(retried["input_size_mb"], retried["peak_vram_gb"], s=60, facecolors="none",
-                       edgecolors="red", label="OOM / retried")  # fmt: skip
+            ax.scatter(
+                retried["input_size_mb"],
+                retried["peak_vram_gb"],
+                s=60,
+                facecolors="none",
+                edgecolors="red",
+                label="OOM / retried",
+            )
         planned = rows[rows["planned_vram_gb"].notna()]
         if not planned.empty:
             ax.plot(planned["input_size_mb"], planned["planned_vram_gb"], "k--", label="declared need")

@@ -39,9 +39,18 @@ def _tile_slide(args) -> None:
             "tissue_fraction": round(float(mask.mean()), 4),
             "tiles": len(tiles),
         }
-    log.info("%s: %d x %d px at %.3g µm/px (%s), %d level(s); tissue %.1f%% of the thumbnail; %d tiles at %.3g µm/px",
-             args.slide, levels[0][0], levels[0][1], summary["mpp"], summary["mpp_source"], len(levels),
-             100 * summary["tissue_fraction"], len(tiles), tile_mpp)  # fmt: skip
+    log.info(
+        "%s: %d x %d px at %.3g µm/px (%s), %d level(s); tissue %.1f%% of the thumbnail; %d tiles at %.3g µm/px",
+        args.slide,
+        levels[0][0],
+        levels[0][1],
+        summary["mpp"],
+        summary["mpp_source"],
+        len(levels),
+        100 * summary["tissue_fraction"],
+        len(tiles),
+        tile_mpp,
+    )
     if tiles.empty:
         raise SystemExit(
             f"gpubio: tile-slide: {args.slide}: no tile has tissue on >= {args.min_tissue_fraction:g} of its area; "
@@ -72,17 +81,30 @@ def _embed_tiles(args) -> None:
     with Slide(args.slide, args.mpp) as slide:
         for first in range(0, len(tiles), args.batch_size):
             chunk = tiles.iloc[first : first + args.batch_size]
-            pixels = np.stack([read_tile(slide, r.x, r.y, r.level, r.size_level0, args.tile_size) for r in chunk.itertuples()])
+            pixels = np.stack(
+                [read_tile(slide, r.x, r.y, r.level, r.size_level0, args.tile_size) for r in chunk.itertuples()]
+            )
             batches.append(model.embed_images(pixels))
     embeddings = np.concatenate(batches).astype(np.float32)
-    log.info("embedded %d tiles in %.1f s on %s (batch size %d, model %s)", len(tiles), time.perf_counter() - start, device, args.batch_size, args.model)
+    log.info(
+        "embedded %d tiles in %.1f s on %s (batch size %d, model %s)",
+        len(tiles),
+        time.perf_counter() - start,
+        device,
+        args.batch_size,
+        args.model,
+    )
     obs = tiles.copy()
     obs.index = [f"{x}_{y}" for x, y in zip(obs["x"], obs["y"])]
     adata = ad.AnnData(X=embeddings, obs=obs)
     adata.uns["histopathology"] = {
-        "slide": args.slide, "sample": args.sample, "model": args.model, "device": str(device),
-        "tile_size": args.tile_size, "embedding": "projected image embedding (not normalised)",
-    }  # fmt: skip
+        "slide": args.slide,
+        "sample": args.sample,
+        "model": args.model,
+        "device": str(device),
+        "tile_size": args.tile_size,
+        "embedding": "projected image embedding (not normalised)",
+    }
     with atomic_path(args.out) as tmp:
         adata.write_h5ad(tmp)
 
@@ -105,8 +127,13 @@ def _zero_shot_labels(args) -> None:
     probabilities = class_probabilities(adata.X, classes, model.logit_scale)
     labels = label_table(adata.obs, names, probabilities)
     fractions = slide_fractions(labels, names)
-    log.info("%s: %d tiles; %s (logit scale %.3g)", args.sample, len(labels),
-             ", ".join(f"{n} {f:.1%}" for n, f in fractions.items()), model.logit_scale)  # fmt: skip
+    log.info(
+        "%s: %d tiles; %s (logit scale %.3g)",
+        args.sample,
+        len(labels),
+        ", ".join(f"{n} {f:.1%}" for n, f in fractions.items()),
+        model.logit_scale,
+    )
     with atomic_path(args.out_tsv) as tmp:
         labels.to_csv(tmp, sep="\t", index=False)
     mask = tifffile.imread(args.mask).astype(bool)
@@ -127,7 +154,9 @@ def _slide_fractions(args) -> None:
         labels = pd.read_csv(path, sep="\t")
         names = [c[2:] for c in labels.columns if c.startswith("p_")]
         counts = labels["label"].value_counts()
-        rows.append({"sample": sample, "tiles": len(labels), **{n: round(counts.get(n, 0) / len(labels), 6) for n in names}})
+        rows.append(
+            {"sample": sample, "tiles": len(labels), **{n: round(counts.get(n, 0) / len(labels), 6) for n in names}}
+        )
     table = pd.DataFrame(rows)
     with atomic_path(args.out_tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
@@ -141,7 +170,9 @@ def register(sub) -> None:
     p = sub.add_parser("tile-slide", help="tissue detection on a thumbnail and the tile grid over the tissue")
     p.add_argument("slide", help=slide_help)
     p.add_argument("--mpp", type=float, help=mpp_help)
-    p.add_argument("--magnification", type=float, default=20, help="tile resolution as objective power (10 / magnification µm/px)")
+    p.add_argument(
+        "--magnification", type=float, default=20, help="tile resolution as objective power (10 / magnification µm/px)"
+    )
     p.add_argument("--target-mpp", type=float, help="tile resolution in µm/px (instead of --magnification)")
     p.add_argument("--tile-size", type=int, default=224)
     p.add_argument("--min-tissue-fraction", type=float, default=0.5)
@@ -170,8 +201,15 @@ def register(sub) -> None:
     p.add_argument("--mpp", type=float, help=mpp_help)
     p.add_argument("--sample", required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--class", dest="class_prompts", nargs="+", action="append", required=True, metavar="NAME PROMPT",
-                   help="a class name and its prompt(s); repeat per class")  # fmt: skip
+    p.add_argument(
+        "--class",
+        dest="class_prompts",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="NAME PROMPT",
+        help="a class name and its prompt(s); repeat per class",
+    )
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-png", required=True)
     p.set_defaults(func=_zero_shot_labels)

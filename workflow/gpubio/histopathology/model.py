@@ -166,7 +166,9 @@ class LoadedModel:
         """(n, h, w, 3) uint8 RGB tiles -> (n, embed_dim) float32 image embeddings."""
         x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).permute(0, 3, 1, 2).float() / 255
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = nn.functional.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+            x = nn.functional.interpolate(
+                x, size=(self.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
         return self.model.encode_image((x - self.mean) / self.std).float().cpu().numpy()
 
     @torch.no_grad()
@@ -185,7 +187,9 @@ def load_model(directory, device="cpu") -> LoadedModel:
     config = read_model_config(directory)
     vocab = (directory / "vocab.txt").read_text(encoding="utf-8").splitlines()
     if len(vocab) != config["vocab_size"]:
-        raise ModelError(f"{directory}: vocab.txt has {len(vocab)} tokens but config.json says vocab_size {config['vocab_size']}; give the matching vocabulary")
+        raise ModelError(
+            f"{directory}: vocab.txt has {len(vocab)} tokens but config.json says vocab_size {config['vocab_size']}; give the matching vocabulary"
+        )
     model = VisionLanguageModel(config)
     try:
         state = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)

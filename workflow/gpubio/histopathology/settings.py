@@ -28,16 +28,20 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".")
         try:
             read_model_config(Path(workdir) / model)
         except ModelError as error:
-            problems.append(f"{config_file}: histopathology.model: {str(error).replace(str(Path(workdir) / model), model)}")
+            problems.append(
+                f"{config_file}: histopathology.model: {str(error).replace(str(Path(workdir) / model), model)}"
+            )
     classes = settings["classes"]
     if len(classes) < 2:
         problems.append(
             f"{config_file}: histopathology.classes has {len(classes)} class(es); zero-shot labels need at least two, "
-            "e.g. tumor: [\"an H&E image of tumor tissue\"], stroma: [\"an H&E image of stroma\"]"
+            'e.g. tumor: ["an H&E image of tumor tissue"], stroma: ["an H&E image of stroma"]'
         )
     for name, prompts in classes.items():
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            problems.append(f"{config_file}: histopathology.classes.{name} has no prompt text; give a list of one or more prompts")
+            problems.append(
+                f"{config_file}: histopathology.classes.{name} has no prompt text; give a list of one or more prompts"
+            )
     return problems
 
 
@@ -60,11 +64,15 @@ def slide_problems(sheet, sheet_path: str, workdir: str | Path = ".") -> list[st
 def tiling_options(settings: dict) -> str:
     tiling, tissue = settings["tiling"], settings["tissue"]
     options = [
-        "--tile-size", str(tiling["tile_size"]),
-        "--min-tissue-fraction", f"{tiling['min_tissue_fraction']:g}",
-        "--min-saturation", f"{tissue['min_saturation']:g}",
-        "--min-area-um2", f"{tissue['min_area_um2']:g}",
-    ]  # fmt: skip
+        "--tile-size",
+        str(tiling["tile_size"]),
+        "--min-tissue-fraction",
+        f"{tiling['min_tissue_fraction']:g}",
+        "--min-saturation",
+        f"{tissue['min_saturation']:g}",
+        "--min-area-um2",
+        f"{tissue['min_area_um2']:g}",
+    ]
     if tiling["mpp"]:
         options += ["--target-mpp", f"{tiling['mpp']:g}"]
     else:
@@ -90,8 +98,16 @@ def tile_embedding_vram_gb(model_dir: str, batch_size: int) -> float:
     try:
         c = read_model_config(model_dir)
     except ModelError:
-        c = {"image_size": 448, "patch_size": 16, "width": 768, "depth": 12, "heads": 12,
-             "text_width": 768, "text_depth": 12, "vocab_size": 32007}  # fmt: skip
+        c = {
+            "image_size": 448,
+            "patch_size": 16,
+            "width": 768,
+            "depth": 12,
+            "heads": 12,
+            "text_width": 768,
+            "text_depth": 12,
+            "vocab_size": 32007,
+        }
     tokens = (c["image_size"] // c["patch_size"]) ** 2 + 1
     params = 12 * c["width"] ** 2 * c["depth"] + 12 * c["text_width"] ** 2 * c["text_depth"]
     params += c["vocab_size"] * c["text_width"]

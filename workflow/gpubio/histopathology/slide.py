@@ -7,12 +7,13 @@ lowest-resolution level, or reduces a large level strip by strip.
 
 from __future__ import annotations
 
-from gpubio.errors import UnusableInput
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import numpy as np
+
+from gpubio.errors import UnusableInput
 
 # micrometres per unit of the TIFF ResolutionUnit tag (2 = inch, 3 = centimetre)
 _UM_PER_RESOLUTION_UNIT = {2: 25400.0, 3: 10000.0}
@@ -70,7 +71,9 @@ class Slide:
         try:
             self._tif = tifffile.TiffFile(self.path)
         except (OSError, tifffile.TiffFileError) as exc:
-            raise SlideError(f"{self.path}: cannot be read as a TIFF / SVS slide ({exc}); give a whole-slide TIFF, OME-TIFF or SVS") from None
+            raise SlideError(
+                f"{self.path}: cannot be read as a TIFF / SVS slide ({exc}); give a whole-slide TIFF, OME-TIFF or SVS"
+            ) from None
         series = self._tif.series[0]
         axes = series.axes.upper()
         if axes not in ("YXS", "YX") or (axes == "YXS" and series.shape[-1] not in (3, 4)):
@@ -134,7 +137,9 @@ class Slide:
                 cols = min(step, width * factor - left)
                 block = self.region(level.index, left, top, cols, rows).astype(np.float32)
                 block = block.reshape(rows // factor, factor, cols // factor, factor, 3).mean(axis=(1, 3))
-                thumb[top // factor : (top + rows) // factor, left // factor : (left + cols) // factor] = np.round(block)
+                thumb[top // factor : (top + rows) // factor, left // factor : (left + cols) // factor] = np.round(
+                    block
+                )
         return thumb, level.downsample * factor
 
     def close(self) -> None:

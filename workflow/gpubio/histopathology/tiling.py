@@ -68,5 +68,9 @@ def read_tile(slide: Slide, x: int, y: int, level: int, size_level0: int, tile_s
     side = max(1, int(round(size_level0 / downsample)))
     pixels = slide.region(level, x_level, y_level, side, side)
     if side != tile_size:
-        pixels = np.asarray(Image.fromarray(pixels).resize((tile_size, tile_size), Image.Resampling.BOX if side > tile_size else Image.Resampling.BILINEAR))
+        pixels = np.asarray(
+            Image.fromarray(pixels).resize(
+                (tile_size, tile_size), Image.Resampling.BOX if side > tile_size else Image.Resampling.BILINEAR
+            )
+        )
     return pixels

@@ -15,7 +15,6 @@ the same input.
 
 from __future__ import annotations
 
-from gpubio.errors import UnusableInput
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from gpubio.errors import UnusableInput
 
 log = logging.getLogger("gpubio")
 
@@ -118,7 +119,9 @@ def resolve_model(spec: str, cellpose: ModuleType, allow_download: bool = False)
             f"use one of {', '.join(builtins)} or a local model file, or install cellpose {wanted}"
         )
     if os.sep in spec or "/" in spec or path.suffix:
-        raise ModelError(f"cellpose model file '{spec}' does not exist; fix the path (relative paths are from the working directory)")
+        raise ModelError(
+            f"cellpose model file '{spec}' does not exist; fix the path (relative paths are from the working directory)"
+        )
     raise ModelError(
         f"unknown cellpose model '{spec}': give a built-in name ({', '.join(builtins)}) or the path of a model file"
     )
@@ -230,7 +233,9 @@ def read_training_set(folder: str | os.PathLike, mask_suffix: str = "_masks") ->
     """(image, masks) file pairs in Cellpose's naming: <name>.tif next to <name>_masks.tif."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ModelError(f"training folder '{folder}' does not exist; set imaging.training.images to a folder of images and masks")
+        raise ModelError(
+            f"training folder '{folder}' does not exist; set imaging.training.images to a folder of images and masks"
+        )
     pairs, missing = [], []
     for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")):
         stem = image.name[: -len(".ome.tif")] if image.name.lower().endswith(".ome.tif") else image.stem
@@ -248,7 +253,9 @@ def read_training_set(folder: str | os.PathLike, mask_suffix: str = "_masks") ->
             f"each image <name>.tif needs <name>{mask_suffix}.tif (a label image) next to it"
         )
     if not pairs:
-        raise ModelError(f"training folder '{folder}' has no images; put <name>.tif + <name>{mask_suffix}.tif pairs there")
+        raise ModelError(
+            f"training folder '{folder}' has no images; put <name>.tif + <name>{mask_suffix}.tif pairs there"
+        )
     return pairs
 
 

@@ -46,9 +46,15 @@ def _register_image(args) -> None:
     channel = args.channel - 1
     for name, data in (("image", image), ("reference", reference)):
         if not 0 <= channel < data.shape[0]:
-            raise SystemExit(f"gpubio: register-image: channel {args.channel} does not exist in the {name} ({data.shape[0]} channel(s))")
+            raise SystemExit(
+                f"gpubio: register-image: channel {args.channel} does not exist in the {name} ({data.shape[0]} channel(s))"
+            )
     if args.method == "elastix":
-        log.info("registration: itk-elastix, transforms %s on %d CPU thread(s)", args.parameter_file or args.transforms, args.threads)
+        log.info(
+            "registration: itk-elastix, transforms %s on %d CPU thread(s)",
+            args.parameter_file or args.transforms,
+            args.threads,
+        )
         result = register_elastix(
             reference,
             image,
@@ -76,7 +82,12 @@ def _register_image(args) -> None:
     before = ncc(on_grid(image[channel], fixed.shape), fixed)
     after = ncc(result.registered[channel], fixed, result.valid)
     centre = [(fixed.shape[0] - 1) / 2, (fixed.shape[1] - 1) / 2]
-    log.info("NCC with the reference: %.4f before, %.4f after (%.1f%% of the reference covered)", before, after, 100 * result.valid.mean())
+    log.info(
+        "NCC with the reference: %.4f before, %.4f after (%.1f%% of the reference covered)",
+        before,
+        after,
+        100 * result.valid.mean(),
+    )
     dtype = image.dtype
     registered = result.registered
     if np.issubdtype(dtype, np.integer):
@@ -128,9 +139,14 @@ def _train_cellpose(args) -> None:
     base = None if args.base_model in ("", "none") else resolve_model(args.base_model, cellpose, args.download_models)
     log.info(
         "training cellpose %s on %d image(s) (%d objects), %s, %d epochs, crops of %s px, batch %d",
-        cellpose.version, len(images), sum(len(np.unique(lab)) - 1 for lab in labels),
-        f"from {base.describe()}" if base else "from scratch", args.epochs, args.crop_size or "default", args.batch_size,
-    )  # fmt: skip
+        cellpose.version,
+        len(images),
+        sum(len(np.unique(lab)) - 1 for lab in labels),
+        f"from {base.describe()}" if base else "from scratch",
+        args.epochs,
+        args.crop_size or "default",
+        args.batch_size,
+    )
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     out = Path(args.out)
@@ -218,10 +234,18 @@ def _segment_cells(args) -> None:
         min_size=args.min_size,
     )
     summary = segment_file(
-        args.image, args.out_masks, segmenter, tuple(args.channels), args.tile_size, args.tile_overlap, footprint=args.footprint
+        args.image,
+        args.out_masks,
+        segmenter,
+        tuple(args.channels),
+        args.tile_size,
+        args.tile_overlap,
+        footprint=args.footprint,
     )
     summary |= {"model": choice.describe(), "cellpose_version": cellpose.version, "device": str(device)}
-    log.info("%d cells in %.1f s (%.3g megapixels/s)", summary["cells"], summary["seconds"], summary["megapixels_per_s"])
+    log.info(
+        "%d cells in %.1f s (%.3g megapixels/s)", summary["cells"], summary["seconds"], summary["megapixels_per_s"]
+    )
     write_text_atomic(args.out_json, json.dumps(summary, indent=2) + "\n")
 
 
@@ -283,11 +307,25 @@ def register(sub) -> None:
     p.add_argument("--reference", required=True)
     p.add_argument("--sample", default="")
     p.add_argument("--method", choices=["elastix", "learned"], default=registration["method"])
-    p.add_argument("--channel", type=int, default=registration["channel"], help="1-based channel both images are registered on")
+    p.add_argument(
+        "--channel", type=int, default=registration["channel"], help="1-based channel both images are registered on"
+    )
     p.add_argument("--transforms", nargs="+", default=elastix["transforms"], help="elastix maps, run in order")
-    p.add_argument("--grid-spacing", type=float, default=float(elastix["bspline_grid_spacing"]), help="elastix B-spline control-point spacing (px)")
-    p.add_argument("--parameter-file", action="append", help="your own elastix parameter file(s), instead of --transforms")
-    p.add_argument("--iterations", type=int, default=elastix["iterations"], help="optimiser iterations per level (0 = the method's default)")
+    p.add_argument(
+        "--grid-spacing",
+        type=float,
+        default=float(elastix["bspline_grid_spacing"]),
+        help="elastix B-spline control-point spacing (px)",
+    )
+    p.add_argument(
+        "--parameter-file", action="append", help="your own elastix parameter file(s), instead of --transforms"
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=elastix["iterations"],
+        help="optimiser iterations per level (0 = the method's default)",
+    )
     # learned settings left out take imaging.registration.learned's defaults (the schema's)
     p.add_argument("--learned-transform", choices=["rigid", "affine"])
     p.add_argument("--deformable", action=argparse.BooleanOptionalAction)
@@ -303,13 +341,17 @@ def register(sub) -> None:
     p = sub.add_parser("train-cellpose", help="train a Cellpose model on a folder of <name>.tif + <name>_masks.tif")
     p.add_argument("--images", required=True, help="the training folder")
     p.add_argument("--channels", type=int, nargs=2, default=seg["channels"], metavar=("SEGMENT", "NUCLEAR"))
-    p.add_argument("--base-model", default=training["base_model"], help=f"none (from scratch, Cellpose 3) or a {model_help}")
+    p.add_argument(
+        "--base-model", default=training["base_model"], help=f"none (from scratch, Cellpose 3) or a {model_help}"
+    )
     p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
     p.add_argument("--epochs", type=int, default=training["epochs"])
     p.add_argument("--learning-rate", type=float, help="default: the installed Cellpose's (3: 0.005, 4: 5e-5)")
     p.add_argument("--weight-decay", type=float, help="default: the installed Cellpose's (3: 1e-5, 4: 0.1)")
     p.add_argument("--batch-size", type=int, default=training["batch_size"])
-    p.add_argument("--crop-size", type=int, help="training crops in px; default: the installed Cellpose's (3: 224, 4: 256)")
+    p.add_argument(
+        "--crop-size", type=int, help="training crops in px; default: the installed Cellpose's (3: 224, 4: 256)"
+    )
     p.add_argument("--seed", type=int, default=training["seed"])
     p.add_argument("--out", required=True, help="the model file")
     p.add_argument("--out-json", required=True)
@@ -321,7 +363,9 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
     p.add_argument("--channels", type=int, nargs=2, default=seg["channels"], metavar=("SEGMENT", "NUCLEAR"))
-    p.add_argument("--diameter", type=float, default=float(seg["diameter"]), help="cell diameter in px; 0 = the model's own")
+    p.add_argument(
+        "--diameter", type=float, default=float(seg["diameter"]), help="cell diameter in px; 0 = the model's own"
+    )
     p.add_argument("--flow-threshold", type=float, default=float(seg["flow_threshold"]))
     p.add_argument("--cellprob-threshold", type=float, default=float(seg["cellprob_threshold"]))
     p.add_argument("--min-size", type=int, default=seg["min_size"])

@@ -8,12 +8,13 @@ file's own chunks (tiled or compressed files). Label images are written the same
 
 from __future__ import annotations
 
-from gpubio.errors import UnusableInput
 import logging
 import os
 import re
 
 import numpy as np
+
+from gpubio.errors import UnusableInput
 
 log = logging.getLogger("gpubio")
 
@@ -222,7 +223,9 @@ class TiffImage:
         rows = []
         for y0 in range(0, height, window):
             y1 = min(height, y0 + window)
-            parts = [self.region(y0, y1, x0, min(width, x0 + window))[:, ::step, ::step] for x0 in range(0, width, window)]
+            parts = [
+                self.region(y0, y1, x0, min(width, x0 + window))[:, ::step, ::step] for x0 in range(0, width, window)
+            ]
             rows.append(np.concatenate(parts, axis=2))
         return np.concatenate(rows, axis=1)
 

@@ -157,7 +157,9 @@ def register_elastix(
     moving = itk.image_view_from_array(np.ascontiguousarray(_to_unit(image[channel])))
     parameters = elastix_parameter_object(transforms, grid_spacing, iterations, parameter_files)
     _, result = itk.elastix_registration_method(fixed, moving, parameter_object=parameters, log_to_console=False)
-    maps = [{k: list(v) for k, v in result.GetParameterMap(i).items()} for i in range(result.GetNumberOfParameterMaps())]
+    maps = [
+        {k: list(v) for k, v in result.GetParameterMap(i).items()} for i in range(result.GetNumberOfParameterMaps())
+    ]
     for i in range(result.GetNumberOfParameterMaps()):
         result.SetParameter(i, "DefaultPixelValue", "0")
 
@@ -204,8 +206,16 @@ def _smooth_downsample(x, factor: int):
     k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device) / sigma) ** 2)
     k = k / k.sum()
     channels = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    x = F.conv2d(
+        F.pad(x, (radius, radius, 0, 0), mode="replicate"),
+        k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
+    x = F.conv2d(
+        F.pad(x, (0, 0, radius, radius), mode="replicate"),
+        k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
+        groups=channels,
+    )
     return F.avg_pool2d(x, factor, ceil_mode=True)
 
 
@@ -349,7 +359,9 @@ def register_learned(
             grid = grid + field_.permute(0, 2, 3, 1)
             max_shift_px = float((field_.abs() * (max(wm, hm) - 1) / 2).max())
         registered = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-        cover = F.grid_sample(torch.ones_like(stack[:, :1]), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        cover = F.grid_sample(
+            torch.ones_like(stack[:, :1]), grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
         valid = (cover[0, 0] > 0.999).cpu().numpy()
         registered = registered.cpu().numpy()
         m_xy = pixel_matrix().detach().cpu().numpy()

@@ -35,7 +35,9 @@ def cellpose_vram_gb(tile_size: int, batch_size: int, model: str = "", major: in
     return round(CUDA_CONTEXT_GB + weights + per_patch * batch_size + tile, 1)
 
 
-def cellpose_training_vram_gb(crop_size: int | None, batch_size: int, model: str = "", major: int | None = None) -> float:
+def cellpose_training_vram_gb(
+    crop_size: int | None, batch_size: int, model: str = "", major: int | None = None
+) -> float:
     """VRAM of Cellpose training: activations and gradients of `batch_size` crops.
 
     `crop_size` None (the config's default) is the installed Cellpose's own: 224 px (3.x), 256 px (4.x).

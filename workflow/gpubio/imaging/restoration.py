@@ -77,7 +77,9 @@ def resolve_restoration_model(spec: str, cellpose: ModuleType, allow_download: b
     if path.is_file():
         return ModelChoice(name=path.name, path=path, builtin=False)
     if spec not in BUILTIN_RESTORATION_MODELS:
-        raise ModelError(f"restoration model file '{spec}' does not exist; fix imaging.restoration.model (relative paths are from the working directory)")
+        raise ModelError(
+            f"restoration model file '{spec}' does not exist; fix imaging.restoration.model (relative paths are from the working directory)"
+        )
     weights = model_dir(cellpose) / spec
     if not weights.is_file() and not allow_download:
         raise ModelError(
@@ -105,7 +107,9 @@ class CellposeRestorer:
             if choice.builtin and not choice.path.is_file():  # download_models: cellpose fetches it
                 self.model = DenoiseModel(gpu=gpu, device=device, model_type=choice.name)
             else:  # a path that exists never triggers a download
-                self.model = DenoiseModel(gpu=gpu, device=device, pretrained_model=str(choice.path), diam_mean=diam_mean)
+                self.model = DenoiseModel(
+                    gpu=gpu, device=device, pretrained_model=str(choice.path), diam_mean=diam_mean
+                )
         except (OSError, RuntimeError, KeyError, AssertionError) as error:
             raise ModelError(f"cannot load restoration {choice.describe()}: {error}") from error
 
@@ -149,7 +153,9 @@ class ChannelImage:
 
         self.path = str(path)
         self.shape = tuple(int(v) for v in shape)
-        self._map = tifffile.memmap(self.path, shape=self.shape, dtype=np.float32, photometric="minisblack", metadata={"axes": "CYX"})
+        self._map = tifffile.memmap(
+            self.path, shape=self.shape, dtype=np.float32, photometric="minisblack", metadata={"axes": "CYX"}
+        )
 
     def write(self, y0: int, x0: int, block: np.ndarray) -> None:
         self._map[:, y0 : y0 + block.shape[1], x0 : x0 + block.shape[2]] = block
@@ -168,7 +174,9 @@ def restore_tiled(image, out, restore, tile_size: int, overlap: int) -> dict:
 
     _, height, width = image.shape
     tiles = tile_grid(height, width, tile_size, overlap)
-    log.info("restoring %d x %d px in %d tile(s) (tile %d px, overlap %d px)", height, width, len(tiles), tile_size, overlap)
+    log.info(
+        "restoring %d x %d px in %d tile(s) (tile %d px, overlap %d px)", height, width, len(tiles), tile_size, overlap
+    )
     start = time.perf_counter()
     for k, tile in enumerate(tiles, start=1):
         y0, y1, x0, x1 = tile.outer
@@ -180,7 +188,9 @@ def restore_tiled(image, out, restore, tile_size: int, overlap: int) -> dict:
     return {"tiles": len(tiles), "seconds": round(time.perf_counter() - start, 3)}
 
 
-def restore_file(image_path, out_image, restorer, channels: tuple[int, int], tile_size: int, overlap: int, footprint=None) -> dict:
+def restore_file(
+    image_path, out_image, restorer, channels: tuple[int, int], tile_size: int, overlap: int, footprint=None
+) -> dict:
     """Restore a TIFF's segmentation (and nuclear) channel into a float32 TIFF (see module doc)."""
     from gpubio.atomic import atomic_path
     from gpubio.imaging.cellpose_models import network_input, select_channels
@@ -201,7 +211,9 @@ def restore_file(image_path, out_image, restorer, channels: tuple[int, int], til
             summary = restore_tiled(image, out, restore, tile_size, overlap)
         finally:
             out.close()
-    record = tiled_run_record(image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"])
+    record = tiled_run_record(
+        image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"]
+    )
     return summary | record | {"restored_channels": nchan}
 
 

@@ -42,7 +42,9 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or bool(Path(value).suffix)
 
 
-def config_problems(settings: dict, config_file: str, workdir: str | Path = ".", cellpose_major: int | None = None) -> list[str]:
+def config_problems(
+    settings: dict, config_file: str, workdir: str | Path = ".", cellpose_major: int | None = None
+) -> list[str]:
     """One line per problem in the imaging section that would only show once jobs run.
 
     `cellpose_major`: the Cellpose generation jobs will use (default: the installed one).
@@ -63,7 +65,9 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".",
             try:
                 pairs = read_training_set(workdir / folder)
             except ModelError as error:
-                problems.append(f"{config_file}: imaging.training.images: {error}".replace(str(workdir / folder), folder))
+                problems.append(
+                    f"{config_file}: imaging.training.images: {error}".replace(str(workdir / folder), folder)
+                )
             else:
                 problems += _training_file_problems(pairs, folder, config_file)
     for key, value in (("segmentation.model", seg["model"]), ("training.base_model", training["base_model"])):
@@ -74,7 +78,9 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".",
             )
     for path in settings["registration"]["elastix"]["parameter_files"]:
         if not (workdir / path).is_file():
-            problems.append(f"{config_file}: imaging.registration.elastix.parameter_files: '{path}' does not exist; fix the path")
+            problems.append(
+                f"{config_file}: imaging.registration.elastix.parameter_files: '{path}' does not exist; fix the path"
+            )
     if seg["tile_overlap"] * 2 >= seg["tile_size"]:
         problems.append(
             f"{config_file}: imaging.segmentation.tile_overlap ({seg['tile_overlap']}) must be less than half of "

@@ -98,7 +98,9 @@ def segment_tiled(
     """
     _, height, width = image.shape
     tiles = tile_grid(height, width, tile_size, overlap)
-    log.info("segmenting %d x %d px in %d tile(s) (tile %d px, overlap %d px)", height, width, len(tiles), tile_size, overlap)
+    log.info(
+        "segmenting %d x %d px in %d tile(s) (tile %d px, overlap %d px)", height, width, len(tiles), tile_size, overlap
+    )
     next_label, start = 1, time.perf_counter()
     for k, tile in enumerate(tiles, start=1):
         y0, y1, x0, x1 = tile.outer
@@ -136,7 +138,9 @@ def image_intensity_range(image, image_path, channels: tuple[int, int], footprin
         covered = mask.strided(step)[0] > 0
         log.info("normalisation over the registered footprint: %.1f%% of the image", 100 * covered.mean())
         if not covered.any():
-            log.warning("%s: the footprint is empty (the image covers none of the reference); using every pixel", footprint)
+            log.warning(
+                "%s: the footprint is empty (the image covers none of the reference); using every pixel", footprint
+            )
             covered = None
     try:
         selected = select_channels(image.strided(step), channels)
@@ -168,10 +172,14 @@ def segment_file(
 
     with atomic_path(out_masks) as tmp:
         summary = segment_tiled(image, LabelImage(tmp, (height, width)), segment, tile_size, overlap)
-    return summary | tiled_run_record(image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"])
+    return summary | tiled_run_record(
+        image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"]
+    )
 
 
-def tiled_run_record(image_path, shape, channels, tile_size: int, overlap: int, lowhigh, footprint, seconds: float) -> dict:
+def tiled_run_record(
+    image_path, shape, channels, tile_size: int, overlap: int, lowhigh, footprint, seconds: float
+) -> dict:
     """What a tiled pass over an image used and how fast it went (for its JSON record)."""
     return {
         "image": str(image_path),

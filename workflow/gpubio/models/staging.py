@@ -43,7 +43,10 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # not on a hub in this layout; the README section of each model says how to convert).
 OWN_LAYOUTS = {
     "deepsea": (["config.json", "model.pt", "features.txt"], "README: DeepSEA-style effects"),
-    "scgpt": (["args.json", "best_model.pt", "vocab.json"], "README: scGPT-style embeddings (a released checkpoint folder)"),
+    "scgpt": (
+        ["args.json", "best_model.pt", "vocab.json"],
+        "README: scGPT-style embeddings (a released checkpoint folder)",
+    ),
     "conch": (["config.json", "model.pt", "vocab.txt"], "README: Histopathology (staging CONCH weights)"),
 }
 # Cellpose 3 keeps most built-in weights under another file name than the model's name
@@ -90,7 +93,9 @@ def dorado_model_names(complex_or_name: str) -> list[str]:
     return [part.strip() for part in complex_or_name.split(",") if part.strip()]
 
 
-def model_needs(config: dict, sources: dict[str, str] | None = None, dorado_models: list[str] | None = None) -> list[ModelNeed]:
+def model_needs(
+    config: dict, sources: dict[str, str] | None = None, dorado_models: list[str] | None = None
+) -> list[ModelNeed]:
     """Every model the (parsed) config needs from outside the workflow."""
     sources = {**DEFAULT_SOURCES, **(sources or {})}
     needs: list[ModelNeed] = []
@@ -107,14 +112,18 @@ def model_needs(config: dict, sources: dict[str, str] | None = None, dorado_mode
     if _get(config, "genomics.variant_effects.enabled", True) and _get(config, "genomics.variant_effects.weights"):
         family = _get(config, "genomics.variant_effects.family", "enformer")
         needs.append(
-            ModelNeed(family, sources.get(family, ""), f"variant_effects/{family}", "genomics.variant_effects.weights", "")
+            ModelNeed(
+                family, sources.get(family, ""), f"variant_effects/{family}", "genomics.variant_effects.weights", ""
+            )
         )
 
     celltypist = _get(config, "transcriptomics.annotation.celltypist", {}) or {}
     if celltypist.get("enabled", True) and celltypist.get("model"):
         name = Path(celltypist["model"]).name
         name = name if name.endswith(".pkl") else f"{name}.pkl"
-        needs.append(ModelNeed("celltypist", name, f"celltypist/{name}", "transcriptomics.annotation.celltypist.model", ""))
+        needs.append(
+            ModelNeed("celltypist", name, f"celltypist/{name}", "transcriptomics.annotation.celltypist.model", "")
+        )
 
     if _get(config, "transcriptomics.embeddings.weights"):
         family = _get(config, "transcriptomics.embeddings.family", "geneformer")
@@ -155,7 +164,9 @@ def check(site_dir: str | Path, needs: list[ModelNeed]) -> list[str]:
             problems += _check_dorado_complex(target, need.name)
         elif need.kind == "dorado":
             if not (target / "config.toml").is_file():
-                problems.append(f"{need.config_key}: dorado model {need.name} is missing ({target}/config.toml); {fetch}")
+                problems.append(
+                    f"{need.config_key}: dorado model {need.name} is missing ({target}/config.toml); {fetch}"
+                )
         elif need.kind in OWN_LAYOUTS:
             files, how = OWN_LAYOUTS[need.kind]
             for name in files:
@@ -186,7 +197,9 @@ def _check_dorado_complex(models_dir: Path, complex_: str) -> list[str]:
     problems = []
     # modified-base models carry a second @version: ..._hac@v5.0.0_5mCG_5hmCG@v2
     if not any(stem in m and m.count("@") == 1 for m in staged):
-        problems.append(f"genomics.basecall.models_directory: no dorado {simplex} model (*{stem}*) in {models_dir}; {todo}")
+        problems.append(
+            f"genomics.basecall.models_directory: no dorado {simplex} model (*{stem}*) in {models_dir}; {todo}"
+        )
     for mod in mods:
         if not any(f"_{variant}@" in m and f"_{mod}@" in m for m in staged):
             problems.append(
@@ -311,7 +324,9 @@ def stage(site_dir: str | Path, needs: list[ModelNeed], stagers=STAGERS, log=pri
 def _source(text: str) -> tuple[str, str]:
     kind, sep, source = text.partition("=")
     if not sep or kind not in DEFAULT_SOURCES or not source:
-        raise argparse.ArgumentTypeError(f"expected KIND=HUB_ID with KIND one of {', '.join(DEFAULT_SOURCES)}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected KIND=HUB_ID with KIND one of {', '.join(DEFAULT_SOURCES)}, got {text!r}"
+        )
     return kind, source
 
 
@@ -326,13 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--check", metavar="DIR", help="offline: name what DIR lacks (exit status 1 if anything)")
     parser.add_argument("--configfile", default="config/config.yaml", help="the config to read (default: %(default)s)")
     parser.add_argument(
-        "--dorado-model", action="append", default=[], metavar="NAME",
+        "--dorado-model",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="full dorado model name to stage (repeatable); needed when the config names a model complex such as hac",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--source", type=_source, action="append", default=[], metavar="KIND=HUB_ID",
+        "--source",
+        type=_source,
+        action="append",
+        default=[],
+        metavar="KIND=HUB_ID",
         help=f"where to fetch from; defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_SOURCES.items())}",
-    )  # fmt: skip
+    )
     return parser
 
 

@@ -30,7 +30,7 @@ def read_reference(path: str, label_key: str):
         )
     counts = ref.layers["counts"] if "counts" in ref.layers else ref.X
     counts = sp.csr_matrix(counts, dtype=np.float32)
-    sample = counts.data[: 100_000]
+    sample = counts.data[:100_000]
     if sample.size and (np.any(sample < 0) or not np.allclose(sample, np.round(sample))):
         raise ValueError(
             f"{path}: expected raw counts in layers['counts'] or X, found non-integer values; "
@@ -43,8 +43,13 @@ def read_reference(path: str, label_key: str):
     reference.var_names_make_unique()
     if reference.n_obs == 0:
         raise ValueError(f"{path}: no cell has a label in obs[{label_key!r}]")
-    log.info("reference %s: %d cells, %d genes, %d labels", path, reference.n_obs, reference.n_vars,
-             reference.obs[label_key].nunique())  # fmt: skip
+    log.info(
+        "reference %s: %d cells, %d genes, %d labels",
+        path,
+        reference.n_obs,
+        reference.n_vars,
+        reference.obs[label_key].nunique(),
+    )
     return reference
 
 
@@ -73,9 +78,7 @@ def write_labels(path: str, cells, labels, confidence, method: str) -> None:
 
     from gpubio.atomic import atomic_path
 
-    table = pd.DataFrame(
-        {"cell": list(cells), f"{method}_label": list(labels), f"{method}_conf": list(confidence)}
-    )
+    table = pd.DataFrame({"cell": list(cells), f"{method}_label": list(labels), f"{method}_conf": list(confidence)})
     with atomic_path(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     counts = table[f"{method}_label"].value_counts().to_dict()
@@ -85,8 +88,9 @@ def write_labels(path: str, cells, labels, confidence, method: str) -> None:
 # --------------------------------------------------------------------------- CellTypist
 
 
-def train_celltypist(reference: str, label_key: str, out_model: str, max_iter: int = 200,
-                     threads: int = 1, seed: int = 0) -> None:  # fmt: skip
+def train_celltypist(
+    reference: str, label_key: str, out_model: str, max_iter: int = 200, threads: int = 1, seed: int = 0
+) -> None:
     """Train a CellTypist logistic-regression model on the labelled reference."""
     import celltypist
 
@@ -94,9 +98,14 @@ def train_celltypist(reference: str, label_key: str, out_model: str, max_iter: i
 
     ref = log_normalized(read_reference(reference, label_key))
     model = celltypist.train(
-        ref, labels=label_key, n_jobs=threads, max_iter=max_iter, feature_selection=False, random_state=seed,
+        ref,
+        labels=label_key,
+        n_jobs=threads,
+        max_iter=max_iter,
+        feature_selection=False,
+        random_state=seed,
         details=f"trained by gpubio on {os.path.basename(reference)}",
-    )  # fmt: skip
+    )
     with atomic_path(out_model) as tmp:
         model.write(str(tmp))
     log.info("CellTypist model: %d cell types, %d genes -> %s", len(model.cell_types), len(model.features), out_model)
@@ -111,9 +120,11 @@ def annotate_celltypist(integrated: str, model: str, out_tsv: str, majority_voti
     # a path without "/" would be looked up in CellTypist's online model index
     model_path = os.path.abspath(model)
     result = celltypist.annotate(
-        query, model=model_path, majority_voting=majority_voting,
+        query,
+        model=model_path,
+        majority_voting=majority_voting,
         over_clustering=query.obs["leiden"].astype(str) if majority_voting else None,
-    )  # fmt: skip
+    )
     column = "majority_voting" if majority_voting else "predicted_labels"
     labels = result.predicted_labels[column].astype(str)
     probabilities = result.probability_matrix
@@ -139,8 +150,9 @@ class ScanviParams:
     seed: int = 0
 
 
-def annotate_scanvi(integrated: str, reference: str, label_key: str, out_tsv: str,
-                    params: ScanviParams, threads: int = 1) -> None:  # fmt: skip
+def annotate_scanvi(
+    integrated: str, reference: str, label_key: str, out_tsv: str, params: ScanviParams, threads: int = 1
+) -> None:
     """scVI + scANVI trained on the reference, the query mapped onto it (scArches), labels predicted."""
     import numpy as np
     import scanpy as sc
@@ -156,23 +168,34 @@ def annotate_scanvi(integrated: str, reference: str, label_key: str, out_tsv: st
     scvi.settings.verbosity = logging.WARNING
     accelerator = "gpu" if device == "cuda" else "cpu"
     train_kwargs = dict(
-        accelerator=accelerator, devices=1, batch_size=params.batch_size, train_size=1.0,
-        enable_progress_bar=False, plan_kwargs={"lr": params.learning_rate},
-    )  # fmt: skip
+        accelerator=accelerator,
+        devices=1,
+        batch_size=params.batch_size,
+        train_size=1.0,
+        enable_progress_bar=False,
+        plan_kwargs={"lr": params.learning_rate},
+    )
 
     ref = read_reference(reference, label_key)
     if UNLABELLED in set(ref.obs[label_key]):
         raise ValueError(f"{reference}: label {UNLABELLED!r} is reserved; rename it")
     ref.layers["counts"] = ref.X
     ref.obs["batch"] = "reference"
-    sc.pp.highly_variable_genes(ref, flavor="seurat_v3", n_top_genes=min(params.n_top_genes, ref.n_vars),
-                                layer="counts", subset=True)  # fmt: skip
+    sc.pp.highly_variable_genes(
+        ref, flavor="seurat_v3", n_top_genes=min(params.n_top_genes, ref.n_vars), layer="counts", subset=True
+    )
     scvi.model.SCVI.setup_anndata(ref, layer="counts", batch_key="batch")
     # the architecture scArches recommends for later query mapping
     vae = scvi.model.SCVI(
-        ref, n_latent=params.n_latent, n_hidden=params.n_hidden, n_layers=1, encode_covariates=True,
-        use_layer_norm="both", use_batch_norm="none", dropout_rate=0.2,
-    )  # fmt: skip
+        ref,
+        n_latent=params.n_latent,
+        n_hidden=params.n_hidden,
+        n_layers=1,
+        encode_covariates=True,
+        use_layer_norm="both",
+        use_batch_norm="none",
+        dropout_rate=0.2,
+    )
     vae.train(max_epochs=params.scvi_epochs, **train_kwargs)
     scanvi = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNLABELLED, labels_key=label_key)
     scanvi.train(max_epochs=params.scanvi_epochs, n_samples_per_label=100, **train_kwargs)

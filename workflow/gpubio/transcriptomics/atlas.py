@@ -14,7 +14,9 @@ def join_cell_table(adata, path: str) -> list[str]:
     table = pd.read_csv(path, sep="\t", index_col=0, keep_default_na=False)
     missing = adata.obs_names.difference(table.index)
     if len(missing):
-        raise ValueError(f"{path}: {len(missing)} cells of the atlas are missing (e.g. {missing[0]!r}); rerun that step")
+        raise ValueError(
+            f"{path}: {len(missing)} cells of the atlas are missing (e.g. {missing[0]!r}); rerun that step"
+        )
     table = table.loc[adata.obs_names]
     for column in table.columns:
         values = table[column]

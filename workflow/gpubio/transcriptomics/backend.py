@@ -11,9 +11,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("gpubio")
 
@@ -69,9 +70,15 @@ def harmony_integrate(
     import numpy as np
 
     result = harmonypy.run_harmony(
-        adata.obsm[basis], adata.obs, key, theta=theta, max_iter_harmony=max_iter_harmony,
-        random_state=random_state, ncores=ncores, verbose=False,
-    )  # fmt: skip
+        adata.obsm[basis],
+        adata.obs,
+        key,
+        theta=theta,
+        max_iter_harmony=max_iter_harmony,
+        random_state=random_state,
+        ncores=ncores,
+        verbose=False,
+    )
     corrected = np.asarray(result.Z_corr, dtype=np.float32)
     if corrected.shape[0] != adata.n_obs:  # harmonypy 0.x returns PCs x cells
         corrected = corrected.T

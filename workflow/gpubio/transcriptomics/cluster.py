@@ -54,8 +54,10 @@ def combine_samples(paths: list[str]):
         if "counts" not in part.layers or "batch" not in part.obs or "sample" not in part.obs:
             raise SampleError(f"{path}: expected the output of cell QC (layers['counts'], obs sample and batch)")
         if part.n_obs == 0:  # cell QC refuses to write these; an old or hand-made file
-            raise SampleError(f"{path}: holds no cells; run cell QC again, or remove the sample's row from the "
-                              "sample sheet to leave it out")  # fmt: skip
+            raise SampleError(
+                f"{path}: holds no cells; run cell QC again, or remove the sample's row from the "
+                "sample sheet to leave it out"
+            )
     common = set.intersection(*(set(p.var_names) for p in parts))
     for part in parts:  # X is a copy of the raw counts: concatenate one copy, not two
         part.X = part.layers.pop("counts")
@@ -95,9 +97,12 @@ def cluster_cells(adata, params: ClusterParams, backend) -> None:
     n_batches = adata.obs["batch"].nunique()
     backend.to_device(adata)
     pp.highly_variable_genes(
-        adata, flavor="seurat_v3", n_top_genes=min(params.n_top_genes, adata.n_vars), layer="counts",
+        adata,
+        flavor="seurat_v3",
+        n_top_genes=min(params.n_top_genes, adata.n_vars),
+        layer="counts",
         batch_key="batch" if n_batches > 1 else None,
-    )  # fmt: skip
+    )
     pp.normalize_total(adata, target_sum=params.target_sum)
     pp.log1p(adata)
     n_comps = min(params.n_pcs, adata.n_obs - 1)
@@ -108,9 +113,12 @@ def cluster_cells(adata, params: ClusterParams, backend) -> None:
     representation = "X_pca"
     if params.harmony and n_batches > 1:
         pp.harmony_integrate(
-            adata, "batch", max_iter_harmony=params.harmony_max_iter, theta=params.harmony_theta,
+            adata,
+            "batch",
+            max_iter_harmony=params.harmony_max_iter,
+            theta=params.harmony_theta,
             random_state=params.seed,
-        )  # fmt: skip
+        )
         representation = "X_pca_harmony"
     else:
         log.info("Harmony skipped: %s", "one batch" if n_batches < 2 else "cluster.harmony is false")
@@ -137,17 +145,27 @@ def marker_table(adata, n_genes: int):
 
 
 def integrate_samples(
-    filtered: list[str], out_h5ad: str, out_markers: str, params: ClusterParams,
-    backend: str = "auto", threads: int = 1, n_markers: int = 25,
-) -> dict:  # fmt: skip
+    filtered: list[str],
+    out_h5ad: str,
+    out_markers: str,
+    params: ClusterParams,
+    backend: str = "auto",
+    threads: int = 1,
+    n_markers: int = 25,
+) -> dict:
     """Read every sample's filtered cells, cluster them together, write the object and the markers."""
     from gpubio.atomic import atomic_path
     from gpubio.transcriptomics.backend import select_backend
 
     chosen = select_backend(backend, threads=threads)
     adata = combine_samples(filtered)
-    log.info("integrating %d cells x %d genes from %d samples (%s)", adata.n_obs, adata.n_vars,
-             adata.obs["sample"].nunique(), ", ".join(adata.obs["sample"].cat.categories))  # fmt: skip
+    log.info(
+        "integrating %d cells x %d genes from %d samples (%s)",
+        adata.n_obs,
+        adata.n_vars,
+        adata.obs["sample"].nunique(),
+        ", ".join(adata.obs["sample"].cat.categories),
+    )
     cluster_cells(adata, params, chosen)
     adata.uns["gpubio"]["params"] = asdict(params)
     markers = marker_table(adata, n_markers)

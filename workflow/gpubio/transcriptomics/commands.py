@@ -45,10 +45,17 @@ def _cell_qc(args) -> None:
     from gpubio.transcriptomics.qc import sample_qc
 
     result = sample_qc(
-        args.counts, args.sample, args.batch, args.out_json, args.out_h5ad,
-        min_genes=args.min_genes, min_counts=args.min_counts, max_mito_pct=args.max_mito_pct,
-        min_cells=args.min_cells, mito_prefix=args.mito_prefix,
-    )  # fmt: skip
+        args.counts,
+        args.sample,
+        args.batch,
+        args.out_json,
+        args.out_h5ad,
+        min_genes=args.min_genes,
+        min_counts=args.min_counts,
+        max_mito_pct=args.max_mito_pct,
+        min_cells=args.min_cells,
+        mito_prefix=args.mito_prefix,
+    )
     log.info("cell QC %s: %d of %d cells kept", args.sample, result["cells_after_qc"], result["cells"])
 
 
@@ -56,9 +63,14 @@ def _integrate(args) -> None:
     from gpubio.transcriptomics.cluster import ClusterParams, integrate_samples
 
     integrate_samples(
-        args.filtered, args.out_h5ad, args.out_markers, params_from(args, ClusterParams),
-        backend=args.backend, threads=args.threads, n_markers=args.n_markers,
-    )  # fmt: skip
+        args.filtered,
+        args.out_h5ad,
+        args.out_markers,
+        params_from(args, ClusterParams),
+        backend=args.backend,
+        threads=args.threads,
+        n_markers=args.n_markers,
+    )
 
 
 def _train_celltypist(args) -> None:
@@ -76,8 +88,9 @@ def _annotate_celltypist(args) -> None:
 def _annotate_scanvi(args) -> None:
     from gpubio.transcriptomics.annotation import ScanviParams, annotate_scanvi
 
-    annotate_scanvi(args.integrated, args.reference, args.label_key, args.out, params_from(args, ScanviParams),
-                    args.threads)  # fmt: skip
+    annotate_scanvi(
+        args.integrated, args.reference, args.label_key, args.out, params_from(args, ScanviParams), args.threads
+    )
 
 
 def _embed(args) -> None:
@@ -106,8 +119,16 @@ def _plot_atlas(args) -> None:
 def _spatial(args) -> None:
     from gpubio.transcriptomics.spatial import SpatialParams, run_spatial
 
-    run_spatial(args.atlas, args.sample, args.coordinates, args.out_tsv, args.out_png,
-                params_from(args, SpatialParams), args.interactions, args.threads)  # fmt: skip
+    run_spatial(
+        args.atlas,
+        args.sample,
+        args.coordinates,
+        args.out_tsv,
+        args.out_png,
+        params_from(args, SpatialParams),
+        args.interactions,
+        args.threads,
+    )
 
 
 def register(sub) -> None:
@@ -138,8 +159,12 @@ def register(sub) -> None:
     p.add_argument("filtered", nargs="+", help="per-sample filtered.h5ad files from cell-qc")
     p.add_argument("--out-h5ad", required=True)
     p.add_argument("--out-markers", required=True)
-    p.add_argument("--backend", choices=BACKENDS, default=defaults["backend"], help="auto: rapids-singlecell when given a GPU")
-    p.add_argument("--n-markers", type=int, default=defaults["markers"]["n_genes"], help="marker genes per cluster in the table")
+    p.add_argument(
+        "--backend", choices=BACKENDS, default=defaults["backend"], help="auto: rapids-singlecell when given a GPU"
+    )
+    p.add_argument(
+        "--n-markers", type=int, default=defaults["markers"]["n_genes"], help="marker genes per cluster in the table"
+    )
     add_options(p, ClusterParams)
     p.set_defaults(func=_integrate)
 
@@ -168,9 +193,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("embed-cells", help="Geneformer- or scGPT-style cell embeddings from a local model")
     p.add_argument("--integrated", required=True)
-    p.add_argument("--weights", required=True,
-                   help="model directory (geneformer: config.json, weights, token_dictionary; "
-                        "scgpt: args.json, best_model.pt, vocab.json)")  # fmt: skip
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="model directory (geneformer: config.json, weights, token_dictionary; "
+        "scgpt: args.json, best_model.pt, vocab.json)",
+    )
     p.add_argument("--out", required=True)
     add_options(p, EmbeddingParams)
     p.set_defaults(func=_embed)

@@ -48,7 +48,9 @@ def _dictionary(weights: str, stem: str, required: bool) -> dict | None:
             with open(path, "rb") as fh:  # Geneformer ships its dictionaries as pickles
                 return pickle.load(fh)
     if required:
-        raise FileNotFoundError(f"{weights}: no {stem}.json or {stem}.pkl (gene id -> token id); put it next to the weights")
+        raise FileNotFoundError(
+            f"{weights}: no {stem}.json or {stem}.pkl (gene id -> token id); put it next to the weights"
+        )
     return None
 
 
@@ -59,13 +61,14 @@ def gene_keys(adata, column: str) -> list[str]:
     if column not in adata.var:
         raise ValueError(
             f"the atlas has no var column {column!r} (it has: {', '.join(adata.var.columns) or 'none'}); "
-            "set transcriptomics.embeddings.gene_id_column, or \"\" to use gene names"
+            'set transcriptomics.embeddings.gene_id_column, or "" to use gene names'
         )
     return list(adata.var[column].astype(str))
 
 
-def rank_value_encode(counts, keys: list[str], tokens: dict, medians: dict | None = None,
-                      max_length: int = 2048, target_sum: float = 1e4) -> list:  # fmt: skip
+def rank_value_encode(
+    counts, keys: list[str], tokens: dict, medians: dict | None = None, max_length: int = 2048, target_sum: float = 1e4
+) -> list:
     """Token ids per cell: expressed genes in the vocabulary, by normalized expression, highest first."""
     import numpy as np
     import scipy.sparse as sp
@@ -82,8 +85,12 @@ def rank_value_encode(counts, keys: list[str], tokens: dict, medians: dict | Non
         median = np.array([float(medians.get(k, np.nan)) for k in keys])
     else:
         csc = normalized.tocsc()
-        median = np.array([np.median(csc.data[csc.indptr[j] : csc.indptr[j + 1]]) if csc.indptr[j + 1] > csc.indptr[j]
-                           else np.nan for j in range(csc.shape[1])])  # fmt: skip
+        median = np.array(
+            [
+                np.median(csc.data[csc.indptr[j] : csc.indptr[j + 1]]) if csc.indptr[j + 1] > csc.indptr[j] else np.nan
+                for j in range(csc.shape[1])
+            ]
+        )
     usable = in_vocab & np.isfinite(median) & (median > 0)
     scale = np.where(usable, 1.0 / np.where(usable, median, 1.0), 0.0)
     prefix = [tokens["<cls>"]] if "<cls>" in tokens else []
@@ -100,8 +107,7 @@ def rank_value_encode(counts, keys: list[str], tokens: dict, medians: dict | Non
     return sentences
 
 
-def embed_sentences(model, sentences: list, pad_id: int, special_ids: set, batch_size: int, layer: int,
-                    device: str):  # fmt: skip
+def embed_sentences(model, sentences: list, pad_id: int, special_ids: set, batch_size: int, layer: int, device: str):
     """Mean of one layer's hidden states over each cell's gene tokens (cells sorted by length to batch)."""
     import numpy as np
     import torch
@@ -133,7 +139,9 @@ def load_model(weights: str):
     from transformers import BertModel
 
     if not (Path(weights) / "config.json").is_file():
-        raise FileNotFoundError(f"{weights}: no config.json; point transcriptomics.embeddings.weights at a model directory")
+        raise FileNotFoundError(
+            f"{weights}: no config.json; point transcriptomics.embeddings.weights at a model directory"
+        )
     return BertModel.from_pretrained(weights, local_files_only=True)
 
 
@@ -153,16 +161,24 @@ def run_embeddings(integrated: str, weights: str, out_h5ad: str, params: Embeddi
     max_length = min(params.max_length, model.config.max_position_embeddings)
     adata = ad.read_h5ad(integrated)
     keys = gene_keys(adata, params.gene_id_column)
-    log.info("%d of %d genes are in the vocabulary; gene medians from %s", sum(k in tokens for k in keys), len(keys),
-             "the model directory" if medians else "the data")  # fmt: skip
+    log.info(
+        "%d of %d genes are in the vocabulary; gene medians from %s",
+        sum(k in tokens for k in keys),
+        len(keys),
+        "the model directory" if medians else "the data",
+    )
     sentences = rank_value_encode(adata.layers["counts"], keys, tokens, medians, max_length)
     special = {tokens[t] for t in ("<pad>", "<cls>", "<eos>", "<mask>") if t in tokens}
     emb = embed_sentences(model, sentences, tokens["<pad>"], special, params.batch_size, params.layer, device)
     result = ad.AnnData(X=emb, obs=adata.obs[["sample", "batch"]].copy())
     result.uns["embedding"] = {
-        "family": "geneformer", "weights": str(weights), "layer": params.layer, "max_length": max_length, "device": device,
+        "family": "geneformer",
+        "weights": str(weights),
+        "layer": params.layer,
+        "max_length": max_length,
+        "device": device,
         "median_tokens": float(np.median([len(s) for s in sentences])),
-    }  # fmt: skip
+    }
     with atomic_path(out_h5ad) as tmp:
         result.write_h5ad(tmp)
     log.info("embeddings: %d cells x %d dimensions -> %s", *emb.shape, out_h5ad)

@@ -4,11 +4,12 @@ reach the analysis as if it were raw."""
 
 from __future__ import annotations
 
-from gpubio.errors import UnusableInput
 import logging
 from pathlib import Path
 
 import numpy as np
+
+from gpubio.errors import UnusableInput
 
 log = logging.getLogger("gpubio")
 
@@ -75,8 +76,9 @@ def read_matrix(path: str):
             return ad.read_h5ad(p)
     except (OSError, EOFError, KeyError, ValueError, IndexError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
-        raise SampleError(f"{path}: cannot be read ({reason}); copy the file again or point the sheet at a "
-                          "readable count matrix") from None  # fmt: skip
+        raise SampleError(
+            f"{path}: cannot be read ({reason}); copy the file again or point the sheet at a readable count matrix"
+        ) from None
     raise SampleError(f"{path}: not a 10x .h5, 10x MTX directory or .h5ad")
 
 
@@ -100,7 +102,9 @@ def read_counts(path: str, sample: str = ""):
             tried.append(f"{where} holds {candidate_problem} too")
         else:
             carried = "; ".join(tried) if tried else "no raw counts in layers['counts'] or .raw"
-            raise SampleError(f"{who}: X holds {problem}, i.e. normalised or log-transformed data, not counts "
-                              f"({carried}); {GIVE_COUNTS}")  # fmt: skip
+            raise SampleError(
+                f"{who}: X holds {problem}, i.e. normalised or log-transformed data, not counts "
+                f"({carried}); {GIVE_COUNTS}"
+            )
     adata.var_names_make_unique()
     return adata

@@ -88,8 +88,10 @@ def sample_qc(counts: str, sample: str, batch: str, out_json: str, out_h5ad: str
 
     adata = read_counts(counts, sample)
     if adata.n_obs == 0:
-        raise SampleError(f"{counts}: sample {sample}: contains no cells; give the sample's count matrix, or "
-                          "remove its row from the sample sheet")  # fmt: skip
+        raise SampleError(
+            f"{counts}: sample {sample}: contains no cells; give the sample's count matrix, or "
+            "remove its row from the sample sheet"
+        )
     filtered, summary = filter_cells(adata, **thresholds)
     if filtered.n_obs == 0:
         raise SampleError(emptied_by_qc(sample, counts, summary))

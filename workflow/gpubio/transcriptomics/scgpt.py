@@ -24,11 +24,12 @@ Other keys of the state dict (scGPT's decoders) are not used.
 
 from __future__ import annotations
 
-from gpubio.errors import UnusableInput
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from gpubio.errors import UnusableInput
 
 log = logging.getLogger("gpubio")
 
@@ -67,8 +68,10 @@ def read_args(weights: str) -> ScgptArgs:
         known["pad_value"] = raw.get("n_bins", 51)  # scGPT's category style pads with index n_bins
     args = ScgptArgs(**known)
     if args.input_emb_style not in VALUE_STYLES:
-        raise CheckpointError(f"{path}: input_emb_style {args.input_emb_style!r} is not supported; "
-                              f"use a checkpoint with {' or '.join(VALUE_STYLES)}")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: input_emb_style {args.input_emb_style!r} is not supported; "
+            f"use a checkpoint with {' or '.join(VALUE_STYLES)}"
+        )
     return args
 
 
@@ -210,26 +213,41 @@ def load_model(weights: str):
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:
-        raise CheckpointError(f"{path}: {len(missing)} weights of the encoder are missing (e.g. {missing[0]}); "
-                              f"check args.json (nlayers {args.nlayers}, input_emb_style {args.input_emb_style}) "
-                              "against the checkpoint")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: {len(missing)} weights of the encoder are missing (e.g. {missing[0]}); "
+            f"check args.json (nlayers {args.nlayers}, input_emb_style {args.input_emb_style}) "
+            "against the checkpoint"
+        )
     wrong = [k for k in expected if state[k].shape != expected[k].shape]
     if wrong:
         k = wrong[0]
-        raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, args.json implies "
-                              f"{tuple(expected[k].shape)}; use the args.json released with these weights")  # fmt: skip
+        raise CheckpointError(
+            f"{path}: {k} has shape {tuple(state[k].shape)}, args.json implies "
+            f"{tuple(expected[k].shape)}; use the args.json released with these weights"
+        )
     unused = len(state) - len(expected)
     model.load_state_dict({k: state[k] for k in expected})
     if max(vocab.values()) >= ntoken:
-        raise CheckpointError(f"{Path(weights) / 'vocab.json'}: token ids up to {max(vocab.values())}, "
-                              f"but the model has {ntoken} gene embeddings; vocab.json belongs to other weights")  # fmt: skip
-    log.info("scGPT checkpoint %s: %d layers, %d dimensions, %d heads, %s values in %d bins; %d decoder weights not used",
-             weights, args.nlayers, args.embsize, args.nheads, args.input_emb_style, args.n_bins, unused)  # fmt: skip
+        raise CheckpointError(
+            f"{Path(weights) / 'vocab.json'}: token ids up to {max(vocab.values())}, "
+            f"but the model has {ntoken} gene embeddings; vocab.json belongs to other weights"
+        )
+    log.info(
+        "scGPT checkpoint %s: %d layers, %d dimensions, %d heads, %s values in %d bins; %d decoder weights not used",
+        weights,
+        args.nlayers,
+        args.embsize,
+        args.nheads,
+        args.input_emb_style,
+        args.n_bins,
+        unused,
+    )
     return model.eval(), args, vocab
 
 
-def embed_cells(model, encoded: list, pad_id: int, pad_value: float, batch_size: int, device: str,
-                normalize: bool = True):  # fmt: skip
+def embed_cells(
+    model, encoded: list, pad_id: int, pad_value: float, batch_size: int, device: str, normalize: bool = True
+):
     """The <cls> output per cell (cells sorted by length to batch; padding is masked)."""
     import numpy as np
     import torch
@@ -270,9 +288,11 @@ def run_scgpt(integrated: str, weights: str, out_h5ad: str, params, threads: int
     model, args, vocab = load_model(weights)
     adata = ad.read_h5ad(integrated)
     if params.symbol_column and params.symbol_column not in adata.var:
-        raise CheckpointError(f"{integrated}: no var column {params.symbol_column!r} (it has: "
-                              f"{', '.join(adata.var.columns) or 'none'}); set transcriptomics.embeddings.symbol_column "
-                              "to one of them, or \"\" for the gene names")  # fmt: skip
+        raise CheckpointError(
+            f"{integrated}: no var column {params.symbol_column!r} (it has: "
+            f"{', '.join(adata.var.columns) or 'none'}); set transcriptomics.embeddings.symbol_column "
+            'to one of them, or "" for the gene names'
+        )
     symbols = gene_keys(adata, params.symbol_column)
     matched = sum(s in vocab for s in symbols)
     where = f"var[{params.symbol_column!r}]" if params.symbol_column else "var_names"
@@ -284,14 +304,20 @@ def run_scgpt(integrated: str, weights: str, out_h5ad: str, params, threads: int
             "to the var column holding them (or lower min_vocab_fraction)"
         )
     encoded = encode_cells(adata.layers["counts"], symbols, vocab, args.n_bins, params.max_length, args.pad_value)
-    emb = embed_cells(model, encoded, vocab[args.pad_token], args.pad_value, params.batch_size, device,
-                      params.normalize)  # fmt: skip
+    emb = embed_cells(
+        model, encoded, vocab[args.pad_token], args.pad_value, params.batch_size, device, params.normalize
+    )
     result = ad.AnnData(X=emb, obs=adata.obs[["sample", "batch"]].copy())
     result.uns["embedding"] = {
-        "family": "scgpt", "weights": str(weights), "max_length": params.max_length, "device": device,
-        "genes_matched": matched, "n_bins": args.n_bins, "normalized": params.normalize,
+        "family": "scgpt",
+        "weights": str(weights),
+        "max_length": params.max_length,
+        "device": device,
+        "genes_matched": matched,
+        "n_bins": args.n_bins,
+        "normalized": params.normalize,
         "median_tokens": float(np.median([len(t) for t, _ in encoded])),
-    }  # fmt: skip
+    }
     with atomic_path(out_h5ad) as tmp:
         result.write_h5ad(tmp)
     log.info("embeddings (scGPT <cls>): %d cells x %d dimensions -> %s", *emb.shape, out_h5ad)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 # Steps whose settings are not a parameter dataclass: their table, setting (dotted key in
 # the transcriptomics section) -> flag of their command.
 CELL_QC_OPTIONS = {
@@ -63,10 +62,20 @@ def config_problems(settings: dict, config_file: str, workdir: str = ".") -> lis
             problems.append(f"{config_file}: transcriptomics.{key} '{value}' should end in {' or '.join(suffixes)}")
 
     annotation = settings["annotation"]
-    check("annotation.reference", annotation["reference"], "file", (".h5ad",),
-          "give a labelled .h5ad, or \"\" for no reference")  # fmt: skip
-    check("annotation.celltypist.model", annotation["celltypist"]["model"], "file", (".pkl",),
-          "give a CellTypist .pkl file (a path, never a bare model name: that would go online)")  # fmt: skip
+    check(
+        "annotation.reference",
+        annotation["reference"],
+        "file",
+        (".h5ad",),
+        'give a labelled .h5ad, or "" for no reference',
+    )
+    check(
+        "annotation.celltypist.model",
+        annotation["celltypist"]["model"],
+        "file",
+        (".pkl",),
+        "give a CellTypist .pkl file (a path, never a bare model name: that would go online)",
+    )
     check("spatial.interactions", settings["spatial"]["interactions"], "file")
     weights, family = settings["embeddings"]["weights"], settings["embeddings"].get("family", "geneformer")
     check("embeddings.weights", weights, "directory", fix="give the local model directory")

@@ -64,7 +64,9 @@ def sample_with_coordinates(atlas_path: str, sample: str, coordinates: str, clus
     xy = read_coordinates(coordinates).reindex(barcodes)
     found = xy.notna().all(axis=1).to_numpy()
     if not found.any():
-        raise ValueError(f"{coordinates}: none of the {adata.n_obs} cells of {sample!r} has coordinates; check the barcodes")
+        raise ValueError(
+            f"{coordinates}: none of the {adata.n_obs} cells of {sample!r} has coordinates; check the barcodes"
+        )
     if not found.all():
         log.warning("%s: %d of %d cells have no coordinates and are left out", coordinates, (~found).sum(), adata.n_obs)
     adata = adata[found].copy()
@@ -97,8 +99,9 @@ def spatial_statistics(adata, params: SpatialParams, interactions=None, threads:
     sq.gr.spatial_neighbors_knn(adata, n_neighs=params.n_neighbors)
     rows = []
     if adata.obs[key].nunique() > 1:
-        sq.gr.nhood_enrichment(adata, cluster_key=key, n_perms=params.n_perms, seed=params.seed, n_jobs=1,
-                               show_progress_bar=False)  # fmt: skip
+        sq.gr.nhood_enrichment(
+            adata, cluster_key=key, n_perms=params.n_perms, seed=params.seed, n_jobs=1, show_progress_bar=False
+        )
         zscore = adata.uns[f"{key}_nhood_enrichment"]["zscore"]
         clusters = list(adata.obs[key].cat.categories)
         for i, a in enumerate(clusters):
@@ -113,14 +116,29 @@ def spatial_statistics(adata, params: SpatialParams, interactions=None, threads:
         rows.append(("morans_i", gene, "", float(row["I"]), float(row["pval_norm_fdr_bh"])))
     if interactions is not None and len(interactions):
         result = sq.gr.ligrec(
-            adata, cluster_key=key, interactions=interactions, use_raw=False, n_perms=params.n_perms,
-            seed=params.seed, copy=True, n_jobs=1, show_progress_bar=False, corr_method=None,
-        )  # fmt: skip
+            adata,
+            cluster_key=key,
+            interactions=interactions,
+            use_raw=False,
+            n_perms=params.n_perms,
+            seed=params.seed,
+            copy=True,
+            n_jobs=1,
+            show_progress_bar=False,
+            corr_method=None,
+        )
         means, pvalues = result["means"], result["pvalues"]
         for (source, target), values in means.iterrows():
             for (a, b), value in values.items():
-                rows.append(("ligrec_mean", f"{source}->{target}", f"{a}|{b}", float(value),
-                             float(pvalues.loc[(source, target), (a, b)])))  # fmt: skip
+                rows.append(
+                    (
+                        "ligrec_mean",
+                        f"{source}->{target}",
+                        f"{a}|{b}",
+                        float(value),
+                        float(pvalues.loc[(source, target), (a, b)]),
+                    )
+                )
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
@@ -142,8 +160,16 @@ def plot_spatial(adata, key: str, path: str, title: str) -> None:
     plt.close(fig)
 
 
-def run_spatial(atlas: str, sample: str, coordinates: str, out_tsv: str, out_png: str,
-                params: SpatialParams, interactions: str | None = None, threads: int = 1) -> None:  # fmt: skip
+def run_spatial(
+    atlas: str,
+    sample: str,
+    coordinates: str,
+    out_tsv: str,
+    out_png: str,
+    params: SpatialParams,
+    interactions: str | None = None,
+    threads: int = 1,
+) -> None:
     from gpubio.atomic import atomic_path
 
     pairs = read_interactions(interactions) if interactions else None
