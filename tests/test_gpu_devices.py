@@ -324,3 +324,50 @@ def test_recorded_command_keeps_the_lock_and_writes_its_usage_record(tmp_path):
 def test_cli_passes_the_exit_status_through():
     run = run_cli("--", sys.executable, "-c", "raise SystemExit(3)", gpus="1")
     assert run.returncode == 3
+
+
+def test_tool_keeps_the_gpu_locked_when_its_wrapper_is_killed(tmp_path):
+    """`python -m gpubio --gpus 1 tool-on-device -- tool`: the tool inherits the job's GPU lock,
+    so killing the Python wrapper does not free the GPU while the tool still runs on it."""
+    import fcntl
+
+    (tmp_path / "locks").mkdir()
+    smi = fake_nvidia_smi(tmp_path / "bin", 1)
+    started = tmp_path / "tool.pid"
+    tool = f"import os, time; open({str(started)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    env = child_env(GPUBIO_NUM_GPUS="1")
+    env["PATH"] = f"{smi}{os.pathsep}{env['PATH']}"
+    wrapper = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gpubio",
+            "--gpus",
+            "1",
+            "tool-on-device",
+            "--gpu-args=",
+            "--cpu-args=",
+            "--",
+            sys.executable,
+            "-c",
+            tool,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tool_pid = int(started.read_text())
+    try:
+        wrapper.kill()
+        wrapper.wait(timeout=10)
+        fd = os.open(tmp_path / "locks" / "gpu0.lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # the tool still holds GPU 0
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(tool_pid, signal.SIGKILL)

@@ -266,6 +266,7 @@ def pin_gpus(
             raise DeviceError(f"GPU requested ({n}) but none found (nvidia-smi -L, ${ENV_NUM_GPUS})")
         log.warning("no GPU found: running on the CPU (gpu.require: true makes this an error)")
     previous = {var: os.environ.get(var) for var in ("CUDA_VISIBLE_DEVICES", ENV_PINNED)}
+    _held.extend(lease.fds)
     try:
         if lease.sets_environment:
             _export(lease)
@@ -277,6 +278,7 @@ def pin_gpus(
             )
         yield list(lease.devices)
     finally:
+        del _held[len(_held) - len(lease.fds) :]
         lease.release()
         if lease.sets_environment:
             for var, value in previous.items():
@@ -284,6 +286,16 @@ def pin_gpus(
                     os.environ.pop(var, None)
                 else:
                     os.environ[var] = value
+
+
+# lock descriptors of the pins this process holds now: a tool it starts gets them
+# (`subprocess.run(..., pass_fds=held_lock_fds())`), so the GPU stays locked while the
+# tool runs even if this process is killed
+_held: list[int] = []
+
+
+def held_lock_fds() -> tuple[int, ...]:
+    return tuple(_held)
 
 
 def _export(lease: DeviceLease) -> None:

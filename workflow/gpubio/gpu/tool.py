@@ -34,10 +34,13 @@ def run_tool(command: list[str], gpu_args: str, cpu_args: str, stdout: str | Non
         f"GPU(s) {devices} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})" if devices else "the CPU"
     )
     log.info("running %s on %s: %s", command[0], where, shlex.join(full))
+    from gpubio.gpu.devices import held_lock_fds
+
+    # the tool holds this job's GPU locks too: they stay held while it runs, even if we die
     if stdout is None:
-        return subprocess.run(full).returncode
+        return subprocess.run(full, pass_fds=held_lock_fds()).returncode
     with atomic_path(stdout) as tmp, open(tmp, "wb") as fh:
-        code = subprocess.run(full, stdout=fh).returncode
+        code = subprocess.run(full, stdout=fh, pass_fds=held_lock_fds()).returncode
         if code:
             raise SystemExit(f"gpubio: {command[0]} exited with status {code}")
     return code
