@@ -388,9 +388,9 @@ rule call_parabricks:
         ),
         options=quote_extra_options(GENOMICS["variants"]["parabricks"]["options"]),
     shell:
-        "python -m gpubio.gpu.devices --gpus {resources.gpu} --require-gpu"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} --"
-        " pbrun deepvariant --ref {input.reference:q} --in-bam {input.bam:q} --out-variants {output}"
+        "python -m gpubio --threads {threads} --gpus {resources.gpu} --require-gpu"
+        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} tool-on-device"
+        " --gpu-args= --cpu-args= -- pbrun deepvariant --ref {input.reference:q} --in-bam {input.bam:q} --out-variants {output}"
         " --mode {params.mode} --num-gpus {resources.gpu} {params.memory} {params.options}"
         " > {log} 2>&1"
 
