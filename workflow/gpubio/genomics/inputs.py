@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shlex
 import struct
 from collections import Counter
 from collections.abc import Iterator
@@ -51,7 +52,8 @@ def reference_problems(reference: str, config_file: str) -> list[str]:
         plain = reference[:-3] if reference.endswith(".gz") else reference
         return [
             f"{where} is compressed with plain gzip, which htslib cannot index; "
-            f"recompress it with bgzip (gunzip {plain}.gz && bgzip {plain}) or give it uncompressed"
+            f"recompress it with bgzip (gunzip {shlex.quote(plain + '.gz')} && bgzip {shlex.quote(plain)})"
+            " or give it uncompressed"
         ]
     try:
         names = indexed_names(reference, kind)
