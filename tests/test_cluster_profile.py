@@ -47,6 +47,12 @@ def test_readme_cluster_commands_dry_run_without_conda(workdir):
     planned = {(j.rule, tuple(sorted(j.wildcards.items()))): j.resources for j in parse_dry_run(plain.stdout)}
     assert len(planned) > 20
     assert all(res.get("slurm_partition") for (rule, _), res in planned.items() if rule != "all")
+    # the short CPU steps of each genomics sample are one cluster job; a local run has no groups
+    groups = re.findall(r"Group job (\w+)", plain.stdout + plain.stderr)
+    genomics_samples = pd.read_csv(workdir / "config" / "genomics.tsv", sep="\t")["sample"]
+    assert groups == ["genomics_sample"] * len(genomics_samples), plain.stdout
+    local = run_snakemake(workdir, "-n", "--cores", "2")
+    assert "Group job" not in local.stdout + local.stderr and {j.rule for j in parse_dry_run(local.stdout)} >= {"read_qc", "sort_bam"}
 
     # --sdm conda asks conda about itself even in a dry-run: a double answers that and
     # refuses everything else, so no environment is built

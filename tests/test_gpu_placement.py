@@ -20,6 +20,7 @@ from gpubio.gpu import (
     PlacementError,
     check_declared_needs,
     configure_site,
+    cpu_resources,
     current_site,
     gpu_pools,
     gpu_resources,
@@ -57,7 +58,7 @@ def write_partitions(path: Path, drop: tuple[str, ...] = ()) -> Path:
     return path
 
 
-def evaluate(resource, attempt=1, size_mb=0.0, rulename="demo"):
+def evaluate(resource, attempt=1, size_mb=0.0, rulename="demo", threads=1):
     """Evaluate a resource the way Snakemake 9 does (parameters passed by name)."""
     from snakemake.resources import Resource
 
@@ -65,7 +66,7 @@ def evaluate(resource, attempt=1, size_mb=0.0, rulename="demo"):
         {},  # wildcards
         input=SimpleNamespace(size_mb=size_mb),
         attempt=attempt,
-        threads=1,
+        threads=threads,
         rulename=rulename,
     )
     return value.value
@@ -203,7 +204,6 @@ def test_plugin_accepts_every_placement_we_make(site_inv):
             resources={
                 "gpu": res["gpu"],
                 "gpu_model": evaluate(res["gpu_model"], attempt),
-                "cpus_per_task": evaluate(res["cpus_per_task"], attempt),
                 "mem_mb": res["mem_mb"],
                 "runtime": res["runtime"],
             },
@@ -394,19 +394,13 @@ def test_gpu_resources_standard_keys():
         "gpu",
         "gpu_model",
         "slurm_partition",
-        "cpus_per_task",
         "mem_mb",
         "runtime",
         "vram_gb",
         "gpu_usage",  # what the plan gave the job, for its usage record
     }
-    assert (
-        res["gpu"],
-        evaluate(res["cpus_per_task"]),  # the job's threads (1 in evaluate)
-        res["mem_mb"],
-        res["runtime"],
-        res["vram_gb"],
-    ) == (1, 1, 16000, 60, 8)
+    # no cpus_per_task: the SLURM plugin then asks for the job's threads (tests/test_job_cpus.py)
+    assert (res["gpu"], res["mem_mb"], res["runtime"], res["vram_gb"]) == (1, 16000, 60, 8)
     assert gpu_resources(gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
 
 
@@ -450,6 +444,28 @@ def test_gpu_resources_size_dependent():
         evaluate(res["gpu_model"], size_mb=50_000, rulename="segment")
 
 
+def test_size_dependent_resources_read_the_input_files_as_snakemake_does(tmp_path):
+    """Sizes by plain stats of Snakemake's InputFiles; an input not made yet (any job's in a
+    dry-run) leaves the resource "to be determined" as Snakemake's own input.size_mb does."""
+    from snakemake.common.tbdstring import TBDString
+    from snakemake.iocontainers import InputFiles
+    from snakemake.resources import Resource
+
+    configure_site(partitions_file=PARTITIONS)
+    res = gpu_resources(vram_gb=lambda size_mb: size_mb / 100)
+    for name, mb in (("a.h5", 1000), ("b.h5", 2000)):
+        with open(tmp_path / name, "wb") as fh:
+            fh.truncate(mb * 1024 * 1024)  # a sparse file: its size without the disk space
+
+    def evaluate_on(*names):
+        files = InputFiles([str(tmp_path / name) for name in names])
+        return Resource("r", res["gpu_model"]).evaluate({}, input=files, attempt=1, threads=1, rulename="demo").value
+
+    assert evaluate_on("a.h5") == "t4"  # 10 GB
+    assert evaluate_on("a.h5", "b.h5") == "a100"  # 30 GB
+    assert isinstance(evaluate_on("a.h5", "not-made-yet.h5"), TBDString)
+
+
 def test_impossible_static_need_fails_at_declaration():
     configure_site(partitions_file=PARTITIONS)
     with pytest.raises(PlacementError, match="Largest GPU available: H100"):
@@ -463,6 +479,32 @@ def test_needs_declared_before_the_site_are_checked_when_it_is_set(tmp_path):
     with pytest.raises(PlacementError, match="rule 'big'.*Largest GPU available: A100-40"):
         # ...but not a site without H100s
         configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+
+
+def test_cpu_partition_is_fixed_where_threads_cannot_move_it(tmp_path):
+    configure_site(partitions_file=PARTITIONS)
+    # the shipped cpu partition allows the most CPUs per task (128): every CPU job goes there,
+    # a plain string Snakemake need not evaluate per job
+    assert cpu_resources()["slurm_partition"] == "cpu"
+    assert cpu_resources(mem_mb=400_000)["slurm_partition"] == "cpu"
+    # a site whose CPU nodes are smaller than its GPU nodes: each job's threads decide
+    data = yaml.safe_load(PARTITIONS.read_text())
+    data["partitions"]["cpu"]["max_cpus_per_task"] = 8
+    (tmp_path / "small-cpu.yaml").write_text(yaml.safe_dump(data))
+    configure_site(partitions_file=tmp_path / "small-cpu.yaml")
+    res = cpu_resources()
+    assert callable(res["slurm_partition"])
+    # CPU partitions first, then the GPU partition with the fewest GPUs that fits
+    assert [evaluate(res["slurm_partition"], threads=t) for t in (1, 8, 9, 64)] == [
+        "cpu",
+        "cpu",
+        "gpu-h100",
+        "gpu-h100",
+    ]
+    with pytest.raises(PlacementError, match="fits the CPU job"):
+        evaluate(res["slurm_partition"], threads=65)
+    # a CPU job with its own CPU count is placed per job as before
+    assert callable(cpu_resources(cpus=4)["slurm_partition"])
 
 
 def test_cpu_only_site():

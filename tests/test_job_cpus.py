@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -36,8 +37,14 @@ def test_every_job_asks_for_as_many_cpus_as_it_runs_threads(workdir, cores):
     jobs = dry_run_jobs(proc.stdout)
     rules = {job["rule"] for job in jobs}
     assert {"variant_effects", "annotate_scanvi", "integrate_cells", "segment_cells", "read_qc"} <= rules
+    # what the SLURM plugin puts on each job's sbatch line, from the resources the DAG gives it
+    get_cpu_setting = pytest.importorskip("snakemake_executor_plugin_slurm_jobstep").get_cpu_setting
     for job in jobs:
-        assert int(job["resources"]["cpus_per_task"]) == job["threads"] <= cores, job
+        resources = {k: int(v) if v.isdigit() else v for k, v in job["resources"].items()}
+        plugin_job = SimpleNamespace(threads=job["threads"], resources=SimpleNamespace(**resources, get=resources.get))
+        gpu = int(resources.get("gpu", 0)) > 0
+        assert get_cpu_setting(plugin_job, gpu) == f"--cpus-per-task={job['threads']}", job
+        assert job["threads"] <= cores, job
     by_rule = {job["rule"]: job for job in jobs}
     # the demo config scores variant effects on 1 thread; scANVI's rule runs 2
     assert by_rule["variant_effects"]["threads"] == 1 and by_rule["annotate_scanvi"]["threads"] == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import io
 import os
 from dataclasses import dataclass, field
@@ -50,12 +51,21 @@ class Project:
 
 
 def load_schema(name: str) -> dict:
-    """A schema from workflow/schemas; "config" gets each domain's section merged in."""
+    """A schema from workflow/schemas; "config" gets each domain's section merged in.
+
+    The caller gets its own copy; the files are parsed once per process (every Snakemake
+    start reads them several times, also inside each cluster job).
+    """
+    return copy.deepcopy(_parsed_schema(name))
+
+
+@functools.cache
+def _parsed_schema(name: str) -> dict:
     with open(SCHEMA_DIR / f"{name}.schema.yaml") as fh:
-        schema = yaml.safe_load(fh)
+        schema = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     if name == "config":
         for domain in DOMAINS:
-            schema["properties"][domain] = load_schema(f"config.{domain}")
+            schema["properties"][domain] = _parsed_schema(f"config.{domain}")
     return schema
 
 

@@ -3,7 +3,7 @@ import os
 import sys
 
 from gpubio.config import ConfigError
-from gpubio.gpu import BalancedGroup, cpu_resources, gpu_resources
+from gpubio.gpu import BalancedGroup, cpu_resources, gpu_resources, input_files_mb
 from gpubio.shell import (
     quote_extra_options,
     quote_option,
@@ -34,6 +34,11 @@ IMAGING = STARTUP.settings["imaging"]
 SITE = STARTUP.site
 if SITE.local is not None:  # a local run: say which GPUs judge its needs
     print(SITE.local.summary(), file=sys.stderr)
+
+# On a cluster the short CPU steps of one genomics sample run as one job (rules read_qc,
+# sort_bam, alignment_qc, call_bcftools). A local run has no use for groups (Snakemake runs
+# grouped jobs one by one there), and a group costs the DAG work at every start.
+GENOMICS_SAMPLE_GROUP = None if SITE.local is not None else "genomics_sample"
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found
 REQUIRE_GPU = "--require-gpu" if GPU["require"] else ""

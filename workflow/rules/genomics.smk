@@ -196,8 +196,8 @@ rule sample_reads:
 
 # ---------------------------------------------------------------- reads and alignment
 # On a cluster the short CPU steps of one sample (read QC, sort + index, alignment QC,
-# bcftools) run as one job: one submission and one Snakemake start-up instead of four,
-# and a failure costs that sample alone. Local runs ignore groups.
+# bcftools) run as one job (GENOMICS_SAMPLE_GROUP): one submission and one Snakemake
+# start-up instead of four, and a failure costs that sample alone. Local runs have no groups.
 
 
 rule read_qc:
@@ -210,7 +210,7 @@ rule read_qc:
     benchmark:
         "benchmarks/genomics/{sample}/read_qc.tsv"
     group:
-        "genomics_sample"
+        GENOMICS_SAMPLE_GROUP
     conda:
         "../../envs/genomics.yaml"
     threads: 1
@@ -281,7 +281,7 @@ rule sort_bam:
     benchmark:
         "benchmarks/genomics/{sample}/sort_bam.tsv"
     group:
-        "genomics_sample"
+        GENOMICS_SAMPLE_GROUP
     conda:
         "../../envs/genomics.yaml"
     threads: 2
@@ -307,7 +307,7 @@ rule alignment_qc:
     benchmark:
         "benchmarks/genomics/{sample}/alignment_qc.tsv"
     group:
-        "genomics_sample"
+        GENOMICS_SAMPLE_GROUP
     conda:
         "../../envs/genomics.yaml"
     threads: 1
@@ -334,7 +334,7 @@ rule call_bcftools:
     benchmark:
         "benchmarks/genomics/{sample}/call_bcftools.tsv"
     group:
-        "genomics_sample"
+        GENOMICS_SAMPLE_GROUP
     conda:
         "../../envs/genomics.yaml"
     threads: 2

@@ -51,7 +51,7 @@ rule register_image:
         **gpu_resources(
             gpus=IMAGING_REGISTRATION_GPUS,
             vram_gb=registration_vram_gb,
-            mem_mb=lambda wc, input: registration_mem_mb(input.size_mb),
+            mem_mb=lambda wc, input: registration_mem_mb(input_files_mb(input)),
             runtime=60,
         ),
     params:

@@ -499,10 +499,11 @@ def gpu_resources(
     """Standard Snakemake resources for a GPU job: ``resources: **gpu_resources(...)``.
 
     Returns ``gpu`` (int), ``gpu_model`` and ``slurm_partition`` (callables of
-    ``attempt``, and of ``input`` when VRAM depends on input size), ``cpus_per_task``,
-    ``mem_mb``, ``runtime`` (minutes) and ``vram_gb``. ``cpus_per_task`` is the rule's
-    ``threads`` (what the job will get, after ``--cores``), unless ``cpus`` overrides it;
-    placement checks that number against the partitions' CPU limits. ``mem_mb``/``runtime`` may be
+    ``attempt``, and of ``input`` when VRAM depends on input size), ``mem_mb``, ``runtime``
+    (minutes) and ``vram_gb``. A job's CPUs are its ``threads`` (what it will get, after
+    ``--cores``): the SLURM plugin asks for ``--cpus-per-task`` = threads, and placement
+    checks that number against the partitions' CPU limits. ``cpus`` overrides it (then
+    ``cpus_per_task`` is set). ``mem_mb``/``runtime`` may be
     Snakemake resource callables; they pass through. A static need is checked against
     a configured site at once, so an impossible one fails when the rule is parsed.
 
@@ -536,8 +537,9 @@ def gpu_resources(
     gpu_count = 0 if site_now.cpu_only else gpus
     resources: dict[str, Any] = {
         "gpu": gpu_count,
-        "slurm_partition": _placement_resource(need, lambda p: p.partition, group),
-        "cpus_per_task": cpus if cpus is not None else _threads_resource,
+        "slurm_partition": _fixed_cpu_partition(named) or _placement_resource(need, lambda p: p.partition, group),
+        # without cpus_per_task the SLURM plugin asks for --cpus-per-task = the job's threads
+        **({"cpus_per_task": cpus} if cpus is not None else {}),
         "mem_mb": (
             mem_mb if mem_mb is not None else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB)
         ),
@@ -548,6 +550,28 @@ def gpu_resources(
         resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model, group)
     resources["gpu_usage"] = _usage_resource(need, group)
     return resources
+
+
+def _fixed_cpu_partition(need: GpuNeed) -> str | None:
+    """The partition of a CPU rule's jobs when their thread counts cannot change it, else None.
+
+    A CPU job goes to the first partition (CPU ones first) whose limits fit; its CPUs are its
+    threads, known per job. The partition that fits the rule with any CPU count takes every
+    job whose threads it allows, and when no partition allows more CPUs per task, a job it
+    cannot take fits nowhere (SLURM refuses it at submission). Then the partition is a fixed
+    string: Snakemake evaluates a resource function for every job of a large DAG.
+    """
+    site = current_site()
+    if _configured is None or need.gpus or need.cpus is not None or not need.is_static:
+        return None
+    try:
+        name = site.place(need).partition
+    except PlacementError:
+        return None
+    if name not in site.inventory.names:
+        return None
+    widest = max(p.max_cpus_per_task for p in site.inventory.partitions)
+    return name if site.inventory[name].max_cpus_per_task >= widest else None
 
 
 def cpu_resources(
@@ -605,26 +629,18 @@ def _resource_callable(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _input_size_mb(input: Any) -> float:
+def input_files_mb(input: Any) -> float:
     """``input.size_mb`` as Snakemake computes it, by plain stats for local files: Snakemake
-    runs an event loop per call, and every job of a size-dependent rule asks up to three times."""
+    runs an event loop per call, and every job of a size-dependent rule asks several times.
+
+    An input not made yet (any job's during a dry-run) raises FileNotFoundError naming that
+    input, which Snakemake takes as "size not known yet", as it does from ``input.size_mb``.
+    """
     if not isinstance(input, list):  # Snakemake's InputFiles is a list of paths
         return input.size_mb
-    sizes = []
-    for path in input:
-        if getattr(path, "is_storage", False):
-            return input.size_mb
-        try:
-            sizes.append(os.path.getsize(path) / 1024 / 1024)  # Snakemake's rounding, per file
-        except FileNotFoundError:
-            return input.size_mb  # Snakemake's own error: the job's size is not known yet
-    return sum(sizes)
-
-
-@_resource_callable
-def _threads_resource(wildcards: Any, threads: int) -> int:
-    """cpus_per_task of a job: its threads, so SLURM and `snakemake -n` show one number."""
-    return threads
+    if any(getattr(path, "is_storage", False) for path in input):
+        return input.size_mb
+    return sum(os.path.getsize(path) / 1024 / 1024 for path in input)  # Snakemake's rounding, per file
 
 
 def _placed(
@@ -666,7 +682,7 @@ def _placement_resource(need: GpuNeed, pick: Callable[[Placement], Any], group: 
     def sized_resource(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> Any:
-        return pick(_placed(need, group, wildcards, attempt, rulename, threads, _input_size_mb(input)))
+        return pick(_placed(need, group, wildcards, attempt, rulename, threads, input_files_mb(input)))
 
     return sized_resource
 
@@ -680,7 +696,7 @@ def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
     def gpu_usage(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> str:
-        size = _input_size_mb(input)
+        size = input_files_mb(input)
         placed = _placed(need, group, wildcards, attempt, rulename, threads, size)
         effective = current_site().effective_need(_named(need, rulename), size)
         vram = effective.at_input_size(size).vram_gb if not effective.is_static else effective.vram_gb
@@ -718,7 +734,7 @@ def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
 
     @_resource_callable
     def vram_gb(wildcards: Any, input: Any, rulename: str | None = None) -> int:
-        size = _input_size_mb(input)
+        size = input_files_mb(input)
         named = current_site().effective_need(_named(need, rulename), size)
         sized = named.at_input_size(size)
         assert not callable(sized.vram_gb)

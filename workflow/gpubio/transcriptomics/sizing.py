@@ -69,8 +69,11 @@ def embedding_vram_gb(settings: dict) -> float:
     return round(settings.get("vram_gb", 4) + activations / 1e9, 1)
 
 
-# stored values read per matrix at start-up: a processed matrix shows in the first few
-STARTUP_VALUES = 100_000
+# stored values read per matrix at start-up (the first cells' worth): a processed matrix
+# shows in the first few, and reading more costs every start of a large project (each
+# 10x chunk read is decompressed). Cell QC then checks up to io.CHECKED_VALUES spread over
+# the whole matrix.
+STARTUP_VALUES = 10_000
 UNREADABLE_FIX = (
     "the file is damaged, incomplete or not a count matrix: copy it again, or point the row at a readable one"
 )
