@@ -52,7 +52,10 @@ def test_readme_cluster_commands_dry_run_without_conda(workdir):
     genomics_samples = pd.read_csv(workdir / "config" / "genomics.tsv", sep="\t")["sample"]
     assert groups == ["genomics_sample"] * len(genomics_samples), plain.stdout
     local = run_snakemake(workdir, "-n", "--cores", "2")
-    assert "Group job" not in local.stdout + local.stderr and {j.rule for j in parse_dry_run(local.stdout)} >= {"read_qc", "sort_bam"}
+    assert "Group job" not in local.stdout + local.stderr and {j.rule for j in parse_dry_run(local.stdout)} >= {
+        "read_qc",
+        "sort_bam",
+    }
 
     # --sdm conda asks conda about itself even in a dry-run: a double answers that and
     # refuses everything else, so no environment is built

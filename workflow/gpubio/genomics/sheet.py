@@ -40,6 +40,12 @@ def genomics_settings(config: dict) -> dict:
     return section_settings(config, "genomics")
 
 
+def _rows(table):
+    """(sample, row as a dict) per sheet row: pandas' iterrows builds a Series per row, which
+    costs every start of a large project."""
+    return zip(table.index, table.to_dict("records"))
+
+
 def _value(row, column: str) -> str:
     value = row.get(column, "") if hasattr(row, "get") else ""
     return "" if value is None else str(value).strip()
@@ -73,7 +79,7 @@ def sequencing_runs(table) -> dict[str, Run]:
     runs: dict[str, Run] = {}
     if table is None:
         return runs
-    for sample, row in table.iterrows():
+    for sample, row in _rows(table):
         if not _value(row, "pod5"):
             continue
         name = run_name(row)
@@ -88,7 +94,7 @@ def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[
     if table is None:
         return problems
     kit = settings["basecall"]["kit_name"]
-    for i, (sample, row) in enumerate(table.iterrows(), start=1):
+    for i, (sample, row) in enumerate(_rows(table), start=1):
         where = f"{sheet} row {i} (line {i + 1}, sample '{sample}')"
         barcode, pod5, platform = _value(row, "barcode"), _value(row, "pod5"), _value(row, "platform")
         if (barcode or _value(row, "run")) and not pod5:
@@ -139,7 +145,7 @@ def _input_problems(table, sheet: str, settings: dict, config_file: str) -> list
     reference = settings.get("reference")
     if reference and Path(reference).is_file():  # a missing one is reported with the config
         problems += reference_problems(reference, config_file)
-    for i, (sample, row) in enumerate(table.iterrows(), start=1):
+    for i, (sample, row) in enumerate(_rows(table), start=1):
         bam = _value(row, "bam")
         problem = bam_problem(bam) if bam and Path(bam).is_file() else None
         if problem:

@@ -122,8 +122,9 @@ def count_file_header(path: str) -> tuple[int, str | None]:
         if not f.keys():
             raise ValueError("no count matrix in it")
         group = f["matrix"] if "matrix" in f else f[next(iter(f.keys()))]  # Cell Ranger v3, else v2 (per genome)
-        problem = counts_problem(group["data"][:STARTUP_VALUES])
-        return int(group["data"].shape[0]), problem and f"holds {problem}, not counts"
+        data = group["data"]
+        problem = counts_problem(data[:STARTUP_VALUES])
+        return int(data.shape[0]), problem and f"holds {problem}, not counts"
 
 
 def counts_nonzeros(path: str) -> int:
