@@ -2,6 +2,7 @@
 import os
 import sys
 
+from gpubio import dag_memory
 from gpubio.config import ConfigError
 from gpubio.gpu import BalancedGroup, cpu_resources, gpu_resources, input_files_mb
 from gpubio.shell import (
@@ -11,6 +12,10 @@ from gpubio.shell import (
     settings_options,
 )
 from gpubio.startup import start_up
+
+# Collect cyclic garbage less often while the DAG is built (gpubio/dag_memory.py); the
+# thresholds are back before the first job runs (onstart below).
+GC_THRESHOLDS = dag_memory.collect_less()
 
 CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
 
@@ -23,6 +28,7 @@ try:
     )
 except ConfigError as error:
     raise WorkflowError(error.report()) from None
+dag_memory.freeze()  # what the start-up pass read lives for the whole run
 PROJECT = STARTUP.project
 # The settings the rules read: each section with every schema default, also for modules
 # that are off. Rules never read raw config.
@@ -42,6 +48,10 @@ GENOMICS_SAMPLE_GROUP = None if SITE.local is not None else "genomics_sample"
 
 # passed to every GPU step: fail instead of running the CPU path when no GPU is found
 REQUIRE_GPU = "--require-gpu" if GPU["require"] else ""
+
+
+onstart:
+    dag_memory.restore(GC_THRESHOLDS)
 
 
 wildcard_constraints:
