@@ -204,13 +204,16 @@ class _Inputs(list):
         raise LookupError("Snakemake's size_mb")
 
 
-def test_input_size_is_read_by_plain_stats_and_missing_files_go_to_snakemake(tmp_path):
-    from gpubio.gpu.placement import _input_size_mb
+def test_input_size_is_read_by_plain_stats_and_a_missing_file_is_named(tmp_path):
+    from gpubio.gpu import input_files_mb
 
     (tmp_path / "a.bin").write_bytes(b"x" * 3 * 1024 * 1024)
     (tmp_path / "b.bin").write_bytes(b"y" * 512 * 1024)
     inputs = _Inputs([str(tmp_path / "a.bin"), str(tmp_path / "b.bin")])
-    assert _input_size_mb(inputs) == 3.5 and inputs.asked == 0
+    assert input_files_mb(inputs) == 3.5 and inputs.asked == 0
     missing = _Inputs([str(tmp_path / "a.bin"), str(tmp_path / "not-yet.bin")])
-    with pytest.raises(LookupError, match="Snakemake's size_mb"):
-        _input_size_mb(missing)  # the size is not known yet: Snakemake says so, as before
+    # the size is not known yet: the error names the input, which Snakemake reads as such
+    # (tests/test_gpu_placement.py evaluates it through Snakemake), without its slow size_mb
+    with pytest.raises(FileNotFoundError) as raised:
+        input_files_mb(missing)
+    assert raised.value.filename == str(tmp_path / "not-yet.bin") and missing.asked == 0
