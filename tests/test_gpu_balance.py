@@ -112,7 +112,8 @@ def test_removing_a_partition_replans(inv):
     assert plan.makespan_h == pytest.approx(67 / 16)
 
 
-def test_1000_jobs_solve_fast(inv):
+def test_1000_jobs_in_three_classes_reach_the_fluid_bound(inv):
+    # how fast this solves is measured in bench/placement.py, not asserted here
     jobs = (
         shards(600)
         + shards(300, hours=2.0, prefix="b")
@@ -120,7 +121,6 @@ def test_1000_jobs_solve_fast(inv):
     )
     plan = plan_balanced(jobs, inv, CAT)
     assert plan.classes == 3 and len(plan.assignment) == 1000
-    assert plan.solve_s < 2.0
     # within 1 % of the fluid lower bound: 600 + 600 + 100 T4-GPU-hours / 38 per hour
     assert plan.makespan_h == pytest.approx(1300 / 38, rel=0.01)
 

@@ -73,7 +73,6 @@ def test_cluster_is_up(slurm_cluster):
     assert rows["cpu"][2] == "(null)"
     # Clients without SLURM_CONF (the slurm-jobstep executor drops it) see the same cluster.
     assert Path("/etc/slurm/slurm.conf").read_text() == slurm_cluster.conf.read_text()
-    assert slurm_cluster.startup_seconds < 30
 
 
 @pytest.mark.parametrize(
@@ -163,9 +162,7 @@ def test_snakemake_slurm_executor_places_gpu_jobs(slurm_cluster, tmp_path):
         *SNAKEMAKE_SLURM_ARGS,
         "--verbose",
     ]
-    t0 = time.monotonic()
     p = subprocess.run(cmd, env=slurm_cluster.env, capture_output=True, text=True, timeout=240)
-    elapsed = time.monotonic() - t0
     log = p.stdout + p.stderr
     assert p.returncode == 0, log[-6000:] + "\n" + slurm_cluster.logs()
 
@@ -196,4 +193,3 @@ def test_snakemake_slurm_executor_places_gpu_jobs(slurm_cluster, tmp_path):
     for name, (_partition, ngpus) in expected.items():
         if ngpus:
             assert f"--gpus={name}:{ngpus}" in log
-    assert elapsed < 120, f"smoke run took {elapsed:.0f} s"
