@@ -76,6 +76,37 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     return proc
 
 
+# --------------------------------------------------------------------------- the GPU test workflow
+# A small workflow of GPU needs (tests/slurm_gpu) and its site, for placement and plan tests.
+GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
+TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
+
+
+def gpu_plan(tmp_path: Path, config: Path, *extra: str):
+    """`gpubio plan` of the GPU test workflow in tmp_path: (the plan table, what it printed)."""
+    import pandas as pd
+
+    out = tmp_path / "plan.tsv"
+    cmd = [
+        sys.executable,
+        "-m",
+        "gpubio",
+        "plan",
+        "--snakefile",
+        str(GPU_WORKFLOW),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(config),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return pd.read_csv(out, sep="\t", keep_default_na=False), proc.stdout
+
+
 # --------------------------------------------------------------------------- SLURM
 def _slurm_required() -> bool:
     """CI sets GPUBIO_REQUIRE_SLURM=1: then a missing SLURM is a failure, not a skip."""

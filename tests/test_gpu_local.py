@@ -9,10 +9,7 @@ import subprocess
 
 import yaml
 
-from conftest import BIN, REPO
-
-GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
-TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
+from conftest import BIN, GPU_WORKFLOW, REPO, TEST_PARTITIONS
 
 
 def run_local(tmp_path, gpus_on_machine: int, require: bool = False, targets=()):

@@ -11,14 +11,12 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, GPU_WORKFLOW, REPO, TEST_PARTITIONS
 from gpubio.gpu import configure_site, gpu_resources, reset_site
 from gpubio.gpu.catalogue import BUILTIN_CATALOGUE
 from gpubio.gpu.local_site import LocalGpu, LocalGpus, parse_nvidia_smi, site_is_local
 from gpubio.gpu.placement import GpuNeed, PlacementError, Site
 
-GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
-TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
 PROFILE_LOCAL = REPO / "profiles" / "local"
 
 

@@ -10,11 +10,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, GPU_WORKFLOW, REPO, TEST_PARTITIONS
+from conftest import gpu_plan as plan
 from gpubio.gpu.plan import parse_dry_run
-
-GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
-TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
 
 
 def site_config(tmp_path: Path, partitions: dict | None = None) -> Path:
@@ -25,28 +23,6 @@ def site_config(tmp_path: Path, partitions: dict | None = None) -> Path:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"gpu": {"partitions": str(path)}}))
     return config
-
-
-def plan(tmp_path: Path, config: Path, *extra: str) -> tuple[pd.DataFrame, str]:
-    out = tmp_path / "plan.tsv"
-    cmd = [
-        sys.executable,
-        "-m",
-        "gpubio",
-        "plan",
-        "--snakefile",
-        str(GPU_WORKFLOW),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(config),
-        "--out",
-        str(out),
-        *extra,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    return pd.read_csv(out, sep="\t", keep_default_na=False), proc.stdout
 
 
 def where(table: pd.DataFrame) -> dict[str, str]:

@@ -8,45 +8,20 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
-import pandas as pd
 import pytest
 import yaml
 
-from conftest import BIN, REPO
+from conftest import BIN, GPU_WORKFLOW, REPO, TEST_PARTITIONS, gpu_plan
 
 pytestmark = pytest.mark.slurm
-
-GPU_WORKFLOW = REPO / "tests" / "slurm_gpu" / "Snakefile"
-TEST_PARTITIONS = REPO / "tests" / "slurm_gpu" / "partitions.yaml"
 
 
 def test_gpu_jobs_land_where_the_plan_says(slurm_cluster, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"gpu": {"partitions": str(TEST_PARTITIONS)}}))
 
-    plan_file = tmp_path / "plan.tsv"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gpubio",
-            "plan",
-            "--snakefile",
-            str(GPU_WORKFLOW),
-            "--directory",
-            str(tmp_path),
-            "--configfile",
-            str(config),
-            "--out",
-            str(plan_file),
-        ],
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-    )
-    plan = pd.read_csv(plan_file, sep="\t", keep_default_na=False)
+    plan, _ = gpu_plan(tmp_path, config)
     expected = {(r.wildcards.replace("shard=", "shard") or r.rule): r for r in plan.itertuples()}
 
     # the shipped profile, as a user with a shared virtual environment runs it (no --sdm)
