@@ -88,7 +88,7 @@ def read_project(
     same thing twice.
     """
     workdir = Path(workdir)
-    schema = load_schema("config")
+    schema = _parsed_schema("config")  # read only: validation and defaults copy what they take
     if not isinstance(config, dict):
         return Project(config={}), _check_config(config, schema, config_file), {*DOMAINS, "gpu"}
     errors = _config_errors(config, schema)
@@ -127,7 +127,7 @@ def read_project(
 def section_settings(config: dict, section: str) -> dict:
     """One section of the config ("gpu" or a domain) with every schema default filled, also
     when the section is absent (module off): what the rules read, never raw config."""
-    schema = load_schema("config")["properties"][section]
+    schema = _parsed_schema("config")["properties"][section]  # read only
     settings = copy.deepcopy(config.get(section) if isinstance(config, dict) else None)
     if not isinstance(settings, dict):
         settings = {}
@@ -239,7 +239,7 @@ def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
     table = table.apply(lambda col: col.str.strip())
     if table.empty:
         return None, []
-    schema = load_schema(domain)
+    schema = _parsed_schema(domain)  # read only
     problems = []
     missing = [c for c in schema.get("required", []) if c not in table.columns]
     if missing:
