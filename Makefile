@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 CORES ?= all
+# the demo's settings and sheets, laid over config/config.yaml (the real-data defaults)
+DEMO_CONFIG := config/demo/config.yaml
 
 .PHONY: venv demo demo-data test lint format bench plan profiles clean
 
@@ -28,8 +30,8 @@ resources/demo/.complete: $(VENV)/.installed $(wildcard workflow/gpubio/demo/*.p
 	touch $@
 
 demo: demo-data
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
-	$(BIN)/snakemake --report results/report.html
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --configfile $(DEMO_CONFIG)
+	$(BIN)/snakemake --report results/report.html --configfile $(DEMO_CONFIG)
 	@echo
 	@echo "Results: $(CURDIR)/results/ (one folder per module and sample)"
 	@echo "Report:  $(CURDIR)/results/report.html"

@@ -45,25 +45,60 @@ def demo_data(tmp_path_factory) -> Path:
     return root
 
 
+DEMO_OVERLAY = "config/demo/config.yaml"  # what `make demo` lays over config/config.yaml
+
+
+def demo_config() -> dict:
+    """config/config.yaml with the demo overlay's settings merged in by Snakemake's own merge
+    (as `--configfile` does), the sheets left where config/config.yaml names them."""
+    import yaml
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    overlay = yaml.safe_load((REPO / DEMO_OVERLAY).read_text())
+    for section in overlay.values():
+        section.pop("samples", None)
+    update_config(config, overlay)
+    return config
+
+
+def demo_project(root: Path, demo_data: Path | None = None) -> Path:
+    """A project directory set up as a user would set up the demo as their own project: the
+    repository's config/, with the demo overlay's settings merged into config/config.yaml (by
+    Snakemake's own merge, as `--configfile` does) and the demo sheets as config/<domain>.tsv.
+    Tests then change config/config.yaml or a sheet and run without `--configfile`."""
+    import yaml
+
+    shutil.copytree(REPO / "config", root / "config")
+    overlay = yaml.safe_load((REPO / DEMO_OVERLAY).read_text())
+    config = demo_config()
+    for domain, section in overlay.items():
+        if section.get("samples"):  # the project keeps its sheets where config/config.yaml names them
+            shutil.copy(REPO / section["samples"], root / config[domain]["samples"])
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if demo_data is not None:
+        (root / "resources").mkdir(exist_ok=True)
+        (root / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
+    return root
+
+
 @pytest.fixture
 def workdir(demo_data, tmp_path) -> Path:
-    """A fresh project directory: the repository's config/ and a link to the demo data."""
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    (tmp_path / "resources").mkdir()
-    (tmp_path / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
-    return tmp_path
+    """A fresh project directory holding the demo's settings and sheets (demo_project)."""
+    return demo_project(tmp_path, demo_data)
 
 
 @pytest.fixture(scope="session")
 def demo_run(demo_data, tmp_path_factory) -> Path:
-    """The whole demo workflow run once per session with the local profile (2 cores), plus
-    the report; tests of every module assert on its outputs under <dir>/results."""
+    """The whole demo run once per session as `make demo` runs it (the repository's config/
+    with the demo overlay, the local profile on 2 cores), plus the report; tests of every
+    module assert on its outputs under <dir>/results."""
     root = tmp_path_factory.mktemp("demo-run")
     shutil.copytree(REPO / "config", root / "config")
     (root / "resources").mkdir()
     (root / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
-    run_snakemake(root, "--profile", str(REPO / "profiles" / "local"), "--cores", "2")
-    run_snakemake(root, "--report", "results/report.html")
+    run_snakemake(root, "--profile", str(REPO / "profiles" / "local"), "--cores", "2", "--configfile", DEMO_OVERLAY)
+    run_snakemake(root, "--report", "results/report.html", "--configfile", DEMO_OVERLAY)
     return root
 
 

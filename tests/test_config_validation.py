@@ -6,17 +6,12 @@ import copy
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import demo_config, run_snakemake
 from gpubio.config import ConfigError, load_project
 
 HEADER = "sample\tplatform\tpod5\tfastq_1\tfastq_2\tbam\n"
 FQ = "resources/demo/genomics/ont.fastq.gz"
-
-
-def demo_config() -> dict:
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 def problems_for(workdir: Path, config: dict | None = None, genomics: str | None = None) -> list[str]:

@@ -34,7 +34,7 @@ def test_committed_sample_sheets_match_the_generator(demo_data):
         os.chdir(cwd)
     for domain, domain_rows in rows.items():
         fixed = {s: {k: v.replace("demo_again", "demo") for k, v in r.items()} for s, r in domain_rows.items()}
-        assert (REPO / "config" / f"{domain}.tsv").read_text() == sheet_text(domain, fixed)
+        assert (REPO / "config" / "demo" / f"{domain}.tsv").read_text() == sheet_text(domain, fixed)
     again = demo_data / "resources" / "demo_again"
     for rel in [
         "genomics/illumina_R1.fastq.gz",

@@ -16,7 +16,7 @@ import pandas as pd
 import pysam
 import pytest
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, demo_project, run_snakemake
 
 DOUBLES = REPO / "tests" / "doubles"
 sys.path.insert(0, str(DOUBLES))
@@ -102,9 +102,7 @@ def test_demo_report_shows_genomics_plots(demo_run):
 def chain(demo_data, tmp_path_factory):
     """A barcoded POD5 run (two samples) and an Illumina sample through the doubles, on 2 fake GPUs."""
     root = tmp_path_factory.mktemp("genomics-chain")
-    shutil.copytree(REPO / "config", root / "config")
-    (root / "resources").mkdir()
-    (root / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
+    demo_project(root, demo_data)
     for sheet in ("transcriptomics", "imaging"):
         (root / "config" / f"{sheet}.tsv").write_text("")
     demo = root / "resources" / "demo" / "genomics"

@@ -26,7 +26,7 @@ import pysam
 import pytest
 import yaml
 
-from conftest import BIN, REPO, run_snakemake
+from conftest import BIN, REPO, demo_project, run_snakemake
 
 DOUBLES = REPO / "tests" / "doubles"
 sys.path.insert(0, str(DOUBLES))
@@ -135,9 +135,7 @@ def log_path(rule: str, wildcards: str) -> str:
 def slurm_demo(slurm_cluster, demo_data, tmp_path_factory) -> dict:
     """The demo plus a POD5 run, once, through the shipped profile on the test cluster."""
     root = tmp_path_factory.mktemp("slurm-demo")
-    shutil.copytree(REPO / "config", root / "config")
-    (root / "resources").mkdir()
-    (root / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
+    demo_project(root, demo_data)
     reference = demo_data / "resources" / "demo" / "genomics" / "reference.fa"
     shard_size_mb = add_pod5_run(root, reference)
     configfile = write_config(root, "slurm.yaml", {"basecall": {"shard_size_mb": shard_size_mb}})

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import REPO, demo_config, run_snakemake
 from gpubio.transcriptomics.backend import BackendError, select_backend
 from gpubio.transcriptomics.sizing import atlas_vram_gb, counts_nonzeros, expected_input_mb, input_size_mb
 
@@ -40,7 +40,7 @@ def filtered(demo, tmp_path_factory) -> list[str]:
     from gpubio.transcriptomics.qc import sample_qc
 
     out = tmp_path_factory.mktemp("filtered")
-    qc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["qc"]
+    qc = demo_config()["transcriptomics"]["qc"]
     paths = []
     for sample, (counts, batch) in DEMO_SAMPLES.items():
         path = out / f"{sample}.h5ad"
@@ -56,7 +56,7 @@ def test_h5ad_input_gives_the_same_cells_as_the_10x_files(demo, filtered, tmp_pa
     from gpubio.transcriptomics.qc import sample_qc
 
     sc.read_10x_mtx(demo / "pbmc2", var_names="gene_symbols").write_h5ad(tmp_path / "pbmc2.h5ad")
-    qc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["qc"]
+    qc = demo_config()["transcriptomics"]["qc"]
     summary = sample_qc(
         str(tmp_path / "pbmc2.h5ad"),
         "pbmc2",
@@ -156,7 +156,7 @@ def test_one_code_path_runs_on_the_gpu_backend_and_recovers_the_planted_types(fa
     backend = select_backend("auto", gpus=[0])
     assert (backend.name, backend.device) == ("rapids_singlecell", "cuda")
     assert "transcriptomics backend: rapids_singlecell on cuda (GPU 0)" in caplog.text
-    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["cluster"]
+    settings = demo_config()["transcriptomics"]["cluster"]
     adata = combine_samples(filtered)
     cluster_cells(adata, ClusterParams(**settings), backend)
     assert fake_rapids == [
@@ -188,7 +188,7 @@ def test_gpu_backend_scales_before_pca_like_the_cpu_backend(fake_rapids, tmp_pat
     from gpubio.transcriptomics.qc import sample_qc
     from independent.transcriptomics import simulate, write_10x_h5
 
-    qc = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["transcriptomics"]["qc"]
+    qc = demo_config()["transcriptomics"]["qc"]
     sample_qc(
         str(write_10x_h5(tmp_path / "s.h5", simulate(seed=4, n_cells=500, n_genes=700))),
         "s",

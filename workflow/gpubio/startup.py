@@ -95,6 +95,30 @@ def _site_problems(startup: Startup, config_file: str, remote_jobs: int | None) 
     return []
 
 
+def module_summary(project: Project, workdir: str | os.PathLike = ".") -> str:
+    """One line for the dry-run: which modules run (and on how many samples) and which are off,
+    with the reason: an empty sheet (only its header or comments), a missing sheet, no section."""
+    on, off = [], []
+    for domain in DOMAINS:
+        samples = project.samples(domain)
+        if samples:
+            on.append(f"{domain} ({len(samples)} sample{'s' if len(samples) != 1 else ''})")
+            continue
+        section = project.config.get(domain)
+        if not isinstance(section, dict):
+            off.append(f"{domain} (no '{domain}' section in the config)")
+        elif not (Path(workdir) / section["samples"]).exists():
+            off.append(f"{domain} (its sheet {section['samples']} does not exist)")
+        else:
+            off.append(f"{domain} (its sheet {section['samples']} has no rows)")
+    if not on:
+        return (
+            "gpubio: every module is off: " + "; ".join(off) + ". Fill a sample sheet to run a module "
+            "(README: Sample sheets), or run the demo: make demo"
+        )
+    return "gpubio: modules on: " + ", ".join(on) + (("; off: " + "; ".join(off)) if off else "")
+
+
 def start_up(
     config: dict,
     config_file: str = "config/config.yaml",

@@ -11,7 +11,7 @@ from gpubio.shell import (
     quote_option_list,
     settings_options,
 )
-from gpubio.startup import start_up
+from gpubio.startup import module_summary, start_up
 
 # Collect cyclic garbage less often while the DAG is built (gpubio/dag_memory.py); the
 # thresholds are back before the first job runs (onstart below).
@@ -38,6 +38,8 @@ TRANSCRIPTOMICS = STARTUP.settings["transcriptomics"]
 IMAGING = STARTUP.settings["imaging"]
 # The site GPU jobs are placed on. Rules declare needs; the partitions file says what exists.
 SITE = STARTUP.site
+# which modules run, and why the others do not (an empty sheet is the usual reason)
+print(module_summary(PROJECT, os.getcwd()), file=sys.stderr)
 if SITE.local is not None:  # a local run: say which GPUs judge its needs
     print(SITE.local.summary(), file=sys.stderr)
 
@@ -101,8 +103,10 @@ def get_module_outputs(wildcards=None):
 
 
 def get_final_outputs():
-    """Every active module's targets, the GPU plan, and what the GPU jobs used."""
-    return get_module_outputs() + GPU_REPORT_TARGETS
+    """Every active module's targets, the GPU plan, and what the GPU jobs used; nothing when
+    every module is off (the start-up line says why)."""
+    targets = get_module_outputs()
+    return targets + GPU_REPORT_TARGETS if targets else []
 
 
 def usage_record(step):
