@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,12 +89,11 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def make_project(root: Path, n: int) -> None:
-    from gpubio.demo import make_demo, sheet_text
+    from gpubio.demo import demo_as_project, make_demo, sheet_text
 
     os.chdir(root)
     rows = make_demo("resources/demo", seed=1)
-    (root / "config").mkdir()
-    shutil.copy(REPO / "config" / "config.yaml", root / "config" / "config.yaml")
+    demo_as_project(REPO, root)  # the demo's settings; its sheets are replaced below
     for domain, domain_rows in rows.items():
         template = next(iter(domain_rows.values()))
         many = {f"s{i:05d}": template for i in range(n)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,6 +93,7 @@ def chain_by_hand(root: Path, threads: int) -> float:
     import pysam
     import torch
 
+    from gpubio.demo import demo_config
     from gpubio.genomics.align import align_reads, sort_and_index
     from gpubio.genomics.alignment_qc import write_alignment_qc
     from gpubio.genomics.effects import load_effect_model, read_variants, score_variants, write_effects
@@ -105,9 +105,7 @@ def chain_by_hand(root: Path, threads: int) -> float:
     demo = root / "resources" / "demo" / "genomics"
     ref = str(demo / "reference.fa")
     pysam.faidx(ref)
-    import yaml
-
-    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["genomics"]["variant_effects"]
+    settings = demo_config(REPO)["genomics"]["variant_effects"]
     torch.set_num_threads(settings["threads"])  # as the workflow's scoring jobs
     out = root / "byhand"
     inputs = {
@@ -175,7 +173,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from gpubio.demo import make_demo
+    from gpubio.demo import demo_as_project, make_demo
     from gpubio.genomics.effects import pick_device
 
     device = pick_device()
@@ -193,7 +191,7 @@ def main() -> None:
             effect_benchmarks(root, demo, args, device)
         if args.skip_chain:
             return
-        shutil.copytree(REPO / "config", root / "config")
+        demo_as_project(REPO, root)
         for sheet in ("transcriptomics", "imaging"):
             (root / "config" / f"{sheet}.tsv").write_text("")
         workflow_s, jobs = chain_workflow(root, args.cores)

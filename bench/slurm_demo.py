@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from gpubio.demo import make_demo  # noqa: E402
+from gpubio.demo import demo_as_project, make_demo  # noqa: E402
 from slurm_cluster import SlurmCluster, default_nodes  # noqa: E402
 
 
@@ -109,7 +109,7 @@ def main() -> int:
     root = args.keep or Path(tempfile.mkdtemp(prefix="gpubio-slurm-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     project = root / "project"
-    shutil.copytree(REPO / "config", project / "config")
+    demo_as_project(REPO, project)
     make_demo(str(project / "resources" / "demo"), seed=1)
 
     nodes = default_nodes(cpus=32, memory_mb=1_100_000)  # the demo asks for up to 64 GB

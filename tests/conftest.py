@@ -49,33 +49,19 @@ DEMO_OVERLAY = "config/demo/config.yaml"  # what `make demo` lays over config/co
 
 
 def demo_config() -> dict:
-    """config/config.yaml with the demo overlay's settings merged in by Snakemake's own merge
-    (as `--configfile` does), the sheets left where config/config.yaml names them."""
-    import yaml
-    from snakemake.utils import update_config
+    """config/config.yaml with the demo overlay merged in (gpubio.demo.demo_config)."""
+    from gpubio.demo import demo_config
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    overlay = yaml.safe_load((REPO / DEMO_OVERLAY).read_text())
-    for section in overlay.values():
-        section.pop("samples", None)
-    update_config(config, overlay)
-    return config
+    return demo_config(REPO)
 
 
 def demo_project(root: Path, demo_data: Path | None = None) -> Path:
-    """A project directory set up as a user would set up the demo as their own project: the
-    repository's config/, with the demo overlay's settings merged into config/config.yaml (by
-    Snakemake's own merge, as `--configfile` does) and the demo sheets as config/<domain>.tsv.
-    Tests then change config/config.yaml or a sheet and run without `--configfile`."""
-    import yaml
+    """A project directory holding the demo's settings and sheets, as a user who starts from
+    the demo has it (gpubio.demo.demo_as_project); tests then change config/config.yaml or a
+    sheet and run without `--configfile`. With demo_data: resources/demo links to it."""
+    from gpubio.demo import demo_as_project
 
-    shutil.copytree(REPO / "config", root / "config")
-    overlay = yaml.safe_load((REPO / DEMO_OVERLAY).read_text())
-    config = demo_config()
-    for domain, section in overlay.items():
-        if section.get("samples"):  # the project keeps its sheets where config/config.yaml names them
-            shutil.copy(REPO / section["samples"], root / config[domain]["samples"])
-    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    demo_as_project(REPO, root)
     if demo_data is not None:
         (root / "resources").mkdir(exist_ok=True)
         (root / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")

@@ -47,6 +47,43 @@ def write_sheets(rows: dict[str, dict], sheet_dir: str | Path) -> None:
         (sheet_dir / f"{domain}.tsv").write_text(sheet_text(domain, domain_rows))
 
 
+DEMO_OVERLAY = "config/demo/config.yaml"  # what `make demo` lays over config/config.yaml
+
+
+def demo_config(repo: str | Path) -> dict:
+    """A repository's config/config.yaml with the demo overlay's settings merged in by
+    Snakemake's own merge (as `--configfile` does); sheet paths stay config/<domain>.tsv."""
+    import yaml
+    from snakemake.utils import update_config
+
+    repo = Path(repo)
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    overlay = yaml.safe_load((repo / DEMO_OVERLAY).read_text())
+    for section in overlay.values():
+        section.pop("samples", None)
+    update_config(config, overlay)
+    return config
+
+
+def demo_as_project(repo: str | Path, root: str | Path) -> dict:
+    """Set `root` up as a project holding the demo, as a user would make the demo their own:
+    the repository's config/ copied, the overlay's settings in config/config.yaml, the demo
+    sheets as config/<domain>.tsv. Returns that config."""
+    import shutil
+
+    import yaml
+
+    repo, root = Path(repo), Path(root)
+    shutil.copytree(repo / "config", root / "config")
+    config = demo_config(repo)
+    overlay = yaml.safe_load((repo / DEMO_OVERLAY).read_text())
+    for domain, section in overlay.items():
+        if section.get("samples"):
+            shutil.copy(repo / section["samples"], root / config[domain]["samples"])
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return config
+
+
 def gzip_text(path: str | Path):
     """A text handle writing gzip with a zero timestamp, so the same seed gives the same bytes."""
     import gzip
