@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import BIN, REPO, run_snakemake
+from conftest import BIN, DEMO_OVERLAY, REPO, run_snakemake
 
 PROFILE_LOCAL = str(REPO / "profiles" / "local")
 
@@ -78,7 +78,7 @@ def test_demo_end_to_end_matches_planted_truth(demo_run, demo_data):
     assert (workdir / "benchmarks/imaging/nuclei1/image_qc.tsv").exists()
     # nothing left half-written, and a second run has nothing to do
     assert not list((workdir / "results").rglob(".*.tmp*"))
-    again = run_snakemake(workdir, "-n", "--profile", PROFILE_LOCAL)
+    again = run_snakemake(workdir, "-n", "--profile", PROFILE_LOCAL, "--configfile", DEMO_OVERLAY)
     assert "Nothing to be done" in again.stdout + again.stderr
     html = (workdir / "results/report.html").read_text(errors="replace")
     assert "qc_summary.png" in html and "qc_summary.tsv" in html and "gpu_plan.tsv" in html
