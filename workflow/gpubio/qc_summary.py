@@ -11,6 +11,7 @@ PANELS = {
         ("reads", ("reads",), "reads"),
         ("n50", ("n50",), "read length N50 (bp)"),
         ("mean_quality", ("mean_quality",), "mean base quality (Phred)"),
+        ("mapped_fraction", ("mapped_fraction",), "fraction of reads mapped"),
     ],
     "transcriptomics": [
         ("cells", ("cells",), "cells before QC"),

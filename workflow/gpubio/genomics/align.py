@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpubio.genomics.inputs import InputError, require_reads
+from gpubio.genomics.inputs import InputError, fastq_records, few, require_reads
 
 log = logging.getLogger("gpubio")
 
@@ -51,11 +51,8 @@ def _strip_mate_suffix(name: str) -> str:
 
 
 def _fastq(path: str) -> Iterator[Read]:
-    import pysam
-
-    with pysam.FastxFile(path) as fh:
-        for rec in fh:
-            yield Read(_strip_mate_suffix(rec.name), rec.sequence, rec.quality)
+    for rec in fastq_records(path):
+        yield Read(_strip_mate_suffix(rec.name), rec.sequence, rec.quality)
 
 
 def _unaligned_bam(path: str) -> Iterator[Read]:
@@ -92,8 +89,14 @@ def read_groups_of(paths: list[str]) -> list[dict]:
 def iter_input(paths: list[str]) -> Iterator[tuple[Read, Read | None]]:
     """(read, mate) from FASTQ mates, a single FASTQ, or unaligned BAM(s)."""
     if len(paths) == 2 and not str(paths[0]).endswith(".bam"):
-        for r1, r2 in itertools.zip_longest(_fastq(paths[0]), _fastq(paths[1])):
-            if r1 is None or r2 is None or r1.name != r2.name:
+        for count, (r1, r2) in enumerate(itertools.zip_longest(_fastq(paths[0]), _fastq(paths[1]))):
+            if r1 is None or r2 is None:
+                short, full, mate = (paths[1], paths[0], "read 2") if r2 is None else (paths[0], paths[1], "read 1")
+                raise InputError(
+                    f"{short} ({mate}) has fewer reads than its mate file {full}: it ends after {count} reads; "
+                    "it is cut short or not this sample's mate file: transfer it again or give the matching mates"
+                )
+            if r1.name != r2.name:
                 raise InputError(
                     f"{paths[0]} and {paths[1]} are not in the same order (read "
                     f"{getattr(r1, 'name', None)!r} vs {getattr(r2, 'name', None)!r}); give mates in matching order"
@@ -396,9 +399,36 @@ def sort_and_index(bam_in: str, out: str, sample: str, platform: str, threads: i
                 os.unlink(source)
         index_tmp = f"{tmp}.bai"
         pysam.index("-@", str(max(1, threads)), str(tmp), index_tmp, catch_stdout=False)
+        try:
+            require_mapped_reads(str(tmp), index_tmp, bam_in, sample)
+        except InputError:
+            os.unlink(index_tmp)
+            raise
     os.replace(index_tmp, f"{out}.bai")  # after the BAM, so the index is the newer file
     kept = "renamed to the sample" if foreign else "kept"
     log.info("sorted and indexed %s (read groups %s)", out, kept if has_rg else f"added for {sample}")
+
+
+def require_mapped_reads(bam_path: str, index: str, source: str, sample: str, peek: int = 1000) -> None:
+    """Raise InputError when no read of an indexed BAM maps (counted from its index): its
+    variant calls would be an empty VCF. The message says whether the reads are all N."""
+    import pysam
+
+    with pysam.AlignmentFile(bam_path, "rb", index_filename=index) as bam:
+        if bam.mapped:
+            return
+        reads, contigs = bam.mapped + bam.unmapped, list(bam.references)
+        first = [rec.query_sequence or "" for rec in itertools.islice(bam.fetch(until_eof=True), peek)]
+    if not any(set(seq) - set("Nn") for seq in first):
+        which = f"all {reads} reads" if len(first) == reads else f"the first {len(first)} of its {reads} reads"
+        raise InputError(
+            f"sample '{sample}': none of its reads maps to the reference, and {which} in {source} are N only: "
+            "no base was called; the sequencing or basecalling of this sample failed: redo it or remove the sample"
+        )
+    raise InputError(
+        f"sample '{sample}': none of its {reads} reads maps to the reference ({source}; reference contigs "
+        f"{few(contigs)}); check that genomics.reference is this organism's genome and the reads are this sample's"
+    )
 
 
 def is_aligned_bam(path: str) -> bool:

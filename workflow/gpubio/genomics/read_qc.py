@@ -21,6 +21,8 @@ def _iter_reads(path: str):
     """Yield (length, sum of base qualities) per read of a FASTQ(.gz) or BAM (secondary/supplementary skipped)."""
     import pysam
 
+    from gpubio.genomics.inputs import fastq_records
+
     if str(path).endswith(".bam"):
         with pysam.AlignmentFile(path, "rb", check_sq=False) as bam:
             for read in bam.fetch(until_eof=True):
@@ -29,10 +31,8 @@ def _iter_reads(path: str):
                 quals = read.query_qualities
                 yield read.query_length, (int(np.sum(quals)) if quals is not None else 0)
     else:
-        with pysam.FastxFile(path) as fh:
-            for record in fh:
-                quals = record.get_quality_array()
-                yield len(record.sequence), int(sum(quals)) if quals is not None else 0
+        for record in fastq_records(path):
+            yield len(record.sequence), int(sum(record.get_quality_array()))
 
 
 def histograms(lengths: np.ndarray, read_quals: np.ndarray) -> dict:

@@ -137,22 +137,39 @@ def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[
 
 
 def _input_problems(table, sheet: str, settings: dict, config_file: str) -> list[str]:
-    """The reference (one FASTA, each contig named once) and that each sheet BAM is a BAM:
-    found later, they would fail every job or, worse, give wrong calls."""
-    from gpubio.genomics.inputs import bam_problem, reference_problems
+    """The reference (one FASTA, each contig named once), that each sheet BAM is a BAM aligned
+    to the reference's contigs (when aligned), and that each FASTQ starts as FASTQ: found
+    later, they would fail every job or, worse, give an empty VCF or wrong QC. Reads headers
+    and first bytes only."""
+    from gpubio.genomics.inputs import bam_contigs, bam_problem, contig_mismatch, fastq_problem, read_reference
 
-    problems = []
+    problems, contigs = [], None
     reference = settings.get("reference")
     if reference and Path(reference).is_file():  # a missing one is reported with the config
-        problems += reference_problems(reference, config_file)
+        contigs, reference_problems = read_reference(reference, config_file)
+        problems += reference_problems
     for i, (sample, row) in enumerate(_rows(table), start=1):
+        where = f"{sheet} row {i} (line {i + 1}, sample '{sample}')"
+        for column in ("fastq_1", "fastq_2"):
+            path = _value(row, column)
+            problem = fastq_problem(path) if path and Path(path).is_file() else None
+            if problem:
+                problems.append(f"{where}: {column} '{path}' {problem}")
         bam = _value(row, "bam")
-        problem = bam_problem(bam) if bam and Path(bam).is_file() else None
+        if not bam or not Path(bam).is_file():
+            continue
+        problem = bam_problem(bam)
         if problem:
-            problems.append(
-                f"{sheet} row {i} (line {i + 1}, sample '{sample}'): bam '{bam}' {problem}; "
-                "give an aligned or unaligned BAM, or the reads as FASTQ"
-            )
+            problems.append(f"{where}: bam '{bam}' {problem}; give an aligned or unaligned BAM, or the reads as FASTQ")
+            continue
+        try:
+            names = bam_contigs(bam)
+        except (OSError, EOFError) as error:
+            problems.append(f"{where}: bam '{bam}' cannot be read ({error}); transfer it again from the source")
+            continue
+        mismatch = contig_mismatch(names, contigs, reference) if names and contigs else None
+        if mismatch:
+            problems.append(f"{where}: bam '{bam}' {mismatch}")
     return problems
 
 

@@ -8,6 +8,8 @@ import os
 import shlex
 from pathlib import Path
 
+from gpubio.genomics.inputs import quiet_htslib
+
 log = logging.getLogger("gpubio")
 
 # bcftools mpileup presets per platform (bcftools >= 1.20; 'ont' alone skips indels)
@@ -89,7 +91,7 @@ def finish_calls(raw: str, reference: str, sample: str, min_qual: float, out: st
             str(work / "norm.vcf.gz"),
         )
         source = work / "filtered.vcf.gz"
-        with pysam.VariantFile(str(source)) as vcf:
+        with quiet_htslib(), pysam.VariantFile(str(source)) as vcf:  # no index: none needed
             names = list(vcf.header.samples)
         if names != [sample]:
             if len(names) != 1:
@@ -125,7 +127,9 @@ def upper_case_alleles(vcf_in: str, vcf_out: str) -> int:
     import pysam
 
     changed = 0
-    with pysam.VariantFile(vcf_in) as fh, pysam.VariantFile(vcf_out, "wz", header=fh.header) as out:
+    with quiet_htslib():  # read through, never by region: its missing index does not matter
+        fh = pysam.VariantFile(vcf_in)
+    with fh, pysam.VariantFile(vcf_out, "wz", header=fh.header) as out:
         for rec in fh:
             alleles = tuple(a.upper() if set(a) <= NUCLEOTIDES else a for a in rec.alleles)
             if alleles != rec.alleles:
