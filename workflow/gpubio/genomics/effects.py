@@ -253,17 +253,17 @@ class DeepseaModel(EffectModel):
 
         config, network, outputs = deepsea.load_network(weights, device)
         try:
-            names = _track_names(track_names or Path(weights) / deepsea.FEATURES_FILE, outputs)
+            names = _track_names(track_names or deepsea.features_file(weights), outputs)
         except (OSError, ValueError) as error:
             raise InputError(str(error)) from None
         log.info(
-            "DeepSEA-style model from %s: %d conv layers, %d features, %d-bp windows from %s "
+            "DeepSEA-style model from %s: %d conv layers, %d features, %d-bp windows (%s) "
             "(sequence_length %d is not used by this family), both strands, on %s",
             weights,
             len(config.conv_layers),
             outputs,
             config.window,
-            deepsea.CONFIG_FILE,
+            "Beluga as released" if deepsea.is_beluga(weights) else deepsea.CONFIG_FILE,
             sequence_length,
             device,
         )
