@@ -90,6 +90,22 @@ def correlation(a, b) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def score_agreement(cpu, gpu):
+    """Variant scores agree within 1e-3 of the largest score."""
+    diff = float(np.abs(cpu - gpu).max() / max(np.abs(cpu).max(), 1e-12))
+    return diff <= 1e-3, f"largest score difference {diff:.2e} of the largest score"
+
+
+def rowwise_agreement(unit: str):
+    """Embeddings agree when every row's correlation across the two devices is >= 0.99."""
+
+    def agree(cpu, gpu):
+        r = min(correlation(a, b) for a, b in zip(cpu, gpu))
+        return r >= 0.99, f"lowest per-{unit} correlation {r:.6f}"
+
+    return agree
+
+
 # --------------------------------------------------------------------------- imaging
 
 
@@ -225,37 +241,17 @@ def random_windows(rng, count: int, length: int) -> tuple[list[str], list[str]]:
 
 
 def enformer_scoring(size: dict, work: Path):
-    import torch
-    from enformer_pytorch import Enformer
-
+    from gpubio.demo.genomics import write_tiny_enformer
     from gpubio.genomics.effects import load_effect_model
 
-    torch.manual_seed(0)
-    weights = work / "enformer"
-    Enformer.from_hparams(
-        dim=48,
-        depth=2,
-        heads=2,
-        attn_dim_key=8,
-        num_downsamples=5,
-        dim_divisible_by=6,
-        output_heads={"human": 16},
-        target_length=-1,
-        dropout_rate=0.0,
-        attn_dropout=0.0,
-        pos_dropout=0.0,
-    ).save_pretrained(str(weights), safe_serialization=False)
+    weights = write_tiny_enformer(work / "enformer", 0, depth=2, num_downsamples=5, output_heads={"human": 16})
     ref, alt = random_windows(np.random.default_rng(1), size["variants"], size["enformer_length"])
 
     def run(device):
         model = load_effect_model("enformer", weights, size["enformer_length"], device)
         return np.concatenate([model.delta(ref[i : i + 8], alt[i : i + 8]) for i in range(0, len(ref), 8)])
 
-    def agree(cpu, gpu):
-        diff = float(np.abs(cpu - gpu).max() / max(np.abs(cpu).max(), 1e-12))
-        return diff <= 1e-3, f"largest score difference {diff:.2e} of the largest score"
-
-    return run, agree, lambda: 12.0
+    return run, score_agreement, lambda: 12.0
 
 
 def deepsea_scoring(size: dict, work: Path):
@@ -284,11 +280,7 @@ def deepsea_scoring(size: dict, work: Path):
         model = load_effect_model("deepsea", weights, 2000, device)
         return np.concatenate([model.delta(ref[i : i + 32], alt[i : i + 32]) for i in range(0, len(ref), 32)])
 
-    def agree(cpu, gpu):
-        diff = float(np.abs(cpu - gpu).max() / max(np.abs(cpu).max(), 1e-12))
-        return diff <= 1e-3, f"largest score difference {diff:.2e} of the largest score"
-
-    return run, agree, lambda: deepsea.vram_gb(weights, 32)
+    return run, score_agreement, lambda: deepsea.vram_gb(weights, 32)
 
 
 # --------------------------------------------------------------------------- transcriptomics
@@ -355,11 +347,7 @@ def geneformer_embedding(size: dict):
     def run(device):
         return embed_sentences(model, sentences, 0, {0}, 16, -2, device)
 
-    def agree(cpu, gpu):
-        r = min(correlation(a, b) for a, b in zip(cpu, gpu))
-        return r >= 0.99, f"lowest per-cell correlation {r:.6f}"
-
-    return run, agree
+    return run, rowwise_agreement("cell")
 
 
 def scgpt_embedding(size: dict):
@@ -377,11 +365,7 @@ def scgpt_embedding(size: dict):
     def run(device):
         return embed_cells(model, encoded, 0, args.pad_value, 16, device)
 
-    def agree(cpu, gpu):
-        r = min(correlation(a, b) for a, b in zip(cpu, gpu))
-        return r >= 0.99, f"lowest per-cell correlation {r:.6f}"
-
-    return run, agree
+    return run, rowwise_agreement("cell")
 
 
 # --------------------------------------------------------------------------- histopathology
@@ -405,11 +389,7 @@ def conch_embedding(size: dict):
         loaded = LoadedModel(model, None, device)
         return np.concatenate([loaded.embed_images(tiles[i : i + 16]) for i in range(0, len(tiles), 16)])
 
-    def agree(cpu, gpu):
-        r = min(correlation(a, b) for a, b in zip(cpu, gpu))
-        return r >= 0.99, f"lowest per-tile correlation {r:.6f}"
-
-    return run, agree, lambda: tile_embedding_vram_gb("", 16)
+    return run, rowwise_agreement("tile"), lambda: tile_embedding_vram_gb("", 16)
 
 
 def rapids_available() -> bool:
