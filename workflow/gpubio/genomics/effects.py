@@ -257,13 +257,13 @@ class DeepseaModel(EffectModel):
         except (OSError, ValueError) as error:
             raise InputError(str(error)) from None
         log.info(
-            "DeepSEA-style model from %s: %d conv layers, %d features, %d-bp windows (%s) "
+            "DeepSEA-style model from %s: %d conv layers, %d features, %d-bp windows from %s "
             "(sequence_length %d is not used by this family), both strands, on %s",
             weights,
             len(config.conv_layers),
             outputs,
             config.window,
-            "Beluga as released" if deepsea.is_beluga(weights) else deepsea.CONFIG_FILE,
+            f"Beluga's architecture ({deepsea.BELUGA_FILE})" if deepsea.is_beluga(weights) else deepsea.CONFIG_FILE,
             sequence_length,
             device,
         )
