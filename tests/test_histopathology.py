@@ -22,7 +22,7 @@ from independent.histopathology import (
     planted_mask,
     write_slide,
 )
-from tiny_vlm import CLASSES, CONFIG, VOCAB, write_tiny_model
+from tiny_vlm import CLASSES, write_tiny_model
 
 torch.set_num_threads(1)
 
@@ -150,36 +150,33 @@ def test_tiles_are_read_at_the_target_resolution(slide_path):
     assert np.abs(coarse - blocks4).max() <= 1
 
 
-def test_weights_layout_round_trip_and_tokenizer(model_dir, tmp_path):
+def test_released_layout_round_trip_and_tokenizer(model_dir, tmp_path):
     from gpubio.histopathology.model import ModelError, load_model
 
     loaded = load_model(model_dir)
-    saved = torch.load(model_dir / "model.pt", weights_only=True)
-    assert json.loads((model_dir / "config.json").read_text()) == CONFIG
+    saved = torch.load(model_dir / "pytorch_model.bin", weights_only=True)
+    assert json.loads((model_dir / "conch_ViT-B-16.json").read_text())["embed_dim"] == 16
+    assert set(loaded.model.state_dict()) == set(saved)
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, saved[key]), key
-    tokens, padding = loaded.tokenizer.encode(["An H&E image of tumors!", "purple"], 8)
-    ids = {t: i for i, t in enumerate(VOCAB)}
-    # [CLS] an h & e image of tumor ##s ! [SEP], cut to 8 with [SEP] kept; unknown '!' is [UNK]
-    assert tokens[0].tolist() == [ids[t] for t in ("[CLS]", "an", "h", "&", "e", "image", "of", "[SEP]")]
-    assert tokens[1].tolist() == [ids["[CLS]"], ids["purple"], ids["[SEP]"]] + [ids["[PAD]"]] * 5
-    assert padding[1].tolist() == [False] * 3 + [True] * 5
-    full, _ = loaded.tokenizer.encode(["tumors!"], 8)
-    assert full[0, :5].tolist() == [ids["[CLS]"], ids["tumor"], ids["##s"], ids["[UNK]"], ids["[SEP]"]]
-    # a text's embedding does not depend on how much padding follows it
-    a = loaded.model.encode_text(*loaded.tokenizer.encode(["purple nuclei"], 15))
-    torch.manual_seed(0)
-    assert torch.allclose(a, loaded.model.encode_text(*loaded.tokenizer.encode(["purple nuclei"], 15)))
+    tokens = loaded.tokenizer.encode(["Purple NUCLEI", "an H&E image of tumor tissue with dense purple nuclei"], 12)
+    # <start_of_text> words <end_of_text>, lower-cased, padded with <pad> = 0; a long text is cut with its end kept
+    words = tokens[0][(tokens[0] > 2)]
+    assert tokens[0].tolist() == [1, *words.tolist(), 2] + [0] * (10 - len(words))
+    assert loaded.tokenizer.tokenizer.decode(words).strip() == "purple nuclei"
+    assert tokens[1, 0] == 1 and tokens[1, -1] == 2 and (tokens[1] != 0).all()
+    # a text's embedding does not depend on the other texts of its batch
+    alone, together = loaded.embed_texts(["purple nuclei"]), loaded.embed_texts(["stroma", "purple nuclei"])
+    assert alone.shape == (1, 16) and np.allclose(alone[0], together[1], atol=1e-6)
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("config.json", "vocab.txt"):
+    for name in ("conch_ViT-B-16.json", "conch_byte_level_bpe_uncased.json"):
         (broken / name).write_bytes((model_dir / name).read_bytes())
-    with pytest.raises(ModelError, match="missing model.pt"):
+    with pytest.raises(ModelError, match="missing pytorch_model.bin"):
         load_model(broken)
-    state = {k: v for k, v in saved.items() if not k.startswith("text.")}
-    torch.save(state, broken / "model.pt")
-    with pytest.raises(ModelError, match=r"model.pt does not match config.json: missing \['text\."):
+    torch.save({k: v for k, v in saved.items() if not k.startswith("text.")}, broken / "pytorch_model.bin")
+    with pytest.raises(ModelError, match=r"weights of CONCH's image and text towers are missing \(e.g. text\."):
         load_model(broken)
 
 

@@ -124,28 +124,11 @@ def _job_resources(dry_run: str, rule: str) -> list[dict]:
 
 
 def test_cluster_dry_run_places_the_embedding_job_on_a_gpu_by_batch_size(inputs, tmp_path):
-    # a CONCH-sized architecture (ViT-B/16 at 448 px): the weights themselves are not read by a dry-run
+    # CONCH as released (no model config: the published ViT-B/16 at 448 px); a dry-run reads no weights
     conch = tmp_path / "conch"
     conch.mkdir()
-    (conch / "config.json").write_text(
-        json.dumps(
-            {
-                "image_size": 448,
-                "patch_size": 16,
-                "width": 768,
-                "depth": 12,
-                "heads": 12,
-                "embed_dim": 512,
-                "text_width": 768,
-                "text_depth": 12,
-                "text_heads": 12,
-                "context_length": 128,
-                "vocab_size": 32007,
-            }
-        )
-    )
-    (conch / "model.pt").write_bytes(b"")
-    (conch / "vocab.txt").write_text("[PAD]\n")
+    (conch / "pytorch_model.bin").write_bytes(b"")
+    (conch / "conch_byte_level_bpe_uncased.json").write_text("{}")
     placed = {}
     for batch in (64, 512):
         root = histopathology_project(
@@ -215,8 +198,9 @@ def test_bad_config_is_refused_with_one_line_each(inputs, tmp_path):
     )
     model_less = histopathology_project(tmp_path / "m", inputs, ["tagged\tslides/with_mpp.tif\t"], model="models/none")
     assert _refusal(model_less) == [
-        "config/config.yaml: histopathology.model: models/none: missing config.json, model.pt, vocab.txt; "
-        "a model directory holds config.json, model.pt, vocab.txt (see README, Histopathology)"
+        "config/config.yaml: histopathology.model: models/none: missing pytorch_model.bin, "
+        "conch_byte_level_bpe_uncased.json; a CONCH directory holds pytorch_model.bin (Hugging Face "
+        "MahmoodLab/CONCH) and conch_byte_level_bpe_uncased.json (the CONCH code), see README, Histopathology"
     ]
 
 

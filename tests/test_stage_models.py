@@ -183,6 +183,8 @@ def test_dorado_staging_command_and_complex_names(tmp_path):
 def test_help():
     proc = run_script("--help")
     assert proc.returncode == 0 and "--check" in proc.stdout and "--dorado-model" in proc.stdout
+    text = " ".join(proc.stdout.split())
+    assert "--convert KIND SRC DIR" in text and "KIND conch:" in text and "KIND deepsea:" in text
 
 
 def test_check_of_a_staged_enformer(tmp_path):
@@ -221,8 +223,8 @@ def test_check_of_a_staged_enformer(tmp_path):
 
 
 def test_check_knows_the_deepsea_scgpt_conch_and_restoration_layouts(tmp_path):
-    """The models of gpubio's own checkpoint layouts: each missing file is one line naming
-    the config key and the README section to follow; a complete site passes."""
+    """The models downloaded by hand: what is missing is named in one line per model (scGPT: per
+    file) with the config key and what to do; a complete site passes."""
     from gpubio.models.staging import check, model_needs, stage
 
     config = {
@@ -237,18 +239,30 @@ def test_check_knows_the_deepsea_scgpt_conch_and_restoration_layouts(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     problems = check(site, list(needs.values()))
-    expected = {
-        "genomics.variant_effects.weights": ["config.json", "model.pt", "features.txt"],
-        "transcriptomics.embeddings.weights": ["args.json", "best_model.pt", "vocab.json"],
-        "histopathology.model": ["config.json", "model.pt", "vocab.txt"],
-    }
-    for key, files in expected.items():
-        for name in files:
-            assert (
-                sum(line.startswith(f"{key}: ") and line.split("; ")[0].endswith(f"has no {name}") for line in problems)
-                == 1
+    for name in ("args.json", "best_model.pt", "vocab.json"):
+        assert (
+            sum(
+                line.startswith("transcriptomics.embeddings.weights: ")
+                and line.split("; ")[0].endswith(f"has no {name}")
+                for line in problems
             )
+            == 1
+        )
+    deepsea_dir, conch_dir = site / "variant_effects" / "deepsea", site / "histopathology"
+    assert (
+        f"genomics.variant_effects.weights: {deepsea_dir / 'config.json'} is missing; a deepsea checkpoint is "
+        "Beluga's deepsea.beluga.pth as released, or config.json, model.pt and features.txt" in problems
+    )
+    (conch_line,) = [line for line in problems if line.startswith("histopathology.model: ")]
+    assert conch_line.startswith(
+        f"histopathology.model: {conch_dir}: missing pytorch_model.bin, conch_byte_level_bpe_uncased.json;"
+    )
     assert any(line.startswith("imaging.restoration.model:") for line in problems)
+    files = {
+        "deepsea": ["deepsea.beluga.pth"],
+        "scgpt": ["args.json", "best_model.pt", "vocab.json"],
+        "conch": ["pytorch_model.bin", "conch_byte_level_bpe_uncased.json"],
+    }
     for need in needs.values():
         target = site / need.target
         if need.kind == "cellpose":
@@ -256,12 +270,13 @@ def test_check_knows_the_deepsea_scgpt_conch_and_restoration_layouts(tmp_path):
             target.write_bytes(b"weights")
             continue
         target.mkdir(parents=True, exist_ok=True)
-        for name in {
-            "deepsea": expected["genomics.variant_effects.weights"],
-            "scgpt": expected["transcriptomics.embeddings.weights"],
-            "conch": expected["histopathology.model"],
-        }[need.kind]:
+        for name in files[need.kind]:
             (target / name).write_text("x")
     assert check(site, list(needs.values())) == []
-    with pytest.raises(Exception, match="not downloadable in gpubio's layout"):
+    # a CONCH model config that is not CONCH's cannot load: named by --check
+    (conch_dir / "conch_ViT-B-16.json").write_text(json.dumps({"embed_dim": 512, "vision_cfg": {"depth": 12}}))
+    assert check(site, [needs["conch"]]) == [
+        f"histopathology.model: {conch_dir / 'conch_ViT-B-16.json'}: unknown key(s) depth in vision_cfg"
+    ]
+    with pytest.raises(Exception, match="checkpoint is downloaded by hand"):
         stage(tmp_path / "other", [needs["scgpt"]], log=lambda *_: None)

@@ -94,7 +94,28 @@ def save_checkpoint(
             **norm(f"{p}.norm1"),
             **norm(f"{p}.norm2"),
         }
-    state |= {"decoder.fc.0.weight": w(d, d), "mvc_decoder.gene2query.weight": w(d, d)}  # not the encoder's
+    # not the encoder's: the decoders of scGPT's TransformerModel as its embedding code builds it
+    # (ExprDecoder, ClsDecoder with n_layers_cls 3, MVCDecoder), the keys of a released best_model.pt
+    state |= {
+        "decoder.fc.0.weight": w(d, d),
+        "decoder.fc.0.bias": w(d),
+        "decoder.fc.2.weight": w(d, d),
+        "decoder.fc.2.bias": w(d),
+        "decoder.fc.4.weight": w(1, d),
+        "decoder.fc.4.bias": w(1),
+        **{
+            f"cls_decoder._decoder.{i}.{part}": w(d, d) if part == "weight" else w(d)
+            for i in (0, 3)
+            for part in ("weight", "bias")
+        },
+        **norm("cls_decoder._decoder.2"),
+        **norm("cls_decoder._decoder.5"),
+        "cls_decoder.out_layer.weight": w(1, d),
+        "cls_decoder.out_layer.bias": w(1),
+        "mvc_decoder.gene2query.weight": w(d, d),
+        "mvc_decoder.gene2query.bias": w(d),
+        "mvc_decoder.W.weight": w(d, d),
+    }
     if drop:
         del state[drop]
     path.mkdir(parents=True, exist_ok=True)
@@ -285,7 +306,7 @@ def test_released_names_load_decoders_are_ignored_and_bad_checkpoints_fail_with_
     dense = cells["counts"].toarray()
     tokens, values = cell_tokens(dense[2], cells["genes"], saved["vocab"], ARGS["n_bins"], ARGS["pad_value"])
     np.testing.assert_allclose(emb.X[2], reference_cls(saved["state"], ARGS, tokens, values), atol=2e-4)
-    assert "50 of 50 genes matched" in caplog.text and "2 decoder weights not used" in caplog.text
+    assert "50 of 50 genes matched" in caplog.text and "19 decoder weights not used" in caplog.text
 
     save_checkpoint(tmp_path / "broken", cells["genes"], drop="transformer_encoder.layers.1.linear2.weight")
     with pytest.raises(SystemExit) as failed:

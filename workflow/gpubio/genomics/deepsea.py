@@ -1,19 +1,30 @@
 """DeepSEA-style chromatin-feature models (Zhou & Troyanskaya 2015; Beluga, Zhou et al. 2018):
 a convolutional network over a fixed window predicting one probability per chromatin feature.
 
-A checkpoint is a directory:
+A checkpoint is a directory in one of two forms.
+
+Beluga as released (ExPecto's resources, ``deepsea.beluga.pth``): the file is read as is, with
+the architecture of its authors' code (ExPecto ``chromatin.py``, class ``Beluga``): a 2,000-bp
+window one-hot encoded in A, G, C, T order (N = 0), six 1x8 convolutions with ReLU and a 4x
+max-pool after the second and fourth, a dense ReLU layer and the output layer, keys
+``model.0.0`` ... ``model.0.14`` and ``model.1.2.1``, ``model.1.4.1``. An optional
+``features.txt`` names the 2,002 outputs (one per line); without it they are ``track_<i>``.
+
+gpubio's layout (written by ``scripts/stage-models --convert deepsea`` for the original DeepSEA,
+or by hand for another network of this shape):
 
 - ``config.json``: ``window`` (bp), ``conv_layers`` (a list of ``{"channels", "kernel", "pool"}``;
-  each layer is conv -> ReLU -> max-pool of ``pool``, 1 or absent for none), ``hidden`` (units of
-  the dense ReLU layers before the output layer), and optionally ``alphabet`` (the one-hot
-  channel order, default ``"ACGT"``; DeepSEA/Beluga use ``"AGCT"``) and ``unknown_base`` (the
-  value of all four channels at an N, default 0), and ``state_dict_keys`` (below).
+  each layer is conv -> activation -> max-pool of ``pool``, 1 or absent for none), ``hidden`` (units of
+  the dense layers before the output layer), and optionally ``alphabet`` (the one-hot
+  channel order, default ``"ACGT"``; DeepSEA/Beluga use ``"AGCT"``), ``unknown_base`` (the
+  value of all four channels at an N, default 0), ``threshold_value`` (what the activation
+  gives for inputs <= 0: 0 is ReLU, DeepSEA 0.94's Torch7 ``nn.Threshold(0, 1e-6)`` gives 1e-6)
+  and ``state_dict_keys`` (below).
 - ``model.pt``: a torch state dict with ``conv.<i>.weight`` / ``conv.<i>.bias`` per conv layer
-  (weights ``(out, in, kernel)``, or Beluga's Conv2d ``(out, in, 1, kernel)``) and
+  (weights ``(out, in, kernel)``, or Conv2d ``(out, in, 1, kernel)``) and
   ``dense.<j>.weight`` / ``dense.<j>.bias`` per dense layer, the output layer last. The output
   layer gives logits; the sigmoid is applied here. A published state dict can be used as it
-  is: ``state_dict_keys`` ``{"conv": [...], "dense": [...]}`` names its layers in order (for
-  Beluga ``"model.0.0"``, ``"model.0.2"``, ... and ``"model.1.2.1"``, ``"model.1.4.1"``).
+  is: ``state_dict_keys`` ``{"conv": [...], "dense": [...]}`` names its layers in order.
 - ``features.txt``: one feature name per line, as many as the output layer has units.
 
 Light at import (no torch): the Snakefile reads the VRAM estimate when it builds the DAG.
@@ -30,6 +41,13 @@ import numpy as np
 from gpubio.genomics.inputs import InputError
 
 CONFIG_FILE, WEIGHTS_FILE, FEATURES_FILE = "config.json", "model.pt", "features.txt"
+BELUGA_FILE = "deepsea.beluga.pth"
+# the layers of ExPecto's Beluga class, as its state dict names them
+BELUGA_KEYS = {
+    "conv": ["model.0.0", "model.0.2", "model.0.6", "model.0.8", "model.0.12", "model.0.14"],
+    "dense": ["model.1.2.1", "model.1.4.1"],
+}
+LAYOUTS = f"Beluga's {BELUGA_FILE} as released, or {CONFIG_FILE}, {WEIGHTS_FILE} and {FEATURES_FILE}"
 COMPLEMENT = {"A": "T", "C": "G", "G": "C", "T": "A"}
 CUDA_CONTEXT_GB = 1.0
 WINDOWS_PER_VARIANT = 4  # ref and alt, each on both strands
@@ -51,6 +69,7 @@ class DeepseaConfig:
     hidden: tuple[int, ...]
     alphabet: str = "ACGT"
     unknown_base: float = 0.0
+    threshold_value: float = 0.0  # the activation's output for inputs <= 0 (0: ReLU)
     # prefixes of the conv and dense layers in model.pt; empty: conv.<i> and dense.<j>
     conv_keys: tuple[str, ...] = ()
     dense_keys: tuple[str, ...] = ()
@@ -66,18 +85,41 @@ class DeepseaConfig:
         return self.conv_layers[-1].channels * self.conv_output_length()
 
 
+def is_beluga(weights: str | Path) -> bool:
+    """Beluga's released file without a config.json of gpubio's layout."""
+    return (Path(weights) / BELUGA_FILE).is_file() and not (Path(weights) / CONFIG_FILE).is_file()
+
+
+def beluga_config(channels: tuple[int, int, int] = (320, 480, 640), hidden: int = 2003) -> DeepseaConfig:
+    """Beluga's architecture (ExPecto chromatin.py); the published widths unless the weights say otherwise."""
+    a, b, c = channels
+    conv = (
+        ConvLayer(a, 8),
+        ConvLayer(a, 8, 4),
+        ConvLayer(b, 8),
+        ConvLayer(b, 8, 4),
+        ConvLayer(c, 8),
+        ConvLayer(c, 8),
+    )
+    return DeepseaConfig(
+        2000, conv, (hidden,), "AGCT", 0.0, 0.0, tuple(BELUGA_KEYS["conv"]), tuple(BELUGA_KEYS["dense"])
+    )
+
+
 def read_config(weights: str | Path) -> DeepseaConfig:
-    """The checkpoint's config.json, checked; a bad key raises InputError naming it."""
+    """The checkpoint's architecture: Beluga's, or its config.json checked (a bad key raises
+    InputError naming it)."""
+    if is_beluga(weights):
+        return beluga_config()
     path = Path(weights) / CONFIG_FILE
     if not path.is_file():
-        raise InputError(
-            f"{path} is missing; a deepsea checkpoint needs {CONFIG_FILE}, {WEIGHTS_FILE} and {FEATURES_FILE}"
-        )
+        raise InputError(f"{path} is missing; a deepsea checkpoint is {LAYOUTS}")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"{path} is not valid JSON ({error})") from None
-    unknown = set(raw) - {"window", "conv_layers", "hidden", "alphabet", "unknown_base", "state_dict_keys"}
+    known = {"window", "conv_layers", "hidden", "alphabet", "unknown_base", "threshold_value", "state_dict_keys"}
+    unknown = set(raw) - known
     if unknown:
         raise InputError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; see the README, DeepSEA-style effects")
 
@@ -111,6 +153,9 @@ def read_config(weights: str | Path) -> DeepseaConfig:
     unknown_base = raw.get("unknown_base", 0.0)
     if not isinstance(unknown_base, (int, float)) or isinstance(unknown_base, bool):
         raise InputError(f"{path}: unknown_base must be a number (0 or 0.25), not {unknown_base!r}")
+    threshold_value = raw.get("threshold_value", 0.0)
+    if not isinstance(threshold_value, (int, float)) or isinstance(threshold_value, bool):
+        raise InputError(f"{path}: threshold_value must be a number (0 for ReLU, 1e-6 for DeepSEA 0.94)")
     keys = raw.get("state_dict_keys", {})
     if keys:
         wanted = {"conv": len(conv), "dense": len(hidden) + 1}
@@ -132,6 +177,7 @@ def read_config(weights: str | Path) -> DeepseaConfig:
         hidden,
         alphabet,
         float(unknown_base),
+        float(threshold_value),
         tuple(keys.get("conv", ())),
         tuple(keys.get("dense", ())),
     )
@@ -149,12 +195,19 @@ def checkpoint_problems(weights: str | Path, config_key: str) -> list[str]:
         read_config(weights)
     except InputError as error:
         return [f"{config_key}: {error}"]
+    if is_beluga(weights):
+        return []
     return [
-        f"{config_key}: {weights / name} is missing; a deepsea checkpoint needs {CONFIG_FILE}, {WEIGHTS_FILE} "
-        f"and {FEATURES_FILE} (README: DeepSEA-style effects)"
+        f"{config_key}: {weights / name} is missing; a deepsea checkpoint is {LAYOUTS} (README: DeepSEA-style effects)"
         for name in (WEIGHTS_FILE, FEATURES_FILE)
         if not (weights / name).is_file()
     ]
+
+
+def features_file(weights: str | Path) -> Path | None:
+    """The feature names: features.txt; Beluga as released may go without (None)."""
+    path = Path(weights) / FEATURES_FILE
+    return None if is_beluga(weights) and not path.is_file() else path
 
 
 def vram_gb(weights: str | Path, batch_size: int) -> float:
@@ -214,7 +267,6 @@ def _renamed(state: dict, config: DeepseaConfig, path: Path) -> dict:
 
 def build_network(config: DeepseaConfig, outputs: int):
     """The torch module for a config; its state-dict keys are the layout's conv.<i> and dense.<j>."""
-    import torch
     from torch import nn
 
     class DeepseaNet(nn.Module):
@@ -229,15 +281,27 @@ def build_network(config: DeepseaConfig, outputs: int):
 
         def forward(self, x):  # (batch, 4, window) -> logits (batch, outputs)
             for conv, layer in zip(self.conv, config.conv_layers):
-                x = torch.relu(conv(x))
+                x = nn.functional.threshold(conv(x), 0.0, config.threshold_value)
                 if layer.pool > 1:
                     x = nn.functional.max_pool1d(x, layer.pool)
             x = x.flatten(1)
             for dense in self.dense[:-1]:
-                x = torch.relu(dense(x))
+                x = nn.functional.threshold(dense(x), 0.0, config.threshold_value)
             return self.dense[-1](x)
 
     return DeepseaNet()
+
+
+def _beluga_widths(state: dict, path: Path) -> DeepseaConfig:
+    """Beluga's architecture with the widths of the weights (the published ones: 320, 480, 640, 2003)."""
+    missing = [f"{k}.weight" for k in BELUGA_KEYS["conv"] + BELUGA_KEYS["dense"] if f"{k}.weight" not in state]
+    if missing:
+        raise InputError(
+            f"{path} is not Beluga's state dict (no {', '.join(missing[:3])}); use deepsea.beluga.pth as "
+            "released with ExPecto, or convert other weights (scripts/stage-models --convert deepsea)"
+        )
+    channels = tuple(int(state[f"model.0.{i}.weight"].shape[0]) for i in (0, 6, 12))
+    return beluga_config(channels, int(state["model.1.2.1.weight"].shape[0]))
 
 
 def load_network(weights: str | Path, device: str):
@@ -246,12 +310,18 @@ def load_network(weights: str | Path, device: str):
 
     weights = Path(weights)
     config = read_config(weights)
-    path = weights / WEIGHTS_FILE
+    path = weights / (BELUGA_FILE if is_beluga(weights) else WEIGHTS_FILE)
     if not path.is_file():
         raise InputError(f"{path} is missing; save the state dict there (README: DeepSEA-style effects)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001  (torch raises many kinds on a damaged file)
+        raise InputError(f"{path} cannot be read as a torch state dict ({error}); copy it again") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    described = CONFIG_FILE
+    if is_beluga(weights):
+        config, described = _beluga_widths(state, path), "Beluga's architecture (2,000-bp window)"
     if config.conv_keys:
         state = _renamed(state, config, path)
     state = {
@@ -261,14 +331,14 @@ def load_network(weights: str | Path, device: str):
     last = f"dense.{len(config.hidden)}.weight"
     if last not in state:
         raise InputError(
-            f"{path} has no {last}: config.json names {len(config.hidden)} hidden layer(s), so the output "
+            f"{path} has no {last}: {described} names {len(config.hidden)} hidden layer(s), so the output "
             f"layer must be dense.{len(config.hidden)}; keys found: {', '.join(sorted(state)[:8])}"
         )
     first = state.get("dense.0.weight")
     if first is not None and first.shape[1] != config.flat_size():
         raise InputError(
             f"{path}: dense.0 takes {first.shape[1]} inputs but a {config.window}-bp window through conv_layers "
-            f"gives {config.flat_size()}; window or conv_layers in {CONFIG_FILE} do not match the weights"
+            f"gives {config.flat_size()}; the window or conv layers of {described} do not match the weights"
         )
     outputs = state[last].shape[0]
     network = build_network(config, outputs)
@@ -276,5 +346,5 @@ def load_network(weights: str | Path, device: str):
         network.load_state_dict(state)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
-        raise InputError(f"{path} does not fit {CONFIG_FILE}: {detail}") from None
+        raise InputError(f"{path} does not fit {described}: {detail}") from None
     return config, network.eval().to(device), outputs

@@ -253,7 +253,7 @@ class DeepseaModel(EffectModel):
 
         config, network, outputs = deepsea.load_network(weights, device)
         try:
-            names = _track_names(track_names or Path(weights) / deepsea.FEATURES_FILE, outputs)
+            names = _track_names(track_names or deepsea.features_file(weights), outputs)
         except (OSError, ValueError) as error:
             raise InputError(str(error)) from None
         log.info(
@@ -263,7 +263,7 @@ class DeepseaModel(EffectModel):
             len(config.conv_layers),
             outputs,
             config.window,
-            deepsea.CONFIG_FILE,
+            f"Beluga's architecture ({deepsea.BELUGA_FILE})" if deepsea.is_beluga(weights) else deepsea.CONFIG_FILE,
             sequence_length,
             device,
         )

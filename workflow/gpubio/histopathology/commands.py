@@ -188,7 +188,9 @@ def register(sub) -> None:
     p.add_argument("tiles", help="tiles.tsv of tile-slide")
     p.add_argument("--mpp", type=float, help=mpp_help)
     p.add_argument("--sample", required=True)
-    p.add_argument("--model", required=True, help="weights directory: config.json, model.pt, vocab.txt")
+    p.add_argument(
+        "--model", required=True, help="CONCH weights directory: pytorch_model.bin, conch_byte_level_bpe_uncased.json"
+    )
     p.add_argument("--tile-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="the .h5ad (X: embeddings; obs: x, y, level, tissue_fraction)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from gpubio.histopathology.weights import ModelError, read_model_config
+from gpubio.histopathology.weights import PUBLISHED_CONFIG, ModelError, architecture, read_model_config
 
 CUDA_CONTEXT_GB = 1.0
 
@@ -22,7 +22,7 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".")
     if not model:
         problems.append(
             f"{config_file}: histopathology.model is not set; give the local directory of the "
-            "vision-language weights (config.json, model.pt, vocab.txt; see README, Histopathology)"
+            "CONCH weights (pytorch_model.bin and conch_byte_level_bpe_uncased.json; see README, Histopathology)"
         )
     else:
         try:
@@ -93,21 +93,12 @@ def tile_embedding_vram_gb(model_dir: str, batch_size: int) -> float:
 
     Activations per image: each block of the image tower holds its tokens (width floats)
     several times over plus the attention matrices (heads x tokens^2); ~12 copies of the
-    token tensor covers both at ViT-B/16 sizes. Unknown models count as ViT-B/16 (CONCH).
+    token tensor covers both at ViT-B/16 sizes. An unreadable directory counts as CONCH's.
     """
     try:
         c = read_model_config(model_dir)
     except ModelError:
-        c = {
-            "image_size": 448,
-            "patch_size": 16,
-            "width": 768,
-            "depth": 12,
-            "heads": 12,
-            "text_width": 768,
-            "text_depth": 12,
-            "vocab_size": 32007,
-        }
+        c = architecture(PUBLISHED_CONFIG, "CONCH")
     tokens = (c["image_size"] // c["patch_size"]) ** 2 + 1
     params = 12 * c["width"] ** 2 * c["depth"] + 12 * c["text_width"] ** 2 * c["text_depth"]
     params += c["vocab_size"] * c["text_width"]

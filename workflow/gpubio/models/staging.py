@@ -10,13 +10,18 @@ Layout of a site directory:
 
     dorado/<model>/config.toml           dorado download --models-directory dorado
     variant_effects/<family>/            Enformer or DNABERT-style, save_pretrained layout;
-                                         DeepSEA-style: config.json, model.pt, features.txt
+                                         DeepSEA-style: Beluga's deepsea.beluga.pth as released,
+                                         or config.json, model.pt, features.txt (--convert deepsea)
     celltypist/<name>.pkl                CellTypist model
     embeddings/                          Geneformer-style: config.json, weights, token_dictionary;
                                          scGPT-style: args.json, best_model.pt, vocab.json
     cellpose/<weights file>              Cellpose built-in weights (cyto3, nuclei, cpsam, ...),
                                          also the restoration models (denoise_cyto3, ...)
-    histopathology/                      CONCH-style: config.json, model.pt, vocab.txt
+    histopathology/                      CONCH as released: pytorch_model.bin,
+                                         conch_byte_level_bpe_uncased.json (--convert conch)
+
+Two models are not fetched (gated or licensed for download by hand); `convert` gathers what
+their authors release into the layout above (gpubio.models.convert).
 """
 
 from __future__ import annotations
@@ -39,15 +44,18 @@ DEFAULT_SOURCES = {
     "embeddings": "ctheodoris/Geneformer",
 }
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# Checkpoints in gpubio's own layouts: the files each needs, and how a user gets them (they are
-# not on a hub in this layout; the README section of each model says how to convert).
+# Checkpoints downloaded by hand: the files each needs, and how a user gets them (the README
+# section of each model says where from; --convert gathers CONCH and DeepSEA).
 OWN_LAYOUTS = {
-    "deepsea": (["config.json", "model.pt", "features.txt"], "README: DeepSEA-style effects"),
+    "deepsea": (["deepsea.beluga.pth"], "README: DeepSEA-style effects (scripts/stage-models --convert deepsea)"),
     "scgpt": (
         ["args.json", "best_model.pt", "vocab.json"],
         "README: scGPT-style embeddings (a released checkpoint folder)",
     ),
-    "conch": (["config.json", "model.pt", "vocab.txt"], "README: Histopathology (staging CONCH weights)"),
+    "conch": (
+        ["pytorch_model.bin", "conch_byte_level_bpe_uncased.json"],
+        "README: Histopathology (scripts/stage-models --convert conch)",
+    ),
 }
 # Cellpose 3 keeps most built-in weights under another file name than the model's name
 CELLPOSE_WEIGHT_FILES = {"cyto": "cytotorch_0", "cyto2": "cyto2torch_0", "nuclei": "nucleitorch_0"}
@@ -167,6 +175,17 @@ def check(site_dir: str | Path, needs: list[ModelNeed]) -> list[str]:
                 problems.append(
                     f"{need.config_key}: dorado model {need.name} is missing ({target}/config.toml); {fetch}"
                 )
+        elif need.kind == "deepsea":
+            from gpubio.genomics.deepsea import checkpoint_problems
+
+            problems += checkpoint_problems(target, need.config_key)
+        elif need.kind == "conch":
+            from gpubio.histopathology.weights import ModelError, read_model_config
+
+            try:
+                read_model_config(target)
+            except ModelError as error:
+                problems.append(f"{need.config_key}: {error}")
         elif need.kind in OWN_LAYOUTS:
             files, how = OWN_LAYOUTS[need.kind]
             for name in files:
@@ -289,7 +308,7 @@ def _stage_cellpose(need: ModelNeed, target: Path) -> None:
 def _own_layout(need: ModelNeed, target: Path) -> None:
     files, how = OWN_LAYOUTS[need.kind]
     raise StagingError(
-        f"{need.config_key}: a {need.kind} checkpoint is not downloadable in gpubio's layout; put "
+        f"{need.config_key}: a {need.kind} checkpoint is downloaded by hand; put "
         f"{', '.join(files)} into {target} ({how}), then run scripts/stage-models --check"
     )
 
@@ -334,11 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stage-models",
         description="Fetch every model the config names into one site directory (needs internet), or with "
-        "--check verify offline that a directory holds them all. Prints the config lines to use.",
+        "--check verify offline that a directory holds them all, or with --convert gather a model downloaded "
+        "by hand (CONCH, DeepSEA). Prints the config lines to use.",
     )
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--out", metavar="DIR", help="stage into DIR (kept models are not fetched again)")
     action.add_argument("--check", metavar="DIR", help="offline: name what DIR lacks (exit status 1 if anything)")
+    action.add_argument(
+        "--convert",
+        nargs=3,
+        metavar=("KIND", "SRC", "DIR"),
+        help="gather a model downloaded by hand into DIR, checked by loading it (offline). KIND conch: SRC is "
+        "the Hugging Face MahmoodLab/CONCH folder with CONCH's tokenizer file below it (or the CONCH package "
+        "installed). KIND deepsea: SRC is Beluga's deepsea.beluga.pth, or Kipoi's DeepSEA port "
+        "deepsea_variant_effects.pth with --features (Torch7 files are not read)",
+    )
     parser.add_argument("--configfile", default="config/config.yaml", help="the config to read (default: %(default)s)")
     parser.add_argument(
         "--dorado-model",
@@ -355,13 +384,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND=HUB_ID",
         help=f"where to fetch from; defaults: {', '.join(f'{k}={v}' for k, v in DEFAULT_SOURCES.items())}",
     )
+    parser.add_argument(
+        "--features", metavar="FILE", help="--convert deepsea: the feature names, one per line (features.txt)"
+    )
     return parser
+
+
+def convert(kind: str, src: str, dest: str, features: str | None) -> int:
+    from gpubio.models.convert import ConversionError, convert_conch, convert_deepsea
+
+    converters = {"conch": convert_conch, "deepsea": lambda s, d: convert_deepsea(s, d, features)}
+    if kind not in converters:
+        print(f"stage-models: --convert {kind}: KIND is one of {', '.join(converters)}", file=sys.stderr)
+        return 1
+    try:
+        converters[kind](src, dest)
+    except ConversionError as error:
+        print(f"stage-models: --convert {kind}: {error}", file=sys.stderr)
+        return 1
+    key = {"conch": "histopathology.model", "deepsea": "genomics.variant_effects.weights"}[kind]
+    print(f"# set in config.yaml:\n{key}: {Path(dest).resolve()}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
     args = build_parser().parse_args(argv)
+    if args.convert:
+        return convert(*args.convert, args.features)
     try:
         config = yaml.safe_load(Path(args.configfile).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
