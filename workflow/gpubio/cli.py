@@ -83,8 +83,8 @@ def _plan(args) -> None:
     except RuntimeError as error:  # Snakemake's own message follows the line
         sys.exit(f"gpubio plan: {error}")
     if args.out:
-        write_plan(table, args.out)
-    print(format_plan(table, partition_totals(table)))
+        write_plan(table, args.out, site)
+    print(format_plan(table, partition_totals(table, site), site))
     if calibrated:
         print("\n" + compare_totals(table))
 

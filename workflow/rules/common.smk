@@ -4,7 +4,13 @@ import sys
 
 from gpubio import dag_memory
 from gpubio.config import ConfigError
-from gpubio.gpu import BalancedGroup, cpu_resources, gpu_resources, input_files_mb
+from gpubio.gpu import (
+    BalancedGroup,
+    cpu_resources,
+    gpu_resources,
+    input_files_mb,
+    planned_job_problems,
+)
 from gpubio.shell import (
     quote_extra_options,
     quote_option,
@@ -40,6 +46,8 @@ IMAGING = STARTUP.settings["imaging"]
 SITE = STARTUP.site
 if SITE.local is not None:  # a local run: say which GPUs judge its needs
     print(SITE.local.summary(), file=sys.stderr)
+elif SITE.cpu_jobs_note():  # a cluster without CPU partitions: say where CPU jobs go
+    print(f"gpubio: {SITE.cpu_jobs_note()}", file=sys.stderr)
 
 # On a cluster the short CPU steps of one genomics sample run as one job (rules read_qc,
 # sort_bam, alignment_qc, call_bcftools). A local run has no use for groups (Snakemake runs
@@ -52,6 +60,12 @@ REQUIRE_GPU = "--require-gpu" if GPU["require"] else ""
 
 onstart:
     dag_memory.restore(GC_THRESHOLDS)
+    # Jobs the site cannot take (a CPU job no CPU partition holds, a GPU job gpu.require
+    # refuses here) stop the run before its first job; checked once the DAG says which jobs
+    # run, so a rule without jobs (a module that is off) is never named.
+    JOB_PROBLEMS = planned_job_problems(workflow.dag.needrun_jobs())
+    if JOB_PROBLEMS:
+        raise WorkflowError(ConfigError(JOB_PROBLEMS).report())
 
 
 wildcard_constraints:
