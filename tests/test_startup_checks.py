@@ -328,3 +328,19 @@ def test_cluster_cpu_partition_smaller_than_a_job_refuses_it_before_the_first_jo
     dry = run_without_gpus(tmp_path, "-n", "--cores", "4", "--max-threads", "2")
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "slurm_partition=gpu-t4" not in dry.stdout
+
+
+def test_a_partition_without_gpus_that_lists_gpu_models_is_refused_at_start_up(tmp_path):
+    from gpubio.config import ConfigError
+    from gpubio.startup import start_up
+
+    write(
+        tmp_path,
+        "site/partitions.yaml",
+        "partitions:\n  gpu-t4: {max_gpu: 8, available_gpu_models: [t4]}\n"
+        "  bigmem: {max_gpu: 0, available_gpu_models: [t4], max_mem_mb: 2000000}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        start_up({"gpu": {"partitions": "site/partitions.yaml", "needs": ""}}, "my.yaml", tmp_path)
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{tmp_path / 'site/partitions.yaml'}: partitions['bigmem']: max_gpu is 0 but")

@@ -140,6 +140,18 @@ def _device_info(args) -> None:
     print(text, end="")
 
 
+def _check_yaml(args) -> None:
+    from gpubio.config import yaml_syntax_problem
+
+    problems = [problem for problem in map(yaml_syntax_problem, args.files) if problem]
+    missing = [f"{path}: does not exist" for path in args.files if not Path(path).is_file()]
+    for line in missing + problems:
+        print(f"gpubio: {line}", file=sys.stderr)
+    if missing or problems:
+        sys.exit(1)
+    print(f"{len(args.files)} file(s) are valid YAML")
+
+
 def _qc_summary(args) -> None:
     from gpubio.qc_summary import write_qc_summary
 
@@ -200,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("device-info", help="report the device(s) this job sees (SLURM, local pinning, torch)")
     p.add_argument("--out")
     p.set_defaults(func=_device_info)
+
+    p = sub.add_parser(
+        "check-yaml", help="name the file, line and column of a YAML syntax error (config files, overlays)"
+    )
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_check_yaml)
 
     p = sub.add_parser("qc-summary", help="one table and figure per domain from QC JSON files")
     p.add_argument("--domain", required=True, choices=["genomics", "transcriptomics", "imaging"])

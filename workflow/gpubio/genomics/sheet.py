@@ -90,12 +90,14 @@ def sequencing_runs(table) -> dict[str, Run]:
 
 def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[str]:
     """Problems the schema cannot see: runs, barcodes, kit, caller models, effect weights."""
+    from gpubio.config import row_where
+
     problems: list[str] = []
     if table is None:
         return problems
     kit = settings["basecall"]["kit_name"]
     for i, (sample, row) in enumerate(_rows(table), start=1):
-        where = f"{sheet} row {i} (line {i + 1}, sample '{sample}')"
+        where = row_where(sheet, table, i, sample)
         barcode, pod5, platform = _value(row, "barcode"), _value(row, "pod5"), _value(row, "platform")
         if (barcode or _value(row, "run")) and not pod5:
             problems.append(f"{where}: barcode/run only apply to POD5 input; clear them or give a pod5")
@@ -139,6 +141,7 @@ def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[
 def _input_problems(table, sheet: str, settings: dict, config_file: str) -> list[str]:
     """The reference (one FASTA, each contig named once) and that each sheet BAM is a BAM:
     found later, they would fail every job or, worse, give wrong calls."""
+    from gpubio.config import row_where
     from gpubio.genomics.inputs import bam_problem, reference_problems
 
     problems = []
@@ -150,7 +153,7 @@ def _input_problems(table, sheet: str, settings: dict, config_file: str) -> list
         problem = bam_problem(bam) if bam and Path(bam).is_file() else None
         if problem:
             problems.append(
-                f"{sheet} row {i} (line {i + 1}, sample '{sample}'): bam '{bam}' {problem}; "
+                f"{row_where(sheet, table, i, sample)}: bam '{bam}' {problem}; "
                 "give an aligned or unaligned BAM, or the reads as FASTQ"
             )
     return problems
