@@ -94,7 +94,7 @@ def _gpu_usage_report(args) -> None:
     from gpubio.gpu.usage_report import write_usage_report
 
     site = configure_site(args.partitions) if args.partitions else None
-    table = write_usage_report(args.records, args.out_tsv, args.out_models, args.out_png, site)
+    table = write_usage_report(args.records, args.out_tsv, args.out_models, args.out_png, site, args.sample_folders)
     print(f"{len(table)} GPU job record(s); flagged: {int((table['flags'] != '').sum())}")
 
 
@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gpu-usage-report", help="planned against measured GPU use, from the jobs' usage records")
     p.add_argument("records", nargs="+", help="directories (or files) with *.gpu.json records")
     p.add_argument("--partitions", help="the site's partitions file (for the relative cost of each GPU)")
+    p.add_argument(
+        "--sample-folders",
+        nargs="*",
+        metavar="FOLDER",
+        help="the per-sample record folders to read (genomics/s1, genomics/runs/RUN): records in other folders "
+        "below a module's own (samples no longer in a sheet) are left out; default: read every record",
+    )
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-models", required=True)
     p.add_argument("--out-png", required=True)
