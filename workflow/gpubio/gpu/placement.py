@@ -758,24 +758,45 @@ def planned_job_problems(jobs: Iterable[Any], site: Site | None = None) -> list[
     ``.input``), e.g. ``workflow.dag.needrun_jobs()`` in an ``onstart`` handler.
     """
     site = site or current_site()
-    site.notices.silent = True  # evaluating a job's threads runs its resources: said here instead
+    if site.local is not None and not site.require:
+        return []  # a local run places every job (partition "local" where the file has none)
+    site.notices.silent = True  # a job's threads come from its resources: said here instead
     by_rule = {need.rule: need for need in _declared if need.rule}
+    rule_fits: dict[str, bool] = {}  # CPU rule -> whether its declared threads fit (fewer always do)
     found: dict[str, list] = {}  # rule -> [problem, jobs]
     for job in jobs:
-        need = by_rule.get(job.rule.name)
+        rule = job.rule.name
+        need = by_rule.get(rule)
         if need is None:
             continue
-        named = _named(need, job.rule.name, job.threads)
-        size = None if need.is_static else _known_size(job.input)
-        problem = site.require_problem(named, size)
-        if problem is None and (not need.gpus or site.cpu_only) and (need.is_static or size is not None):
-            try:
-                site.place(named, 1, size)
-            except PlacementError as error:
-                problem = str(error)
+        if need.gpus and not site.cpu_only:
+            problem = site.require_problem(need, None if need.is_static else _known_size(job.input))
+        elif site.local is None:
+            if rule not in rule_fits:
+                declared = _declared_threads(job.rule)
+                rule_fits[rule] = declared is not None and _cpu_job_problem(site, need, declared) is None
+            problem = None if rule_fits[rule] else _cpu_job_problem(site, need, job.threads)
+        else:
+            continue
         if problem:
-            found.setdefault(job.rule.name, [problem, 0])[1] += 1
+            found.setdefault(rule, [problem, 0])[1] += 1
     return [f"{problem} ({count} job{'s' if count > 1 else ''} of this run)" for problem, count in found.values()]
+
+
+def _declared_threads(rule: Any) -> int | None:
+    """A rule's ``threads:`` where it is a number (Snakemake keeps it as resource ``_cores``);
+    a job gets as many or fewer (``--cores``, ``--max-threads``)."""
+    resources = getattr(rule, "resources", None)
+    declared = getattr(resources.get("_cores"), "value", None) if resources is not None else None
+    return declared if isinstance(declared, int) and not isinstance(declared, bool) else None
+
+
+def _cpu_job_problem(site: Site, need: GpuNeed, threads: int) -> str | None:
+    try:  # a CPU job's VRAM need, also one that grows with its input, does not place it
+        site.place(_named(need, need.rule, threads), 1, None if need.is_static else 0.0)
+    except PlacementError as error:
+        return str(error)
+    return None
 
 
 def _known_size(input: Any) -> float | None:
