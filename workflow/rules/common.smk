@@ -119,6 +119,17 @@ def get_final_outputs():
     return get_module_outputs() + GPU_REPORT_TARGETS
 
 
+def get_usage_record_folders(wildcards):
+    """The record folders under benchmarks/ of the samples (and POD5 runs) in the sheets now: a
+    sample removed from its sheet keeps its records there (for gpubio calibrate), not its rows
+    in the report."""
+    return [
+        f"{domain}/{sample}"
+        for domain in DOMAIN_TARGETS
+        for sample in PROJECT.samples(domain)
+    ] + [f"genomics/runs/{run}" for run in GENOMICS_RUNS]
+
+
 def usage_record(step):
     """Where a GPU step writes what it used (gpubio.gpu.usage), next to its benchmark file."""
     return f"benchmarks/{step}.gpu.json"

@@ -69,17 +69,6 @@ rule gpu_plan:
         )
 
 
-def get_usage_record_folders(wildcards):
-    """The record folders under benchmarks/ of the samples (and POD5 runs) in the sheets now: a
-    sample removed from its sheet keeps its records there (for gpubio calibrate), not its rows
-    in the report."""
-    return [
-        f"{domain}/{sample}"
-        for domain in DOMAIN_TARGETS
-        for sample in PROJECT.samples(domain)
-    ] + [f"genomics/runs/{run}" for run in GENOMICS_RUNS]
-
-
 # What the GPU jobs of this project really used against what the plan gave them: the usage
 # records under benchmarks/ (this run's and earlier runs') of the samples in the sheets now,
 # once all module outputs exist.
