@@ -21,6 +21,13 @@ shell.prefix(
     % shlex.quote(GPUBIO_PATH).replace("{", "{{").replace("}", "}}")
 )
 
+from gpubio.config import yaml_syntax_problem
+
+# Snakemake's own message for a YAML mistake names neither the file nor the line
+CONFIG_SYNTAX = yaml_syntax_problem("config/config.yaml")
+if CONFIG_SYNTAX:
+    raise WorkflowError(f"gpubio: {CONFIG_SYNTAX}")
+
 
 configfile: "config/config.yaml"
 

@@ -133,3 +133,101 @@ def test_bad_input_stops_snakemake_before_any_job(workdir):
     assert "config/genomics.tsv row 1 (line 2, sample 'bad name'): sample name 'bad name'" in output
     assert not (workdir / "results").exists()
     assert "Building DAG" not in output
+
+
+# --------------------------------------------------------------------------- files written here
+
+
+def write_reads(root: Path) -> None:
+    (root / "r1.fq").write_text("@r0\nACGTACGTAC\n+\nIIIIIIIIII\n")
+
+
+def sheet_problems_of(root: Path, text: str, domain: str = "genomics") -> list[str]:
+    from gpubio.config import read_sample_sheet
+
+    (root / "sheet.tsv").write_text(text)
+    return read_sample_sheet(domain, "sheet.tsv", root)[1]
+
+
+def test_sheet_problems_give_the_line_in_the_file_counting_comments_and_blank_lines(tmp_path):
+    from gpubio.config import read_sample_sheet, section_settings
+    from gpubio.genomics.sheet import sheet_problems
+
+    write_reads(tmp_path)
+    text = (
+        "# genomics samples of the pilot\n"  # line 1
+        "\n"
+        "sample\tplatform\tfastq_1\tbarcode\n"  # line 3: the header
+        "# first flow cell\n"
+        "a1\tont\tr1.fq\t\n"  # line 5: row 1
+        "\n"
+        "a2\tpacbio\tr1.fq\t\n"  # line 7: row 2
+        "   # indented comment\n"
+        "a3\tont\tr1.fq\tbarcode07\n"  # line 9: row 3
+    )
+    assert sheet_problems_of(tmp_path, text) == [
+        "sheet.tsv row 2 (line 7, sample 'a2'): platform 'pacbio' is not one of: ont, illumina; fix the value"
+    ]
+    # a module's own checks (run on a sheet whose rows pass the schema) name the same lines
+    assert sheet_problems_of(tmp_path, text.replace("pacbio", "illumina")) == []
+    table, _ = read_sample_sheet("genomics", "sheet.tsv", tmp_path)
+    settings = section_settings({"genomics": {"variant_effects": {"enabled": False}}}, "genomics")
+    problems = sheet_problems(table, "sheet.tsv", settings, "c.yaml")
+    assert problems and all(p.startswith("sheet.tsv row 3 (line 9, sample 'a3'): barcode") for p in problems)
+
+
+def test_a_trailing_tab_is_named_as_an_extra_empty_column(tmp_path):
+    write_reads(tmp_path)
+    header = "sample\tplatform\tfastq_1\n"
+    # before: the first column became pandas' index and every value moved one column left
+    assert sheet_problems_of(tmp_path, header + "s1\tillumina\tr1.fq\t\ns2\tont\tr1.fq\n") == [
+        "sheet.tsv row 1 (line 2, sample 's1'): has 1 empty column(s) more than the header's 3 "
+        "(a tab at the end of the line?); remove the trailing tab(s)"
+    ]
+    assert sheet_problems_of(tmp_path, header + "s1\tillumina\tr1.fq\tD7\n") == [
+        "sheet.tsv row 1 (line 2, sample 's1'): has 1 column(s) more than the header's 3 ('D7'); "
+        "add their names to the header or remove them"
+    ]
+    assert sheet_problems_of(tmp_path, "sample\tplatform\tfastq_1\t\ns1\tillumina\tr1.fq\t\n") == [
+        "sheet.tsv: the header's column 4 has no name (a tab too many, e.g. at the end of the header line); "
+        "remove it or name the column"
+    ]
+    # a row with fewer columns (the optional ones left off) is fine
+    assert sheet_problems_of(tmp_path, "sample\tplatform\tfastq_1\tfastq_2\ns1\tillumina\tr1.fq\n") == []
+
+
+def test_a_value_with_an_unclosed_quote_names_its_line(tmp_path):
+    write_reads(tmp_path)
+    [problem] = sheet_problems_of(tmp_path, 'sample\tplatform\tfastq_1\n\ns1\tont\t"r1.fq\n')
+    assert problem.startswith("sheet.tsv line 3: cannot be read as tab-separated values")
+
+
+def test_yaml_syntax_error_in_the_config_names_the_file_and_line(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text(
+        "gpu:\n  require: false\ngenomics:\n  samples: config/genomics.tsv\n\treference: ref.fa\n"
+    )
+    proc = run_snakemake(tmp_path, "-n", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert "gpubio: config/config.yaml line 5, column 1: not valid YAML: found a tab character" in output
+
+
+def test_yaml_syntax_error_in_an_overlay_is_named_by_check_yaml(tmp_path):
+    """Snakemake reads --configfile overlays before the workflow starts, and its message names
+    no file; `python -m gpubio check-yaml` names the file, line and column (README)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "good.yaml").write_text("gpu: {require: true}\n")
+    (tmp_path / "demo.yaml").write_text("imaging:\n  samples: [config/imaging.tsv\n  segmentation: {}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpubio", "check-yaml", "good.yaml", "demo.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("gpubio: demo.yaml line 3, column 15: not valid YAML: ")
+    assert "(while parsing a flow sequence at line 2)" in line

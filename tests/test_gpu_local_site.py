@@ -85,29 +85,42 @@ def test_local_dry_run_places_what_the_cluster_cannot_hold_on_this_machine(tmp_p
     assert (jobs["medium"]["slurm_partition"], jobs["medium"]["gpu_model"]) == ("gpu-a100", "a100")
 
 
-def test_local_require_refuses_at_start_up_naming_the_rule_and_the_local_gpus(tmp_path):
+def refusals(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "gpu.require is true" in line]
+
+
+def test_local_require_refuses_before_the_first_job_naming_the_rule_and_the_local_gpus(tmp_path):
     smi = fake_nvidia_smi(tmp_path / "bin", [("NVIDIA A100-SXM4-80GB", 81920)] * 2)
-    proc = run_gpu_workflow(tmp_path, "-n", require=True, smi_dir=smi)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    refusals = [line for line in output.splitlines() if "gpu.require is true" in line]
-    assert len(refusals) == 1, output[-3000:]  # small (8 GB) and medium (30 GB) fit an A100-80
-    assert "rule 'large': gpu.require is true" in refusals[0]
-    assert "2 GPUs with >= 300 GB VRAM each" in refusals[0]
-    assert "it has 2 x A100-80 (80 GB, cc 8) (nvidia-smi)" in refusals[0]
-    assert "Building DAG" not in output and not (tmp_path / "where").exists()
+    dry = run_gpu_workflow(tmp_path, "-n", require=True, smi_dir=smi)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    # the dry-run says it once, for the one rule the local GPUs cannot hold
+    [said] = refusals(dry.stdout + dry.stderr)  # small (8 GB) and medium (30 GB) fit an A100-80
+    assert said.startswith("gpubio: rule 'large': gpu.require is true")
+    assert "2 GPUs with >= 300 GB VRAM each" in said and "it has 2 x A100-80 (80 GB, cc 8) (nvidia-smi)" in said
+
+    run = run_gpu_workflow(tmp_path, "--cores", "1", require=True, smi_dir=smi)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    [refused] = refusals(output)
+    assert refused.strip().startswith("rule 'large': gpu.require is true") and refused.endswith("(1 job of this run)")
+    assert "Traceback" not in output and not (tmp_path / "where").exists()
     # a need the local GPUs hold passes the same check
     fits = run_gpu_workflow(tmp_path, "-n", require=True, smi_dir=smi, large_vram_gb=60)
-    assert fits.returncode == 0, fits.stderr[-3000:]
+    assert fits.returncode == 0 and not refusals(fits.stdout + fits.stderr), fits.stderr[-3000:]
 
 
-def test_local_require_without_any_gpu_refuses_at_the_first_gpu_rule(tmp_path):
-    proc = run_gpu_workflow(tmp_path, "-n", require=True, num_gpus=0, large_vram_gb=30)
+def test_local_require_without_any_gpu_names_every_gpu_rule_with_jobs_and_only_those(tmp_path):
+    proc = run_gpu_workflow(tmp_path, "--cores", "1", require=True, num_gpus=0, large_vram_gb=30)
     output = proc.stdout + proc.stderr
-    refusals = [line for line in output.splitlines() if "gpu.require is true" in line]
-    assert proc.returncode != 0 and len(refusals) == 1
-    assert "rule 'small': " in refusals[0] and "it has no GPU ($GPUBIO_NUM_GPUS=0)" in refusals[0]
-    assert "Building DAG" not in output
+    assert proc.returncode != 0 and not (tmp_path / "where").exists()
+    named = {line.split("'")[1]: line for line in refusals(output)}
+    assert set(named) == {"small", "medium", "large", "oom", "shard"}, output[-3000:]
+    assert named["shard"].endswith("(6 jobs of this run)")
+    assert all("it has no GPU ($GPUBIO_NUM_GPUS=0)" in line for line in named.values())
+    # asked for one output, the run names only the rule that makes it; the CPU rule runs
+    only = run_gpu_workflow(tmp_path, "--cores", "1", "where/cpu.json", require=True, num_gpus=0)
+    assert only.returncode == 0 and not refusals(only.stdout + only.stderr), only.stderr[-3000:]
+    assert (tmp_path / "where" / "cpu.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -167,24 +180,35 @@ def test_local_site_keeps_cluster_placement_where_it_fits_and_memoises_it():
     placed = site.place(huge, attempt=2)
     assert (placed.partition, placed.gpus, placed.gpu_model, placed.attempt) == ("local", 1, "local", 2)
     strict = Site(BUILTIN_INVENTORY, BUILTIN_CATALOGUE, local=one_l4, require=True)
-    with pytest.raises(PlacementError, match=r"^rule 'r': gpu.require is true .* it has 1 x L4 \(24 GB, cc 8.9\)"):
-        strict.place(huge)
+    assert strict.place(huge).partition == "local"  # placing never refuses: the run's check does
+    assert strict.require_problem(huge).startswith("rule 'r': gpu.require is true")
+    assert "it has 1 x L4 (24 GB, cc 8.9)" in strict.require_problem(huge)
     sized = GpuNeed(vram_gb=lambda mb: mb / 10, rule="s")
     assert strict.place(sized, input_size_mb=100).partition != "local"  # 10 GB: the cluster holds it
-    with pytest.raises(PlacementError, match="rule 's': gpu.require is true"):
-        strict.place(sized, input_size_mb=5000)  # 500 GB
+    assert strict.require_problem(sized, 100) is None and strict.require_problem(sized) is None
+    assert strict.require_problem(sized, 5000).startswith("rule 's': gpu.require is true")  # 500 GB
 
 
-def test_configure_site_local_checks_declared_needs_against_this_machine(monkeypatch):
+def test_require_names_only_the_rules_of_jobs_the_run_will_run(monkeypatch):
+    from types import SimpleNamespace
+
+    from gpubio.gpu import planned_job_problems
+
     monkeypatch.setenv("GPUBIO_NUM_GPUS", "0")
     reset_site()
     try:
         gpu_resources(vram_gb=500, rule="giant")
-        configure_site(kind="local")  # CPU path allowed: no refusal
-        with pytest.raises(
-            PlacementError, match=r"rule 'giant': gpu.require is true .* no GPU \(\$GPUBIO_NUM_GPUS=0\)"
-        ):
-            configure_site(kind="local", require=True)
+        gpu_resources(vram_gb=8, rule="unplanned")
+        site = configure_site(kind="local", require=True)  # nothing planned yet: no refusal
+
+        def job(rule):
+            return SimpleNamespace(rule=SimpleNamespace(name=rule), threads=1, input=[])
+
+        [line] = planned_job_problems([job("giant"), job("giant"), job("other")], site)
+        assert line.startswith("rule 'giant': gpu.require is true") and "no GPU ($GPUBIO_NUM_GPUS=0)" in line
+        assert line.endswith("(2 jobs of this run)")
+        assert planned_job_problems([], site) == []
+        assert planned_job_problems([job("giant")], configure_site(kind="local")) == []  # CPU path allowed
         with pytest.raises(PlacementError, match="rule 'giant': no partition in"):
             configure_site(kind="cluster")
     finally:

@@ -28,6 +28,7 @@ from gpubio.gpu import (
     load_catalogue,
     load_inventory,
     place_gpu_job,
+    planned_job_problems,
     reset_site,
 )
 
@@ -487,24 +488,82 @@ def test_cpu_partition_is_fixed_where_threads_cannot_move_it(tmp_path):
     # a plain string Snakemake need not evaluate per job
     assert cpu_resources()["slurm_partition"] == "cpu"
     assert cpu_resources(mem_mb=400_000)["slurm_partition"] == "cpu"
-    # a site whose CPU nodes are smaller than its GPU nodes: each job's threads decide
+    # two CPU partitions, the first one smaller: each job's threads decide between them
     data = yaml.safe_load(PARTITIONS.read_text())
-    data["partitions"]["cpu"]["max_cpus_per_task"] = 8
-    (tmp_path / "small-cpu.yaml").write_text(yaml.safe_dump(data))
-    configure_site(partitions_file=tmp_path / "small-cpu.yaml")
+    data["partitions"] = {"short": {"max_gpu": 0, "max_cpus_per_task": 8}, **data["partitions"]}
+    (tmp_path / "two-cpu.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    configure_site(partitions_file=tmp_path / "two-cpu.yaml")
     res = cpu_resources()
     assert callable(res["slurm_partition"])
-    # CPU partitions first, then the GPU partition with the fewest GPUs that fits
-    assert [evaluate(res["slurm_partition"], threads=t) for t in (1, 8, 9, 64)] == [
-        "cpu",
-        "cpu",
-        "gpu-h100",
-        "gpu-h100",
-    ]
-    with pytest.raises(PlacementError, match="fits the CPU job"):
-        evaluate(res["slurm_partition"], threads=65)
+    assert [evaluate(res["slurm_partition"], threads=t) for t in (1, 8, 9, 128)] == ["short", "short", "cpu", "cpu"]
     # a CPU job with its own CPU count is placed per job as before
     assert callable(cpu_resources(cpus=4)["slurm_partition"])
+
+
+def job(rule: str, threads: int = 1) -> SimpleNamespace:
+    """What planned_job_problems reads of a Snakemake job."""
+    return SimpleNamespace(rule=SimpleNamespace(name=rule), threads=threads, input=[])
+
+
+def test_cpu_jobs_never_go_to_a_gpu_partition_when_the_cpu_partition_is_smaller(tmp_path, capsys):
+    """The CPU nodes allow 8 CPUs per task, the GPU nodes more: a 9-thread CPU job is refused
+    before the run's first job (one line naming the rule, the partition and the fix), never
+    sent to a GPU partition."""
+    data = yaml.safe_load(PARTITIONS.read_text())
+    data["partitions"]["cpu"].update(max_cpus_per_task=8, max_mem_mb=64000)
+    (tmp_path / "small-cpu.yaml").write_text(yaml.safe_dump(data))
+    site = configure_site(partitions_file=tmp_path / "small-cpu.yaml")
+    res = gpu_resources(gpus=0, mem_mb=2000, rule="demo")  # what cpu_resources declares, named
+    assert res["slurm_partition"] == "cpu"  # no GPU partition, whatever the threads
+    # its own CPU count, evaluated per job (a dry-run): the widest CPU partition, said once
+    per_job = cpu_resources(cpus=16)["slurm_partition"]
+    assert [evaluate(per_job, rulename="align", threads=16) for _ in range(2)] == ["cpu", "cpu"]
+    [said] = capsys.readouterr().err.splitlines()
+    assert said.startswith("gpubio: rule 'align': no partition without GPUs in ") and "stops here" in said
+
+    problems = planned_job_problems([job("demo", 9), job("demo", 12), job("demo", 8), job("other", 64)], site)
+    [line] = [p for p in problems if "'demo'" in p]
+    assert line.startswith(f"rule 'demo': no partition without GPUs in {tmp_path / 'small-cpu.yaml'} fits the CPU job")
+    assert "'cpu' allows max_cpus_per_task 8, max_mem_mb 64000" in line and "--set-threads" in line
+    assert line.endswith("(2 jobs of this run)")
+    assert planned_job_problems([job("demo", 8)], site) == []
+    with pytest.raises(PlacementError, match="CPU jobs are not sent to GPU partitions"):
+        place_gpu_job(GpuNeed(gpus=0, mem_mb=100_000), site.inventory, CAT)
+
+
+def test_a_site_without_cpu_partitions_puts_cpu_jobs_on_its_cheapest_gpus_and_says_so(tmp_path):
+    """The shape that sent every CPU job to gpu-a100 (the partition with the fewest GPUs):
+    T4 and A100 partitions, no CPU one. CPU jobs take the cheapest GPUs' partition, and the
+    site says which and why."""
+    (tmp_path / "gpus-only.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "partitions": {
+                    "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100"], "max_cpus_per_task": 64},
+                    "gpu-t4": {"max_gpu": 8, "available_gpu_models": ["t4"], "max_cpus_per_task": 16},
+                }
+            },
+            sort_keys=False,
+        )
+    )
+    site = configure_site(partitions_file=tmp_path / "gpus-only.yaml")
+    per_job = cpu_resources()["slurm_partition"]
+    assert [evaluate(per_job, threads=t) for t in (1, 16, 17)] == ["gpu-t4", "gpu-t4", "gpu-a100"]
+    note = site.cpu_jobs_note()
+    assert note.startswith(f"{tmp_path / 'gpus-only.yaml'} has no partition without GPUs (max_gpu: 0), so CPU jobs")
+    assert "'gpu-t4', the partition with the cheapest GPUs" in note
+    assert configure_site(partitions_file=PARTITIONS).cpu_jobs_note() is None
+
+
+def test_a_cpu_partition_that_lists_gpu_models_is_refused(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text("partitions:\n  bigmem:\n    max_gpu: 0\n    available_gpu_models: [a100]\n")
+    with pytest.raises(InventoryError) as raised:
+        load_inventory(path)
+    assert str(raised.value) == (
+        f"{path}: partitions['bigmem']: max_gpu is 0 but available_gpu_models lists ['a100']; set max_gpu "
+        "to its GPUs per node, or remove available_gpu_models if the partition has no GPUs"
+    )
 
 
 def test_cpu_only_site():

@@ -101,6 +101,19 @@ def test_inventory_change_replaces_jobs_without_touching_rules(tmp_path):
     assert placed["small"] == "gpu-t4"
 
 
+def test_plan_of_a_site_without_cpu_partitions_names_where_cpu_jobs_go_and_why(tmp_path):
+    partitions = yaml.safe_load(TEST_PARTITIONS.read_text())
+    del partitions["partitions"]["cpu"]
+    table, printed = plan(tmp_path, site_config(tmp_path, partitions))
+    assert where(table)["cpu"] == "gpu-t4"  # the cheapest GPUs, not the partition with the fewest
+    totals = pd.read_csv(tmp_path / "plan.partitions.tsv", sep="\t", keep_default_na=False).set_index("partition")
+    assert totals.loc["gpu-t4", "note"].startswith("takes CPU jobs: the site has no partition without GPUs")
+    assert (totals.drop(index="gpu-t4")["note"] == "").all()
+    assert f"{tmp_path / 'partitions.yaml'} has no partition without GPUs (max_gpu: 0), so CPU jobs go to 'gpu-t4'" in (
+        printed
+    )
+
+
 def test_dry_run_with_the_cluster_profile_shows_model_and_partition(tmp_path):
     config = site_config(tmp_path)
     proc = subprocess.run(

@@ -518,3 +518,50 @@ def test_demo_writes_a_usage_record_for_every_gpu_step_and_the_report_compares(d
     assert (demo_run / "results/gpu_usage.png").stat().st_size > 10_000
     html = (demo_run / "results/report.html").read_text(errors="replace")
     assert "gpu_usage.tsv" in html
+
+
+def test_usage_report_holds_only_the_samples_in_the_sheets_now(tmp_path):
+    """A sample removed from its sheet keeps its records under benchmarks/ (calibration reads
+    them), but its rows leave results/gpu_usage.tsv: the workflow names the record folders of
+    the samples and runs its sheets hold now."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from gpubio.gpu.usage import write_record
+
+    bench = tmp_path / "benchmarks"
+    for folder, rule, job in [
+        ("imaging/kept", "segment_cells", "sample=kept"),
+        ("imaging/gone", "segment_cells", "sample=gone"),  # removed from the sheet
+        ("genomics/kept", "variant_effects", "sample=kept"),  # same name, another module: off now
+        ("genomics/runs/old_run", "basecall", "run=old_run,shard=000"),
+        ("imaging", "train_cellpose", ""),  # a step over all samples
+    ]:
+        step = f"{folder}/{rule}"
+        write_record(bench / f"{step}.gpu.json", UsageRecord(rule=rule, job=job, gpus=1, wall_s=3))
+    write_record(bench / "imaging/gone/segment_cells.attempt1.failed.gpu.json", UsageRecord(rule="segment_cells"))
+
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "kept.tif", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "img.tsv").write_text("sample\timage\nkept\tkept.tif\n")
+    (tmp_path / "config" / "config.yaml").write_text(
+        json.dumps(
+            {"gpu": {"needs": ""}, "imaging": {"samples": "config/img.tsv", "segmentation": {"model": "nuclei"}}}
+        )
+    )
+    from conftest import run_snakemake
+
+    dry = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "results/gpu_usage.tsv")
+    [command] = [line for line in dry.stdout.splitlines() if "gpu-usage-report" in line]
+    assert command.split("--sample-folders ")[1].split(" >")[0] == "imaging/kept"
+
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "gpubio", "gpu-usage-report", str(bench), "--sample-folders", "imaging/kept"]
+    cmd += ["--out-tsv", str(out / "u.tsv"), "--out-models", str(out / "m.tsv"), "--out-png", str(out / "u.png")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out / "u.tsv", sep="\t", keep_default_na=False)
+    assert sorted(zip(table["rule"], table["job"])) == [("segment_cells", "sample=kept"), ("train_cellpose", "")]
+    assert len(read_records([bench])) == 6  # all of them stay on disk, for gpubio calibrate

@@ -146,3 +146,83 @@ def test_every_documented_output_is_a_target(workdir):
     assert documented - targets == set()
     # registration outputs only for the sample that has a reference image
     assert not any(t.startswith("results/imaging/nuclei2/registered") for t in targets)
+
+
+def test_a_training_run_removes_the_working_folder_a_killed_training_left(tmp_path):
+    """The Cellpose training step works in a folder beside its model; a kill leaves it
+    (with every checkpoint), and the next training of the same model removes it."""
+    import tifffile
+
+    rng = np.random.default_rng(3)
+    images = tmp_path / "train"
+    images.mkdir()
+    yy, xx = np.mgrid[:64, :64]
+    masks = np.zeros((64, 64), np.uint16)
+    for label, (y, x) in enumerate([(16, 16), (20, 46), (46, 22), (44, 48)], start=1):
+        masks[(yy - y) ** 2 + (xx - x) ** 2 < 36] = label
+    image = (masks > 0) * 200 + rng.integers(0, 30, (64, 64))
+    tifffile.imwrite(images / "a.tif", image.astype(np.uint8))
+    tifffile.imwrite(images / "a_masks.tif", masks)
+    out = tmp_path / "model" / "cellpose_trained"
+    leftover = out.parent / ".cellpose_trained.train4242"  # what a training killed as pid 4242 left
+    (leftover / "models").mkdir(parents=True)
+    (leftover / "models" / "cellpose_trained_epoch_0001").write_bytes(b"\0" * 1024)
+    keep = out.parent / ".cellpose_trained.notes"  # a neighbour that is not a training folder
+    keep.write_text("keep")
+
+    cmd = [sys.executable, "-m", "gpubio", "train-cellpose", "--images", str(images), "--channels", "0", "0"]
+    cmd += ["--epochs", "1", "--crop-size", "64", "--batch-size", "1", "--out", str(out)]
+    proc = subprocess.run(cmd + ["--out-json", str(tmp_path / "training.json")], capture_output=True, text=True)
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.is_file() and out.stat().st_size > 0
+    assert sorted(p.name for p in out.parent.iterdir()) == [".cellpose_trained.notes", "cellpose_trained"]
+
+
+def troubleshooting() -> str:
+    readme = (REPO / "README.md").read_text()
+    return readme.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_after_kill_9_the_next_run_says_how_to_resume_and_the_readme_explains_it(tmp_path):
+    """A run killed with SIGKILL leaves its jobs marked incomplete and Snakemake's lock; each
+    next try names its flag (--rerun-incomplete without a profile, then --unlock), the
+    README's troubleshooting explains both, and following it completes the run."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text('gpu: {needs: ""}\n')
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1"]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / ".snakemake" / "incomplete").is_dir() or not any(
+            (tmp_path / ".snakemake" / "incomplete").iterdir()
+        ):
+            assert time.monotonic() < deadline and proc.poll() is None, "no job started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # an output the killed job had begun to write (a tool writing its file directly does so);
+    # Snakemake's marker of a running job's output is its path in base64
+    import base64
+
+    marker = next((tmp_path / ".snakemake" / "incomplete").iterdir())
+    begun = tmp_path / base64.b64decode(marker.name).decode()
+    begun.parent.mkdir(parents=True, exist_ok=True)
+    begun.write_text("half")
+    text = troubleshooting()
+
+    incomplete = run_snakemake(tmp_path, "--cores", "1", check=False)
+    assert incomplete.returncode != 0 and "--rerun-incomplete" in incomplete.stderr
+    assert "IncompleteFilesException" in incomplete.stderr and "IncompleteFilesException" in text
+    locked = run_snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", check=False)
+    assert locked.returncode != 0 and "--unlock" in locked.stderr
+    assert "Directory cannot be locked" in locked.stderr and "Directory cannot be locked" in text
+    assert "--unlock" in text and "--rerun-incomplete" in text
+    run_snakemake(tmp_path, "--unlock")
+
+    run_snakemake(tmp_path, "--cores", "1", "--rerun-incomplete")
+    assert begun.read_text() != "half" and begun.stat().st_size > 0
+    assert (tmp_path / "results" / "gpu_plan.tsv").read_text().startswith("rule\tsample\twildcards")

@@ -223,3 +223,124 @@ def test_a_module_with_bad_rows_skips_only_its_own_deeper_checks(tmp_path):
     assert len(problems) == 2, problems
     assert problems[0].startswith("dna.tsv row 1 (line 2, sample 'x1'): platform 'pacbio' is not one of")
     assert problems[1].startswith("img.tsv row 1 (line 2, sample 'st'): image 'stack.tif': not a TIFF file")
+
+
+# --------------------------------------------------------------------------- GPU site and cluster
+
+
+def run_without_gpus(root: Path, *args: str):
+    """The workflow on a machine without GPUs, whatever this one has."""
+    import os
+    import subprocess
+
+    from conftest import BIN, REPO
+
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_JOB_ID"} | {"GPUBIO_NUM_GPUS": "0"}
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(root), *args]
+    return subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_require_gpu_with_no_module_that_has_gpu_jobs_blames_nothing(tmp_path):
+    """gpu.require: true on a machine without GPUs, the genomics sheet only a header: no rule of
+    genomics runs, so none is blamed; a module with GPU jobs is named, its rule only, before
+    the first job."""
+    write(tmp_path, "sheets/dna.tsv", "# no samples yet\nsample\tplatform\tfastq_1\n")
+    write_project(tmp_path, {"gpu": {"require": True, "needs": ""}, "genomics": {"samples": "sheets/dna.tsv"}})
+
+    dry = run_without_gpus(tmp_path, "-n", "--cores", "1")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "gpu.require" not in dry.stdout + dry.stderr and "basecall" not in dry.stdout + dry.stderr
+
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(tmp_path / "cells.tif", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    write(tmp_path, "sheets/img.tsv", "sample\timage\nwell1\tcells.tif\n")
+    write_project(
+        tmp_path,
+        {
+            "gpu": {"require": True, "needs": ""},
+            "genomics": {"samples": "sheets/dna.tsv"},
+            "imaging": {"samples": "sheets/img.tsv", "segmentation": {"model": "nuclei"}},
+        },
+    )
+    run = run_without_gpus(tmp_path, "--cores", "1")
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output
+    lines = problem_lines(output)
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith("rule 'segment_cells': gpu.require is true but this machine cannot run")
+    assert lines[0].endswith("(1 job of this run)")
+    assert not (tmp_path / "results").exists()
+
+
+def write_genomics_project(root: Path, partitions: dict) -> None:
+    """One FASTQ sample, placed by the cluster's partitions file (gpu.site: cluster)."""
+    import yaml
+
+    rng = np.random.default_rng(4)
+    write_reference(root, "ref.fa", rng)
+    write_fastq(root, "r1.fq", rng)
+    write(root, "dna.tsv", "sample\tplatform\tfastq_1\ns1\tillumina\tr1.fq\n")
+    write(root, "site.yaml", yaml.safe_dump({"partitions": partitions}))
+    write_project(
+        root,
+        {
+            "gpu": {"partitions": "site.yaml", "site": "cluster", "needs": ""},
+            "genomics": {"samples": "dna.tsv", "reference": "ref.fa", "variant_effects": {"enabled": False}},
+        },
+    )
+
+
+def test_cluster_without_a_cpu_partition_says_where_cpu_jobs_go(tmp_path):
+    """T4 and A100 partitions, no CPU one (every CPU job went to gpu-a100, the fewest GPUs):
+    CPU jobs take the cheapest GPUs, and start-up says so and why."""
+    from gpubio.gpu.plan import parse_dry_run
+
+    write_genomics_project(
+        tmp_path,
+        {
+            "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100"]},
+            "gpu-t4": {"max_gpu": 8, "available_gpu_models": ["t4"]},
+        },
+    )
+    proc = run_without_gpus(tmp_path, "-n", "--cores", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [job for job in parse_dry_run(proc.stdout) if job.rule != "all"]
+    assert jobs and {job.resources["slurm_partition"] for job in jobs} == {"gpu-t4"}
+    assert "has no partition without GPUs (max_gpu: 0), so CPU jobs go to 'gpu-t4'" in proc.stderr
+
+
+def test_cluster_cpu_partition_smaller_than_a_job_refuses_it_before_the_first_job(tmp_path):
+    write_genomics_project(
+        tmp_path,
+        {
+            "gpu-t4": {"max_gpu": 8, "available_gpu_models": ["t4"], "max_cpus_per_task": 32},
+            "cpu": {"max_gpu": 0, "max_cpus_per_task": 2},
+        },
+    )
+    proc = run_without_gpus(tmp_path, "--cores", "4")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    [line] = problem_lines(output)
+    assert line.startswith("rule 'align_mappy': no partition without GPUs in ")
+    assert "'cpu' allows max_cpus_per_task 2" in line and line.endswith("(1 job of this run)")
+    assert not (tmp_path / "results").exists()
+    # capped at the partition's CPUs, the same jobs run there
+    dry = run_without_gpus(tmp_path, "-n", "--cores", "4", "--max-threads", "2")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "slurm_partition=gpu-t4" not in dry.stdout
+
+
+def test_a_partition_without_gpus_that_lists_gpu_models_is_refused_at_start_up(tmp_path):
+    from gpubio.config import ConfigError
+    from gpubio.startup import start_up
+
+    write(
+        tmp_path,
+        "site/partitions.yaml",
+        "partitions:\n  gpu-t4: {max_gpu: 8, available_gpu_models: [t4]}\n"
+        "  bigmem: {max_gpu: 0, available_gpu_models: [t4], max_mem_mb: 2000000}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        start_up({"gpu": {"partitions": "site/partitions.yaml", "needs": ""}}, "my.yaml", tmp_path)
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{tmp_path / 'site/partitions.yaml'}: partitions['bigmem']: max_gpu is 0 but")

@@ -83,8 +83,8 @@ def _plan(args) -> None:
     except RuntimeError as error:  # Snakemake's own message follows the line
         sys.exit(f"gpubio plan: {error}")
     if args.out:
-        write_plan(table, args.out)
-    print(format_plan(table, partition_totals(table)))
+        write_plan(table, args.out, site)
+    print(format_plan(table, partition_totals(table, site), site))
     if calibrated:
         print("\n" + compare_totals(table))
 
@@ -94,7 +94,7 @@ def _gpu_usage_report(args) -> None:
     from gpubio.gpu.usage_report import write_usage_report
 
     site = configure_site(args.partitions) if args.partitions else None
-    table = write_usage_report(args.records, args.out_tsv, args.out_models, args.out_png, site)
+    table = write_usage_report(args.records, args.out_tsv, args.out_models, args.out_png, site, args.sample_folders)
     print(f"{len(table)} GPU job record(s); flagged: {int((table['flags'] != '').sum())}")
 
 
@@ -138,6 +138,18 @@ def _device_info(args) -> None:
     if args.out:
         write_text_atomic(args.out, text)
     print(text, end="")
+
+
+def _check_yaml(args) -> None:
+    from gpubio.config import yaml_syntax_problem
+
+    problems = [problem for problem in map(yaml_syntax_problem, args.files) if problem]
+    missing = [f"{path}: does not exist" for path in args.files if not Path(path).is_file()]
+    for line in missing + problems:
+        print(f"gpubio: {line}", file=sys.stderr)
+    if missing or problems:
+        sys.exit(1)
+    print(f"{len(args.files)} file(s) are valid YAML")
 
 
 def _qc_summary(args) -> None:
@@ -184,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gpu-usage-report", help="planned against measured GPU use, from the jobs' usage records")
     p.add_argument("records", nargs="+", help="directories (or files) with *.gpu.json records")
     p.add_argument("--partitions", help="the site's partitions file (for the relative cost of each GPU)")
+    p.add_argument(
+        "--sample-folders",
+        nargs="*",
+        metavar="FOLDER",
+        help="the per-sample record folders to read (genomics/s1, genomics/runs/RUN): records in other folders "
+        "below a module's own (samples no longer in a sheet) are left out; default: read every record",
+    )
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-models", required=True)
     p.add_argument("--out-png", required=True)
@@ -200,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("device-info", help="report the device(s) this job sees (SLURM, local pinning, torch)")
     p.add_argument("--out")
     p.set_defaults(func=_device_info)
+
+    p = sub.add_parser(
+        "check-yaml", help="name the file, line and column of a YAML syntax error (config files, overlays)"
+    )
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_check_yaml)
 
     p = sub.add_parser("qc-summary", help="one table and figure per domain from QC JSON files")
     p.add_argument("--domain", required=True, choices=["genomics", "transcriptomics", "imaging"])

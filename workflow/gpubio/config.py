@@ -7,9 +7,9 @@ of them are raised together as a ConfigError before Snakemake builds a single jo
 from __future__ import annotations
 
 import copy
+import csv
 import difflib
 import functools
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +124,32 @@ def read_project(
     return project, problems, flawed
 
 
+def yaml_syntax_problem(path: str | os.PathLike) -> str | None:
+    """Where a YAML file breaks YAML syntax: the file, line and column and the parser's words
+    (Snakemake's own message names neither the file nor the line); None when it parses or
+    does not exist."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        return f"{path}: cannot be read as a text file ({error})"
+    try:
+        yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.scanner.ScannerError, yaml.parser.ParserError, yaml.composer.ComposerError) as error:
+        mark = error.problem_mark
+        within = ""
+        if error.context and error.context_mark is not None:
+            within = f" ({error.context} at line {error.context_mark.line + 1})"
+        return (
+            f"{path} line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {error.problem}{within}; "
+            "fix the syntax there (indent with spaces, never tabs; close every bracket and quote)"
+        )
+    except yaml.YAMLError:  # valid syntax; what it means is the schema's to judge
+        return None
+    return None
+
+
 def section_settings(config: dict, section: str) -> dict:
     """One section of the config ("gpu" or a domain) with every schema default filled, also
     when the section is absent (module off): what the rules read, never raw config."""
@@ -221,26 +247,54 @@ def _check_reference(config: dict, config_file: str, workdir: Path) -> list[str]
 
 
 def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
-    """Read and validate one sheet; return (table or None, problems). Absent or empty = module off."""
+    """Read and validate one sheet; return (table or None, problems). Absent or empty = module off.
+
+    Only a line that starts with "#" is a comment (a "#" inside a path is part of it); blank
+    lines are skipped. Problems name each row by its line in the file, comments and blank
+    lines counted (:func:`row_where`; the table keeps them in ``attrs["lines"]``).
+    """
     import pandas as pd
 
     full = Path(workdir) / path
     if not full.exists():
         return None, []
     try:
-        # only a line that starts with "#" is a comment: a "#" inside a path is part of it
-        lines = [line for line in full.read_text().splitlines(True) if not line.lstrip().startswith("#")]
-        table = pd.read_csv(io.StringIO("".join(lines)), sep="\t", dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        return None, []
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        text = full.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
         return None, [f"{path}: cannot be read as a tab-separated table ({exc}); fix the file"]
-    table.columns = [c.strip() for c in table.columns]
-    table = table.apply(lambda col: col.str.strip())
-    if table.empty:
+    numbered = [
+        (number, line)
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    if not numbered:
         return None, []
+    parsed = []
+    for number, line in numbered:
+        try:
+            parsed.append((number, next(csv.reader([line], delimiter="\t", strict=True))))
+        except csv.Error as exc:
+            return None, [
+                f"{path} line {number}: cannot be read as tab-separated values ({exc}); a value that "
+                'starts with a quote must end with it ("a b.fq"), or leave the quotes out'
+            ]
+    (_, header), *rows = parsed
+    columns = [c.strip() for c in header]
+    problems = _header_problems(path, columns)
+    if problems:
+        return None, problems
+    if not rows:
+        return None, []
+    cells = []
+    for i, (number, fields) in enumerate(rows, start=1):
+        extra = fields[len(columns) :]
+        if extra:  # pandas would take the first column for an index and shift every value
+            where = f"{path} row {i} (line {number}, sample '{fields[0].strip()}')"
+            problems.append(_extra_columns_problem(where, extra, len(columns)))
+        cells.append([v.strip() for v in fields[: len(columns)]] + [""] * (len(columns) - len(fields)))
+    table = pd.DataFrame(cells, columns=columns, dtype=str)
+    table.attrs["lines"] = [number for number, _ in rows]
     schema = _parsed_schema(domain)  # read only
-    problems = []
     missing = [c for c in schema.get("required", []) if c not in table.columns]
     if missing:
         return None, [
@@ -252,7 +306,7 @@ def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
     for i, row in enumerate(table.to_dict("records"), start=1):
         values = {k: v for k, v in row.items() if v != ""}
         name = row.get("sample", "")
-        where = f"{path} row {i} (line {i + 1}, sample '{name}')"
+        where = row_where(path, table, i, name)
         problems += _row_problems(values, schema, validator, where, Path(workdir))
         if name in seen:
             problems.append(
@@ -262,6 +316,41 @@ def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
             seen[name] = i
     table = table.set_index("sample", drop=False)
     return table, problems
+
+
+def row_where(sheet_path: str, table, i: int, sample: str) -> str:
+    """How a problem names row ``i`` (from 1) of a sheet read by :func:`read_sample_sheet`: its
+    row, its line in the file (comment and blank lines counted) and its sample."""
+    lines = table.attrs.get("lines")
+    line = lines[i - 1] if lines and i <= len(lines) else i + 1
+    return f"{sheet_path} row {i} (line {line}, sample '{sample}')"
+
+
+def _header_problems(path: str, columns: list[str]) -> list[str]:
+    problems = []
+    if "" in columns[:-1] or (columns and columns[-1] == "" and len(columns) > 1):
+        at = [n for n, c in enumerate(columns, start=1) if c == ""]
+        problems.append(
+            f"{path}: the header's column {', '.join(map(str, at))} has no name "
+            "(a tab too many, e.g. at the end of the header line); remove it or name the column"
+        )
+    twice = sorted({c for c in columns if c and columns.count(c) > 1})
+    if twice:
+        problems.append(f"{path}: the header names column(s) {', '.join(map(repr, twice))} twice; keep one of each")
+    return problems
+
+
+def _extra_columns_problem(where: str, extra: list[str], header_columns: int) -> str:
+    values = [v for v in extra if v.strip()]
+    if not values:
+        return (
+            f"{where}: has {len(extra)} empty column(s) more than the header's {header_columns} "
+            "(a tab at the end of the line?); remove the trailing tab(s)"
+        )
+    return (
+        f"{where}: has {len(extra)} column(s) more than the header's {header_columns} "
+        f"({', '.join(map(repr, values))}); add their names to the header or remove them"
+    )
 
 
 def _row_problems(values: dict, schema: dict, validator, where: str, workdir: Path) -> list[str]:

@@ -4,7 +4,13 @@ import sys
 
 from gpubio import dag_memory
 from gpubio.config import ConfigError
-from gpubio.gpu import BalancedGroup, cpu_resources, gpu_resources, input_files_mb
+from gpubio.gpu import (
+    BalancedGroup,
+    cpu_resources,
+    gpu_resources,
+    input_files_mb,
+    planned_job_problems,
+)
 from gpubio.shell import (
     quote_extra_options,
     quote_option,
@@ -42,6 +48,8 @@ SITE = STARTUP.site
 print(module_summary(PROJECT, os.getcwd()), file=sys.stderr)
 if SITE.local is not None:  # a local run: say which GPUs judge its needs
     print(SITE.local.summary(), file=sys.stderr)
+elif SITE.cpu_jobs_note():  # a cluster without CPU partitions: say where CPU jobs go
+    print(f"gpubio: {SITE.cpu_jobs_note()}", file=sys.stderr)
 
 # On a cluster the short CPU steps of one genomics sample run as one job (rules read_qc,
 # sort_bam, alignment_qc, call_bcftools). A local run has no use for groups (Snakemake runs
@@ -54,6 +62,12 @@ REQUIRE_GPU = "--require-gpu" if GPU["require"] else ""
 
 onstart:
     dag_memory.restore(GC_THRESHOLDS)
+    # Jobs the site cannot take (a CPU job no CPU partition holds, a GPU job gpu.require
+    # refuses here) stop the run before its first job; checked once the DAG says which jobs
+    # run, so a rule without jobs (a module that is off) is never named.
+    JOB_PROBLEMS = planned_job_problems(workflow.dag.needrun_jobs())
+    if JOB_PROBLEMS:
+        raise WorkflowError(ConfigError(JOB_PROBLEMS).report())
 
 
 wildcard_constraints:
@@ -107,6 +121,17 @@ def get_final_outputs():
     every module is off (the start-up line says why)."""
     targets = get_module_outputs()
     return targets + GPU_REPORT_TARGETS if targets else []
+
+
+def get_usage_record_folders(wildcards):
+    """The record folders under benchmarks/ of the samples (and POD5 runs) in the sheets now: a
+    sample removed from its sheet keeps its records there (for gpubio calibrate), not its rows
+    in the report."""
+    return [
+        f"{domain}/{sample}"
+        for domain in DOMAIN_TARGETS
+        for sample in PROJECT.samples(domain)
+    ] + [f"genomics/runs/{run}" for run in GENOMICS_RUNS]
 
 
 def usage_record(step):

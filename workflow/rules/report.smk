@@ -69,8 +69,9 @@ rule gpu_plan:
         )
 
 
-# What the GPU jobs of this project really used against what the plan gave them: every
-# usage record under benchmarks/ (this run's and earlier runs'), once all module outputs exist.
+# What the GPU jobs of this project really used against what the plan gave them: the usage
+# records under benchmarks/ (this run's and earlier runs') of the samples in the sheets now,
+# once all module outputs exist.
 rule gpu_usage_report:
     input:
         get_module_outputs,
@@ -99,6 +100,8 @@ rule gpu_usage_report:
         **cpu_resources(mem_mb=1000, runtime=10),
     params:
         partitions=GPU["partitions"],
+        sample_folders=get_usage_record_folders,
     shell:
         "python -m gpubio gpu-usage-report benchmarks --partitions {params.partitions:q}"
-        " --out-tsv {output.tsv} --out-models {output.models} --out-png {output.png} > {log} 2>&1"
+        " --out-tsv {output.tsv} --out-models {output.models} --out-png {output.png}"
+        " --sample-folders {params.sample_folders:q} > {log} 2>&1"

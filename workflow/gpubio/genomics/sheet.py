@@ -90,12 +90,14 @@ def sequencing_runs(table) -> dict[str, Run]:
 
 def sheet_problems(table, sheet: str, settings: dict, config_file: str) -> list[str]:
     """Problems the schema cannot see: runs, barcodes, kit, caller models, effect weights."""
+    from gpubio.config import row_where
+
     problems: list[str] = []
     if table is None:
         return problems
     kit = settings["basecall"]["kit_name"]
     for i, (sample, row) in enumerate(_rows(table), start=1):
-        where = f"{sheet} row {i} (line {i + 1}, sample '{sample}')"
+        where = row_where(sheet, table, i, sample)
         barcode, pod5, platform = _value(row, "barcode"), _value(row, "pod5"), _value(row, "platform")
         if (barcode or _value(row, "run")) and not pod5:
             problems.append(f"{where}: barcode/run only apply to POD5 input; clear them or give a pod5")
@@ -141,6 +143,7 @@ def _input_problems(table, sheet: str, settings: dict, config_file: str) -> list
     to the reference's contigs (when aligned), and that each FASTQ starts as FASTQ: found
     later, they would fail every job or, worse, give an empty VCF or wrong QC. Reads headers
     and first bytes only."""
+    from gpubio.config import row_where
     from gpubio.genomics.inputs import bam_contigs, bam_problem, contig_mismatch, fastq_problem, read_reference
 
     problems, contigs = [], None
@@ -149,7 +152,7 @@ def _input_problems(table, sheet: str, settings: dict, config_file: str) -> list
         contigs, reference_problems = read_reference(reference, config_file)
         problems += reference_problems
     for i, (sample, row) in enumerate(_rows(table), start=1):
-        where = f"{sheet} row {i} (line {i + 1}, sample '{sample}')"
+        where = row_where(sheet, table, i, sample)
         for column in ("fastq_1", "fastq_2"):
             path = _value(row, column)
             problem = fastq_problem(path) if path and Path(path).is_file() else None

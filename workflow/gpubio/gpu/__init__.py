@@ -39,6 +39,7 @@ from .placement import (
     gpu_resources,
     input_files_mb,
     place_gpu_job,
+    planned_job_problems,
     pool_fits,
     reset_site,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "pin_gpus",
     "place_gpu_job",
     "plan_balanced",
+    "planned_job_problems",
     "pool_fits",
     "reset_site",
     "schedule_makespan",

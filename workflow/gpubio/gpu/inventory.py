@@ -186,6 +186,12 @@ def _partition(name: str, limits: Any, models: Any, source: str) -> SitePartitio
     gpu_types = limits.get("available_gpu_models") or []
     if not isinstance(gpu_types, list) or not all(isinstance(t, str) for t in gpu_types):
         raise InventoryError(f"{at}['available_gpu_models'] must be a list of GRES type names, got {gpu_types!r}")
+    if max_gpu == 0 and gpu_types:
+        # a job asking for these GPUs would be sent here, and CPU jobs would sit on GPU nodes
+        raise InventoryError(
+            f"{at}: max_gpu is 0 but available_gpu_models lists {gpu_types}; set max_gpu to its GPUs "
+            f"per node, or remove available_gpu_models if the partition has no GPUs"
+        )
     if max_gpu > 0 and not gpu_types:
         raise InventoryError(
             f"{at}: max_gpu is {max_gpu} but available_gpu_models is empty; list the "

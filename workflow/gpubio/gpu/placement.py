@@ -21,7 +21,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -51,6 +51,7 @@ __all__ = [
     "gpu_pools",
     "gpu_resources",
     "place_gpu_job",
+    "planned_job_problems",
     "pool_fits",
     "reset_site",
 ]
@@ -247,7 +248,7 @@ def place_gpu_job(
             raise ValueError("this need's vram_gb depends on the input size; pass input_size_mb")
         need = need.at_input_size(input_size_mb)
     if need.gpus == 0:
-        return _place_cpu_job(need, inventory)
+        return _place_cpu_job(need, inventory, catalogue)
 
     pools = gpu_pools(inventory, catalogue)
     fitting = [p for p in pools if pool_fits(need, p)]
@@ -276,17 +277,61 @@ def escalate(need: GpuNeed, fitting: list[GpuPool], chosen: GpuPool, attempt: in
     )
 
 
-def _place_cpu_job(need: GpuNeed, inventory: Inventory) -> Placement:
-    """CPU partitions first (file order); a GPU partition only if no CPU one fits."""
-    fitting = [p for p in inventory.partitions if _fits_limits(need, p)]
-    if not fitting:
+def _place_cpu_job(need: GpuNeed, inventory: Inventory, catalogue: Catalogue) -> Placement:
+    """A partition without GPUs, the first in file order whose limits fit; never a GPU
+    partition while the site has a CPU one. A site without any takes CPU jobs on the GPU
+    partition with the cheapest GPUs that fits (:func:`cpu_jobs_note` says so)."""
+    cpu_partitions = [p for p in inventory.partitions if not p.has_gpus]
+    candidates = cpu_partitions or _by_gpu_cost(inventory, catalogue)
+    fitting = [p for p in candidates if _fits_limits(need, p)]
+    if fitting:
+        return Placement(partition=fitting[0].name)
+    if cpu_partitions:
+        limits = "; ".join(_describe_limits(p) for p in cpu_partitions)
         raise PlacementError(
-            f"{_rule_prefix(need)}no partition in {inventory.source} fits the CPU job "
-            f"({need.describe()}). Lower cpus/mem_mb/runtime, or raise the partition "
-            f"limits in {inventory.source}."
+            f"{_rule_prefix(need)}no partition without GPUs in {inventory.source} fits the CPU job "
+            f"({need.describe()}): {limits}. Raise that partition's limits in {inventory.source}, or lower "
+            f"the job's threads (--set-threads RULE=N or --max-threads N), mem_mb or runtime; "
+            f"CPU jobs are not sent to GPU partitions."
         )
-    chosen = min(fitting, key=lambda p: (p.max_gpu > 0, p.max_gpu))
-    return Placement(partition=chosen.name)
+    raise PlacementError(
+        f"{_rule_prefix(need)}no partition in {inventory.source} fits the CPU job "
+        f"({need.describe()}). Lower cpus/mem_mb/runtime, or raise the partition "
+        f"limits in {inventory.source}."
+    )
+
+
+def _by_gpu_cost(inventory: Inventory, catalogue: Catalogue) -> list[SitePartition]:
+    """GPU partitions, the cheapest GPUs first (file order among equals)."""
+    cost: dict[str, float] = {}
+    for pool in gpu_pools(inventory, catalogue):
+        cost[pool.partition.name] = min(cost.get(pool.partition.name, math.inf), pool.model.cost)
+    return sorted((p for p in inventory.partitions if p.has_gpus), key=lambda p: cost.get(p.name, math.inf))
+
+
+def _describe_limits(partition: SitePartition) -> str:
+    limits = [
+        f"{name} {value:g}"
+        for name, value in (
+            ("max_cpus_per_task", partition.max_cpus_per_task),
+            ("max_mem_mb", partition.max_mem_mb),
+            ("max_runtime", partition.max_runtime),
+        )
+        if math.isfinite(value)
+    ]
+    return f"{partition.name!r} allows {', '.join(limits) or 'anything'}"
+
+
+def cpu_jobs_note(inventory: Inventory, catalogue: Catalogue) -> str | None:
+    """Where CPU jobs go on a site without a partition free of GPUs, and why; None where it has one."""
+    if any(not p.has_gpus for p in inventory.partitions):
+        return None
+    host = _by_gpu_cost(inventory, catalogue)[0]
+    return (
+        f"{inventory.source} has no partition without GPUs (max_gpu: 0), so CPU jobs go to "
+        f"{host.name!r}, the partition with the cheapest GPUs (the next where its limits are too small); "
+        f"add a CPU partition to keep GPU nodes for GPU jobs"
+    )
 
 
 def _rule_prefix(need: GpuNeed) -> str:
@@ -334,6 +379,23 @@ def _no_fit_message(need: GpuNeed, inventory: Inventory, pools: list[GpuPool]) -
 # --------------------------------------------------------------------------- site
 
 
+class JobNotices:
+    """Problems of single jobs met while Snakemake evaluates their resources (a CPU job no CPU
+    partition holds, a GPU job gpu.require refuses here), said once per rule. A dry-run sees
+    them only so; a run checks its jobs before the first one (:func:`planned_job_problems`)
+    and stops, so it silences them first."""
+
+    def __init__(self) -> None:
+        self.said: set[str] = set()
+        self.silent = False
+
+    def say(self, rule: str | None, message: str) -> None:
+        if self.silent or rule in self.said:
+            return
+        self.said.add(rule or "")
+        print(f"gpubio: {message} (a run, not a dry-run, stops here before its first job)", file=sys.stderr)
+
+
 @dataclass(frozen=True)
 class Site:
     """Inventory + catalogue. ``cpu_only`` places every job on a CPU partition.
@@ -342,7 +404,8 @@ class Site:
     whether a need can run. Jobs still carry the partition the inventory gives them where
     it has one (the plan and usage records name it); a need the inventory cannot hold
     goes to partition ``local``. ``require`` (gpu.require) refuses a need that no local
-    GPU can hold, as no CPU path is allowed then.
+    GPU can hold, as no CPU path is allowed then: for the jobs a run will run, before the
+    first (:func:`planned_job_problems`), never for a rule without jobs.
     """
 
     inventory: Inventory
@@ -354,6 +417,7 @@ class Site:
     require: bool = False
     # (need, attempt, size) -> Placement: every job of a rule asks the same question
     _placements: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    notices: JobNotices = field(default_factory=JobNotices, compare=False, hash=False, repr=False)
 
     def place(self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None) -> Placement:
         key = (need, attempt, input_size_mb)
@@ -366,13 +430,6 @@ class Site:
         if self.cpu_only and need.gpus:
             need = replace(need, gpus=0)
         effective = self.effective_need(need, input_size_mb)
-        if (
-            self.local is not None
-            and self.require
-            and effective.gpus
-            and (effective.is_static or input_size_mb is not None)
-        ):
-            self._check_here(effective.at_input_size(input_size_mb or 0.0))
         try:
             return place_gpu_job(effective, self.inventory, self.catalogue, attempt, input_size_mb=input_size_mb)
         except PlacementError:
@@ -383,16 +440,26 @@ class Site:
             partition="local", gpus=effective.gpus, gpu_model="local" if effective.gpus else None, attempt=attempt
         )
 
-    def _check_here(self, need: GpuNeed) -> None:
-        """Under gpu.require no CPU path is allowed: refuse a need no local GPUs can hold."""
-        assert self.local is not None and not callable(need.vram_gb)
-        if len(self.local.fitting(need.vram_gb, need.min_compute_capability)) < need.gpus:
-            raise PlacementError(
-                f"{_rule_prefix(need)}gpu.require is true but this machine cannot run the GPU need "
-                f"({need.describe()}): it has {self.local.describe()}. Lower the need, set "
-                f"gpu.require: false to let the step run its CPU path, or run it on the cluster "
-                f"(--profile profiles/slurm-gpu)."
-            )
+    def require_problem(self, need: GpuNeed, input_size_mb: float | None = None) -> str | None:
+        """Under gpu.require on this machine: why no local GPU can hold the need, else None. A
+        need that grows with its input is judged at its input's size, or at its smallest while
+        that input is not made yet."""
+        if self.local is None or not self.require or self.cpu_only or not need.gpus:
+            return None
+        effective = self.effective_need(need, input_size_mb).at_input_size(input_size_mb or 0.0)
+        assert not callable(effective.vram_gb)
+        if len(self.local.fitting(effective.vram_gb, effective.min_compute_capability)) >= effective.gpus:
+            return None
+        return (
+            f"{_rule_prefix(need)}gpu.require is true but this machine cannot run the GPU need "
+            f"({effective.describe()}): it has {self.local.describe()}. Lower the need, set "
+            f"gpu.require: false to let the step run its CPU path, or run it on the cluster "
+            f"(--profile profiles/slurm-gpu)."
+        )
+
+    def cpu_jobs_note(self) -> str | None:
+        """Where CPU jobs go on a site without a partition free of GPUs, and why (else None)."""
+        return cpu_jobs_note(self.inventory, self.catalogue)
 
     def effective_need(self, need: GpuNeed, input_size_mb: float | None = None) -> GpuNeed:
         """The rule's calibrated need where one was measured (never below its floor), else
@@ -464,15 +531,16 @@ def reset_site() -> None:
 
 
 def check_declared_needs(site: Site | None = None) -> list[Placement]:
-    """Place every static need declared so far (attempt 1); raise one error listing all misfits.
+    """Place every static GPU need declared so far (attempt 1); raise one error listing all misfits.
 
     Size-dependent needs are checked when Snakemake evaluates them, which is still
-    while it builds the DAG.
+    while it builds the DAG. A CPU job's CPUs are its threads, known per job: CPU needs are
+    checked for the jobs a run will run (:func:`planned_job_problems`).
     """
     site = site or current_site()
     placements, errors = [], []
     for need in _declared:
-        if not need.is_static:
+        if not need.is_static or not need.gpus:
             continue
         try:
             placements.append(site.place(need))
@@ -531,7 +599,7 @@ def gpu_resources(
     )
     named = need if need.rule else replace(need, rule=_rule_being_declared())
     _declared[named] = None
-    if _configured is not None and need.is_static:
+    if _configured is not None and need.is_static and need.gpus:
         site_now.place(named)
 
     gpu_count = 0 if site_now.cpu_only else gpus
@@ -555,11 +623,11 @@ def gpu_resources(
 def _fixed_cpu_partition(need: GpuNeed) -> str | None:
     """The partition of a CPU rule's jobs when their thread counts cannot change it, else None.
 
-    A CPU job goes to the first partition (CPU ones first) whose limits fit; its CPUs are its
+    A CPU job goes to the first partition without GPUs whose limits fit; its CPUs are its
     threads, known per job. The partition that fits the rule with any CPU count takes every
-    job whose threads it allows, and when no partition allows more CPUs per task, a job it
-    cannot take fits nowhere (SLURM refuses it at submission). Then the partition is a fixed
-    string: Snakemake evaluates a resource function for every job of a large DAG.
+    job whose threads it allows, and when no such partition allows more CPUs per task, a job
+    it cannot take fits nowhere (the run refuses it before its first job). Then the partition
+    is a fixed string: Snakemake evaluates a resource function for every job of a large DAG.
     """
     site = current_site()
     if _configured is None or need.gpus or need.cpus is not None or not need.is_static:
@@ -570,7 +638,9 @@ def _fixed_cpu_partition(need: GpuNeed) -> str | None:
         return None
     if name not in site.inventory.names:
         return None
-    widest = max(p.max_cpus_per_task for p in site.inventory.partitions)
+    partitions = site.inventory.partitions
+    candidates = [p for p in partitions if not p.has_gpus] or partitions
+    widest = max(p.max_cpus_per_task for p in candidates)
     return name if site.inventory[name].max_cpus_per_task >= widest else None
 
 
@@ -652,11 +722,89 @@ def _placed(
     threads: int | None,
     size_mb: float | None,
 ) -> Placement:
-    """Where one job goes: its balanced group's plan, else the site's placement of its need."""
+    """Where one job goes: its balanced group's plan, else the site's placement of its need.
+
+    A CPU job no partition without GPUs holds, or a GPU job gpu.require refuses here, is said
+    once per rule (a dry-run's view) and a run refuses it before its first job
+    (:func:`planned_job_problems`); its resources meanwhile name the widest CPU partition.
+    """
+    site = current_site()
     named = _named(need, rulename, threads)
+    require_problem = site.require_problem(named, size_mb)
+    if require_problem:
+        site.notices.say(named.rule, require_problem)
     if group is not None:
-        return group.place(named, wildcards, attempt, current_site())
-    return current_site().place(named, attempt, None if need.is_static else size_mb)
+        return group.place(named, wildcards, attempt, site)
+    try:
+        return site.place(named, attempt, None if need.is_static else size_mb)
+    except PlacementError as error:
+        if need.gpus and not site.cpu_only:
+            raise
+        site.notices.say(named.rule, str(error))
+        return Placement(partition=_widest(site.inventory).name, attempt=attempt)
+
+
+def _widest(inventory: Inventory) -> SitePartition:
+    """The CPU partition (else any) that allows the most CPUs, memory and runtime."""
+    candidates = [p for p in inventory.partitions if not p.has_gpus] or list(inventory.partitions)
+    return max(candidates, key=lambda p: (p.max_cpus_per_task, p.max_mem_mb, p.max_runtime))
+
+
+def planned_job_problems(jobs: Iterable[Any], site: Site | None = None) -> list[str]:
+    """What stops the jobs a run will run where the site is known before the first one: a CPU
+    job no partition without GPUs holds (its CPUs are its threads), a GPU job gpu.require
+    refuses on this machine. One line per rule, naming how many of its jobs; a rule without
+    jobs in this run is never named. ``jobs``: Snakemake's jobs (``.rule.name``, ``.threads``,
+    ``.input``), e.g. ``workflow.dag.needrun_jobs()`` in an ``onstart`` handler.
+    """
+    site = site or current_site()
+    if site.local is not None and not site.require:
+        return []  # a local run places every job (partition "local" where the file has none)
+    site.notices.silent = True  # a job's threads come from its resources: said here instead
+    by_rule = {need.rule: need for need in _declared if need.rule}
+    rule_fits: dict[str, bool] = {}  # CPU rule -> whether its declared threads fit (fewer always do)
+    found: dict[str, list] = {}  # rule -> [problem, jobs]
+    for job in jobs:
+        rule = job.rule.name
+        need = by_rule.get(rule)
+        if need is None:
+            continue
+        if need.gpus and not site.cpu_only:
+            problem = site.require_problem(need, None if need.is_static else _known_size(job.input))
+        elif site.local is None:
+            if rule not in rule_fits:
+                declared = _declared_threads(job.rule)
+                rule_fits[rule] = declared is not None and _cpu_job_problem(site, need, declared) is None
+            problem = None if rule_fits[rule] else _cpu_job_problem(site, need, job.threads)
+        else:
+            continue
+        if problem:
+            found.setdefault(rule, [problem, 0])[1] += 1
+    return [f"{problem} ({count} job{'s' if count > 1 else ''} of this run)" for problem, count in found.values()]
+
+
+def _declared_threads(rule: Any) -> int | None:
+    """A rule's ``threads:`` where it is a number (Snakemake keeps it as resource ``_cores``);
+    a job gets as many or fewer (``--cores``, ``--max-threads``)."""
+    resources = getattr(rule, "resources", None)
+    declared = getattr(resources.get("_cores"), "value", None) if resources is not None else None
+    return declared if isinstance(declared, int) and not isinstance(declared, bool) else None
+
+
+def _cpu_job_problem(site: Site, need: GpuNeed, threads: int) -> str | None:
+    try:  # a CPU job's VRAM need, also one that grows with its input, does not place it
+        site.place(_named(need, need.rule, threads), 1, None if need.is_static else 0.0)
+    except PlacementError as error:
+        return str(error)
+    return None
+
+
+def _known_size(input: Any) -> float | None:
+    """A job's input size (MB) where its inputs exist, else None."""
+    try:
+        return input_files_mb(input)
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def _placement_resource(need: GpuNeed, pick: Callable[[Placement], Any], group: Any = None) -> Callable[..., Any]:

@@ -196,14 +196,22 @@ def plan_table(jobs: list[DryRunJob], site):
     return table.sort_values(["rule", "wildcards"], kind="stable", ignore_index=True)
 
 
-def partition_totals(table):
+def partition_totals(table, site=None):
+    """Jobs, GPU jobs, GPU-hours and cost per partition; ``note`` says why a GPU partition of
+    ``site`` takes CPU jobs (the site has no partition without GPUs)."""
     totals = table.groupby("partition", sort=True).agg(
         jobs=("rule", "size"),
         gpu_jobs=("gpus", lambda g: int((g > 0).sum())),
         gpu_hours=("gpu_hours", "sum"),
         relative_cost=("relative_cost", "sum"),
     )
-    return totals.reset_index()
+    totals = totals.reset_index()
+    gpu_partitions = {p.name for p in site.inventory.partitions if p.has_gpus} if site is not None else set()
+    takes_cpu_jobs = totals["partition"].isin(gpu_partitions) & (totals["jobs"] > totals["gpu_jobs"])
+    totals["note"] = takes_cpu_jobs.map(
+        {True: "takes CPU jobs: the site has no partition without GPUs (cheapest GPUs that fit first)", False: ""}
+    )
+    return totals
 
 
 DECLARED_COLUMNS = ["gpu_model", "vram_gb", "gpu_hours", "relative_cost"]
@@ -234,8 +242,11 @@ def compare_totals(table) -> str:
     return "\n".join(lines)
 
 
-def format_plan(table, totals) -> str:
+def format_plan(table, totals, site=None) -> str:
     lines = [table.to_string(index=False), "", "per partition:", totals.to_string(index=False)]
+    note = site.cpu_jobs_note() if site is not None else None
+    if note:
+        lines += ["", note]
     lines.append(
         "\ngpu_hours: GPUs x runtime limit (an upper bound); relative_cost: gpu_hours x the "
         "model's relative hourly cost (T4 = 1)."
@@ -243,11 +254,11 @@ def format_plan(table, totals) -> str:
     return "\n".join(lines)
 
 
-def write_plan(table, out: str) -> None:
+def write_plan(table, out: str, site=None) -> None:
     from gpubio.atomic import atomic_path
 
     with atomic_path(out) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
-    totals = partition_totals(table)
+    totals = partition_totals(table, site)
     with atomic_path(Path(out).with_suffix(".partitions.tsv")) as tmp:
         totals.to_csv(tmp, sep="\t", index=False)

@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -355,12 +355,22 @@ def write_record(path: str | os.PathLike, record: UsageRecord) -> None:
         log.warning("could not write the GPU usage record %s: %s", path, error)
 
 
-def read_records(roots: list[str | os.PathLike]) -> list[UsageRecord]:
-    """Every ``*.gpu.json`` record under the given directories (or the files themselves)."""
+def read_records(roots: list[str | os.PathLike], sample_folders: Collection[str] | None = None) -> list[UsageRecord]:
+    """Every ``*.gpu.json`` record under the given directories (or the files themselves).
+
+    ``sample_folders``: where the records of the samples (and runs) in the sheets now are,
+    relative to a root (``genomics/s1``, ``genomics/runs/flowcell_A``); a record in any other
+    folder below a module's own (a sample removed from its sheet) is left out. Records in a
+    module's folder itself (steps over all samples) are kept.
+    """
+    current = None if sample_folders is None else {Path(folder) for folder in sample_folders}
     records = []
     for root in map(Path, roots):
         paths = [root] if root.is_file() else sorted(root.rglob(f"*{RECORD_SUFFIX}"))
         for path in paths:
+            folder = path.parent.relative_to(root) if path != root else None
+            if current is not None and folder is not None and len(folder.parts) > 1 and folder not in current:
+                continue
             try:
                 records.append(UsageRecord.from_dict(json.loads(path.read_text())))
             except (OSError, ValueError, TypeError) as error:

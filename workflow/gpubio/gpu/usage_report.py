@@ -185,12 +185,21 @@ def plot_usage(table, out_png: str) -> None:
     plt.close(fig)
 
 
-def write_usage_report(record_paths: list[str], out_tsv: str, out_models: str, out_png: str, site: Any = None):
+def write_usage_report(
+    record_paths: list[str],
+    out_tsv: str,
+    out_models: str,
+    out_png: str,
+    site: Any = None,
+    sample_folders: list[str] | None = None,
+):
+    """The report of the records under ``record_paths``; with ``sample_folders``, only the
+    samples (and runs) in the sheets now (:func:`gpubio.gpu.usage.read_records`)."""
     from gpubio.atomic import atomic_path
 
     from .usage import read_records
 
-    table = usage_table(read_records(record_paths), site)
+    table = usage_table(read_records(record_paths, sample_folders), site)
     with atomic_path(out_tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     with atomic_path(out_models) as tmp:

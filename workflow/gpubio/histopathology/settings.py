@@ -47,6 +47,7 @@ def config_problems(settings: dict, config_file: str, workdir: str | Path = ".")
 
 def slide_problems(sheet, sheet_path: str, workdir: str | Path = ".") -> list[str]:
     """One line per slide of the sheet that cannot be tiled: row, file, problem and fix (headers only)."""
+    from gpubio.config import row_where
     from gpubio.histopathology.slide import slide_problem
 
     if sheet is None:
@@ -56,7 +57,7 @@ def slide_problems(sheet, sheet_path: str, workdir: str | Path = ".") -> list[st
         mpp = float(row["mpp"]) if row.get("mpp") else None
         problem = slide_problem(Path(workdir) / row["slide"], mpp)
         if problem:
-            where = f"{sheet_path} row {i} (line {i + 1}, sample '{row['sample']}')"
+            where = row_where(sheet_path, sheet, i, row["sample"])
             problems.append(f"{where}: slide '{row['slide']}': {problem}")
     return problems
 

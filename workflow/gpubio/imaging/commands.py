@@ -122,7 +122,6 @@ def _register_image(args) -> None:
 
 
 def _train_cellpose(args) -> None:
-    import os
     import shutil
     import time
     from pathlib import Path
@@ -130,7 +129,7 @@ def _train_cellpose(args) -> None:
     import numpy as np
     import torch
 
-    from gpubio.atomic import atomic_path, write_text_atomic
+    from gpubio.atomic import atomic_path, scratch_dir, write_text_atomic
     from gpubio.imaging.cellpose_models import import_cellpose, load_training_set, resolve_model, train_model
 
     pairs, images, labels = load_training_set(args.images, tuple(args.channels))
@@ -150,9 +149,8 @@ def _train_cellpose(args) -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     out = Path(args.out)
-    work = out.parent / f".{out.name}.train{os.getpid()}"
     start = time.perf_counter()
-    try:
+    with scratch_dir(out, "train") as work:  # also removes what a killed training left
         result = train_model(
             images,
             labels,
@@ -169,8 +167,6 @@ def _train_cellpose(args) -> None:
         )
         with atomic_path(out) as tmp:
             shutil.move(result["model"], tmp)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - start
     losses = result["losses"]
     log.info("trained in %.1f s; loss %.4f -> %.4f; model %s", seconds, losses[0], losses[-1], out)

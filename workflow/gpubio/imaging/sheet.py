@@ -14,6 +14,7 @@ IMAGE_COLUMNS = ("image", "reference_image")
 
 def image_file_problems(sheet, sheet_path: str, workdir: str | Path = ".") -> list[str]:
     """One line per unreadable image in the sheet: row, column, file, problem and fix."""
+    from gpubio.config import row_where
     from gpubio.imaging.io import tiff_problem
 
     if sheet is None:
@@ -28,6 +29,6 @@ def image_file_problems(sheet, sheet_path: str, workdir: str | Path = ".") -> li
             if path not in checked:  # a reference shared by many rows is read once
                 checked[path] = tiff_problem(path)
             if checked[path]:
-                where = f"{sheet_path} row {i} (line {i + 1}, sample '{row['sample']}')"
+                where = row_where(sheet_path, sheet, i, row["sample"])
                 problems.append(f"{where}: {column} '{value}': {checked[path]}")
     return problems
