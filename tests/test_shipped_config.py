@@ -94,3 +94,26 @@ def test_demo_overlay_sets_only_known_keys_and_differs_from_the_defaults():
                 assert other.get(key) != value, f"{'.'.join(path + (key,))} repeats the shipped value"
 
     walk(overlay, base, ())
+
+
+def test_problems_name_the_layer_that_sets_the_key(tmp_path, demo_data):
+    """With the demo overlay, a typo in config/config.yaml is config/config.yaml's problem and a
+    bad value in the overlay is the overlay's; a key no layer sets is the base file's to add."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    (tmp_path / "resources").mkdir()
+    (tmp_path / "resources" / "demo").symlink_to(demo_data / "resources" / "demo")
+    base = tmp_path / "config" / "config.yaml"
+    base.write_text(base.read_text().replace("    min_genes: 200", "    min_gens: 200"))
+    overlay = yaml.safe_load((REPO / DEMO_OVERLAY).read_text())
+    overlay["transcriptomics"]["cluster"]["n_top_genes"] = -5
+    del overlay["genomics"]["reference"]
+    (tmp_path / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    proc = run_snakemake(tmp_path, "-n", "--configfile", "overlay.yaml", check=False)
+    assert proc.returncode != 0
+    lines = [line.strip() for line in (proc.stdout + proc.stderr).splitlines()]
+    assert "config/config.yaml: unknown key 'transcriptomics.qc.min_gens'; did you mean 'min_genes'?" in lines
+    assert any(
+        line.startswith("overlay.yaml: key 'transcriptomics.cluster.n_top_genes' = -5 is out of range")
+        for line in lines
+    ), lines
+    assert "config/config.yaml: genomics has samples but no 'reference'; add genomics.reference: <FASTA>" in lines

@@ -11,6 +11,7 @@ import csv
 import difflib
 import functools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,43 @@ def section_settings(config: dict, section: str) -> dict:
 
 
 # --------------------------------------------------------------------------- config.yaml
+
+
+_DOTTED_KEY = re.compile(r"\b((?:gpu|" + "|".join(DOMAINS) + r")(?:\.\w+)+)")
+
+
+def attribute_problems(problems: list[str], config_files: list[str], workdir: str | os.PathLike = ".") -> list[str]:
+    """Name, in each problem about a key, the config file that sets that key. With overlays
+    (`--configfile`, base file first) a problem is first written against the last file; a key
+    set only in config/config.yaml, or in no file, is that file's (the base's) problem."""
+    if len(set(config_files)) < 2:
+        return problems
+    last, layers = config_files[-1], []
+    for name in config_files:
+        try:
+            with open(Path(workdir) / name) as fh:
+                layers.append((name, yaml.safe_load(fh) or {}))
+        except (OSError, yaml.YAMLError):
+            layers.append((name, {}))
+
+    def origin(key: str) -> str:
+        for name, layer in reversed(layers):
+            node = layer
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+            else:
+                return name
+        return config_files[0]
+
+    attributed = []
+    for problem in problems:
+        match = _DOTTED_KEY.search(problem) if problem.startswith(f"{last}: ") else None
+        if match:
+            problem = f"{origin(match.group(1))}: {problem[len(last) + 2 :]}"
+        attributed.append(problem)
+    return attributed
 
 
 def _key_path(path) -> str:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpubio.config import DOMAINS, ConfigError, Project, read_project, section_settings
+from gpubio.config import DOMAINS, ConfigError, Project, attribute_problems, read_project, section_settings
 
 
 @dataclass
@@ -124,10 +124,13 @@ def start_up(
     config_file: str = "config/config.yaml",
     workdir: str | os.PathLike = ".",
     remote_jobs: int | None = None,
+    config_files: list[str] | None = None,
 ) -> Startup:
     """Check everything that can be checked before any job; raise one ConfigError listing every
     problem, else return what the rules read. ``remote_jobs``: Snakemake's ``--jobs`` (set for a
-    remote executor: the run is placed on the cluster, see gpubio.gpu.local_site)."""
+    remote executor: the run is placed on the cluster, see gpubio.gpu.local_site).
+    ``config_files``: every layer of the config, base first (then each problem about a key
+    names the file that sets it); ``config_file`` is the last."""
     workdir = Path(workdir)
     project, problems, flawed = read_project(config, config_file, workdir)
     settings = {name: section_settings(project.config, name) for name in ("gpu", *DOMAINS)}
@@ -138,5 +141,5 @@ def start_up(
         if project.active(domain) and domain not in flawed:
             problems += check(startup, config_file, workdir)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(attribute_problems(problems, config_files or [config_file], workdir))
     return startup

@@ -23,14 +23,24 @@ from gpubio.startup import module_summary, start_up
 # thresholds are back before the first job runs (onstart below).
 GC_THRESHOLDS = dag_memory.collect_less()
 
-CONFIG_FILE = (workflow.overwrite_configfiles or ["config/config.yaml"])[-1]
+# the config's layers, base first: config/config.yaml, then each --configfile laid over it
+# (named as the user would: from the working directory when inside it)
+CONFIG_FILES = ["config/config.yaml"] + [
+    path if os.path.relpath(path).startswith("..") else os.path.relpath(path)
+    for path in map(str, workflow.overwrite_configfiles)
+]
+CONFIG_FILE = CONFIG_FILES[-1]
 
 # One pass over config, sheets, partitions and needs files and input headers; every problem
 # is one line, all raised together before any job is built.
 try:
     # (positional: a line starting with `workdir=` would read as Snakemake's directive)
     STARTUP = start_up(
-        config, str(CONFIG_FILE), os.getcwd(), workflow.resource_settings.nodes
+        config,
+        CONFIG_FILE,
+        os.getcwd(),
+        workflow.resource_settings.nodes,
+        CONFIG_FILES,
     )
 except ConfigError as error:
     raise WorkflowError(error.report()) from None
