@@ -589,7 +589,7 @@ def test_gene_name_problems_stop_the_workflow_before_any_job(cells, tmp_path):
     assert not (root / "results").exists()
 
 
-def test_start_up_warns_of_repeated_names_and_genes_some_samples_lack(cells, tmp_path):
+def test_start_up_warns_of_genes_some_samples_lack(cells, tmp_path):
     files = split_genes(cells, tmp_path / "data", keep_every=2)
     repeated = to_anndata(cells)
     names = list(repeated.var_names)
@@ -604,12 +604,52 @@ def test_start_up_warns_of_repeated_names_and_genes_some_samples_lack(cells, tmp
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     proc = run_snakemake(root, "-n", "-p", "results/transcriptomics/ids/qc.json")
     assert (
-        "gpubio: warning: config/transcriptomics.tsv: sample rep: counts 'data/repeated.h5ad': 2 gene name(s) in "
-        "var_names occur more than once (G0090, G0091); kept as separate genes, renamed G0090-1 etc." in proc.stderr
-    )
-    assert (
         "gpubio: warning: config/transcriptomics.tsv: samples measured different genes: 465 of 902 are in every "
         "sample (genes per sample: b: 466, a: 900, rep: 900, ids: 900)" in proc.stderr
     )
+    # repeated names are for the cell QC log: Cell Ranger's references repeat a few symbols, and
+    # a line per sample at every start would bury the warnings that matter
+    assert "occur more than once" not in proc.stderr
     assert "cell-qc --counts data/ids.h5ad --sample ids" in proc.stdout
     assert "--gene-symbol-column hgnc" in proc.stdout
+
+
+def test_non_gene_features_are_left_out_alike_at_start_up_and_in_cell_qc(cells, tmp_path, caplog):
+    import anndata as ad
+    import pandas as pd
+
+    from gpubio.transcriptomics.sizing import survey_count_files
+
+    caplog.set_level(logging.INFO, logger="gpubio")
+    genes = to_anndata(cells)
+    genes.var["feature_types"] = "Gene Expression"
+    antibodies = ad.AnnData(
+        X=sp.csr_matrix(np.full((cells.counts.shape[0], 20), 7, dtype=np.float32)),
+        obs=genes.obs,
+        var=pd.DataFrame(
+            {"gene_ids": [f"AB{i}" for i in range(20)], "feature_types": "Antibody Capture"},
+            index=[f"CD{i}_TotalSeqB" for i in range(20)],
+        ),
+    )
+    both = ad.concat([genes, antibodies], axis=1, merge="first")
+    both.write_h5ad(tmp_path / "citeseq.h5ad")  # feature_types stored as a categorical column
+    survey = survey_count_files({"cite": str(tmp_path / "citeseq.h5ad"), "plain": str(tmp_path / "citeseq.h5ad")}, "s")
+    assert survey.problems == [] and survey.warnings == []
+    assert len(survey.genes["cite"]) == 900 and not any(g.startswith("CD") for g in survey.genes["cite"])
+    summary = run_qc(tmp_path / "citeseq.h5ad", "cite", tmp_path, min_cells=0)
+    assert summary["genes"] == 900 and summary["total_counts"] == int(cells.counts.sum())
+    assert "sample cite: 20 features that are not genes (var feature_types) left out" in caplog.text
+
+
+def test_files_alike_but_for_their_symbol_columns_are_named_each_on_its_own(cells, tmp_path):
+    """The start-up pass names each distinct gene list once: what tells lists apart must include
+    every column that takes part in naming."""
+    from gpubio.transcriptomics.sizing import survey_count_files
+
+    with_symbols = named_by_ids(cells, tmp_path / "with.h5ad", "gene_symbols")
+    without = named_by_ids(cells, tmp_path / "without.h5ad", None)
+    survey = survey_count_files({"with": str(with_symbols), "without": str(without)}, "s")
+    assert len(survey.problems) == 1 and survey.problems[0].startswith(
+        f"s: sample without: counts '{without}': gene names are Ensembl ids"
+    )
+    assert survey.genes["with"] == frozenset(cells.genes)

@@ -53,18 +53,17 @@ def reference_gene_problem(path: Path, gene_symbol_column: str) -> str | None:
     unreadable reference is left to the jobs that read it."""
     import h5py
 
-    from gpubio.transcriptomics.genes import SYMBOL_COLUMNS, GeneNameProblem, resolve_gene_names
-    from gpubio.transcriptomics.sizing import h5ad_var
+    from gpubio.transcriptomics.genes import SYMBOL_COLUMNS, GeneNameProblem, h5ad_genes, symbol_set
 
     try:
         with h5py.File(path, "r") as f:
-            var = h5ad_var(f["var"], (gene_symbol_column, *SYMBOL_COLUMNS))
+            genes = h5ad_genes(f["var"], (gene_symbol_column, *SYMBOL_COLUMNS))
     except (OSError, KeyError, ValueError):
         return None
-    if var is None:
+    if genes is None:
         return None
     try:
-        resolve_gene_names(var.index, var, gene_symbol_column)
+        symbol_set(genes.read(), gene_symbol_column, genes.columns)
     except GeneNameProblem as error:
         return str(error)
     return None

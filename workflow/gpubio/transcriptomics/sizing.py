@@ -95,58 +95,7 @@ def first_values(node):
 class CountHeader(NamedTuple):
     nonzeros: int
     problem: str | None  # why it holds no raw counts, or None
-    var: object = None  # the genes (pandas DataFrame: names as the job reads them, var columns), or None
-
-
-def _strings(values) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
-
-
-def tenx_h5_var(group):
-    """The genes of a 10x .h5 matrix group (Cell Ranger 3+ features, or 2's genes/gene_names)."""
-    import pandas as pd
-
-    if "features" in group:
-        features = group["features"]
-        var = pd.DataFrame({"gene_ids": _strings(features["id"][:])}, index=_strings(features["name"][:]))
-        if "feature_type" in features:
-            var["feature_types"] = _strings(features["feature_type"][:])
-        return var
-    return pd.DataFrame({"gene_ids": _strings(group["genes"][:])}, index=_strings(group["gene_names"][:]))
-
-
-def h5ad_column(node) -> list[str] | None:
-    """A string column of an .h5ad dataframe (plain, categorical or nullable strings); None for others."""
-    import h5py
-
-    if isinstance(node, h5py.Dataset):
-        return _strings(node[:]) if node.dtype.kind in "OSU" else None
-    kind = node.attrs.get("encoding-type", "")
-    if kind == "categorical":
-        categories, codes = _strings(node["categories"][:]), node["codes"][:]
-        return [categories[c] if c >= 0 else "" for c in codes]
-    if kind == "nullable-string-array":
-        mask = node["mask"][:]
-        return ["" if m else v for v, m in zip(_strings(node["values"][:]), mask)]
-    return None
-
-
-def h5ad_var(group, columns: tuple[str, ...]):
-    """An .h5ad var (or raw/var) group's index and those of ``columns`` it has as strings, read with
-    h5py (importing anndata would cost every start ~2 s); None for a layout this does not know."""
-    import pandas as pd
-
-    index = group.attrs.get("_index")
-    if index is None or index not in group:
-        return None
-    wanted = {c.lower() for c in columns}
-    var = pd.DataFrame(index=h5ad_column(group[index]))
-    for name in group.keys():
-        if name != index and name.lower() in wanted:
-            values = h5ad_column(group[name])
-            if values is not None:
-                var[name] = values
-    return var
+    genes: object = None  # genes.GeneTable: its genes as stored, or None when not read
 
 
 def count_file_header(path: str, symbol_columns: tuple[str, ...] = ()) -> CountHeader:
@@ -157,7 +106,8 @@ def count_file_header(path: str, symbol_columns: tuple[str, ...] = ()) -> CountH
     import gzip
     from pathlib import Path
 
-    from gpubio.transcriptomics.io import counts_problem, mtx_files, read_mtx_features
+    from gpubio.transcriptomics.genes import h5ad_genes, mtx_genes, tenx_h5_genes
+    from gpubio.transcriptomics.io import counts_problem, mtx_files
 
     p = Path(path)
     if p.is_dir():
@@ -166,7 +116,7 @@ def count_file_header(path: str, symbol_columns: tuple[str, ...] = ()) -> CountH
         with opener(files["matrix"], "rt") as fh:
             for line in fh:
                 if not line.startswith("%"):
-                    return CountHeader(int(line.split()[2]), None, read_mtx_features(files["features"]))
+                    return CountHeader(int(line.split()[2]), None, mtx_genes(files["features"]))
         raise ValueError("matrix.mtx holds no size line")
     import h5py
 
@@ -176,11 +126,11 @@ def count_file_header(path: str, symbol_columns: tuple[str, ...] = ()) -> CountH
             nonzeros = int(X["data"].shape[0]) if isinstance(X, h5py.Group) else int(X.shape[0] * X.shape[1])
             columns = (*symbol_columns, "gene_ids", "feature_types")
             if counts_problem(first_values(X)) is None:
-                return CountHeader(nonzeros, None, h5ad_var(f["var"], columns))
+                return CountHeader(nonzeros, None, h5ad_genes(f["var"], columns))
             # processed X with raw counts beside it is fine: cell QC takes those (and their genes)
             for key, var in (("layers/counts", "var"), ("raw/X", "raw/var")):
                 if key in f and var in f and counts_problem(first_values(f[key])) is None:
-                    return CountHeader(nonzeros, None, h5ad_var(f[var], columns))
+                    return CountHeader(nonzeros, None, h5ad_genes(f[var], columns))
             problem = counts_problem(first_values(X))
             return CountHeader(
                 nonzeros, f"X holds {problem}, not counts, and no raw counts in layers['counts'] or .raw"
@@ -190,7 +140,7 @@ def count_file_header(path: str, symbol_columns: tuple[str, ...] = ()) -> CountH
         group = f["matrix"] if "matrix" in f else f[next(iter(f.keys()))]  # Cell Ranger v3, else v2 (per genome)
         data = group["data"]
         problem = counts_problem(data[:STARTUP_VALUES])
-        return CountHeader(int(data.shape[0]), problem and f"holds {problem}, not counts", tenx_h5_var(group))
+        return CountHeader(int(data.shape[0]), problem and f"holds {problem}, not counts", tenx_h5_genes(group))
 
 
 def counts_nonzeros(path: str) -> int:
@@ -205,35 +155,19 @@ class CountSurvey:
     size_mb: float = 0.0  # of the filtered inputs the integration step will read
     problems: list[str] = field(default_factory=list)  # one line each: the run stops
     warnings: list[str] = field(default_factory=list)  # one line each: the run goes on
-    genes: dict[str, set[str]] = field(default_factory=dict, repr=False)  # sample -> its gene names (symbols)
-
-
-def gene_name_survey(var, where: str, gene_symbol_column: str, survey: CountSurvey, sample: str) -> None:
-    """The genes of one count file by symbol, as cell QC will name them; a problem or a warning."""
-    from gpubio.transcriptomics.genes import GeneNameProblem, gene_expression_only, repeated_note, resolve_gene_names
-
-    keep = gene_expression_only(var)
-    if keep is not None:
-        var = var[keep]
-    try:
-        genes = resolve_gene_names(var.index, var, gene_symbol_column)
-    except GeneNameProblem as error:
-        survey.problems.append(f"{where}: {error}")
-        return
-    if genes.repeated:
-        survey.warnings.append(f"{where}: {repeated_note(genes)}")
-    survey.genes[sample] = set(genes.names)
+    genes: dict[str, frozenset] = field(default_factory=dict, repr=False)  # sample -> its genes (symbols)
 
 
 def survey_count_files(counts: dict[str, str], sheet_file: str, gene_symbol_column: str = "") -> CountSurvey:
     """Size (MB) of the filtered inputs the integration step will read; one problem line per count
     file that cannot be read, holds no raw counts or whose genes cannot be named by symbol, and
-    for samples that share too few genes; warnings for repeated gene names and genes some samples
-    lack (sample -> path; when the workflow starts)."""
-    from gpubio.transcriptomics.genes import SYMBOL_COLUMNS, sample_overlap
+    for samples that share too few genes; a warning when some samples lack genes others have
+    (sample -> path; when the workflow starts). Files with one gene list (one reference) are
+    named once: a project of many samples pays for its distinct gene lists only."""
+    from gpubio.transcriptomics.genes import SYMBOL_COLUMNS, GeneNameProblem, sample_overlap, symbol_set
     from gpubio.transcriptomics.io import GIVE_COUNTS, IncompleteMtx
 
-    survey, nonzeros = CountSurvey(), 0
+    survey, nonzeros, named = CountSurvey(), 0, {}
     columns = (gene_symbol_column, *SYMBOL_COLUMNS) if gene_symbol_column else SYMBOL_COLUMNS
     for sample, path in counts.items():
         where = f"{sheet_file}: sample {sample}: counts '{path}'"
@@ -250,8 +184,17 @@ def survey_count_files(counts: dict[str, str], sheet_file: str, gene_symbol_colu
             survey.problems.append(f"{where}: {header.problem}; {GIVE_COUNTS}")
             continue
         nonzeros += header.nonzeros
-        if header.var is not None:
-            gene_name_survey(header.var, where, gene_symbol_column, survey, sample)
+        if header.genes is None:
+            continue
+        if header.genes.key not in named:
+            try:
+                named[header.genes.key] = symbol_set(header.genes.read(), gene_symbol_column, header.genes.columns)
+            except GeneNameProblem as error:
+                named[header.genes.key] = error
+        if isinstance(named[header.genes.key], GeneNameProblem):
+            survey.problems.append(f"{where}: {named[header.genes.key]}")
+        else:
+            survey.genes[sample] = named[header.genes.key]
     overlap = sample_overlap(survey.genes)
     if overlap.problem:
         survey.problems.append(f"{sheet_file}: {overlap.problem}")
