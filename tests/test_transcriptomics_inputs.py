@@ -653,3 +653,19 @@ def test_files_alike_but_for_their_symbol_columns_are_named_each_on_its_own(cell
         f"s: sample without: counts '{without}': gene names are Ensembl ids"
     )
     assert survey.genes["with"] == frozenset(cells.genes)
+
+
+def test_a_mitochondrial_prefix_in_the_wrong_case_is_a_start_up_warning(cells, tmp_path):
+    from gpubio.transcriptomics.sizing import survey_count_files
+
+    mouse = to_anndata(cells)
+    mouse.var_names = [g.replace("MT-", "mt-") for g in mouse.var_names]  # mouse genes: mt-Co1 ...
+    mouse.write_h5ad(tmp_path / "mouse.h5ad")
+    human = write_10x_h5(tmp_path / "human.h5", cells)
+    survey = survey_count_files({"m1": str(tmp_path / "mouse.h5ad"), "h1": str(human)}, "s", mito_prefix="MT-")
+    assert survey.warnings[-1] == (
+        "s: samples m1: no gene name starts with transcriptomics.qc.mito_prefix 'MT-', but some start with "
+        "'mt-': the mitochondrial filter (qc.max_mito_pct) would remove nothing; set qc.mito_prefix to 'mt-' "
+        "(mouse genes: 'mt-')"
+    )
+    assert survey_count_files({"h1": str(human)}, "s", mito_prefix="MT-").warnings == []

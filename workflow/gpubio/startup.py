@@ -47,7 +47,9 @@ def _transcriptomics_problems(startup: Startup, config_file: str, workdir: Path)
     counts = startup.project.sheets["transcriptomics"]["counts"].to_dict()
     # unreadable or processed count files, genes not named by symbol, samples sharing too few
     # genes join the config problems, one line each
-    survey = survey_count_files(counts, settings["samples"], settings["gene_symbol_column"])
+    survey = survey_count_files(
+        counts, settings["samples"], settings["gene_symbol_column"], settings["qc"]["mito_prefix"]
+    )
     startup.input_mb["transcriptomics"] = survey.size_mb
     startup.warnings += survey.warnings
     return config_problems(settings, config_file, str(workdir)) + survey.problems

@@ -187,6 +187,32 @@ def sample_overlap(genes: dict[str, frozenset[str]]) -> Overlap:
     return Overlap(shared, None, None)
 
 
+def mito_prefix_note(genes: dict[str, frozenset[str]], prefix: str) -> str | None:
+    """A warning when samples have no gene starting with ``qc.mito_prefix`` but some that do in
+    another case ("mt-" genes of a mouse with the human "MT-"): their mitochondrial filter would
+    remove nothing."""
+    if not prefix:
+        return None
+    lower, odd, example = prefix.lower(), [], ""
+    checked: dict[frozenset, str] = {}  # one look per distinct gene list
+    for sample, names in genes.items():
+        if names not in checked:
+            exact = any(name.startswith(prefix) for name in names)
+            other = [] if exact else sorted(n for n in names if n.lower().startswith(lower))
+            checked[names] = other[0][: len(prefix)] if other else ""
+        if checked[names]:
+            odd.append(sample)
+            example = checked[names]
+    if not odd:
+        return None
+    shown = ", ".join(odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+    return (
+        f"samples {shown}: no gene name starts with transcriptomics.qc.mito_prefix '{prefix}', but some start "
+        f"with '{example}': the mitochondrial filter (qc.max_mito_pct) would remove nothing; set "
+        f"qc.mito_prefix to '{example}' (mouse genes: 'mt-')"
+    )
+
+
 def gene_expression_only(var) -> list[bool] | None:
     """Which genes to keep of a 10x matrix with other features (antibodies, guides) in var
     ``feature_types``; None when there are none to drop."""

@@ -158,13 +158,22 @@ class CountSurvey:
     genes: dict[str, frozenset] = field(default_factory=dict, repr=False)  # sample -> its genes (symbols)
 
 
-def survey_count_files(counts: dict[str, str], sheet_file: str, gene_symbol_column: str = "") -> CountSurvey:
+def survey_count_files(
+    counts: dict[str, str], sheet_file: str, gene_symbol_column: str = "", mito_prefix: str = ""
+) -> CountSurvey:
     """Size (MB) of the filtered inputs the integration step will read; one problem line per count
     file that cannot be read, holds no raw counts or whose genes cannot be named by symbol, and
-    for samples that share too few genes; a warning when some samples lack genes others have
-    (sample -> path; when the workflow starts). Files with one gene list (one reference) are
+    for samples that share too few genes; a warning when some samples lack genes others have, or
+    when no gene starts with ``mito_prefix`` but some do in another case (sample -> path; when
+    the workflow starts). Files with one gene list (one reference) are
     named once: a project of many samples pays for its distinct gene lists only."""
-    from gpubio.transcriptomics.genes import SYMBOL_COLUMNS, GeneNameProblem, sample_overlap, symbol_set
+    from gpubio.transcriptomics.genes import (
+        SYMBOL_COLUMNS,
+        GeneNameProblem,
+        mito_prefix_note,
+        sample_overlap,
+        symbol_set,
+    )
     from gpubio.transcriptomics.io import GIVE_COUNTS, IncompleteMtx
 
     survey, nonzeros, named = CountSurvey(), 0, {}
@@ -200,6 +209,9 @@ def survey_count_files(counts: dict[str, str], sheet_file: str, gene_symbol_colu
         survey.problems.append(f"{sheet_file}: {overlap.problem}")
     if overlap.warning:
         survey.warnings.append(f"{sheet_file}: {overlap.warning}")
+    mito = mito_prefix_note(survey.genes, mito_prefix)
+    if mito:
+        survey.warnings.append(f"{sheet_file}: {mito}")
     survey.size_mb = nonzeros * BYTES_PER_NONZERO / 1e6
     return survey
 
