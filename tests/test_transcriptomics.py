@@ -441,3 +441,56 @@ def test_embeddings_rule_runs_only_when_weights_are_configured(workdir, tmp_path
     assert "--gpus 1 " in proc.stdout and "--usage benchmarks/transcriptomics/embed_cells.gpu.json" in proc.stdout
     assert "embed-cells --integrated results/transcriptomics/integrated.h5ad --weights weights" in proc.stdout
     assert "--embeddings results/transcriptomics/embeddings.h5ad" in proc.stdout
+
+
+# --------------------------------------------------------------------------- scANVI epochs
+
+
+def test_scanvi_epochs_default_to_scvi_tools_rule_and_an_integer_overrides():
+    from gpubio.cli import build_parser
+    from gpubio.config import load_schema
+    from gpubio.transcriptomics.annotation import ScanviParams
+    from gpubio.transcriptomics.commands import cli_options, params_from
+
+    scanvi = load_schema("config.transcriptomics")["properties"]["annotation"]["properties"]["scanvi"]["properties"]
+    assert [scanvi[k]["default"] for k in ("scvi_epochs", "scanvi_epochs", "query_epochs")] == [None, None, None]
+    assert scanvi["n_top_genes"]["default"] == 2000
+    section = {"scvi_epochs": None, "scanvi_epochs": 7, "query_epochs": None, "n_top_genes": 2000}
+    options = cli_options(section, ScanviParams)
+    assert options == "--n-top-genes 2000 --scanvi-epochs 7"  # null: no flag, scvi-tools decides
+    base = ["annotate-scanvi", "--integrated", "i.h5ad", "--reference", "r.h5ad", "--out", "o.tsv"]
+    params = params_from(build_parser().parse_args([*base, *options.split()]), ScanviParams)
+    assert (params.scvi_epochs, params.scanvi_epochs, params.query_epochs) == (None, 7, None)
+
+
+def test_scanvi_logs_the_epochs_it_trained_for_and_reads_a_reference_named_by_ids(tmp_path, caplog):
+    """scVI for the configured 3 epochs; scANVI with null epochs follows scvi-tools' rule for a
+    model started from a trained scVI: a third of min(20,000 / cells x 400, 400), between 2 and 10."""
+    import anndata as ad
+
+    from gpubio.transcriptomics.annotation import ScanviParams, annotate_scanvi
+    from independent.transcriptomics import simulate, to_anndata
+
+    caplog.set_level(logging.INFO, logger="gpubio")
+    cells = simulate(seed=6, n_cells=240, n_genes=300)
+    reference = to_anndata(cells)
+    reference.var["gene_symbols"] = list(reference.var_names)
+    reference.var_names = [f"ENSG{i:011d}" for i in range(reference.n_vars)]
+    reference.write_h5ad(tmp_path / "reference.h5ad")
+    query = to_anndata(simulate(seed=7, n_cells=120, n_genes=300))
+    query.layers["counts"] = query.X.copy()
+    query.obs["batch"], query.obs["leiden"] = "b1", "0"
+    query.write_h5ad(tmp_path / "integrated.h5ad")
+    params = ScanviParams(n_top_genes=200, n_hidden=16, scvi_epochs=3, scanvi_epochs=None, query_epochs=2)
+    out = tmp_path / "scanvi.tsv"
+    annotate_scanvi(str(tmp_path / "integrated.h5ad"), str(tmp_path / "reference.h5ad"), "cell_type", str(out), params)
+    assert "reference: gene symbols from var['gene_symbols']" in caplog.text
+    assert "scVI (reference): 3 epochs on 240 cells (annotation.scanvi.scvi_epochs)" in caplog.text
+    assert (
+        "scANVI (reference): 10 epochs on 240 cells (scvi-tools' rule; annotation.scanvi.scanvi_epochs sets it)"
+        in caplog.text
+    )
+    assert "scANVI (query mapped onto the reference): 2 epochs on 120 cells" in caplog.text
+    labels = pd.read_csv(out, sep="\t")
+    assert list(labels["cell"]) == list(ad.read_h5ad(tmp_path / "integrated.h5ad").obs_names)
+    assert set(labels["scanvi_label"]) <= set(cells.cell_types)

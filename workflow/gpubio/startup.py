@@ -25,6 +25,7 @@ class Startup:
     settings: dict[str, dict]  # "gpu" and each domain -> its settings
     site: object = None  # gpubio.gpu.Site
     input_mb: dict[str, float] = field(default_factory=dict)  # domain -> size its jobs are planned for
+    warnings: list[str] = field(default_factory=list)  # one line each, shown before the run; it goes on
 
 
 def _genomics_problems(startup: Startup, config_file: str, workdir: Path) -> list[str]:
@@ -44,9 +45,14 @@ def _transcriptomics_problems(startup: Startup, config_file: str, workdir: Path)
 
     settings = startup.settings["transcriptomics"]
     counts = startup.project.sheets["transcriptomics"]["counts"].to_dict()
-    # unreadable or processed count files join the config problems, one line each
-    startup.input_mb["transcriptomics"], count_problems = survey_count_files(counts, settings["samples"])
-    return config_problems(settings, config_file, str(workdir)) + count_problems
+    # unreadable or processed count files, genes not named by symbol, samples sharing too few
+    # genes join the config problems, one line each
+    survey = survey_count_files(
+        counts, settings["samples"], settings["gene_symbol_column"], settings["qc"]["mito_prefix"]
+    )
+    startup.input_mb["transcriptomics"] = survey.size_mb
+    startup.warnings += survey.warnings
+    return config_problems(settings, config_file, str(workdir)) + survey.problems
 
 
 def _imaging_problems(startup: Startup, config_file: str, workdir: Path) -> list[str]:

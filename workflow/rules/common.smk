@@ -44,6 +44,8 @@ try:
     )
 except ConfigError as error:
     raise WorkflowError(error.report()) from None
+for line in STARTUP.warnings:  # inputs the run copes with, said before it starts
+    print(f"gpubio: warning: {line}", file=sys.stderr)
 dag_memory.freeze()  # what the start-up pass read lives for the whole run
 PROJECT = STARTUP.project
 # The settings the rules read: each section with every schema default, also for modules

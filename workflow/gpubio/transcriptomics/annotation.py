@@ -16,11 +16,14 @@ log = logging.getLogger("gpubio")
 UNLABELLED = "gpubio:unlabelled"  # scANVI's category for the query cells
 
 
-def read_reference(path: str, label_key: str):
-    """The reference as raw counts (float32 CSR) with one obs column ``label_key``."""
+def read_reference(path: str, label_key: str, gene_symbol_column: str = ""):
+    """The reference as raw counts (float32 CSR) with one obs column ``label_key``, genes named
+    by symbol like the samples (Ensembl ids replaced by a var column's symbols)."""
     import anndata as ad
     import numpy as np
     import scipy.sparse as sp
+
+    from gpubio.transcriptomics.io import named_by_symbol
 
     ref = ad.read_h5ad(path)
     if label_key not in ref.obs:
@@ -38,9 +41,8 @@ def read_reference(path: str, label_key: str):
         )
     labels = ref.obs[label_key]
     keep = labels.notna().to_numpy()
-    reference = ad.AnnData(X=counts[keep], obs=labels[keep].astype(str).to_frame(label_key))
-    reference.var_names = ref.var_names.astype(str)
-    reference.var_names_make_unique()
+    reference = ad.AnnData(X=counts[keep], obs=labels[keep].astype(str).to_frame(label_key), var=ref.var)
+    reference = named_by_symbol(reference, f"{path}: reference", gene_symbol_column)
     if reference.n_obs == 0:
         raise ValueError(f"{path}: no cell has a label in obs[{label_key!r}]")
     log.info(
@@ -89,14 +91,20 @@ def write_labels(path: str, cells, labels, confidence, method: str) -> None:
 
 
 def train_celltypist(
-    reference: str, label_key: str, out_model: str, max_iter: int = 200, threads: int = 1, seed: int = 0
+    reference: str,
+    label_key: str,
+    out_model: str,
+    max_iter: int = 200,
+    threads: int = 1,
+    seed: int = 0,
+    gene_symbol_column: str = "",
 ) -> None:
     """Train a CellTypist logistic-regression model on the labelled reference."""
     import celltypist
 
     from gpubio.atomic import atomic_path
 
-    ref = log_normalized(read_reference(reference, label_key))
+    ref = log_normalized(read_reference(reference, label_key, gene_symbol_column))
     model = celltypist.train(
         ref,
         labels=label_key,
@@ -142,16 +150,34 @@ class ScanviParams:
     n_top_genes: int = 2000
     n_latent: int = 10
     n_hidden: int = 128
-    scvi_epochs: int = 50
-    scanvi_epochs: int = 20
-    query_epochs: int = 50
+    # None: scvi-tools' own rule (scVI and the query: min(round(20,000 / cells x 400), 400);
+    # scANVI from a trained scVI: a third of that, between 2 and 10)
+    scvi_epochs: int | None = None
+    scanvi_epochs: int | None = None
+    query_epochs: int | None = None
     learning_rate: float = 0.001
     batch_size: int = 128
     seed: int = 0
 
 
+def trained_epochs(model, phase: str, configured: int | None, key: str) -> int:
+    """Log and return the epochs a model trained for (its history has one row per epoch)."""
+    epochs = len(model.history["elbo_train"])
+    rule = (
+        f"annotation.scanvi.{key}" if configured is not None else f"scvi-tools' rule; annotation.scanvi.{key} sets it"
+    )
+    log.info("%s: %d epochs on %d cells (%s)", phase, epochs, model.adata.n_obs, rule)
+    return epochs
+
+
 def annotate_scanvi(
-    integrated: str, reference: str, label_key: str, out_tsv: str, params: ScanviParams, threads: int = 1
+    integrated: str,
+    reference: str,
+    label_key: str,
+    out_tsv: str,
+    params: ScanviParams,
+    threads: int = 1,
+    gene_symbol_column: str = "",
 ) -> None:
     """scVI + scANVI trained on the reference, the query mapped onto it (scArches), labels predicted."""
     import numpy as np
@@ -176,7 +202,7 @@ def annotate_scanvi(
         plan_kwargs={"lr": params.learning_rate},
     )
 
-    ref = read_reference(reference, label_key)
+    ref = read_reference(reference, label_key, gene_symbol_column)
     if UNLABELLED in set(ref.obs[label_key]):
         raise ValueError(f"{reference}: label {UNLABELLED!r} is reserved; rename it")
     ref.layers["counts"] = ref.X
@@ -197,8 +223,10 @@ def annotate_scanvi(
         dropout_rate=0.2,
     )
     vae.train(max_epochs=params.scvi_epochs, **train_kwargs)
+    trained_epochs(vae, "scVI (reference)", params.scvi_epochs, "scvi_epochs")
     scanvi = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category=UNLABELLED, labels_key=label_key)
     scanvi.train(max_epochs=params.scanvi_epochs, n_samples_per_label=100, **train_kwargs)
+    trained_epochs(scanvi, "scANVI (reference)", params.scanvi_epochs, "scanvi_epochs")
 
     query = query_counts(integrated)
     query.obs = query.obs[["batch"]].astype(str)
@@ -208,6 +236,7 @@ def annotate_scanvi(
     mapped = scvi.model.SCANVI.load_query_data(query, scanvi, accelerator=accelerator)
     train_kwargs["plan_kwargs"] = {"lr": params.learning_rate, "weight_decay": 0.0}
     mapped.train(max_epochs=params.query_epochs, check_val_every_n_epoch=None, **train_kwargs)
+    trained_epochs(mapped, "scANVI (query mapped onto the reference)", params.query_epochs, "query_epochs")
     probabilities = mapped.predict(soft=True)
     labels = probabilities.idxmax(axis=1).astype(str)
     confidence = probabilities.max(axis=1).to_numpy(dtype=np.float64)

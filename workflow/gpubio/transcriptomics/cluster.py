@@ -40,14 +40,36 @@ class ClusterParams:
     seed: int = 0
 
 
+def shared_genes(paths: list[str], parts: list) -> list[str]:
+    """The genes to analyse: those every sample measured (cell QC's record of each sample's genes)
+    and kept somewhere; one warning line when samples measured different genes, a SampleError
+    when they share too few to be analysed together."""
+    from gpubio.transcriptomics.genes import sample_overlap
+    from gpubio.transcriptomics.io import SampleError
+    from gpubio.transcriptomics.qc import MEASURED_GENES
+
+    measured = {
+        str(part.obs["sample"].iloc[0]): set(map(str, part.uns.get(MEASURED_GENES, part.var_names))) for part in parts
+    }
+    overlap = sample_overlap(measured)
+    if overlap.problem:
+        raise SampleError(f"{', '.join(paths)}: {overlap.problem}")
+    if overlap.warning:
+        log.warning("%s", overlap.warning)
+    kept = dict.fromkeys(name for part in parts for name in part.var_names if name in overlap.shared)
+    return list(kept)
+
+
 def combine_samples(paths: list[str]):
-    """One AnnData of every sample's filtered cells; a gene missing from a sample counts 0 there."""
+    """One AnnData of every sample's filtered cells, on the genes every sample measured; a gene
+    that cell QC dropped from a sample (seen in too few of its cells) counts 0 there."""
     import anndata as ad
     import numpy as np
     import pandas as pd
     import scipy.sparse as sp
 
     from gpubio.transcriptomics.io import SampleError
+    from gpubio.transcriptomics.qc import FEW_CELLS, few_cells_note
 
     parts = [ad.read_h5ad(p) for p in paths]
     for path, part in zip(paths, parts):
@@ -58,16 +80,31 @@ def combine_samples(paths: list[str]):
                 f"{path}: holds no cells; run cell QC again, or remove the sample's row from the "
                 "sample sheet to leave it out"
             )
-    common = set.intersection(*(set(p.var_names) for p in parts))
-    for part in parts:  # X is a copy of the raw counts: concatenate one copy, not two
+    n_cells = sum(part.n_obs for part in parts)
+    if n_cells < FEW_CELLS:
+        per_sample = ", ".join(f"{part.obs['sample'].iloc[0]}: {part.n_obs}" for part in parts)
+        raise SampleError(
+            f"{', '.join(paths)}: {n_cells} cells after QC in all ({per_sample}), fewer than {FEW_CELLS}: too few "
+            "to cluster (principal components, a neighbour graph); relax transcriptomics.qc or add samples"
+        )
+    for part in parts:
+        if part.n_obs < FEW_CELLS:
+            log.warning("%s", few_cells_note(str(part.obs["sample"].iloc[0]), part.n_obs))
+    genes = shared_genes(paths, parts)
+    for i, part in enumerate(parts):  # X is a copy of the raw counts: concatenate one copy, not two
         part.X = part.layers.pop("counts")
+        parts[i] = part[:, part.var_names.isin(genes)]
     combined = ad.concat(parts, join="outer", fill_value=0, merge="same")
     for column in {c for part in parts for c in part.var.columns} - set(combined.var.columns):
         # gene annotation (ids, feature type) of genes that only some samples kept
         values = pd.concat([part.var[column] for part in parts if column in part.var])
         combined.var[column] = values[~values.index.duplicated()].reindex(combined.var_names)
-    if combined.n_vars > len(common):
-        log.info("%d genes are missing from some samples (filtered there); counted as 0", combined.n_vars - len(common))
+    dropped = {str(part.obs["sample"].iloc[0]): len(genes) - part.n_vars for part in parts}
+    if any(dropped.values()):
+        log.info(
+            "genes kept by cell QC in some samples only (seen in too few cells elsewhere; counted as 0 there): %s",
+            ", ".join(f"{sample} {n}" for sample, n in dropped.items() if n),
+        )
     del parts, part  # free the per-sample copies before the analysis
     combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
     combined.var["n_cells"] = np.bincount(combined.X.indices, minlength=combined.n_vars)  # over all samples now

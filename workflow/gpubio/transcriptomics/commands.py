@@ -5,11 +5,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import typing
 
 log = logging.getLogger("gpubio")
 
 
 # --------------------------------------------------------------------------- options from config
+
+
+def value_type(params_class, field: dataclasses.Field) -> type:
+    """The type a field's value is read as: its default's, or for an optional field (``int | None``,
+    default None = the library decides) the type beside None."""
+    if field.default is not None:
+        return type(field.default)
+    hint = typing.get_type_hints(params_class)[field.name]
+    return next(t for t in typing.get_args(hint) if t is not type(None))
 
 
 def add_options(parser: argparse.ArgumentParser, params_class) -> None:
@@ -19,7 +29,7 @@ def add_options(parser: argparse.ArgumentParser, params_class) -> None:
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+            parser.add_argument(flag, type=value_type(params_class, f), default=f.default)
 
 
 def params_from(args, params_class):
@@ -55,6 +65,7 @@ def _cell_qc(args) -> None:
         max_mito_pct=args.max_mito_pct,
         min_cells=args.min_cells,
         mito_prefix=args.mito_prefix,
+        gene_symbol_column=args.gene_symbol_column,
     )
     log.info("cell QC %s: %d of %d cells kept", args.sample, result["cells_after_qc"], result["cells"])
 
@@ -76,7 +87,9 @@ def _integrate(args) -> None:
 def _train_celltypist(args) -> None:
     from gpubio.transcriptomics.annotation import train_celltypist
 
-    train_celltypist(args.reference, args.label_key, args.out, args.max_iter, args.threads, args.seed)
+    train_celltypist(
+        args.reference, args.label_key, args.out, args.max_iter, args.threads, args.seed, args.gene_symbol_column
+    )
 
 
 def _annotate_celltypist(args) -> None:
@@ -89,7 +102,13 @@ def _annotate_scanvi(args) -> None:
     from gpubio.transcriptomics.annotation import ScanviParams, annotate_scanvi
 
     annotate_scanvi(
-        args.integrated, args.reference, args.label_key, args.out, params_from(args, ScanviParams), args.threads
+        args.integrated,
+        args.reference,
+        args.label_key,
+        args.out,
+        params_from(args, ScanviParams),
+        args.threads,
+        args.gene_symbol_column,
     )
 
 
@@ -131,6 +150,14 @@ def _spatial(args) -> None:
     )
 
 
+def add_symbol_column(parser: argparse.ArgumentParser, defaults: dict) -> None:
+    parser.add_argument(
+        "--gene-symbol-column",
+        default=defaults["gene_symbol_column"],
+        help="var column with gene symbols where gene names are Ensembl ids (default: found by its usual names)",
+    )
+
+
 def register(sub) -> None:
     from gpubio.transcriptomics.annotation import ScanviParams
     from gpubio.transcriptomics.backend import BACKENDS
@@ -153,6 +180,7 @@ def register(sub) -> None:
     p.add_argument("--max-mito-pct", type=float, default=float(qc["max_mito_pct"]))
     p.add_argument("--min-cells", type=int, default=qc["min_cells"])
     p.add_argument("--mito-prefix", default=qc["mito_prefix"])
+    add_symbol_column(p, defaults)
     p.set_defaults(func=_cell_qc)
 
     p = sub.add_parser("integrate-cells", help="all samples in one object: HVG, PCA, Harmony, UMAP, Leiden, markers")
@@ -174,6 +202,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--max-iter", type=int, default=celltypist["max_iter"])
     p.add_argument("--seed", type=int, default=celltypist["seed"])
+    add_symbol_column(p, defaults)
     p.set_defaults(func=_train_celltypist)
 
     p = sub.add_parser("annotate-celltypist", help="label cells with a CellTypist model file")
@@ -188,6 +217,7 @@ def register(sub) -> None:
     p.add_argument("--reference", required=True)
     p.add_argument("--label-key", default=defaults["annotation"]["label_key"])
     p.add_argument("--out", required=True)
+    add_symbol_column(p, defaults)
     add_options(p, ScanviParams)
     p.set_defaults(func=_annotate_scanvi)
 

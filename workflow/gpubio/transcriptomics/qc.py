@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger("gpubio")
+
+# fewer cells than this after QC: a sample is analysed, with a warning (its cells can hardly
+# form clusters of their own, and Harmony has little to align); the integration refuses to
+# cluster fewer than this over all samples (30 principal components, 15-neighbour graph)
+FEW_CELLS = 50
+# where cell QC keeps the names of every gene a sample measured (its filtered file keeps only
+# the genes seen in qc.min_cells cells): the integration joins samples on the genes all measured
+MEASURED_GENES = "measured_genes"
 
 
 def qc_metrics(adata, mito_prefix: str = "MT-") -> None:
@@ -79,14 +91,25 @@ def emptied_by_qc(sample: str, counts: str, summary: dict) -> str:
     )
 
 
-def sample_qc(counts: str, sample: str, batch: str, out_json: str, out_h5ad: str, **thresholds) -> dict:
+def few_cells_note(sample: str, n_cells: int, cells_before: int | None = None) -> str:
+    """The warning for a sample with fewer than FEW_CELLS cells after QC."""
+    of = f" of {cells_before}" if cells_before is not None else ""
+    return (
+        f"sample {sample}: only {n_cells} cells after QC{of} (fewer than {FEW_CELLS}): it is analysed, but its "
+        "cells can hardly form clusters of their own; check the sample, or relax transcriptomics.qc"
+    )
+
+
+def sample_qc(
+    counts: str, sample: str, batch: str, out_json: str, out_h5ad: str, gene_symbol_column: str = "", **thresholds
+) -> dict:
     """Read one sample, filter it, write the QC JSON and the filtered h5ad (atomically)."""
     import json
 
     from gpubio.atomic import atomic_path, write_text_atomic
     from gpubio.transcriptomics.io import SampleError, read_counts
 
-    adata = read_counts(counts, sample)
+    adata = read_counts(counts, sample, gene_symbol_column)
     if adata.n_obs == 0:
         raise SampleError(
             f"{counts}: sample {sample}: contains no cells; give the sample's count matrix, or "
@@ -99,7 +122,12 @@ def sample_qc(counts: str, sample: str, batch: str, out_json: str, out_h5ad: str
     filtered.obs["batch"] = batch
     filtered.obs_names = [f"{sample}:{b}" for b in filtered.obs_names]
     filtered.layers["counts"] = filtered.X.copy()
-    summary = {"sample": sample, "batch": batch} | summary
+    filtered.uns[MEASURED_GENES] = np.asarray(adata.var_names, dtype=str)
+    warnings = []
+    if filtered.n_obs < FEW_CELLS:
+        warnings.append(few_cells_note(sample, filtered.n_obs, adata.n_obs))
+        log.warning("%s: %s", counts, warnings[-1])
+    summary = {"sample": sample, "batch": batch} | summary | {"warnings": warnings}
     with atomic_path(out_h5ad) as tmp:
         filtered.write_h5ad(tmp)
     write_text_atomic(out_json, json.dumps(summary, indent=2) + "\n")

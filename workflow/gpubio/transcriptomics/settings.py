@@ -13,15 +13,17 @@ CELL_QC_OPTIONS = {
     "qc.max_mito_pct": "--max-mito-pct",
     "qc.min_cells": "--min-cells",
     "qc.mito_prefix": "--mito-prefix",
+    "gene_symbol_column": "--gene-symbol-column",
 }
 INTEGRATE_OPTIONS = {"backend": "--backend", "markers.n_genes": "--n-markers"}
 TRAIN_CELLTYPIST_OPTIONS = {
     "annotation.label_key": "--label-key",
+    "gene_symbol_column": "--gene-symbol-column",
     "annotation.celltypist.max_iter": "--max-iter",
     "annotation.celltypist.seed": "--seed",
 }
 ANNOTATE_CELLTYPIST_OPTIONS = {"annotation.celltypist.majority_voting": "--majority-voting"}
-ANNOTATE_SCANVI_OPTIONS = {"annotation.label_key": "--label-key"}
+ANNOTATE_SCANVI_OPTIONS = {"annotation.label_key": "--label-key", "gene_symbol_column": "--gene-symbol-column"}
 PLOT_ATLAS_OPTIONS = {"markers.dotplot_genes": "--dotplot-genes"}
 
 
@@ -44,6 +46,27 @@ def annotation_steps(settings: dict) -> dict[str, bool]:
         "scanvi": annotation["scanvi"]["enabled"] and bool(reference),
         "embeddings": bool(settings["embeddings"]["weights"]),
     }
+
+
+def reference_gene_problem(path: Path, gene_symbol_column: str) -> str | None:
+    """Why the reference's genes cannot be named by symbol (read from its header), or None; an
+    unreadable reference is left to the jobs that read it."""
+    import h5py
+
+    from gpubio.transcriptomics.genes import SYMBOL_COLUMNS, GeneNameProblem, h5ad_genes, symbol_set
+
+    try:
+        with h5py.File(path, "r") as f:
+            genes = h5ad_genes(f["var"], (gene_symbol_column, *SYMBOL_COLUMNS))
+    except (OSError, KeyError, ValueError):
+        return None
+    if genes is None:
+        return None
+    try:
+        symbol_set(genes.read(), gene_symbol_column, genes.columns)
+    except GeneNameProblem as error:
+        return str(error)
+    return None
 
 
 def config_problems(settings: dict, config_file: str, workdir: str = ".") -> list[str]:
@@ -69,6 +92,11 @@ def config_problems(settings: dict, config_file: str, workdir: str = ".") -> lis
         (".h5ad",),
         'give a labelled .h5ad, or "" for no reference',
     )
+    reference = annotation["reference"]
+    if reference.endswith(".h5ad") and (workdir / reference).is_file():
+        problem = reference_gene_problem(workdir / reference, settings["gene_symbol_column"])
+        if problem:
+            problems.append(f"{config_file}: transcriptomics.annotation.reference '{reference}': {problem}")
     check(
         "annotation.celltypist.model",
         annotation["celltypist"]["model"],

@@ -14,6 +14,9 @@ size, plus a fixed 2 GB for the CUDA context and libraries. A demo-sized input f
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 BYTES_PER_NONZERO = 16  # two float32 + int32 copies of each count in filtered.h5ad
 GPU_OVERHEAD_GB = 2.0
 GPU_BYTES_PER_INPUT_BYTE = 1.25
@@ -89,68 +92,128 @@ def first_values(node):
     return node[:rows]
 
 
-def count_file_header(path: str) -> tuple[int, str | None]:
-    """(non-zero entries, why it holds no raw counts or None) of a count matrix, read from its
-    header and first values: 10x .h5, 10x MTX directory, .h5ad. OSError & co. for a damaged file."""
+class CountHeader(NamedTuple):
+    nonzeros: int
+    problem: str | None  # why it holds no raw counts, or None
+    genes: object = None  # genes.GeneTable: its genes as stored, or None when not read
+
+
+def count_file_header(path: str, symbol_columns: tuple[str, ...] = ()) -> CountHeader:
+    """Non-zero entries of a count matrix, why it holds no raw counts (or None), and its genes, read
+    from its header and first values: 10x .h5, 10x MTX directory, .h5ad (of its var columns, those
+    named in ``symbol_columns``, gene_ids and feature_types). OSError & co. for a damaged file,
+    io.IncompleteMtx for an MTX directory without one of its files."""
     import gzip
     from pathlib import Path
 
-    from gpubio.transcriptomics.io import counts_problem
+    from gpubio.transcriptomics.genes import h5ad_genes, mtx_genes, tenx_h5_genes
+    from gpubio.transcriptomics.io import counts_problem, mtx_files
 
     p = Path(path)
     if p.is_dir():
-        for name in ("matrix.mtx.gz", "matrix.mtx"):
-            if (p / name).is_file():
-                opener = gzip.open if name.endswith(".gz") else open
-                with opener(p / name, "rt") as fh:
-                    for line in fh:
-                        if not line.startswith("%"):
-                            return int(line.split()[2]), None
-        raise ValueError("no matrix.mtx(.gz) in this 10x directory")
+        files = mtx_files(p)
+        opener = gzip.open if files["matrix"].suffix == ".gz" else open
+        with opener(files["matrix"], "rt") as fh:
+            for line in fh:
+                if not line.startswith("%"):
+                    return CountHeader(int(line.split()[2]), None, mtx_genes(files["features"]))
+        raise ValueError("matrix.mtx holds no size line")
     import h5py
 
     with h5py.File(p, "r") as f:
         if p.suffix == ".h5ad":
             X = f["X"]
             nonzeros = int(X["data"].shape[0]) if isinstance(X, h5py.Group) else int(X.shape[0] * X.shape[1])
+            columns = (*symbol_columns, "gene_ids", "feature_types")
+            if counts_problem(first_values(X)) is None:
+                return CountHeader(nonzeros, None, h5ad_genes(f["var"], columns))
+            # processed X with raw counts beside it is fine: cell QC takes those (and their genes)
+            for key, var in (("layers/counts", "var"), ("raw/X", "raw/var")):
+                if key in f and var in f and counts_problem(first_values(f[key])) is None:
+                    return CountHeader(nonzeros, None, h5ad_genes(f[var], columns))
             problem = counts_problem(first_values(X))
-            # processed X with raw counts beside it is fine: cell QC takes those
-            raw_counts = (k for k in ("layers/counts", "raw/X") if k in f)
-            if problem and not any(counts_problem(first_values(f[k])) is None for k in raw_counts):
-                return nonzeros, f"X holds {problem}, not counts, and no raw counts in layers['counts'] or .raw"
-            return nonzeros, None
+            return CountHeader(
+                nonzeros, f"X holds {problem}, not counts, and no raw counts in layers['counts'] or .raw"
+            )
         if not f.keys():
             raise ValueError("no count matrix in it")
         group = f["matrix"] if "matrix" in f else f[next(iter(f.keys()))]  # Cell Ranger v3, else v2 (per genome)
         data = group["data"]
         problem = counts_problem(data[:STARTUP_VALUES])
-        return int(data.shape[0]), problem and f"holds {problem}, not counts"
+        return CountHeader(int(data.shape[0]), problem and f"holds {problem}, not counts", tenx_h5_genes(group))
 
 
 def counts_nonzeros(path: str) -> int:
     """Non-zero entries of a count matrix, read from its header: 10x .h5, 10x MTX directory, .h5ad."""
-    return count_file_header(path)[0]
+    return count_file_header(path).nonzeros
 
 
-def survey_count_files(counts: dict[str, str], sheet_file: str) -> tuple[float, list[str]]:
-    """Size (MB) of the filtered inputs the integration step will read, and one line per count
-    file that cannot be read or holds no raw counts (sample -> path; when the workflow starts)."""
-    from gpubio.transcriptomics.io import GIVE_COUNTS
+@dataclass
+class CountSurvey:
+    """What the start-up pass learns from the sheet's count files."""
 
-    nonzeros, problems = 0, []
+    size_mb: float = 0.0  # of the filtered inputs the integration step will read
+    problems: list[str] = field(default_factory=list)  # one line each: the run stops
+    warnings: list[str] = field(default_factory=list)  # one line each: the run goes on
+    genes: dict[str, frozenset] = field(default_factory=dict, repr=False)  # sample -> its genes (symbols)
+
+
+def survey_count_files(
+    counts: dict[str, str], sheet_file: str, gene_symbol_column: str = "", mito_prefix: str = ""
+) -> CountSurvey:
+    """Size (MB) of the filtered inputs the integration step will read; one problem line per count
+    file that cannot be read, holds no raw counts or whose genes cannot be named by symbol, and
+    for samples that share too few genes; a warning when some samples lack genes others have, or
+    when no gene starts with ``mito_prefix`` but some do in another case (sample -> path; when
+    the workflow starts). Files with one gene list (one reference) are
+    named once: a project of many samples pays for its distinct gene lists only."""
+    from gpubio.transcriptomics.genes import (
+        SYMBOL_COLUMNS,
+        GeneNameProblem,
+        mito_prefix_note,
+        sample_overlap,
+        symbol_set,
+    )
+    from gpubio.transcriptomics.io import GIVE_COUNTS, IncompleteMtx
+
+    survey, nonzeros, named = CountSurvey(), 0, {}
+    columns = (gene_symbol_column, *SYMBOL_COLUMNS) if gene_symbol_column else SYMBOL_COLUMNS
     for sample, path in counts.items():
         where = f"{sheet_file}: sample {sample}: counts '{path}'"
         try:
-            n, problem = count_file_header(path)
+            header = count_file_header(path, columns)
+        except IncompleteMtx as error:
+            survey.problems.append(f"{where} is a {error}")
+            continue
         except (OSError, EOFError, KeyError, ValueError, IndexError) as error:
             reason = " ".join(str(error).split()).strip("\"'") or type(error).__name__
-            problems.append(f"{where} cannot be read ({reason}); {UNREADABLE_FIX}")
+            survey.problems.append(f"{where} cannot be read ({reason}); {UNREADABLE_FIX}")
             continue
-        if problem:
-            problems.append(f"{where}: {problem}; {GIVE_COUNTS}")
+        if header.problem:
+            survey.problems.append(f"{where}: {header.problem}; {GIVE_COUNTS}")
+            continue
+        nonzeros += header.nonzeros
+        if header.genes is None:
+            continue
+        if header.genes.key not in named:
+            try:
+                named[header.genes.key] = symbol_set(header.genes.read(), gene_symbol_column, header.genes.columns)
+            except GeneNameProblem as error:
+                named[header.genes.key] = error
+        if isinstance(named[header.genes.key], GeneNameProblem):
+            survey.problems.append(f"{where}: {named[header.genes.key]}")
         else:
-            nonzeros += n
-    return nonzeros * BYTES_PER_NONZERO / 1e6, problems
+            survey.genes[sample] = named[header.genes.key]
+    overlap = sample_overlap(survey.genes)
+    if overlap.problem:
+        survey.problems.append(f"{sheet_file}: {overlap.problem}")
+    if overlap.warning:
+        survey.warnings.append(f"{sheet_file}: {overlap.warning}")
+    mito = mito_prefix_note(survey.genes, mito_prefix)
+    if mito:
+        survey.warnings.append(f"{sheet_file}: {mito}")
+    survey.size_mb = nonzeros * BYTES_PER_NONZERO / 1e6
+    return survey
 
 
 def expected_input_mb(count_files: list[str]) -> float:
