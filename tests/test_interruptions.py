@@ -190,7 +190,9 @@ def test_after_kill_9_the_next_run_says_how_to_resume_and_the_readme_explains_it
     README's troubleshooting explains both, and following it completes the run."""
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "config.yaml").write_text('gpu: {needs: ""}\n')
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1"]
+    # every module is off, so the run's one job is the GPU plan, asked for by name
+    target = "results/gpu_plan.tsv"
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "1", target]
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -214,15 +216,15 @@ def test_after_kill_9_the_next_run_says_how_to_resume_and_the_readme_explains_it
     begun.write_text("half")
     text = troubleshooting()
 
-    incomplete = run_snakemake(tmp_path, "--cores", "1", check=False)
+    incomplete = run_snakemake(tmp_path, "--cores", "1", target, check=False)
     assert incomplete.returncode != 0 and "--rerun-incomplete" in incomplete.stderr
     assert "IncompleteFilesException" in incomplete.stderr and "IncompleteFilesException" in text
-    locked = run_snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", check=False)
+    locked = run_snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", target, check=False)
     assert locked.returncode != 0 and "--unlock" in locked.stderr
     assert "Directory cannot be locked" in locked.stderr and "Directory cannot be locked" in text
     assert "--unlock" in text and "--rerun-incomplete" in text
     run_snakemake(tmp_path, "--unlock")
 
-    run_snakemake(tmp_path, "--cores", "1", "--rerun-incomplete")
+    run_snakemake(tmp_path, "--cores", "1", "--rerun-incomplete", target)
     assert begun.read_text() != "half" and begun.stat().st_size > 0
     assert (tmp_path / "results" / "gpu_plan.tsv").read_text().startswith("rule\tsample\twildcards")
