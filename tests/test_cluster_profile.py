@@ -120,9 +120,9 @@ def test_gpu_plan_job_plans_with_the_runs_own_overrides(workdir):
     )
     plan = pd.read_csv(workdir / "results/gpu_plan.tsv", sep="\t", keep_default_na=False).set_index("rule")
     integrate = plan.loc["integrate_cells"]
-    assert (integrate["partition"], integrate["runtime_min"], integrate["gpus"]) == ("gpu-h100", 600, 1)
-    assert integrate["gpu_hours"] == 10.0
-    assert plan.loc["train_cellpose", "runtime_min"] != 600  # only the overridden rule changed
+    assert (integrate["partition"], integrate["reserved_min"], integrate["gpus"]) == ("gpu-h100", 600, 1)
+    assert integrate["reserved_gpu_hours"] == 10.0
+    assert plan.loc["train_cellpose", "reserved_min"] != 600  # only the overridden rule changed
     assert (plan.loc["read_qc", "partition"] == "cpu").all()
 
     # the same options again: nothing to do, even as a dry-run; other overrides: a new plan

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -406,18 +407,26 @@ def test_gpu_resources_standard_keys():
 
 
 def test_gpu_resources_default_site_is_built_in():
-    # no configure_site: the built-in inventory (= the shipped example partitions)
+    # no configure_site: the built-in inventory (= the shipped example partitions); nothing
+    # says why a retry failed, so it stays on the same GPU class
     assert current_site().inventory is BUILTIN_INVENTORY
     res = gpu_resources(vram_gb=8)
-    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
-        "gpu-t4",
-        "gpu-a100",
-        "gpu-h100",
-    ]
+    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == ["gpu-t4"] * 3
 
 
-def test_gpu_resources_escalate_and_follow_the_inventory(tmp_path):
-    configure_site(partitions_file=PARTITIONS)
+def oom_site(tmp_path, log_text: str, partitions=PARTITIONS):
+    """A site whose jobs' failed attempts left ``log_text`` in their log."""
+    from gpubio.gpu.retry import JobFiles
+
+    log = tmp_path / "job.log"
+    log.write_text(log_text)
+    return configure_site(
+        partitions_file=partitions, job_files=lambda rule, wc: JobFiles((str(log),)), workdir=tmp_path
+    )
+
+
+def test_gpu_resources_escalate_after_gpu_out_of_memory_and_follow_the_inventory(tmp_path):
+    oom_site(tmp_path, "RuntimeError: CUDA error: out of memory\n")
     res = gpu_resources(vram_gb=8)  # the rule: declared once, never edited below
     place = [(evaluate(res["slurm_partition"], a), evaluate(res["gpu_model"], a)) for a in (1, 2, 3, 4)]
     assert place == [
@@ -427,12 +436,30 @@ def test_gpu_resources_escalate_and_follow_the_inventory(tmp_path):
         ("gpu-h100", "h100"),
     ]
 
-    configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+    oom_site(tmp_path, "cudaErrorMemoryAllocation\n", write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
     assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
         "gpu-t4",
         "gpu-a100",
         "gpu-a100",
     ]
+
+
+@pytest.mark.parametrize(
+    "log_text",
+    [
+        "gpubio: segment-cells: image.tif: not a TIFF file\n",  # a bad input found inside the job
+        "slurmstepd: error: Detected 1 oom_kill event in StepId=12.batch. Some of your processes may have been "
+        "killed by the cgroup out-of-memory handler.\n",  # host memory, not the GPU's
+        "",  # a node fault: the job left nothing
+    ],
+    ids=["bad-input", "host-memory", "nothing"],
+)
+def test_a_failure_that_is_not_gpu_out_of_memory_retries_on_the_same_gpu_class(tmp_path, log_text):
+    oom_site(tmp_path, log_text)
+    res = gpu_resources(vram_gb=8)
+    assert [evaluate(res["gpu_model"], a) for a in (1, 2, 3)] == ["t4", "t4", "t4"]
+    reasons = (tmp_path / "logs" / "gpu_retries.tsv").read_text()
+    assert "attempt 2 stays on the same GPU class" in reasons and "larger GPU" not in reasons
 
 
 def test_gpu_resources_size_dependent():
@@ -578,18 +605,33 @@ def test_cpu_only_site():
 
 SNAKEFILE = """
 from gpubio.gpu import configure_site, gpu_resources
-configure_site(partitions_file=config["partitions"])
+from gpubio.gpu.retry import snakemake_job_files
+configure_site(partitions_file=config["partitions"], job_files=snakemake_job_files(workflow))
 
 rule all:
-    input: "retried.txt", "sized.txt"
+    input: "retried.txt", "sized.txt", "failing.txt"
 
 rule retried:
     output: "retried.txt"
+    log: "logs/retried.log"
     resources: **gpu_resources(vram_gb=8)
-    # fails twice, as if out of GPU memory, then succeeds
+    # fails twice out of GPU memory (as PyTorch says it), then succeeds
     shell:
         "echo {resources.slurm_partition} >> attempts.txt; "
-        "test $(wc -l < attempts.txt) -ge 3 && touch {output}"
+        "if [ $(wc -l < attempts.txt) -lt 3 ]; then"
+        " echo 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 GiB' > {log}; exit 1; fi; "
+        "touch {output}"
+
+rule failing:
+    output: "failing.txt"
+    log: "logs/failing.log"
+    resources: **gpu_resources(vram_gb=8)
+    # fails twice for another reason, then succeeds
+    shell:
+        "echo {resources.slurm_partition} >> failing-attempts.txt; "
+        "if [ $(wc -l < failing-attempts.txt) -lt 3 ]; then"
+        " echo 'gpubio: segment-cells: image.tif: not a TIFF file' > {log}; exit 1; fi; "
+        "touch {output}"
 
 rule sized:
     input: "input.bin"
@@ -645,12 +687,19 @@ def test_dry_run_shows_where_each_job_goes(workdir):
         (("gpu-h100",), ["gpu-t4", "gpu-a100", "gpu-a100"]),
     ],
 )
-def test_snakemake_retries_escalate(workdir, drop, expected):
+def test_snakemake_retries_escalate_only_after_gpu_out_of_memory(workdir, drop, expected):
     partitions = write_partitions(workdir / "partitions.yaml", drop=drop)
     run = snakemake(workdir, partitions, "--retries", "3")
     assert run.returncode == 0, run.stderr
     assert (workdir / "attempts.txt").read_text().split() == expected
+    assert (workdir / "failing-attempts.txt").read_text().split() == ["gpu-t4"] * 3
     assert (workdir / "sized.txt").read_text().split() == ["a100", "20"]
+    ledger = pd.read_csv(workdir / "logs" / "gpu_retries.tsv", sep="\t").set_index(["rule", "attempt"])
+    assert list(ledger.loc["retried", "after"]) == ["oom", "oom"] and list(ledger.loc["retried", "larger"]) == [1, 2]
+    assert list(ledger.loc["failing", "after"]) == ["other", "other"] and set(ledger.loc["failing", "larger"]) == {0}
+    assert "logs/retried.log: torch.OutOfMemoryError: CUDA out of memory" in ledger.loc[("retried", 2), "reason"]
+    out = run.stdout + run.stderr
+    assert "gpubio: rule failing: attempt 1 failed, not for GPU memory" in out
 
 
 def test_snakemake_rejects_an_impossible_need_before_running(workdir):

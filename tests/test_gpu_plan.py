@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import BIN, GPU_WORKFLOW, REPO, TEST_PARTITIONS
@@ -41,12 +42,13 @@ def test_plan_places_every_job_from_the_partitions_file(tmp_path):
     assert len(shards) == 6 and set(shards) == {"gpu-a100", "gpu-h100"}  # balanced: spread, no slow T4
     row = table.set_index("rule").loc["large"]
     assert (row["gpus"], row["vram_gb"], row["model"]) == (2, 30, "H100")
-    assert row["gpu_hours"] == round(2 * 5 / 60, 4)
-    assert row["relative_cost"] > row["gpu_hours"]  # an H100 hour costs more than a T4 hour
+    assert row["reserved_gpu_hours"] == round(2 * 5 / 60, 4)
+    assert row["reserved_cost"] > row["reserved_gpu_hours"]  # an H100 hour costs more than a T4 hour
+    assert "rule policy fastest" in row["why"] and "H100 7" in row["why"]
     totals = pd.read_csv(tmp_path / "plan.partitions.tsv", sep="\t").set_index("partition")
-    assert totals.loc["gpu-t4", "jobs"] == 2 and totals.loc["cpu", "gpu_jobs"] == 0
-    assert totals["jobs"].sum() == len(table) == 11
-    assert "per partition:" in printed
+    assert totals.loc["gpu-t4", "jobs"] == 3 and totals.loc["cpu", "gpu_jobs"] == 0
+    assert totals.drop(index="(total)")["jobs"].sum() == totals.loc["(total)", "jobs"] == len(table) == 13
+    assert "per partition, expected against reserved:" in printed
 
 
 def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_path):
@@ -60,6 +62,7 @@ def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_p
             "backend": "cuda",
             "gpus": 1,
             "peak_vram_gb": 3.0,
+            "device_model": "NVIDIA A100-SXM4-40GB",
             "device_vram_gb": 40.0,
             "input_size_mb": size,
             "wall_s": 120 + i,
@@ -84,10 +87,14 @@ def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_p
     assert before.set_index("rule").loc["medium", "gpu_model"] == "a100"
     assert (medium["declared_gpu_model"], medium["declared_vram_gb"]) == ("a100", 30)
     assert (medium["gpu_model"], medium["vram_gb"]) == ("t4", 4)  # 3 GB + 20 % margin, rounded up
-    assert medium["runtime_min"] == 3  # 2 min measured + margin, instead of the declared 5
+    assert medium["reserved_min"] == 3  # 2 min measured + margin, instead of the declared 5
+    # expected: the median of the measured runs (121 s on a 40 GB A100, speed 4: 8.07
+    # T4-minutes), on the T4 it goes to now
+    assert medium["expected_from"] == "calibrated" and float(medium["expected_min"]) == pytest.approx(8.07, abs=0.01)
     small = after.set_index("rule").loc["small"]
     assert small["gpu_model"] == small["declared_gpu_model"] == "t4"  # no records: declared need
-    assert after["relative_cost"].sum() < after["declared_relative_cost"].sum()
+    assert small["expected_from"] == "estimate"
+    assert after["reserved_cost"].sum() < after["declared_reserved_cost"].sum()
     assert "declared needs against calibrated" in printed and "medium" in printed.split("declared needs")[1]
 
 

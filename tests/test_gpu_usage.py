@@ -304,12 +304,16 @@ def test_calibrate_command_reads_run_directories_and_writes_the_needs_file(tmp_p
     assert empty.returncode != 0 and "no GPU usage records" in empty.stderr
 
 
-def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it():
-    """The string a GPU rule passes as --usage-job, as Snakemake evaluates it for a job."""
+def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it(tmp_path):
+    """The string a GPU rule passes as --usage-job, as Snakemake evaluates it for a job: a
+    retry after GPU out-of-memory (its log says so) runs on the next larger GPU."""
     from gpubio.gpu import gpu_resources
+    from gpubio.gpu.retry import JobFiles
     from gpubio.gpu.usage import parse_job_spec
 
-    configure_site(PARTITIONS)
+    log = tmp_path / "segment.log"
+    log.write_text("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    configure_site(PARTITIONS, job_files=lambda rule, wildcards: JobFiles((str(log),)), workdir=tmp_path)
     resources = gpu_resources(vram_gb=lambda mb: 10 + mb, runtime=90)
     wildcards = SimpleNamespace(items=lambda: [("sample", "s1")])
     spec = resources["gpu_usage"](wildcards, SimpleNamespace(size_mb=10.0), attempt=2, rulename="segment_cells")
@@ -323,7 +327,11 @@ def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it():
         "planned_vram_gb": 20.0,
         "planned_runtime_min": 90.0,
         "input_size_mb": 10.0,
+        "retry_after": "oom",
     }
+    ledger = (tmp_path / "logs" / "gpu_retries.tsv").read_text().splitlines()
+    assert ledger[0].split("\t") == ["rule", "job", "attempt", "after", "larger", "reason"]
+    assert ledger[1].startswith("segment_cells\tsample=s1\t2\toom\t1\tattempt 1 ran out of GPU memory")
 
 
 def test_report_compares_planned_with_measured_and_flags_both_ways_a_need_is_wrong(tmp_path):
