@@ -709,3 +709,115 @@ def test_snakemake_rejects_an_impossible_need_before_running(workdir):
     assert run.returncode != 0
     assert "PlacementError" in out and "Largest GPU available: H100" in out
     assert not (workdir / "attempts.txt").exists()
+
+
+# --------------------------------------------------------------------------- prices, objective, spread
+# public-cloud-like prices per GPU-hour: the H100 dear enough that cost x time prefers the A100
+PRICES = {"T4": 0.53, "a100-40": 4.10, "H100": 15.0}
+
+
+@pytest.mark.parametrize(
+    ("objective", "model"),
+    [("cheapest", "T4"), ("fastest", "H100"), ("balanced", "A100-40")],
+)
+def test_the_objective_chooses_among_fitting_gpus_by_expected_cost_and_time(site_inv, objective, model):
+    from gpubio.gpu.placement import Economics
+
+    site = configure_site(partitions_file=PARTITIONS, prices=PRICES, objective=objective)
+    placed = place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), site_inv, CAT, economics=site.economics)
+    assert placed.model.name == model  # the objective, not the rule's policy
+    assert placed.why.startswith(f"gpu.objective {objective}: ")
+    # per job: T4 0.53 / 1, A100-40 4.10 / 4 = 1.03, H100 15 / 7 = 2.14 per T4-hour of work
+    if objective == "cheapest":
+        assert "T4 0.53 / A100-40 1.02 / H100 2.14" in placed.why
+    # a need only the H100 holds goes there whatever the objective
+    big = place_gpu_job(GpuNeed(vram_gb=60), site_inv, CAT, economics=Economics(site.economics.prices, objective))
+    assert big.model.name == "H100"
+
+
+def test_without_an_objective_each_rule_keeps_its_policy(site_inv):
+    site = configure_site(partitions_file=PARTITIONS, prices=PRICES)
+    assert place_gpu_job(GpuNeed(vram_gb=8), site_inv, CAT, economics=site.economics).model.name == "T4"
+    fastest = place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), site_inv, CAT, economics=site.economics)
+    assert fastest.model.name == "H100" and fastest.why.startswith("rule policy fastest: speed")
+
+
+def test_prices_must_cover_every_gpu_model_of_the_site_and_name_known_models():
+    with pytest.raises(CatalogueError) as missing:
+        configure_site(partitions_file=PARTITIONS, prices={"T4": 0.53})
+    text = str(missing.value)
+    assert text.startswith("gpu.prices has no price for A100-40 (partition gpu-a100), H100 (partition gpu-h100)")
+    assert str(PARTITIONS) in text and "leave gpu.prices empty" in text
+    with pytest.raises(CatalogueError, match=r"gpu.prices\['Z9'\]: GPU type 'Z9' is not in the GPU catalogue"):
+        configure_site(partitions_file=PARTITIONS, prices={**PRICES, "Z9": 1.0})
+    with pytest.raises(CatalogueError, match=r"gpu.prices\['T4'\] must be a price per GPU-hour above 0, got 0"):
+        configure_site(partitions_file=PARTITIONS, prices={**PRICES, "T4": 0})
+
+
+def spread_site(tmp_path, partitions: dict, objective: str | None = None):
+    path = tmp_path / "partitions.yaml"
+    path.write_text(yaml.safe_dump({"partitions": partitions}, sort_keys=False))
+    site = configure_site(partitions_file=path, spread=True, objective=objective)
+    return site
+
+
+LIMITS = {"max_cpus_per_task": 8, "max_mem_mb": 64000, "max_runtime": "1d"}
+
+
+def test_spread_sends_a_job_to_every_partition_whose_gpus_all_fit(tmp_path):
+    site = spread_site(
+        tmp_path,
+        {
+            "gpu-t4": {"max_gpu": 8, "available_gpu_models": ["t4"], **LIMITS},
+            "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100_40g"], **LIMITS},
+            "gpu-h100": {"max_gpu": 2, "available_gpu_models": ["h100"], **LIMITS},
+            # T4 and A100-80 nodes in one partition: an untyped request could get a T4 there
+            "gpu-mixed": {"max_gpu": 4, "available_gpu_models": ["t4", "a100_80g"], **LIMITS},
+        },
+    )
+    placed = site.place(GpuNeed(vram_gb=30, rule="segment"))
+    # cheapest first; the mixed partition's T4 would not hold 30 GB, so it is left out
+    assert placed.partition == "gpu-a100,gpu-h100"
+    assert placed.gpu_model == ""  # different GPU types: an untyped request (--gpus=1)
+    assert placed.model.name == "A100-40" and "spread over gpu-a100, gpu-h100 (gpu.spread)" in placed.why
+    small = site.place(GpuNeed(vram_gb=8, rule="basecall"))
+    assert small.partition == "gpu-t4,gpu-mixed,gpu-a100,gpu-h100" and small.gpu_model == ""
+    # after GPU out-of-memory only the larger GPUs stay in the set
+    assert site.place(GpuNeed(vram_gb=8, rule="basecall"), attempt=2, larger=1).partition == "gpu-a100,gpu-h100"
+    # the cheapest fit sits with GPUs too small for it: a typed request there, not spread
+    large = site.place(GpuNeed(vram_gb=60))
+    assert (large.partition, large.gpu_model, large.model.name) == ("gpu-mixed", "a100_80g", "A100-80")
+
+
+def test_spread_over_partitions_of_one_gpu_type_keeps_the_typed_request(tmp_path):
+    site = spread_site(
+        tmp_path,
+        {
+            "a100-short": {"max_gpu": 4, "available_gpu_models": ["a100"], **LIMITS, "max_runtime": "4h"},
+            "a100-long": {"max_gpu": 4, "available_gpu_models": ["a100"], **LIMITS},
+        },
+    )
+    placed = site.place(GpuNeed(vram_gb=30, runtime=120))
+    assert (placed.partition, placed.gpu_model) == ("a100-short,a100-long", "a100")
+    # a runtime only one partition allows: that one alone
+    assert site.place(GpuNeed(vram_gb=30, runtime=600)).partition == "a100-long"
+
+
+def test_spread_resources_are_what_the_slurm_plugin_submits(tmp_path):
+    """The plugin passes slurm_partition to `sbatch -p` as it is and asks for `--gpus=N`
+    without a type when gpu_model is empty (snakemake-executor-plugin-slurm utils.set_gres_string)."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    spread_site(
+        tmp_path,
+        {
+            "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100_40g"], **LIMITS},
+            "gpu-h100": {"max_gpu": 2, "available_gpu_models": ["h100"], **LIMITS},
+        },
+    )
+    res = gpu_resources(vram_gb=30, runtime=60)
+    job = SimpleNamespace(
+        resources={"gpu": res["gpu"], "gpu_model": evaluate(res["gpu_model"])}, name="demo", threads=1
+    )
+    assert evaluate(res["slurm_partition"]) == "gpu-a100,gpu-h100"
+    assert set_gres_string(job).split() == ["--gpus=1"]
