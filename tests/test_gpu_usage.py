@@ -623,8 +623,11 @@ def test_report_puts_measured_cost_beside_the_plans_expected_and_reserved_cost(t
 def test_usage_report_prices_reach_the_command_quoted():
     from gpubio.gpu.usage_report import gpu_prices_option, parse_prices
 
-    option = gpu_prices_option({"prices": {"A100-40": 4.1, "T4": 0.53}})
+    option = gpu_prices_option({"prices": {"A100-40": 4.1, "T4": 0.53}, "catalogue": {}})
     assert option == "--price=A100-40=4.1 --price=T4=0.53"
+    own = {"rtx 4090": {"vram_gb": 24, "compute_capability": 8.9, "speed": 3.2, "cost": 1.2}}
+    with_own = gpu_prices_option({"prices": {"rtx 4090": 0.4}, "catalogue": own})
+    assert with_own.startswith("'--price=rtx 4090=0.4' --catalogue '{\"rtx 4090\": {")
     assert parse_prices(["A100-40=4.1", "T4=0.53"]) == {"A100-40": 4.1, "T4": 0.53}
     assert gpu_prices_option({"prices": {}}) == ""
     with pytest.raises(ValueError, match="give MODEL=PRICE"):

@@ -101,13 +101,16 @@ def _plan(args) -> None:
 
 def _gpu_usage_report(args) -> None:
     from gpubio.gpu import configure_site
+    import json
+
     from gpubio.gpu.usage_report import parse_prices, write_usage_report
 
     try:
         prices = parse_prices(args.price)
     except ValueError as error:
         sys.exit(f"gpubio gpu-usage-report: {error}")
-    site = configure_site(args.partitions, prices=prices) if args.partitions else None
+    catalogue = json.loads(args.catalogue) if args.catalogue else None
+    site = configure_site(args.partitions, catalogue, prices=prices) if args.partitions else None
     table = write_usage_report(
         args.records, args.out_tsv, args.out_models, args.out_png, site, args.sample_folders, args.plan
     )
@@ -218,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--price", action="append", metavar="MODEL=PRICE", help="gpu.prices: price of one GPU-hour (repeat per model)"
     )
+    p.add_argument("--catalogue", help="gpu.catalogue as JSON: the GPU models gpu.prices may name beyond the built-in")
     p.add_argument(
         "--sample-folders",
         nargs="*",

@@ -48,11 +48,18 @@ COLUMNS = [
 
 
 def gpu_prices_option(gpu_settings: dict) -> str:
-    """``--price MODEL=PRICE ...`` for gpu-usage-report (quoted shell words), "" without prices."""
+    """``--price MODEL=PRICE ... --catalogue JSON`` for gpu-usage-report (quoted shell words):
+    gpu.prices and the catalogue models they may name; "" without prices."""
+    import json
+
     from gpubio.shell import quote_option
 
     prices = gpu_settings.get("prices") or {}
-    return " ".join(quote_option("--price", f"{model}={price}", joined=True) for model, price in prices.items())
+    if not prices:
+        return ""
+    words = [quote_option("--price", f"{model}={price}", joined=True) for model, price in prices.items()]
+    catalogue = gpu_settings.get("catalogue") or {}
+    return " ".join(words + ([quote_option("--catalogue", json.dumps(catalogue))] if catalogue else []))
 
 
 def parse_prices(values: list[str] | None) -> dict[str, float]:
