@@ -1,14 +1,18 @@
-"""The demo (genomics, transcriptomics, imaging) through profiles/slurm-gpu on a throw-away
-SLURM cluster: wall time, SLURM jobs submitted, and jobs per rule or group.
+"""The demo (genomics, transcriptomics, imaging) run locally and through profiles/slurm-gpu on
+a throw-away SLURM cluster, in one run: wall times and their ratio, SLURM jobs submitted,
+and jobs per rule or group.
 
-    PYTHONPATH=workflow .venv/bin/python bench/slurm_demo.py [--jobs 4] [--keep DIR]
+    PYTHONPATH=workflow .venv/bin/python bench/slurm_demo.py [--jobs 4] [--status-checks S] [--keep DIR]
 
 Needs root and slurm-wlm + munge (.ci/install-slurm.sh), like the SLURM tests. The cluster
 is tests/slurm_cluster.py with nodes large enough for the demo's requests (nothing is
-enforced; all jobs share this machine's cores). The count of submissions comes from
-SLURM itself (`squeue --states=all`, every job kept for the run's length), not from
-Snakemake's log. Prints one Markdown table row per run (the last columns: median notice
-lag, see notice_lags, and the 5-minute load average at the end).
+enforced; all jobs share this machine's cores). The local run is `make demo`'s: the local
+profile on all cores, in a project of its own, just before the cluster run. The count of
+submissions comes from SLURM itself (`squeue --states=all`, every job kept for the run's
+length), not from Snakemake's log. ``--status-checks S`` asks SLURM for job states S seconds
+after a job ends and between checks (the profile's 10 s otherwise). Prints one Markdown
+table row (the last columns: median notice lag, see notice_lags, and the 5-minute load
+average at the end).
 """
 
 from __future__ import annotations
@@ -70,10 +74,24 @@ def notice_lags(project: Path, cluster_log: Path) -> list[float]:
     ]
 
 
-def run_demo(workdir: Path, cluster: SlurmCluster, jobs: int) -> tuple[float, subprocess.CompletedProcess]:
-    snakemake = Path(sys.executable).parent / "snakemake"
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def run_local(workdir: Path) -> tuple[float, subprocess.CompletedProcess]:
+    """The demo as `make demo` runs it: the local profile, all of this machine's cores."""
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--profile", str(REPO / "profiles" / "local"), "--cores", str(os.cpu_count())]
+    env = os.environ | {"PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    return time.monotonic() - started, proc
+
+
+def run_demo(
+    workdir: Path, cluster: SlurmCluster, jobs: int, status_checks: int | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     cmd = [
-        str(snakemake),
+        str(SNAKEMAKE),
         "-s",
         str(REPO / "Snakefile"),
         "--directory",
@@ -86,16 +104,27 @@ def run_demo(workdir: Path, cluster: SlurmCluster, jobs: int) -> tuple[float, su
         "--slurm-status-command",
         "squeue",
     ]
+    if status_checks is not None:
+        cmd += ["--slurm-init-seconds-before-status-checks", str(status_checks)]
+        cmd += ["--seconds-between-status-checks", str(status_checks)]
     # jobs run `python -m gpubio`: this environment's python, as on a cluster with a shared venv
-    env = cluster.env | {"PATH": f"{snakemake.parent}{os.pathsep}{os.environ['PATH']}"}
+    env = cluster.env | {"PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.monotonic()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     return time.monotonic() - started, proc
 
 
+def make_project(root: Path) -> Path:
+    project = root
+    demo_as_project(REPO, project)
+    make_demo(str(project / "resources" / "demo"), seed=1)
+    return project
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=4, help="Snakemake --jobs (jobs queued at once)")
+    parser.add_argument("--status-checks", type=int, help="seconds before and between SLURM status checks")
     parser.add_argument("--keep", type=Path, help="run in this directory and keep it")
     parser.add_argument("--lags", type=Path, help="only report the notice lags of a run kept in this directory")
     args = parser.parse_args()
@@ -108,13 +137,14 @@ def main() -> int:
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="gpubio-slurm-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    project = root / "project"
-    demo_as_project(REPO, project)
-    make_demo(str(project / "resources" / "demo"), seed=1)
-
+    local_wall, local = run_local(make_project(root / "local"))
+    if local.returncode != 0:
+        print(local.stdout[-4000:], local.stderr[-4000:], sep="\n", file=sys.stderr)
+        return 1
+    project = make_project(root / "project")
     nodes = default_nodes(cpus=32, memory_mb=1_100_000)  # the demo asks for up to 64 GB
     with SlurmCluster(root / "cluster", nodes=nodes, min_job_age=86400) as cluster:
-        wall, proc = run_demo(project, cluster, args.jobs)
+        wall, proc = run_demo(project, cluster, args.jobs, args.status_checks)
         submitted = slurm_jobs(cluster)
     if proc.returncode != 0:
         print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", file=sys.stderr)
@@ -123,8 +153,8 @@ def main() -> int:
     lags = notice_lags(project, root / "cluster" / "log" / "slurmctld.log")
     by_kind = Counter(j["comment"].split("_wildcards_")[0] for j in submitted)
     print(
-        f"| {commit.stdout.strip()} | {wall / 60:.1f} min | {len(submitted)} "
-        f"| {sum(j['state'] == 'COMPLETED' for j in submitted)} "
+        f"| {commit.stdout.strip()} | {local_wall / 60:.1f} min | {wall / 60:.1f} min | **{wall / local_wall:.2f}x** "
+        f"| {len(submitted)} | {sum(j['state'] == 'COMPLETED' for j in submitted)} "
         f"| {statistics.median(lags):.0f} s | {os.getloadavg()[1]:.1f} "
         f"| {', '.join(f'{k} {n}' for k, n in sorted(by_kind.items()))} |"
     )

@@ -120,9 +120,9 @@ def test_gpu_plan_job_plans_with_the_runs_own_overrides(workdir):
     )
     plan = pd.read_csv(workdir / "results/gpu_plan.tsv", sep="\t", keep_default_na=False).set_index("rule")
     integrate = plan.loc["integrate_cells"]
-    assert (integrate["partition"], integrate["runtime_min"], integrate["gpus"]) == ("gpu-h100", 600, 1)
-    assert integrate["gpu_hours"] == 10.0
-    assert plan.loc["train_cellpose", "runtime_min"] != 600  # only the overridden rule changed
+    assert (integrate["partition"], integrate["reserved_min"], integrate["gpus"]) == ("gpu-h100", 600, 1)
+    assert integrate["reserved_gpu_hours"] == 10.0
+    assert plan.loc["train_cellpose", "reserved_min"] != 600  # only the overridden rule changed
     assert (plan.loc["read_qc", "partition"] == "cpu").all()
 
     # the same options again: nothing to do, even as a dry-run; other overrides: a new plan
@@ -186,3 +186,51 @@ def test_plan_whose_dry_run_fails_says_so_first_in_one_line(workdir):
     assert proc.stderr.splitlines()[0] == "gpubio plan: the dry-run failed:"
     assert "bogus_key" in proc.stderr  # the reason, from the nested run, follows
     assert not (workdir / "results").exists()
+
+
+def job_dry_run(workdir, target: str, sizes: str | None) -> subprocess.CompletedProcess:
+    """What Snakemake inside a cluster job of this run reads: the Snakefile in remote mode, one
+    target job, the sizes the scheduling process handed over in its environment."""
+    env = {k: v for k, v in os.environ.items() if k != "GPUBIO_RUN_SIZES"}
+    env |= {"GPUBIO_RUN_SIZES": sizes} if sizes is not None else {}
+    rule = target.split(":")[0]
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--mode", "remote", "--target-jobs", target]
+    cmd += ["--allowed-rules", rule, "--force", "--nolock", "-n", "--cores", "1"]
+    cmd += ["--profile", str(REPO / "profiles" / "slurm-gpu")]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_cluster_job_checks_only_its_own_samples_and_takes_the_runs_sizes(workdir):
+    """The run's own start-up refuses two bad imaging rows; a cluster job of another sample
+    neither re-reads every input header nor re-checks other rows, and sizes its rules by what
+    the scheduling process measured; a job of a bad sample still names its row."""
+    sheet = workdir / "config" / "imaging.tsv"
+    good = sheet.read_text()
+    (workdir / "bad.tif").write_text("GIF89a")
+    sheet.write_text(good + "nuclei3\tbad.tif\t\n")
+    header = run_snakemake(workdir, "-n", check=False)
+    assert (
+        header.returncode != 0
+        and "sample 'nuclei3'): image 'bad.tif': not a TIFF file" in header.stdout + header.stderr
+    )
+    sheet.write_text(good + "nuclei3\tbad.tif\t\nnuclei4\tmissing.tif\t\n")
+    row = run_snakemake(workdir, "-n", check=False)
+    assert row.returncode != 0 and "sample 'nuclei4'): image 'missing.tif' does not exist" in row.stdout + row.stderr
+
+    job = job_dry_run(workdir, "cell_qc:sample=pbmc1", '{"transcriptomics": 12.0}')
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert [j.rule for j in parse_dry_run(job.stdout)] == ["cell_qc"]
+    bad = job_dry_run(workdir, "segment_cells:sample=nuclei4", '{"transcriptomics": 12.0}')
+    assert bad.returncode != 0 and "image 'missing.tif' does not exist" in bad.stdout + bad.stderr
+    assert "nuclei3" not in bad.stdout + bad.stderr
+
+    # the integration's VRAM comes from the size handed over (50 GB of counts), not measured again
+    from gpubio.transcriptomics.sizing import atlas_vram_gb
+
+    sized = job_dry_run(workdir, "integrate_cells:", '{"transcriptomics": 50000}')
+    assert sized.returncode == 0, sized.stderr[-3000:]
+    [integrate] = parse_dry_run(sized.stdout)
+    assert int(integrate.resources["vram_gb"]) == -(-atlas_vram_gb(50000) // 1)
+    # without sizes (a job started by hand) it checks and measures everything, as a run does
+    unsized = job_dry_run(workdir, "cell_qc:sample=pbmc1", None)
+    assert unsized.returncode != 0 and "not a TIFF file" in unsized.stdout + unsized.stderr

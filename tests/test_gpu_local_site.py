@@ -114,7 +114,7 @@ def test_local_require_without_any_gpu_names_every_gpu_rule_with_jobs_and_only_t
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and not (tmp_path / "where").exists()
     named = {line.split("'")[1]: line for line in refusals(output)}
-    assert set(named) == {"small", "medium", "large", "oom", "shard"}, output[-3000:]
+    assert set(named) == {"small", "medium", "large", "oom", "flaky", "spread", "shard"}, output[-3000:]
     assert named["shard"].endswith("(6 jobs of this run)")
     assert all("it has no GPU ($GPUBIO_NUM_GPUS=0)" in line for line in named.values())
     # asked for one output, the run names only the rule that makes it; the CPU rule runs

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -406,18 +407,26 @@ def test_gpu_resources_standard_keys():
 
 
 def test_gpu_resources_default_site_is_built_in():
-    # no configure_site: the built-in inventory (= the shipped example partitions)
+    # no configure_site: the built-in inventory (= the shipped example partitions); nothing
+    # says why a retry failed, so it stays on the same GPU class
     assert current_site().inventory is BUILTIN_INVENTORY
     res = gpu_resources(vram_gb=8)
-    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
-        "gpu-t4",
-        "gpu-a100",
-        "gpu-h100",
-    ]
+    assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == ["gpu-t4"] * 3
 
 
-def test_gpu_resources_escalate_and_follow_the_inventory(tmp_path):
-    configure_site(partitions_file=PARTITIONS)
+def oom_site(tmp_path, log_text: str, partitions=PARTITIONS):
+    """A site whose jobs' failed attempts left ``log_text`` in their log."""
+    from gpubio.gpu.retry import JobFiles
+
+    log = tmp_path / "job.log"
+    log.write_text(log_text)
+    return configure_site(
+        partitions_file=partitions, job_files=lambda rule, wc: JobFiles((str(log),)), workdir=tmp_path
+    )
+
+
+def test_gpu_resources_escalate_after_gpu_out_of_memory_and_follow_the_inventory(tmp_path):
+    oom_site(tmp_path, "RuntimeError: CUDA error: out of memory\n")
     res = gpu_resources(vram_gb=8)  # the rule: declared once, never edited below
     place = [(evaluate(res["slurm_partition"], a), evaluate(res["gpu_model"], a)) for a in (1, 2, 3, 4)]
     assert place == [
@@ -427,12 +436,30 @@ def test_gpu_resources_escalate_and_follow_the_inventory(tmp_path):
         ("gpu-h100", "h100"),
     ]
 
-    configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+    oom_site(tmp_path, "cudaErrorMemoryAllocation\n", write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
     assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
         "gpu-t4",
         "gpu-a100",
         "gpu-a100",
     ]
+
+
+@pytest.mark.parametrize(
+    "log_text",
+    [
+        "gpubio: segment-cells: image.tif: not a TIFF file\n",  # a bad input found inside the job
+        "slurmstepd: error: Detected 1 oom_kill event in StepId=12.batch. Some of your processes may have been "
+        "killed by the cgroup out-of-memory handler.\n",  # host memory, not the GPU's
+        "",  # a node fault: the job left nothing
+    ],
+    ids=["bad-input", "host-memory", "nothing"],
+)
+def test_a_failure_that_is_not_gpu_out_of_memory_retries_on_the_same_gpu_class(tmp_path, log_text):
+    oom_site(tmp_path, log_text)
+    res = gpu_resources(vram_gb=8)
+    assert [evaluate(res["gpu_model"], a) for a in (1, 2, 3)] == ["t4", "t4", "t4"]
+    reasons = (tmp_path / "logs" / "gpu_retries.tsv").read_text()
+    assert "attempt 2 stays on the same GPU class" in reasons and "larger GPU" not in reasons
 
 
 def test_gpu_resources_size_dependent():
@@ -578,18 +605,33 @@ def test_cpu_only_site():
 
 SNAKEFILE = """
 from gpubio.gpu import configure_site, gpu_resources
-configure_site(partitions_file=config["partitions"])
+from gpubio.gpu.retry import snakemake_job_files
+configure_site(partitions_file=config["partitions"], job_files=snakemake_job_files(workflow))
 
 rule all:
-    input: "retried.txt", "sized.txt"
+    input: "retried.txt", "sized.txt", "failing.txt"
 
 rule retried:
     output: "retried.txt"
+    log: "logs/retried.log"
     resources: **gpu_resources(vram_gb=8)
-    # fails twice, as if out of GPU memory, then succeeds
+    # fails twice out of GPU memory (as PyTorch says it), then succeeds
     shell:
         "echo {resources.slurm_partition} >> attempts.txt; "
-        "test $(wc -l < attempts.txt) -ge 3 && touch {output}"
+        "if [ $(wc -l < attempts.txt) -lt 3 ]; then"
+        " echo 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 GiB' > {log}; exit 1; fi; "
+        "touch {output}"
+
+rule failing:
+    output: "failing.txt"
+    log: "logs/failing.log"
+    resources: **gpu_resources(vram_gb=8)
+    # fails twice for another reason, then succeeds
+    shell:
+        "echo {resources.slurm_partition} >> failing-attempts.txt; "
+        "if [ $(wc -l < failing-attempts.txt) -lt 3 ]; then"
+        " echo 'gpubio: segment-cells: image.tif: not a TIFF file' > {log}; exit 1; fi; "
+        "touch {output}"
 
 rule sized:
     input: "input.bin"
@@ -645,12 +687,19 @@ def test_dry_run_shows_where_each_job_goes(workdir):
         (("gpu-h100",), ["gpu-t4", "gpu-a100", "gpu-a100"]),
     ],
 )
-def test_snakemake_retries_escalate(workdir, drop, expected):
+def test_snakemake_retries_escalate_only_after_gpu_out_of_memory(workdir, drop, expected):
     partitions = write_partitions(workdir / "partitions.yaml", drop=drop)
     run = snakemake(workdir, partitions, "--retries", "3")
     assert run.returncode == 0, run.stderr
     assert (workdir / "attempts.txt").read_text().split() == expected
+    assert (workdir / "failing-attempts.txt").read_text().split() == ["gpu-t4"] * 3
     assert (workdir / "sized.txt").read_text().split() == ["a100", "20"]
+    ledger = pd.read_csv(workdir / "logs" / "gpu_retries.tsv", sep="\t").set_index(["rule", "attempt"])
+    assert list(ledger.loc["retried", "after"]) == ["oom", "oom"] and list(ledger.loc["retried", "larger"]) == [1, 2]
+    assert list(ledger.loc["failing", "after"]) == ["other", "other"] and set(ledger.loc["failing", "larger"]) == {0}
+    assert "logs/retried.log: torch.OutOfMemoryError: CUDA out of memory" in ledger.loc[("retried", 2), "reason"]
+    out = run.stdout + run.stderr
+    assert "gpubio: rule failing: attempt 1 failed, not for GPU memory" in out
 
 
 def test_snakemake_rejects_an_impossible_need_before_running(workdir):
@@ -660,3 +709,115 @@ def test_snakemake_rejects_an_impossible_need_before_running(workdir):
     assert run.returncode != 0
     assert "PlacementError" in out and "Largest GPU available: H100" in out
     assert not (workdir / "attempts.txt").exists()
+
+
+# --------------------------------------------------------------------------- prices, objective, spread
+# public-cloud-like prices per GPU-hour: the H100 dear enough that cost x time prefers the A100
+PRICES = {"T4": 0.53, "a100-40": 4.10, "H100": 15.0}
+
+
+@pytest.mark.parametrize(
+    ("objective", "model"),
+    [("cheapest", "T4"), ("fastest", "H100"), ("balanced", "A100-40")],
+)
+def test_the_objective_chooses_among_fitting_gpus_by_expected_cost_and_time(site_inv, objective, model):
+    from gpubio.gpu.placement import Economics
+
+    site = configure_site(partitions_file=PARTITIONS, prices=PRICES, objective=objective)
+    placed = place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), site_inv, CAT, economics=site.economics)
+    assert placed.model.name == model  # the objective, not the rule's policy
+    assert placed.why.startswith(f"gpu.objective {objective}: ")
+    # per job: T4 0.53 / 1, A100-40 4.10 / 4 = 1.03, H100 15 / 7 = 2.14 per T4-hour of work
+    if objective == "cheapest":
+        assert "T4 0.53 / A100-40 1.02 / H100 2.14" in placed.why
+    # a need only the H100 holds goes there whatever the objective
+    big = place_gpu_job(GpuNeed(vram_gb=60), site_inv, CAT, economics=Economics(site.economics.prices, objective))
+    assert big.model.name == "H100"
+
+
+def test_without_an_objective_each_rule_keeps_its_policy(site_inv):
+    site = configure_site(partitions_file=PARTITIONS, prices=PRICES)
+    assert place_gpu_job(GpuNeed(vram_gb=8), site_inv, CAT, economics=site.economics).model.name == "T4"
+    fastest = place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), site_inv, CAT, economics=site.economics)
+    assert fastest.model.name == "H100" and fastest.why.startswith("rule policy fastest: speed")
+
+
+def test_prices_must_cover_every_gpu_model_of_the_site_and_name_known_models():
+    with pytest.raises(CatalogueError) as missing:
+        configure_site(partitions_file=PARTITIONS, prices={"T4": 0.53})
+    text = str(missing.value)
+    assert text.startswith("gpu.prices has no price for A100-40 (partition gpu-a100), H100 (partition gpu-h100)")
+    assert str(PARTITIONS) in text and "leave gpu.prices empty" in text
+    with pytest.raises(CatalogueError, match=r"gpu.prices\['Z9'\]: GPU type 'Z9' is not in the GPU catalogue"):
+        configure_site(partitions_file=PARTITIONS, prices={**PRICES, "Z9": 1.0})
+    with pytest.raises(CatalogueError, match=r"gpu.prices\['T4'\] must be a price per GPU-hour above 0, got 0"):
+        configure_site(partitions_file=PARTITIONS, prices={**PRICES, "T4": 0})
+
+
+def spread_site(tmp_path, partitions: dict, objective: str | None = None):
+    path = tmp_path / "partitions.yaml"
+    path.write_text(yaml.safe_dump({"partitions": partitions}, sort_keys=False))
+    site = configure_site(partitions_file=path, spread=True, objective=objective)
+    return site
+
+
+LIMITS = {"max_cpus_per_task": 8, "max_mem_mb": 64000, "max_runtime": "1d"}
+
+
+def test_spread_sends_a_job_to_every_partition_whose_gpus_all_fit(tmp_path):
+    site = spread_site(
+        tmp_path,
+        {
+            "gpu-t4": {"max_gpu": 8, "available_gpu_models": ["t4"], **LIMITS},
+            "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100_40g"], **LIMITS},
+            "gpu-h100": {"max_gpu": 2, "available_gpu_models": ["h100"], **LIMITS},
+            # T4 and A100-80 nodes in one partition: an untyped request could get a T4 there
+            "gpu-mixed": {"max_gpu": 4, "available_gpu_models": ["t4", "a100_80g"], **LIMITS},
+        },
+    )
+    placed = site.place(GpuNeed(vram_gb=30, rule="segment"))
+    # cheapest first; the mixed partition's T4 would not hold 30 GB, so it is left out
+    assert placed.partition == "gpu-a100,gpu-h100"
+    assert placed.gpu_model == ""  # different GPU types: an untyped request (--gpus=1)
+    assert placed.model.name == "A100-40" and "spread over gpu-a100, gpu-h100 (gpu.spread)" in placed.why
+    small = site.place(GpuNeed(vram_gb=8, rule="basecall"))
+    assert small.partition == "gpu-t4,gpu-mixed,gpu-a100,gpu-h100" and small.gpu_model == ""
+    # after GPU out-of-memory only the larger GPUs stay in the set
+    assert site.place(GpuNeed(vram_gb=8, rule="basecall"), attempt=2, larger=1).partition == "gpu-a100,gpu-h100"
+    # the cheapest fit sits with GPUs too small for it: a typed request there, not spread
+    large = site.place(GpuNeed(vram_gb=60))
+    assert (large.partition, large.gpu_model, large.model.name) == ("gpu-mixed", "a100_80g", "A100-80")
+
+
+def test_spread_over_partitions_of_one_gpu_type_keeps_the_typed_request(tmp_path):
+    site = spread_site(
+        tmp_path,
+        {
+            "a100-short": {"max_gpu": 4, "available_gpu_models": ["a100"], **LIMITS, "max_runtime": "4h"},
+            "a100-long": {"max_gpu": 4, "available_gpu_models": ["a100"], **LIMITS},
+        },
+    )
+    placed = site.place(GpuNeed(vram_gb=30, runtime=120))
+    assert (placed.partition, placed.gpu_model) == ("a100-short,a100-long", "a100")
+    # a runtime only one partition allows: that one alone
+    assert site.place(GpuNeed(vram_gb=30, runtime=600)).partition == "a100-long"
+
+
+def test_spread_resources_are_what_the_slurm_plugin_submits(tmp_path):
+    """The plugin passes slurm_partition to `sbatch -p` as it is and asks for `--gpus=N`
+    without a type when gpu_model is empty (snakemake-executor-plugin-slurm utils.set_gres_string)."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    spread_site(
+        tmp_path,
+        {
+            "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100_40g"], **LIMITS},
+            "gpu-h100": {"max_gpu": 2, "available_gpu_models": ["h100"], **LIMITS},
+        },
+    )
+    res = gpu_resources(vram_gb=30, runtime=60)
+    job = SimpleNamespace(
+        resources={"gpu": res["gpu"], "gpu_model": evaluate(res["gpu_model"])}, name="demo", threads=1
+    )
+    assert evaluate(res["slurm_partition"]) == "gpu-a100,gpu-h100"
+    assert set_gres_string(job).split() == ["--gpus=1"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import BIN, GPU_WORKFLOW, REPO, TEST_PARTITIONS
@@ -41,12 +42,13 @@ def test_plan_places_every_job_from_the_partitions_file(tmp_path):
     assert len(shards) == 6 and set(shards) == {"gpu-a100", "gpu-h100"}  # balanced: spread, no slow T4
     row = table.set_index("rule").loc["large"]
     assert (row["gpus"], row["vram_gb"], row["model"]) == (2, 30, "H100")
-    assert row["gpu_hours"] == round(2 * 5 / 60, 4)
-    assert row["relative_cost"] > row["gpu_hours"]  # an H100 hour costs more than a T4 hour
+    assert row["reserved_gpu_hours"] == round(2 * 5 / 60, 4)
+    assert row["reserved_cost"] > row["reserved_gpu_hours"]  # an H100 hour costs more than a T4 hour
+    assert "rule policy fastest" in row["why"] and "H100 7" in row["why"]
     totals = pd.read_csv(tmp_path / "plan.partitions.tsv", sep="\t").set_index("partition")
-    assert totals.loc["gpu-t4", "jobs"] == 2 and totals.loc["cpu", "gpu_jobs"] == 0
-    assert totals["jobs"].sum() == len(table) == 11
-    assert "per partition:" in printed
+    assert totals.loc["gpu-t4", "jobs"] == 3 and totals.loc["cpu", "gpu_jobs"] == 0
+    assert totals.drop(index="(total)")["jobs"].sum() == totals.loc["(total)", "jobs"] == len(table) == 13
+    assert "per partition, expected against reserved:" in printed
 
 
 def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_path):
@@ -60,6 +62,7 @@ def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_p
             "backend": "cuda",
             "gpus": 1,
             "peak_vram_gb": 3.0,
+            "device_model": "NVIDIA A100-SXM4-40GB",
             "device_vram_gb": 40.0,
             "input_size_mb": size,
             "wall_s": 120 + i,
@@ -84,10 +87,14 @@ def test_plan_after_calibration_shows_declared_and_calibrated_side_by_side(tmp_p
     assert before.set_index("rule").loc["medium", "gpu_model"] == "a100"
     assert (medium["declared_gpu_model"], medium["declared_vram_gb"]) == ("a100", 30)
     assert (medium["gpu_model"], medium["vram_gb"]) == ("t4", 4)  # 3 GB + 20 % margin, rounded up
-    assert medium["runtime_min"] == 3  # 2 min measured + margin, instead of the declared 5
+    assert medium["reserved_min"] == 3  # 2 min measured + margin, instead of the declared 5
+    # expected: the median of the measured runs (121 s on a 40 GB A100, speed 4: 8.07
+    # T4-minutes), on the T4 it goes to now
+    assert medium["expected_from"] == "calibrated" and float(medium["expected_min"]) == pytest.approx(8.07, abs=0.01)
     small = after.set_index("rule").loc["small"]
     assert small["gpu_model"] == small["declared_gpu_model"] == "t4"  # no records: declared need
-    assert after["relative_cost"].sum() < after["declared_relative_cost"].sum()
+    assert small["expected_from"] == "estimate"
+    assert after["reserved_cost"].sum() < after["declared_reserved_cost"].sum()
     assert "declared needs against calibrated" in printed and "medium" in printed.split("declared needs")[1]
 
 
@@ -234,3 +241,50 @@ def test_make_profiles_lets_snakemake_find_the_profile_by_name(workdir, tmp_path
     assert "Using profile slurm-gpu" in proc.stdout + proc.stderr
     jobs = parse_dry_run(proc.stdout)
     assert jobs and all(j.resources.get("slurm_partition") for j in jobs if j.rule != "all")
+
+
+def test_the_demo_plan_expects_far_less_gpu_time_than_it_reserves(workdir, tmp_path):
+    """The demo's seven GPU jobs run minutes; their runtime limits reserve 24 GPU-hours. The
+    plan gives both, per job, per partition, per sample and in total."""
+    out = tmp_path / "plan" / "gpu_plan.tsv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpubio", "plan", "--snakefile", str(REPO / "Snakefile"), "--out", str(out)]
+        + ["--", "--profile", str(REPO / "profiles" / "slurm-gpu")],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = pd.read_csv(out, sep="\t", keep_default_na=False)
+    gpu = table[table["gpus"] > 0]
+    assert set(gpu["rule"]) >= {"train_cellpose", "segment_cells", "integrate_cells", "variant_effects"}
+    assert (gpu["expected_from"] == "estimate").all()  # no calibrated runs in a fresh project
+    assert (gpu["expected_min"].astype(float) < gpu["reserved_min"]).all()
+    assert (gpu["input_mb"].astype(float) > 0).all()  # sized by the files each job is made from
+    totals = pd.read_csv(out.with_suffix(".partitions.tsv"), sep="\t", keep_default_na=False).set_index("partition")
+    total = totals.loc["(total)"]
+    assert total["reserved_gpu_hours"] == gpu["reserved_gpu_hours"].sum() == 24.0
+    assert 0 < total["expected_gpu_hours"] < 0.1 * total["reserved_gpu_hours"]
+    samples = pd.read_csv(out.with_suffix(".samples.tsv"), sep="\t").set_index("sample")
+    assert samples.loc["(total)", "reserved_gpu_hours"] == 24.0 and samples.loc["illu1", "gpu_jobs"] == 1
+    assert "per partition, expected against reserved:" in proc.stdout and "per sample:" in proc.stdout
+    assert "(total)" in proc.stdout and "rule policy cheapest" in proc.stdout
+
+
+def test_prices_cost_each_job_and_the_objective_places_it(tmp_path):
+    prices = {"T4": 0.53, "A100-40": 4.10, "H100": 15.0}
+    config = site_config(tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    settings["gpu"] |= {"prices": prices, "objective": "balanced"}
+    config.write_text(yaml.safe_dump(settings))
+    table, printed = plan(tmp_path, config)
+    rows = table.set_index("wildcards").loc[""].set_index("rule")  # the jobs without wildcards
+    # balanced (cost x time): the A100-40 for every job that fits it, the rule's policy ignored
+    assert rows.loc["small", "model"] == rows.loc["large", "model"] == "A100-40"
+    assert rows.loc["small", "why"].startswith("gpu.objective balanced: gpu.prices / speed^2")
+    for rule in ("small", "large"):
+        row = rows.loc[rule]
+        assert float(row["cost_per_gpu_hour"]) == 4.10
+        assert float(row["reserved_cost"]) == pytest.approx(row["reserved_gpu_hours"] * 4.10, abs=1e-3)
+        assert float(row["expected_cost"]) == pytest.approx(float(row["expected_gpu_hours"]) * 4.10, abs=1e-3)
+    assert "Costs: GPU-hours x cost (gpu.prices)" in printed

@@ -304,12 +304,16 @@ def test_calibrate_command_reads_run_directories_and_writes_the_needs_file(tmp_p
     assert empty.returncode != 0 and "no GPU usage records" in empty.stderr
 
 
-def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it():
-    """The string a GPU rule passes as --usage-job, as Snakemake evaluates it for a job."""
+def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it(tmp_path):
+    """The string a GPU rule passes as --usage-job, as Snakemake evaluates it for a job: a
+    retry after GPU out-of-memory (its log says so) runs on the next larger GPU."""
     from gpubio.gpu import gpu_resources
+    from gpubio.gpu.retry import JobFiles
     from gpubio.gpu.usage import parse_job_spec
 
-    configure_site(PARTITIONS)
+    log = tmp_path / "segment.log"
+    log.write_text("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    configure_site(PARTITIONS, job_files=lambda rule, wildcards: JobFiles((str(log),)), workdir=tmp_path)
     resources = gpu_resources(vram_gb=lambda mb: 10 + mb, runtime=90)
     wildcards = SimpleNamespace(items=lambda: [("sample", "s1")])
     spec = resources["gpu_usage"](wildcards, SimpleNamespace(size_mb=10.0), attempt=2, rulename="segment_cells")
@@ -323,7 +327,11 @@ def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it():
         "planned_vram_gb": 20.0,
         "planned_runtime_min": 90.0,
         "input_size_mb": 10.0,
+        "retry_after": "oom",
     }
+    ledger = (tmp_path / "logs" / "gpu_retries.tsv").read_text().splitlines()
+    assert ledger[0].split("\t") == ["rule", "job", "attempt", "after", "larger", "reason"]
+    assert ledger[1].startswith("segment_cells\tsample=s1\t2\toom\t1\tattempt 1 ran out of GPU memory")
 
 
 def test_report_compares_planned_with_measured_and_flags_both_ways_a_need_is_wrong(tmp_path):
@@ -565,3 +573,62 @@ def test_usage_report_holds_only_the_samples_in_the_sheets_now(tmp_path):
     table = pd.read_csv(out / "u.tsv", sep="\t", keep_default_na=False)
     assert sorted(zip(table["rule"], table["job"])) == [("segment_cells", "sample=kept"), ("train_cellpose", "")]
     assert len(read_records([bench])) == 6  # all of them stay on disk, for gpubio calibrate
+
+
+def test_report_puts_measured_cost_beside_the_plans_expected_and_reserved_cost(tmp_path):
+    """With gpu.prices the GPU page costs what each job used (at the price of the GPU it ran on)
+    beside what the plan expected and reserved for it (results/gpu_plan.tsv)."""
+    from gpubio.gpu.usage import write_record
+    from gpubio.gpu.usage_report import write_usage_report
+
+    prices = {"T4": 0.5, "A100-40": 4.0, "H100": 8.0}
+    site = configure_site(PARTITIONS, prices=prices)
+    # planned on a T4 (a spread job may run elsewhere: the device decides the price)
+    write_record(
+        tmp_path / "benchmarks" / "a.gpu.json",
+        UsageRecord(
+            rule="segment",
+            job="sample=a",
+            backend="cuda",
+            gpus=1,
+            device_model="NVIDIA A100-SXM4-40GB",
+            device_vram_gb=40.0,
+            wall_s=1800,
+            planned_partition="gpu-t4,gpu-a100",
+        ),
+    )
+    plan = tmp_path / "gpu_plan.tsv"
+    plan.write_text(
+        "rule\twildcards\texpected_gpu_hours\treserved_gpu_hours\texpected_cost\treserved_cost\n"
+        "segment\tsample=a\t0.25\t2.0\t0.125\t1.0\n"
+    )
+    out = tmp_path / "results"
+    table = write_usage_report(
+        [tmp_path / "benchmarks"],
+        out / "gpu_usage.tsv",
+        out / "gpu_usage_models.tsv",
+        out / "gpu_usage.png",
+        site,
+        plan_tsv=str(plan),
+    )
+    row = table.iloc[0]
+    assert (row["price_per_gpu_hour"], row["cost_used"]) == (4.0, 2.0)  # half an hour of A100-40
+    assert (row["expected_gpu_hours"], row["expected_cost"], row["reserved_cost"]) == (0.25, 0.125, 1.0)
+    import pandas as pd
+
+    models = pd.read_csv(out / "gpu_usage_models.tsv", sep="\t")
+    assert models.loc[0, "cost_used"] == 2.0 and models.loc[0, "expected_cost"] == 0.125
+
+
+def test_usage_report_prices_reach_the_command_quoted():
+    from gpubio.gpu.usage_report import gpu_prices_option, parse_prices
+
+    option = gpu_prices_option({"prices": {"A100-40": 4.1, "T4": 0.53}, "catalogue": {}})
+    assert option == "--price=A100-40=4.1 --price=T4=0.53"
+    own = {"rtx 4090": {"vram_gb": 24, "compute_capability": 8.9, "speed": 3.2, "cost": 1.2}}
+    with_own = gpu_prices_option({"prices": {"rtx 4090": 0.4}, "catalogue": own})
+    assert with_own.startswith("'--price=rtx 4090=0.4' --catalogue '{\"rtx 4090\": {")
+    assert parse_prices(["A100-40=4.1", "T4=0.53"]) == {"A100-40": 4.1, "T4": 0.53}
+    assert gpu_prices_option({"prices": {}}) == ""
+    with pytest.raises(ValueError, match="give MODEL=PRICE"):
+        parse_prices(["4.1"])

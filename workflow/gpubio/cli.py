@@ -49,14 +49,14 @@ def _demo_data(args) -> None:
 
 
 def _plan(args) -> None:
-    import yaml
-
     from gpubio.config import project_file
     from gpubio.gpu import configure_site
     from gpubio.gpu.plan import (
         compare_totals,
+        configfiles,
         dry_run,
         format_plan,
+        merged_config,
         parse_dry_run,
         partition_totals,
         plan_table,
@@ -64,37 +64,56 @@ def _plan(args) -> None:
         write_plan,
     )
 
-    config = yaml.safe_load(open(args.configfile)) or {}
-    gpu = config.get("gpu") or {}
-    partitions = args.partitions or gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
-    site = configure_site(project_file(partitions, args.directory) or partitions, gpu.get("catalogue"))
     # absolute: the dry-run may start elsewhere (--invoked-in), where the user's own relative
     # paths among snakemake_args hold
     directory = os.path.abspath(args.directory)
-    extra = ["--configfile", os.path.abspath(args.configfile), *args.snakemake_args]
-    snakefile = os.path.abspath(args.snakefile)
+    invoked_in = args.invoked_in or os.getcwd()
+    overlays = [args.configfile] + [os.path.join(invoked_in, f) for f in configfiles(args.snakemake_args)]
+    # the Snakefile's own `configfile:` first, then every --configfile, as Snakemake merges them
+    base = Path(directory) / "config" / "config.yaml"
+    gpu = merged_config(base, overlays).get("gpu") or {}
+    partitions = args.partitions or gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
     needs = gpu.get("needs", "config/gpu_needs.yaml")
     calibrated = bool(needs) and (Path(directory) / needs).is_file()
+    site = configure_site(
+        project_file(partitions, directory) or partitions,
+        gpu.get("catalogue"),
+        needs_file=Path(directory) / needs if calibrated else None,
+        prices=gpu.get("prices"),
+        objective=gpu.get("objective"),
+        spread=bool(gpu.get("spread")),
+    )
+    extra = ["--configfile", os.path.abspath(args.configfile), *args.snakemake_args]
+    snakefile = os.path.abspath(args.snakefile)
     try:
-        table = plan_table(parse_dry_run(dry_run(snakefile, directory, extra, cwd=args.invoked_in)), site)
+        table = plan_table(parse_dry_run(dry_run(snakefile, directory, extra, cwd=args.invoked_in)), site, directory)
         if calibrated:  # show the declared plan beside it
             declared = dry_run(snakefile, directory, extra, cwd=args.invoked_in, declared_needs=True)
-            table = with_declared(table, plan_table(parse_dry_run(declared), site))
+            table = with_declared(table, plan_table(parse_dry_run(declared), site, directory))
     except RuntimeError as error:  # Snakemake's own message follows the line
         sys.exit(f"gpubio plan: {error}")
     if args.out:
         write_plan(table, args.out, site)
     print(format_plan(table, partition_totals(table, site), site))
     if calibrated:
-        print("\n" + compare_totals(table))
+        print("\n" + compare_totals(table, "cost" if site.economics.prices else "relative cost"))
 
 
 def _gpu_usage_report(args) -> None:
-    from gpubio.gpu import configure_site
-    from gpubio.gpu.usage_report import write_usage_report
+    import json
 
-    site = configure_site(args.partitions) if args.partitions else None
-    table = write_usage_report(args.records, args.out_tsv, args.out_models, args.out_png, site, args.sample_folders)
+    from gpubio.gpu import configure_site
+    from gpubio.gpu.usage_report import parse_prices, write_usage_report
+
+    try:
+        prices = parse_prices(args.price)
+    except ValueError as error:
+        sys.exit(f"gpubio gpu-usage-report: {error}")
+    catalogue = json.loads(args.catalogue) if args.catalogue else None
+    site = configure_site(args.partitions, catalogue, prices=prices) if args.partitions else None
+    table = write_usage_report(
+        args.records, args.out_tsv, args.out_models, args.out_png, site, args.sample_folders, args.plan
+    )
     print(f"{len(table)} GPU job record(s); flagged: {int((table['flags'] != '').sum())}")
 
 
@@ -189,13 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configfile", default="config/config.yaml")
     p.add_argument("--partitions", help="the partitions file (default: gpu.partitions of the config)")
     p.add_argument("--invoked-in", help="run the dry-run from this directory (where the snakemake_args were typed)")
-    p.add_argument("--out", help="also write the table as TSV (and <out>.partitions.tsv with the totals)")
+    p.add_argument(
+        "--out", help="also write the table as TSV (and <out>.partitions.tsv, <out>.samples.tsv with the totals)"
+    )
     p.add_argument("snakemake_args", nargs="*", help="extra snakemake arguments, after --")
     p.set_defaults(func=_plan)
 
     p = sub.add_parser("gpu-usage-report", help="planned against measured GPU use, from the jobs' usage records")
     p.add_argument("records", nargs="+", help="directories (or files) with *.gpu.json records")
     p.add_argument("--partitions", help="the site's partitions file (for the relative cost of each GPU)")
+    p.add_argument("--plan", help="results/gpu_plan.tsv: each job's expected GPU-hours and cost beside its use")
+    p.add_argument(
+        "--price", action="append", metavar="MODEL=PRICE", help="gpu.prices: price of one GPU-hour (repeat per model)"
+    )
+    p.add_argument("--catalogue", help="gpu.catalogue as JSON: the GPU models gpu.prices may name beyond the built-in")
     p.add_argument(
         "--sample-folders",
         nargs="*",

@@ -12,6 +12,7 @@ import difflib
 import functools
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,14 +80,18 @@ def load_project(config: dict, config_file: str = "config/config.yaml", workdir:
 
 
 def read_project(
-    config: dict, config_file: str = "config/config.yaml", workdir: str | os.PathLike = "."
+    config: dict,
+    config_file: str = "config/config.yaml",
+    workdir: str | os.PathLike = ".",
+    only_samples: Collection[str] | None = None,
 ) -> tuple[Project, list[str], set[str]]:
     """Validate `config` and every sample sheet it names, raising nothing.
 
     Returns the project (defaults filled), one line per problem, and the sections (domains,
     "gpu") whose own problems make their later checks meaningless: a later check on a value
     of the wrong type, or on a sheet with bad rows, would fail with a traceback or say the
-    same thing twice.
+    same thing twice. ``only_samples``: check only these samples' rows (a cluster job of a
+    run whose sheets were checked when it started); every row is still read.
     """
     workdir = Path(workdir)
     schema = _parsed_schema("config")  # read only: validation and defaults copy what they take
@@ -101,7 +106,7 @@ def read_project(
         section = config.get(domain)
         if not isinstance(section, dict) or not isinstance(section.get("samples"), str):
             continue
-        table, sheet_problems = read_sample_sheet(domain, section["samples"], workdir)
+        table, sheet_problems = read_sample_sheet(domain, section["samples"], workdir, only_samples)
         problems += sheet_problems
         if sheet_problems:
             flawed.add(domain)
@@ -284,8 +289,11 @@ def _check_reference(config: dict, config_file: str, workdir: Path) -> list[str]
 # --------------------------------------------------------------------------- sample sheets
 
 
-def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
+def read_sample_sheet(
+    domain: str, path: str, workdir: str | os.PathLike = ".", only_samples: Collection[str] | None = None
+):
     """Read and validate one sheet; return (table or None, problems). Absent or empty = module off.
+    ``only_samples``: validate only these samples' rows.
 
     Only a line that starts with "#" is a comment (a "#" inside a path is part of it); blank
     lines are skipped. Problems name each row by its line in the file, comments and blank
@@ -344,6 +352,8 @@ def read_sample_sheet(domain: str, path: str, workdir: str | os.PathLike = "."):
     for i, row in enumerate(table.to_dict("records"), start=1):
         values = {k: v for k, v in row.items() if v != ""}
         name = row.get("sample", "")
+        if only_samples is not None and name not in only_samples:
+            continue
         where = row_where(path, table, i, name)
         problems += _row_problems(values, schema, validator, where, Path(workdir))
         if name in seen:

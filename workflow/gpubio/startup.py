@@ -5,11 +5,19 @@ Every problem found is one line; all of them are raised at once as a ConfigError
 fixes them in one go instead of meeting the next one on the next run. A section whose own
 problems make a later check meaningless (a value of the wrong type, a sheet with bad rows)
 skips that check; every other section is still checked.
+
+A cluster job starts Snakemake again (twice with the SLURM executor: the job step, then the
+step's own run), which reads the Snakefile again. The process that scheduled the run has
+checked everything before its first job, so a job (:class:`JobRun`) checks only the sheet
+rows of its own samples, and reads the input sizes the scheduling process found from the
+environment it inherited (``GPUBIO_RUN_SIZES``) instead of opening every input again.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +89,63 @@ MODULE_CHECKS = {
 }
 
 
-def _site_problems(startup: Startup, config_file: str, remote_jobs: int | None) -> list[str]:
-    """The partitions file, GPU catalogue overrides and calibrated needs, as the site jobs go to."""
+# What a scheduling Snakemake process hands its cluster jobs (they inherit its environment).
+ENV_RUN_SIZES = "GPUBIO_RUN_SIZES"
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """This Snakemake process runs jobs of a run another process scheduled (a cluster job):
+    ``samples`` its target jobs name (``--target-jobs``), ``input_mb`` the input sizes the
+    scheduling process found (None: not handed over, so they are measured again)."""
+
+    samples: frozenset[str]
+    input_mb: dict[str, float] | None = None
+
+
+def job_run(argv: Sequence[str], environ: dict[str, str] | None = None) -> JobRun:
+    """What a cluster job's Snakemake was asked to run: the samples named by the
+    ``--target-jobs`` of its command line (Snakemake sets its target jobs only after the
+    Snakefile is read), and the sizes in ``GPUBIO_RUN_SIZES``."""
+    from snakemake.target_jobs import parse_target_jobs_cli_args
+
+    specs, taking = [], False
+    for arg in argv:
+        if arg == "--target-jobs":
+            taking = True
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            specs.append(arg)
+    samples = set()
+    for target in parse_target_jobs_cli_args(specs) if specs else []:
+        sample = target.wildcards_dict.get("sample")
+        if sample is not None:
+            samples.add(str(sample))
+    environ = os.environ if environ is None else environ
+    try:
+        sizes = json.loads(environ[ENV_RUN_SIZES])
+        input_mb = {str(k): float(v) for k, v in sizes.items()}
+    except (KeyError, ValueError, TypeError, AttributeError):
+        input_mb = None
+    return JobRun(frozenset(samples), input_mb)
+
+
+def sizes_for_jobs(startup: Startup) -> str:
+    """The input sizes the rules were sized by, for ``GPUBIO_RUN_SIZES``."""
+    return json.dumps(startup.input_mb, sort_keys=True)
+
+
+def _site_problems(
+    startup: Startup,
+    config_file: str,
+    remote_jobs: int | None,
+    job_files: Callable | None = None,
+    main_process: bool = True,
+    workdir: Path = Path("."),
+) -> list[str]:
+    """The partitions file, GPU catalogue overrides, prices and calibrated needs, as the site
+    jobs go to."""
     from gpubio.gpu import CatalogueError, InventoryError, PlacementError, configure_site
     from gpubio.gpu.calibrate import NeedsError
 
@@ -95,6 +158,12 @@ def _site_problems(startup: Startup, config_file: str, remote_jobs: int | None) 
             kind=gpu["site"],
             remote_jobs=remote_jobs,
             require=gpu["require"],
+            prices=gpu["prices"],
+            objective=gpu["objective"],
+            spread=gpu["spread"],
+            job_files=job_files,
+            main_process=main_process,
+            workdir=workdir,
         )
     except (CatalogueError, InventoryError, NeedsError, PlacementError) as error:
         return [line for line in str(error).splitlines() if line.strip()]
@@ -131,21 +200,32 @@ def start_up(
     workdir: str | os.PathLike = ".",
     remote_jobs: int | None = None,
     config_files: list[str] | None = None,
+    *,
+    job_files: Callable | None = None,
+    job: JobRun | None = None,
 ) -> Startup:
     """Check everything that can be checked before any job; raise one ConfigError listing every
     problem, else return what the rules read. ``remote_jobs``: Snakemake's ``--jobs`` (set for a
     remote executor: the run is placed on the cluster, see gpubio.gpu.local_site).
     ``config_files``: every layer of the config, base first (then each problem about a key
-    names the file that sets it); ``config_file`` is the last."""
+    names the file that sets it); ``config_file`` is the last.
+    ``job_files``: where jobs leave their logs and usage records, for retries
+    (gpubio.gpu.retry). ``job``: this process runs a cluster job of a run checked already; it
+    checks the sheet rows of the job's samples and takes the sizes handed over."""
     workdir = Path(workdir)
-    project, problems, flawed = read_project(config, config_file, workdir)
+    project, problems, flawed = read_project(
+        config, config_file, workdir, only_samples=job.samples if job is not None else None
+    )
     settings = {name: section_settings(project.config, name) for name in ("gpu", *DOMAINS)}
     startup = Startup(project, settings, input_mb={domain: 0.0 for domain in DOMAINS})
     if "gpu" not in flawed:
-        problems += _site_problems(startup, config_file, remote_jobs)
-    for domain, check in MODULE_CHECKS.items():
-        if project.active(domain) and domain not in flawed:
-            problems += check(startup, config_file, workdir)
+        problems += _site_problems(startup, config_file, remote_jobs, job_files, job is None, workdir)
+    if job is not None and job.input_mb is not None:
+        startup.input_mb.update(job.input_mb)
+    else:
+        for domain, check in MODULE_CHECKS.items():
+            if project.active(domain) and domain not in flawed:
+                problems += check(startup, config_file, workdir)
     if problems:
         raise ConfigError(attribute_problems(problems, config_files or [config_file], workdir))
     return startup

@@ -17,7 +17,14 @@ from gpubio.shell import (
     quote_option_list,
     settings_options,
 )
-from gpubio.startup import module_summary, start_up
+from gpubio.gpu.retry import snakemake_job_files
+from gpubio.startup import (
+    ENV_RUN_SIZES,
+    job_run,
+    module_summary,
+    sizes_for_jobs,
+    start_up,
+)
 
 # Collect cyclic garbage less often while the DAG is built (gpubio/dag_memory.py); the
 # thresholds are back before the first job runs (onstart below).
@@ -32,7 +39,9 @@ CONFIG_FILES = ["config/config.yaml"] + [
 CONFIG_FILE = CONFIG_FILES[-1]
 
 # One pass over config, sheets, partitions and needs files and input headers; every problem
-# is one line, all raised together before any job is built.
+# is one line, all raised together before any job is built. A cluster job (Snakemake started
+# again inside it) checks only its own samples' rows and takes the input sizes the scheduling
+# process found, which its jobs inherit through the environment.
 try:
     # (positional: a line starting with `workdir=` would read as Snakemake's directive)
     STARTUP = start_up(
@@ -41,11 +50,15 @@ try:
         os.getcwd(),
         workflow.resource_settings.nodes,
         CONFIG_FILES,
+        job_files=snakemake_job_files(workflow),
+        job=None if workflow.is_main_process else job_run(sys.argv[1:]),
     )
 except ConfigError as error:
     raise WorkflowError(error.report()) from None
 for line in STARTUP.warnings:  # inputs the run copes with, said before it starts
     print(f"gpubio: warning: {line}", file=sys.stderr)
+if workflow.is_main_process:
+    os.environ[ENV_RUN_SIZES] = sizes_for_jobs(STARTUP)
 dag_memory.freeze()  # what the start-up pass read lives for the whole run
 PROJECT = STARTUP.project
 # The settings the rules read: each section with every schema default, also for modules
@@ -105,6 +118,7 @@ DOMAIN_TARGETS = {}
 GPU_REPORT_TARGETS = [
     "results/gpu_plan.tsv",
     "results/gpu_plan.partitions.tsv",
+    "results/gpu_plan.samples.tsv",
     "results/gpu_usage.tsv",
     "results/gpu_usage_models.tsv",
     "results/gpu_usage.png",

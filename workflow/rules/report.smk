@@ -1,5 +1,6 @@
 # Per-domain QC tables and figures for `snakemake --report results/report.html`.
 from gpubio.gpu.plan import plan_arguments
+from gpubio.gpu.usage_report import gpu_prices_option
 
 
 rule qc_summary:
@@ -50,6 +51,7 @@ rule gpu_plan:
             category="GPU plan",
         ),
         totals="results/gpu_plan.partitions.tsv",
+        samples="results/gpu_plan.samples.tsv",
     log:
         "logs/gpu_plan.log",
     threads: 1
@@ -69,12 +71,13 @@ rule gpu_plan:
         )
 
 
-# What the GPU jobs of this project really used against what the plan gave them: the usage
-# records under benchmarks/ (this run's and earlier runs') of the samples in the sheets now,
-# once all module outputs exist.
+# What the GPU jobs of this project really used against what the plan gave them (its expected
+# and reserved GPU-hours and cost): the usage records under benchmarks/ (this run's and earlier
+# runs') of the samples in the sheets now, once all module outputs exist.
 rule gpu_usage_report:
     input:
-        get_module_outputs,
+        outputs=get_module_outputs,
+        plan="results/gpu_plan.tsv",
     output:
         tsv=report(
             "results/gpu_usage.tsv",
@@ -100,8 +103,9 @@ rule gpu_usage_report:
         **cpu_resources(mem_mb=1000, runtime=10),
     params:
         partitions=GPU["partitions"],
+        prices=gpu_prices_option(GPU),
         sample_folders=get_usage_record_folders,
     shell:
         "python -m gpubio gpu-usage-report benchmarks --partitions {params.partitions:q}"
-        " --out-tsv {output.tsv} --out-models {output.models} --out-png {output.png}"
-        " --sample-folders {params.sample_folders:q} > {log} 2>&1"
+        " --plan {input.plan:q} {params.prices} --out-tsv {output.tsv} --out-models {output.models}"
+        " --out-png {output.png} --sample-folders {params.sample_folders:q} > {log} 2>&1"

@@ -19,7 +19,7 @@ import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import pulp
@@ -326,17 +326,28 @@ class BalancedGroup:
             cached = self._plans[id(site)] = (site, plan)
         return cached[1]
 
-    def place(self, need: GpuNeed, wildcards, attempt: int, site) -> Placement:
-        from .placement import escalate
+    def place(self, need: GpuNeed, wildcards, attempt: int, site, larger: int = 0) -> Placement:
+        """The group plan's placement of one job; ``larger`` steps to a larger GPU from there
+        (one per GPU out-of-memory of its earlier attempts)."""
+        from .placement import _POLICY_KEYS, escalate
 
         key = str(self._key(wildcards))
         plan = self.plan(need, site)
         if key not in plan.assignment:
             raise PlacementError(f"job {key!r} is not one of the jobs its balanced group was planned for")
         planned = plan.assignment[key]
-        if attempt == 1:
-            return planned
+        why = f"balanced group: the rule's jobs spread over the GPU types by an integer program ({self._objective})"
+        if larger == 0:
+            return replace(planned, attempt=attempt, why=why)
         pools = gpu_pools(site.inventory, site.catalogue)
         fitting = [p for p in pools if pool_fits(need, p)]
         start = next(p for p in fitting if (p.partition.name, p.gres_type) == (planned.partition, planned.gpu_model))
-        return escalate(need, fitting, start, attempt)
+        chosen = escalate(fitting, start, larger, _POLICY_KEYS[need.policy])
+        return Placement(
+            chosen.partition.name,
+            need.gpus,
+            chosen.gres_type,
+            chosen.model,
+            attempt,
+            f"{why}; {larger} step{'s' if larger > 1 else ''} larger after GPU out-of-memory",
+        )

@@ -5,7 +5,10 @@ robust slope (Theil-Sen: the median of pairwise slopes, so one odd job does not 
 raised until the line lies on or above every measured peak (an upper bound, not a mean),
 then a safety margin on top. Where size does not move the peak, the need is a constant.
 A job that ran out of memory proves the need was above that GPU's VRAM at its size: the
-fit is raised above it. Runtime is fitted the same way. The result is
+fit is raised above it. Runtime is fitted the same way. The work a job is expected to take
+(for the plan's expected GPU-hours, :mod:`gpubio.gpu.estimates`) is the median line through the
+GPU runs' time, in T4-GPU-minutes (wall time x GPUs x the catalogue speed of the GPU it ran
+on), with no margin: a typical job, where the runtime line bounds every job. The result is
 ``config/gpu_needs.yaml``, which placement reads at start-up: the calibrated need replaces
 the declared one, never below the rule's floor (the tool's documented minimum).
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from .catalogue import BUILTIN_CATALOGUE, Catalogue, CatalogueError
 from .usage import UsageRecord
 
 log = logging.getLogger("gpubio.gpu")
@@ -63,6 +67,7 @@ class CalibratedNeed:
     records: int
     oom_records: int
     max_input_mb: float | None
+    work: Line | None = None  # T4-GPU-minutes, median line (None: no record ran on a GPU)
 
     def vram_gb(self, size_mb: float | None) -> float:
         """At ``size_mb``; unknown size (a job whose inputs are not made yet): the largest size seen."""
@@ -72,6 +77,11 @@ class CalibratedNeed:
         if self.runtime is None:
             return None
         return max(1, math.ceil(self.runtime.at(self.max_input_mb if size_mb is None else size_mb)))
+
+    def work_min(self, size_mb: float | None) -> float:
+        """Expected T4-GPU-minutes at ``size_mb`` (unknown: the largest size seen)."""
+        assert self.work is not None
+        return max(0.0, self.work.at(self.max_input_mb if size_mb is None else size_mb))
 
 
 def upper_line(points: list[tuple[float, float]]) -> Line:
@@ -87,7 +97,33 @@ def upper_line(points: list[tuple[float, float]]) -> Line:
     return Line(max(v - slope * s for s, v in points), slope)
 
 
-def fit_rule(rule: str, records: list[UsageRecord], margin: float = DEFAULT_MARGIN) -> CalibratedNeed | None:
+def median_line(points: list[tuple[float, float]]) -> Line:
+    """The Theil-Sen line through (size, value) points: median pairwise slope (never below 0),
+    median intercept; a typical value, where :func:`upper_line` bounds them all."""
+    slope = upper_line(points).slope
+    return Line(median(v - slope * s for s, v in points), slope)
+
+
+def record_speed(record: UsageRecord, catalogue: Catalogue = BUILTIN_CATALOGUE) -> float:
+    """The catalogue speed (T4 = 1) of the GPU a record ran on: its device name, else the GPU
+    type the plan gave it; 1.0 where neither resolves."""
+    from .local_site import catalogue_model
+
+    model = catalogue_model(record.device_model, record.device_vram_gb, catalogue) if record.device_model else None
+    if model is None and record.planned_gpu_model:
+        try:
+            model = catalogue.resolve(record.planned_gpu_model)
+        except CatalogueError:
+            model = None
+    return model.speed if model is not None else 1.0
+
+
+def fit_rule(
+    rule: str,
+    records: list[UsageRecord],
+    margin: float = DEFAULT_MARGIN,
+    catalogue: Catalogue = BUILTIN_CATALOGUE,
+) -> CalibratedNeed | None:
     """One rule's need from its records; None when no record measured a GPU peak."""
     measured = [r for r in records if r.backend == "cuda" and r.peak_vram_gb is not None and not r.exit_status]
     ooms = [r for r in records if r.oom and r.device_vram_gb]
@@ -108,18 +144,26 @@ def fit_rule(rule: str, records: list[UsageRecord], margin: float = DEFAULT_MARG
     if finished:
         fit = upper_line([(size(r), r.wall_s / 60) for r in finished])
         runtime = Line(fit.intercept * (1 + margin), fit.slope * (1 + margin))
+    on_gpu = [r for r in finished if r.backend == "cuda"]
+    work = (
+        median_line([(size(r), r.wall_s / 60 * max(r.gpus, 1) * record_speed(r, catalogue)) for r in on_gpu])
+        if on_gpu
+        else None
+    )
     sizes = [r.input_size_mb for r in records if r.input_size_mb is not None]
-    return CalibratedNeed(rule, vram, runtime, len(records), len(ooms), max(sizes) if sizes else None)
+    return CalibratedNeed(rule, vram, runtime, len(records), len(ooms), max(sizes) if sizes else None, work)
 
 
-def calibrate(records: list[UsageRecord], margin: float = DEFAULT_MARGIN) -> dict[str, CalibratedNeed]:
+def calibrate(
+    records: list[UsageRecord], margin: float = DEFAULT_MARGIN, catalogue: Catalogue = BUILTIN_CATALOGUE
+) -> dict[str, CalibratedNeed]:
     by_rule: dict[str, list[UsageRecord]] = {}
     for record in records:
         if record.rule:
             by_rule.setdefault(record.rule, []).append(record)
     needs = {}
     for rule, rule_records in sorted(by_rule.items()):
-        need = fit_rule(rule, rule_records, margin)
+        need = fit_rule(rule, rule_records, margin, catalogue)
         if need is not None:
             needs[rule] = need
     return needs
@@ -133,6 +177,8 @@ def needs_to_yaml(needs: dict[str, CalibratedNeed], sources: list[str], margin: 
         entry: dict[str, Any] = {"vram": need.vram.to_dict("gb")}
         if need.runtime is not None:
             entry["runtime"] = need.runtime.to_dict("min")
+        if need.work is not None:
+            entry["work"] = need.work.to_dict("t4_gpu_min")
         entry["records"] = need.records
         entry["oom_records"] = need.oom_records
         if need.max_input_mb is not None:
@@ -159,6 +205,7 @@ def load_needs(path: str | os.PathLike) -> dict[str, CalibratedNeed]:
         needs = {}
         for rule, entry in (data.get("rules") or {}).items():
             runtime = Line.from_dict(entry["runtime"], "min") if "runtime" in entry else None
+            work = Line.from_dict(entry["work"], "t4_gpu_min") if "work" in entry else None
             needs[rule] = CalibratedNeed(
                 rule,
                 Line.from_dict(entry["vram"], "gb"),
@@ -166,6 +213,7 @@ def load_needs(path: str | os.PathLike) -> dict[str, CalibratedNeed]:
                 int(entry.get("records", 0)),
                 int(entry.get("oom_records", 0)),
                 entry.get("max_input_mb"),
+                work,
             )
         return needs
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as error:

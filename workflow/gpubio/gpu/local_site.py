@@ -123,7 +123,7 @@ def parse_nvidia_smi(text: str, catalogue: Catalogue) -> tuple[LocalGpu, ...]:
             vram_gb = round(float(memory) / 1024, 1)
         except ValueError:
             vram_gb = None
-        model = _catalogue_model(name.strip(), vram_gb, catalogue)
+        model = catalogue_model(name.strip(), vram_gb, catalogue)
         if model is not None:
             gpus.append(LocalGpu(model.name, model.vram_gb, model.compute_capability))
         else:
@@ -131,7 +131,7 @@ def parse_nvidia_smi(text: str, catalogue: Catalogue) -> tuple[LocalGpu, ...]:
     return tuple(gpus)
 
 
-def _catalogue_model(name: str, vram_gb: float | None, catalogue: Catalogue) -> GpuModel | None:
+def catalogue_model(name: str, vram_gb: float | None, catalogue: Catalogue) -> GpuModel | None:
     """The catalogue model an nvidia-smi name means (``NVIDIA A100-SXM4-40GB``, ``Tesla T4``):
     a word of the name that is a catalogue family, sized by the measured VRAM where it has
     several members."""

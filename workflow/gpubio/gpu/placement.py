@@ -37,6 +37,7 @@ from .inventory import BUILTIN_INVENTORY, Inventory, SitePartition, load_invento
 from .local_site import LocalGpus, detect_local_gpus, site_is_local
 
 __all__ = [
+    "Economics",
     "GpuNeed",
     "GpuPool",
     "Placement",
@@ -66,6 +67,8 @@ DEFAULT_CPU_JOB_MEM_MB = 4_000
 DEFAULT_RUNTIME_MIN = 60
 # set: place by the rules' declared needs even where a calibrated needs file exists
 ENV_DECLARED_NEEDS = "GPUBIO_DECLARED_NEEDS"
+# set (by `gpubio plan`): GPU jobs carry resource gpu_why, why they went where they did
+ENV_EXPLAIN = "GPUBIO_PLAN_WHY"
 
 
 class PlacementError(ValueError):
@@ -162,18 +165,110 @@ class GpuPool:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where a job goes. ``gpu_model`` is the site's GRES type (what SLURM is asked for)."""
+    """Where a job goes. ``gpu_model`` is the site's GRES type (what SLURM is asked for).
+
+    Spread over several partitions (gpu.spread), ``partition`` lists them (``gpu-a100,gpu-h100``,
+    what ``sbatch -p`` takes), ``model`` is the first one's GPU and ``gpu_model`` is ``""`` where
+    they hold different GPU types (an untyped request, ``--gpus=N``). ``why`` says why it went
+    there (the plan's column)."""
 
     partition: str
     gpus: int = 0
     gpu_model: str | None = None
     model: GpuModel | None = None
     attempt: int = 1
+    why: str = ""
 
     def describe(self) -> str:
         if self.model is None:
             return f"partition {self.partition} (CPU)"
-        return f"partition {self.partition}, {self.gpus} x {self.model.describe()} (GRES type {self.gpu_model})"
+        gres = f"GRES type {self.gpu_model}" if self.gpu_model else "any GPU type of these partitions"
+        return f"partition {self.partition}, {self.gpus} x {self.model.describe()} ({gres})"
+
+
+OBJECTIVES = ("cheapest", "fastest", "balanced")
+
+
+@dataclass(frozen=True, eq=False)
+class Economics:
+    """What a GPU hour costs and what placement optimises (config gpu.prices, gpu.objective,
+    gpu.spread).
+
+    ``prices``: per GPU-hour by catalogue model (lower-case name); empty: the catalogue's
+    relative costs (T4 = 1) stand in. ``objective`` set: every GPU job goes where its expected
+    cost (``cheapest``), time (``fastest``) or cost x time (``balanced``) is lowest, whatever its
+    rule's policy; work is the same on every GPU, so a job's expected cost on a model is its
+    price / speed and its time 1 / speed. None: each rule's own policy. ``spread``: a job goes
+    to every partition whose GPUs all fit it, best first (``sbatch -p a,b``)."""
+
+    prices: Mapping[str, float] = field(default_factory=dict)
+    objective: str | None = None
+    spread: bool = False
+
+    def hourly(self, model: GpuModel) -> float:
+        """Price of one GPU-hour of ``model`` (its relative cost where no prices are given)."""
+        return self.prices.get(model.key, model.cost)
+
+    def price(self, model: GpuModel | None) -> float | None:
+        """The configured price of ``model`` per GPU-hour; None without prices."""
+        return self.prices.get(model.key) if model is not None and self.prices else None
+
+
+NO_ECONOMICS = Economics()
+
+
+def _rank(need: GpuNeed, economics: Economics) -> tuple[Callable[[GpuPool], tuple[float, ...]], str]:
+    """How fitting pools are ordered for a job (best first), and what that order is, for the
+    plan's ``why``."""
+    objective = economics.objective
+    if not objective:
+        return _POLICY_KEYS[need.policy], f"rule policy {need.policy}"
+
+    def cost(p: GpuPool) -> float:
+        return economics.hourly(p.model) / p.model.speed
+
+    keys: dict[str, Callable[[GpuPool], tuple[float, ...]]] = {
+        "cheapest": lambda p: (cost(p), 1 / p.model.speed, p.order),
+        "fastest": lambda p: (1 / p.model.speed, cost(p), p.order),
+        "balanced": lambda p: (cost(p) / p.model.speed, cost(p), p.order),
+    }
+    return keys[objective], f"gpu.objective {objective}"
+
+
+def _why(
+    need: GpuNeed,
+    economics: Economics,
+    fitting: list[GpuPool],
+    chosen: GpuPool,
+    rank: tuple[Callable[[GpuPool], tuple[float, ...]], str],
+    larger: int,
+) -> str:
+    """One line: what chose, each fitting GPU's figure it compared (best first), escalation."""
+    key, what = rank
+    prices = "gpu.prices" if economics.prices else "relative cost"
+    label, value = (
+        {
+            "cheapest": (
+                f"{prices} / speed (cost of a T4-hour of work)",
+                lambda p: economics.hourly(p.model) / p.model.speed,
+            ),
+            "fastest": ("speed (T4 1)", lambda p: p.model.speed),
+            "balanced": (f"{prices} / speed^2 (cost x time)", lambda p: economics.hourly(p.model) / p.model.speed**2),
+        }[economics.objective]
+        if economics.objective
+        else {
+            "cheapest": ("relative hourly cost (T4 1)", lambda p: p.model.cost),
+            "fastest": ("speed (T4 1)", lambda p: p.model.speed),
+            "balanced": ("relative cost / speed", lambda p: p.model.cost / p.model.speed),
+        }[need.policy]
+    )
+    seen: dict[str, str] = {}
+    for pool in sorted(fitting, key=lambda p: (p is not chosen, key(p))):
+        seen.setdefault(pool.model.name, f"{pool.model.name} {value(pool):.3g}")
+    text = f"{what}: {label} of the fitting GPUs {' / '.join(seen.values())}"
+    if larger:
+        text += f"; {larger} step{'s' if larger > 1 else ''} larger after GPU out-of-memory"
+    return text
 
 
 def gpu_pools(inventory: Inventory, catalogue: Catalogue) -> list[GpuPool]:
@@ -227,6 +322,8 @@ def place_gpu_job(
     attempt: int = 1,
     *,
     input_size_mb: float | None = None,
+    larger: int | None = None,
+    economics: Economics = NO_ECONOMICS,
 ) -> Placement:
     """Pick the partition and GPU model for one job.
 
@@ -234,46 +331,74 @@ def place_gpu_job(
     for, its partition has >= ``gpus`` per node, and the need's cpus/mem_mb/runtime are
     within the partition's limits. Policies: cheapest = lowest relative hourly cost
     (tie: faster); fastest = highest speed (tie: cheaper); balanced = lowest cost per
-    unit of work (tie: faster); then file order.
+    unit of work (tie: faster); then file order. ``economics.objective``, where set, orders
+    them instead (:class:`Economics`).
 
-    Attempt 1 takes the policy's choice among the pools that fit. Attempt k > 1 moves
-    to the (k-1)-th strictly larger VRAM size above that choice (the next larger GPU the
-    site has), choosing within that size by policy, and stays at the largest. A need
-    with ``gpus=0`` goes to a CPU partition. Raises PlacementError when nothing fits.
+    ``larger`` > 0 moves to the ``larger``-th strictly larger VRAM size above that choice
+    (the next larger GPU the site has), choosing within that size by the same order, and
+    stays at the largest. The workflow counts one step per GPU out-of-memory of the job's
+    earlier attempts (:mod:`gpubio.gpu.retry`); without ``larger``, every attempt before
+    ``attempt`` counts as one. With ``economics.spread`` the job goes to every partition
+    whose GPUs all fit (at that size or larger), best first. A need with ``gpus=0`` goes to
+    a CPU partition. Raises PlacementError when nothing fits.
     """
     if attempt < 1:
         raise ValueError(f"attempt counts from 1, got {attempt}")
+    larger = attempt - 1 if larger is None else larger
     if not need.is_static:
         if input_size_mb is None:
             raise ValueError("this need's vram_gb depends on the input size; pass input_size_mb")
         need = need.at_input_size(input_size_mb)
     if need.gpus == 0:
-        return _place_cpu_job(need, inventory, catalogue)
+        return replace(_place_cpu_job(need, inventory, catalogue), attempt=attempt)
 
     pools = gpu_pools(inventory, catalogue)
     fitting = [p for p in pools if pool_fits(need, p)]
     if not fitting:
         raise PlacementError(_no_fit_message(need, inventory, pools))
-    chosen = min(fitting, key=_POLICY_KEYS[need.policy])
-    return escalate(need, fitting, chosen, attempt)
+    rank = _rank(need, economics)
+    key = rank[0]
+    chosen = escalate(fitting, min(fitting, key=key), larger, key)
+    why = _why(need, economics, fitting, chosen, rank, larger)
+    placed = Placement(chosen.partition.name, need.gpus, chosen.gres_type, chosen.model, attempt, why)
+    if economics.spread:  # after out-of-memory, only GPUs as large as the one escalated to
+        eligible = [p for p in fitting if not larger or p.model.vram_gb >= chosen.model.vram_gb]
+        placed = spread(placed, pools, eligible, key)
+    return placed
 
 
-def escalate(need: GpuNeed, fitting: list[GpuPool], chosen: GpuPool, attempt: int) -> Placement:
-    """Attempt k > 1: the (k-1)-th strictly larger VRAM size above ``chosen`` among the
-    fitting pools (the next larger GPU the site has), by policy within a size; the
+def escalate(
+    fitting: list[GpuPool], chosen: GpuPool, larger: int, key: Callable[[GpuPool], tuple[float, ...]]
+) -> GpuPool:
+    """``larger`` > 0: the ``larger``-th strictly larger VRAM size above ``chosen`` among the
+    fitting pools (the next larger GPU the site has), the best by ``key`` within a size; the
     largest stays the largest."""
-    if attempt > 1:
-        key = _POLICY_KEYS[need.policy]
-        larger = sorted({p.model.vram_gb for p in fitting if p.model.vram_gb > chosen.model.vram_gb})
-        if larger:
-            tier = larger[min(attempt - 2, len(larger) - 1)]
+    if larger > 0:
+        sizes = sorted({p.model.vram_gb for p in fitting if p.model.vram_gb > chosen.model.vram_gb})
+        if sizes:
+            tier = sizes[min(larger - 1, len(sizes) - 1)]
             chosen = min((p for p in fitting if p.model.vram_gb == tier), key=key)
-    return Placement(
-        partition=chosen.partition.name,
-        gpus=need.gpus,
-        gpu_model=chosen.gres_type,
-        model=chosen.model,
-        attempt=attempt,
+    return chosen
+
+
+def spread(
+    placed: Placement, pools: list[GpuPool], eligible: list[GpuPool], key: Callable[[GpuPool], tuple[float, ...]]
+) -> Placement:
+    """``placed`` widened to every partition whose GPU types are all ``eligible`` (so any GPU
+    SLURM hands out there fits), ordered by their best pool; typed where they share one GRES
+    type, else untyped (``gpu_model`` ""). Unchanged where fewer than two partitions qualify
+    or ``placed``'s own partition holds a GPU type that does not fit."""
+    ok = {(p.partition.name, p.gres_type) for p in eligible}
+    ordered = dict.fromkeys([placed.partition, *(p.partition.name for p in sorted(eligible, key=key))])
+    whole = [name for name in ordered if all((name, p.gres_type) in ok for p in pools if p.partition.name == name)]
+    if len(whole) < 2 or whole[0] != placed.partition:
+        return placed
+    types = {p.gres_type for p in eligible if p.partition.name in whole}
+    return replace(
+        placed,
+        partition=",".join(whole),
+        gpu_model=placed.gpu_model if len(types) == 1 else "",
+        why=f"{placed.why}; spread over {', '.join(whole)} (gpu.spread), the first that can start it runs it",
     )
 
 
@@ -415,30 +540,59 @@ class Site:
     needs: Mapping[str, Any] = field(default_factory=dict)
     local: LocalGpus | None = None
     require: bool = False
-    # (need, attempt, size) -> Placement: every job of a rule asks the same question
+    economics: Economics = NO_ECONOMICS
+    # why each retry goes where it goes (gpubio.gpu.retry); None: retries stay on the same GPU class
+    retries: Any = field(default=None, compare=False, repr=False)
+    # the plan's dry-run: jobs carry resource gpu_why (why they went where they did)
+    explain: bool = False
+    # (need, attempt, size, larger) -> Placement: every job of a rule asks the same question
     _placements: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     notices: JobNotices = field(default_factory=JobNotices, compare=False, hash=False, repr=False)
 
-    def place(self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None) -> Placement:
-        key = (need, attempt, input_size_mb)
+    def place(self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None, larger: int = 0) -> Placement:
+        """Where a job with this need goes; ``larger``: steps to a larger GPU (its GPU
+        out-of-memory failures so far)."""
+        key = (need, attempt, input_size_mb, larger)
         placed = self._placements.get(key)
         if placed is None:
-            placed = self._placements[key] = self._place(need, attempt, input_size_mb)
+            placed = self._placements[key] = self._place(need, attempt, input_size_mb, larger)
         return placed
 
-    def _place(self, need: GpuNeed, attempt: int, input_size_mb: float | None) -> Placement:
+    def _place(self, need: GpuNeed, attempt: int, input_size_mb: float | None, larger: int) -> Placement:
         if self.cpu_only and need.gpus:
             need = replace(need, gpus=0)
         effective = self.effective_need(need, input_size_mb)
         try:
-            return place_gpu_job(effective, self.inventory, self.catalogue, attempt, input_size_mb=input_size_mb)
+            return place_gpu_job(
+                effective,
+                self.inventory,
+                self.catalogue,
+                attempt,
+                input_size_mb=input_size_mb,
+                larger=larger,
+                economics=self.economics,
+            )
         except PlacementError:
             if self.local is None:
                 raise
         # this machine's GPUs if enough of them fit, else the step's CPU path
         return Placement(
-            partition="local", gpus=effective.gpus, gpu_model="local" if effective.gpus else None, attempt=attempt
+            partition="local",
+            gpus=effective.gpus,
+            gpu_model="local" if effective.gpus else None,
+            attempt=attempt,
+            why=f"a local run: no partition of {self.inventory.source} fits, this machine's GPUs or CPU path run it",
         )
+
+    def retry(self, rule: str | None, wildcards: Any, attempt: int) -> Any:
+        """How a job's attempt escalates (:class:`gpubio.gpu.retry.RetryDecision`)."""
+        from .retry import FIRST, RetryDecision
+
+        if attempt <= 1:
+            return FIRST
+        if self.retries is None or not rule:
+            return RetryDecision(attempt)
+        return self.retries.decide(rule, wildcards, attempt)
 
     def require_problem(self, need: GpuNeed, input_size_mb: float | None = None) -> str | None:
         """Under gpu.require on this machine: why no local GPU can hold the need, else None. A
@@ -489,6 +643,12 @@ def configure_site(
     kind: str = "cluster",
     remote_jobs: int | None = None,
     require: bool = False,
+    prices: Mapping[str, Any] | None = None,
+    objective: str | None = None,
+    spread: bool = False,
+    job_files: Callable[..., Any] | None = None,
+    main_process: bool = True,
+    workdir: str | os.PathLike = ".",
 ) -> Site:
     """Set the site every later placement uses; call once, before the rules.
 
@@ -501,6 +661,13 @@ def configure_site(
     in the catalogue (checked here), and needs already declared are re-checked.
     ``needs_file``: calibrated needs (``gpubio calibrate``), used when the file exists,
     unless ``$GPUBIO_DECLARED_NEEDS`` is set (the plan's "declared" column).
+
+    ``prices`` (gpu.prices: GPU model -> price per GPU-hour), ``objective`` and ``spread``:
+    see :class:`Economics`; with prices, every GPU model at the site needs one. ``job_files``
+    (``gpubio.gpu.retry.snakemake_job_files(workflow)``) says where a job leaves its log and
+    usage record: a retry reads them and goes to a larger GPU only after GPU out-of-memory;
+    without it retries stay on the same GPU class. ``main_process``: this Snakemake process
+    schedules the run (false inside a cluster job, which reads the retry decisions back).
     """
     global _configured
     inventory = BUILTIN_INVENTORY if partitions_file is None else load_inventory(partitions_file)
@@ -511,11 +678,49 @@ def configure_site(
         needs = load_needs(needs_file)
     catalogue = load_catalogue(catalogue_overrides)
     local = detect_local_gpus(catalogue) if site_is_local(kind, remote_jobs) else None
-    site = Site(inventory, catalogue, cpu_only, needs, local, require)
-    gpu_pools(site.inventory, site.catalogue)  # fail now on an unknown GRES type
+    pools = gpu_pools(inventory, catalogue)  # fail now on an unknown GRES type
+    economics = Economics(_model_prices(prices, catalogue, pools, inventory.source), objective or None, spread)
+    from .retry import RetryTracker
+
+    retries = RetryTracker(job_files, workdir, main_process) if job_files is not None else None
+    site = Site(
+        inventory,
+        catalogue,
+        cpu_only,
+        needs,
+        local,
+        require,
+        economics,
+        retries,
+        explain=bool(os.environ.get(ENV_EXPLAIN)),
+    )
     _configured = site
     check_declared_needs(site)
     return site
+
+
+def _model_prices(
+    prices: Mapping[str, Any] | None, catalogue: Catalogue, pools: list[GpuPool], source: str
+) -> dict[str, float]:
+    """gpu.prices by catalogue model (lower-case name); every GPU model at the site needs one."""
+    if not prices:
+        return {}
+    resolved: dict[str, float] = {}
+    for name, price in prices.items():
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price <= 0:
+            raise CatalogueError(f"gpu.prices[{name!r}] must be a price per GPU-hour above 0, got {price!r}")
+        try:
+            model = catalogue.resolve(str(name))
+        except CatalogueError as error:
+            raise CatalogueError(f"gpu.prices[{name!r}]: {error}") from None
+        resolved[model.key] = float(price)
+    missing = sorted({f"{p.model.name} (partition {p.partition.name})" for p in pools if p.model.key not in resolved})
+    if missing:
+        raise CatalogueError(
+            f"gpu.prices has no price for {', '.join(missing)} of {source}: give every GPU model "
+            "at the site a price per GPU-hour, or leave gpu.prices empty"
+        )
+    return resolved
 
 
 def current_site() -> Site:
@@ -617,6 +822,8 @@ def gpu_resources(
     if gpu_count:
         resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model, group)
     resources["gpu_usage"] = _usage_resource(need, group)
+    if site_now.explain and gpus:
+        resources["gpu_why"] = _placement_resource(need, lambda p: p.why, group)
     return resources
 
 
@@ -652,7 +859,7 @@ def cpu_resources(
     """Resources of a CPU job: the CPU partition of the site, CPUs (the rule's ``threads``
     unless ``cpus`` is given), memory and runtime."""
     resources = gpu_resources(gpus=0, cpus=cpus, mem_mb=mem_mb, runtime=runtime)
-    for key in ("gpu", "vram_gb", "gpu_usage"):
+    for key in ("gpu", "vram_gb", "gpu_usage", "gpu_why"):
         resources.pop(key, None)
     return resources
 
@@ -733,10 +940,11 @@ def _placed(
     require_problem = site.require_problem(named, size_mb)
     if require_problem:
         site.notices.say(named.rule, require_problem)
+    larger = site.retry(named.rule, wildcards, attempt).larger if attempt > 1 and need.gpus else 0
     if group is not None:
-        return group.place(named, wildcards, attempt, site)
+        return group.place(named, wildcards, attempt, site, larger)
     try:
-        return site.place(named, attempt, None if need.is_static else size_mb)
+        return site.place(named, attempt, None if need.is_static else size_mb, larger)
     except PlacementError as error:
         if need.gpus and not site.cpu_only:
             raise
@@ -859,6 +1067,8 @@ def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
             "runtime": effective.runtime or "",
             "input_mb": round(size, 3),
         }
+        if attempt > 1:  # why the attempt before failed: it decided this one's GPU
+            fields["after"] = current_site().retry(rulename or need.rule, wildcards, attempt).after
         return ";".join(f"{k}={v}" for k, v in fields.items())
 
     return gpu_usage

@@ -30,7 +30,20 @@ log = logging.getLogger("gpubio.gpu")
 
 RECORD_SUFFIX = ".gpu.json"
 SAMPLE_INTERVAL_S = 1.0
-OOM_MARKERS = ("out of memory", "outofmemoryerror", "cuda_error_out_of_memory", "cudaerrormemoryallocation")
+# Lower-case pieces of the messages GPU tools print when the device runs out of memory.
+GPU_OOM_MARKERS = (
+    "cuda out of memory",  # PyTorch (Cellpose, scVI, Enformer, CONCH): torch.OutOfMemoryError
+    "outofmemoryerror",  # torch.OutOfMemoryError, torch.cuda.OutOfMemoryError, cupy's
+    "cuda error: out of memory",  # PyTorch / libtorch (dorado) CUDA runtime errors
+    "cuda_error_out_of_memory",  # the CUDA driver API
+    "cudaerrormemoryallocation",  # the CUDA runtime API (Parabricks, dorado)
+    "cudasafecall() failed: out of memory",  # Parabricks
+    "rmm::out_of_memory",  # RAPIDS memory manager (cuML, cuGraph, rapids-singlecell)
+    "cublas_status_alloc_failed",
+    "cudnn_status_alloc_failed",
+)
+# "out of memory" alone also names a host-memory kill; with one of these on the line it is the GPU
+GPU_WORDS = ("cuda", "gpu", "device")
 
 
 @dataclass
@@ -55,6 +68,7 @@ class UsageRecord:
     planned_runtime_min: float | None = None
     exit_status: int = 0
     oom: bool = False
+    retry_after: str = ""  # a retry: why the attempt before failed (oom, other, unknown)
     sources: list[str] = field(default_factory=list)  # "torch", "nvml"
     nvml: str = ""  # "ok", or why NVML could not be read
     host: str = ""
@@ -76,6 +90,7 @@ def parse_job_spec(spec: str) -> dict[str, Any]:
         "vram_gb": ("planned_vram_gb", float),
         "runtime": ("planned_runtime_min", float),
         "input_mb": ("input_size_mb", float),
+        "after": ("retry_after", str),
     }
     out: dict[str, Any] = {}
     for part in spec.split(";"):
@@ -266,9 +281,19 @@ def torch_peak_gb() -> tuple[float | None, str | None, float | None]:
 
 
 # --------------------------------------------------------------------------- recording
+def gpu_oom_line(text: str) -> str | None:
+    """The first line of ``text`` that reports a GPU running out of memory, else None."""
+    for line in text.splitlines():
+        lowered = line.lower()
+        if any(marker in lowered for marker in GPU_OOM_MARKERS) or (
+            "out of memory" in lowered and any(word in lowered for word in GPU_WORDS)
+        ):
+            return line.strip()
+    return None
+
+
 def looks_like_oom(text: str) -> bool:
-    lowered = text.lower()
-    return any(marker in lowered for marker in OOM_MARKERS)
+    return gpu_oom_line(text) is not None
 
 
 @contextmanager

@@ -2,10 +2,12 @@
 
 One row per job (its last attempt and any failed ones): the GPU model the plan gave it,
 the device it ran on, measured peak VRAM and headroom, GPU-hours and relative cost used
-(measured wall time x GPUs) against planned (runtime limit x GPUs). Flags point at the
-two ways a declared need is wrong: a job that used under a quarter of its GPU's memory
-(a cheaper GPU would do) and a job that ran out of memory and was retried (the need was
-too low). A plot per rule shows peak VRAM against input size with the planned need over it.
+(measured wall time x GPUs) against planned (runtime limit x GPUs), and beside them the
+plan's expected GPU-hours (results/gpu_plan.tsv) and, with gpu.prices, the cost measured,
+expected and reserved. Flags point at the two ways a declared need is wrong: a job that
+used under a quarter of its GPU's memory (a cheaper GPU would do) and a job that ran out of
+memory and was retried (the need was too low); a retry after any other failure says so. A
+plot per rule shows peak VRAM against input size with the planned need over it.
 """
 
 from __future__ import annotations
@@ -36,8 +38,39 @@ COLUMNS = [
     "relative_cost_used",
     "planned_gpu_hours",
     "planned_relative_cost",
+    "expected_gpu_hours",
+    "price_per_gpu_hour",
+    "cost_used",
+    "expected_cost",
+    "reserved_cost",
     "flags",
 ]
+
+
+def gpu_prices_option(gpu_settings: dict) -> str:
+    """``--price MODEL=PRICE ... --catalogue JSON`` for gpu-usage-report (quoted shell words):
+    gpu.prices and the catalogue models they may name; "" without prices."""
+    import json
+
+    from gpubio.shell import quote_option
+
+    prices = gpu_settings.get("prices") or {}
+    if not prices:
+        return ""
+    words = [quote_option("--price", f"{model}={price}", joined=True) for model, price in prices.items()]
+    catalogue = gpu_settings.get("catalogue") or {}
+    return " ".join(words + ([quote_option("--catalogue", json.dumps(catalogue))] if catalogue else []))
+
+
+def parse_prices(values: list[str] | None) -> dict[str, float]:
+    """``["T4=0.53", ...]`` (gpu-usage-report --price) as {model: price}."""
+    prices = {}
+    for value in values or []:
+        model, sep, price = value.rpartition("=")
+        if not sep or not model:
+            raise ValueError(f"--price {value!r}: give MODEL=PRICE, e.g. T4=0.53")
+        prices[model] = float(price)
+    return prices
 
 
 def _model_cost(record: UsageRecord, site: Any) -> float | None:
@@ -57,11 +90,28 @@ def _model_cost(record: UsageRecord, site: Any) -> float | None:
         return None
 
 
+def _price(record: UsageRecord, site: Any) -> float | None:
+    """gpu.prices of the GPU the job ran on (its device, else the GPU type it was placed on)."""
+    if site is None or not site.economics.prices:
+        return None
+    from .local_site import catalogue_model
+
+    model = catalogue_model(record.device_model, record.device_vram_gb, site.catalogue) if record.device_model else None
+    if model is None and record.planned_gpu_model:
+        try:
+            model = site.catalogue.resolve(record.planned_gpu_model)
+        except ValueError:
+            model = None
+    return site.economics.price(model)
+
+
 def flags(record: UsageRecord) -> list[str]:
     out = []
     if record.oom:
         out.append("out of memory")
-    if record.attempt > 1:
+    if record.attempt > 1 and record.retry_after and record.retry_after != "oom":
+        out.append(f"retried (attempt {record.attempt}) after a failure that was not GPU out-of-memory: same GPU class")
+    elif record.attempt > 1:
         out.append(f"retried (attempt {record.attempt}): declared need too low")
     if (
         record.backend == "cuda"
@@ -75,14 +125,21 @@ def flags(record: UsageRecord) -> list[str]:
     return out
 
 
-def usage_table(records: list[UsageRecord], site: Any = None):
+def usage_table(records: list[UsageRecord], site: Any = None, plan: Any = None):
+    """One row per record; ``plan``: results/gpu_plan.tsv as a table, for each job's expected
+    GPU-hours and cost."""
     import pandas as pd
 
+    planned = {}
+    if plan is not None and len(plan):
+        planned = {(r.rule, r.wildcards): r for r in plan.itertuples()}
     rows = []
     for r in records:
         on_gpu = r.backend == "cuda"
         gpu_hours = r.gpus * r.wall_s / 3600 if on_gpu else 0.0
         cost = _model_cost(r, site)
+        price = _price(r, site)
+        in_plan = planned.get((r.rule, r.job))
         planned_hours = r.gpus * r.planned_runtime_min / 60 if r.planned_runtime_min else None
         headroom = (
             r.device_vram_gb - r.peak_vram_gb if r.device_vram_gb is not None and r.peak_vram_gb is not None else None
@@ -111,6 +168,11 @@ def usage_table(records: list[UsageRecord], site: Any = None):
                 "planned_relative_cost": (
                     round(planned_hours * cost, 5) if planned_hours is not None and cost is not None else None
                 ),
+                "expected_gpu_hours": in_plan.expected_gpu_hours if in_plan is not None else None,
+                "price_per_gpu_hour": price,
+                "cost_used": round(gpu_hours * price, 5) if price is not None else None,
+                "expected_cost": in_plan.expected_cost if in_plan is not None and price is not None else None,
+                "reserved_cost": in_plan.reserved_cost if in_plan is not None and price is not None else None,
                 "flags": "; ".join(flags(r)),
             }
         )
@@ -135,8 +197,11 @@ def model_summary(table):
             median_used_share=("used_share", "median"),
             gpu_hours_used=("gpu_hours_used", "sum"),
             planned_gpu_hours=("planned_gpu_hours", "sum"),
+            expected_gpu_hours=("expected_gpu_hours", "sum"),
             relative_cost_used=("relative_cost_used", "sum"),
             planned_relative_cost=("planned_relative_cost", "sum"),
+            cost_used=("cost_used", "sum"),
+            expected_cost=("expected_cost", "sum"),
             could_be_cheaper=("flags", lambda f: int(f.str.contains("cheaper").sum())),
             out_of_memory=("flags", lambda f: int(f.str.contains("out of memory|retried").sum())),
         )
@@ -192,14 +257,19 @@ def write_usage_report(
     out_png: str,
     site: Any = None,
     sample_folders: list[str] | None = None,
+    plan_tsv: str | None = None,
 ):
     """The report of the records under ``record_paths``; with ``sample_folders``, only the
-    samples (and runs) in the sheets now (:func:`gpubio.gpu.usage.read_records`)."""
+    samples (and runs) in the sheets now (:func:`gpubio.gpu.usage.read_records`); with
+    ``plan_tsv``, each job's expected GPU-hours and cost beside what it used."""
+    import pandas as pd
+
     from gpubio.atomic import atomic_path
 
     from .usage import read_records
 
-    table = usage_table(read_records(record_paths, sample_folders), site)
+    plan = pd.read_csv(plan_tsv, sep="\t", keep_default_na=False) if plan_tsv else None
+    table = usage_table(read_records(record_paths, sample_folders), site, plan)
     with atomic_path(out_tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     with atomic_path(out_models) as tmp:
