@@ -300,8 +300,9 @@ class BalancedGroup:
     that mapping, called once when the plan is first needed); ``key`` turns a job's
     wildcards into its key. A rule uses it as
     ``resources: **gpu_resources(vram_gb=8, policy="balanced", group=BalancedGroup(...))``.
-    The plan is made once per site (so a changed inventory re-plans); on a retry the job
-    escalates from its planned GPU to the next larger one, as any other job does.
+    The plan is made once per site (so a changed inventory re-plans); a retry after GPU
+    out-of-memory moves the job from its planned GPU to the next larger one, as any other
+    job does.
     """
 
     def __init__(self, jobs, key, objective: Objective = "makespan", makespan_bound_h: float | None = None):

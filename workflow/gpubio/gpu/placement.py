@@ -679,6 +679,8 @@ def configure_site(
     catalogue = load_catalogue(catalogue_overrides)
     local = detect_local_gpus(catalogue) if site_is_local(kind, remote_jobs) else None
     pools = gpu_pools(inventory, catalogue)  # fail now on an unknown GRES type
+    if objective and objective not in OBJECTIVES:
+        raise PlacementError(f"gpu.objective must be one of {', '.join(OBJECTIVES)} or '', got {objective!r}")
     economics = Economics(_model_prices(prices, catalogue, pools, inventory.source), objective or None, spread)
     from .retry import RetryTracker
 
