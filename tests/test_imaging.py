@@ -485,7 +485,7 @@ def test_rule_options_spell_out_the_settings():
     )
     assert "--tile-size 2048 --tile-overlap 64" in segmentation_options(settings())
     assert training_options(settings()) == (
-        "--channels 1 0 --validation-fraction 0.2 --base-model none --steps 125 --validate-every 25 --batch-size 8"
+        "--channels 1 0 --validation-fraction 0.2 --base-model none --steps 400 --validate-every 50 --batch-size 4"
         " --seed 0 --network-diameter 17 --diameter 0 --flow-threshold 0.4 --cellprob-threshold 0 --min-size 15"
     )
     assert "--seed 0 --learning-rate 0.01 --network" in training_options(settings(training__learning_rate=0.01))

@@ -85,6 +85,25 @@ def test_validation_is_a_strip_of_each_training_image_along_its_longer_side():
     assert validation.labels[0].shape == (16, 60) and train.labels[0].shape == (84, 60)
 
 
+def test_the_strip_is_cut_between_cells_where_there_is_room():
+    from gpubio.imaging.training import ImageSet, hold_out
+
+    labels = np.zeros((100, 40), np.int32)
+    labels[70:84, 5:15] = 1  # across the 80% line: the cut moves below it, to the empty row 84
+    labels[86:96, 20:30] = 2
+    labels[40:60, 25:35] = 3
+    _, validation = hold_out(ImageSet([np.zeros((2, 100, 40))], [labels], ["a"]), 0.2, diameter=6)
+    assert validation.names == ["a rows 84-100"] and sorted(np.unique(validation.labels[0])) == [0, 2]
+    # no empty line within reach: the cut crosses as few labelled pixels as it can
+    labels[:, 5:15] = 0
+    labels[60:83, 5:15] = 1
+    labels[78:100, 30:38] = 4
+    labels[79:81, 0:4] = 5
+    _, validation = hold_out(ImageSet([np.zeros((2, 100, 40))], [labels], ["a"]), 0.2, diameter=2)
+    assert validation.names == ["a rows 81-100"]  # rows 79-80 hold 22 labelled pixels, 78 and 81-82 hold 18
+    assert sorted(np.unique(validation.labels[0])) == [0, 1, 2, 4]
+
+
 def test_images_too_small_to_hold_out_validation_name_the_fix():
     from gpubio.imaging.cellpose_models import ModelError
     from gpubio.imaging.training import hold_out
@@ -179,11 +198,16 @@ def test_training_is_scored_on_held_out_strips_beside_the_classical_baseline(sho
     assert list(table["step"].iloc[1:]) == [3, 4] and list(table["crops_seen"].iloc[1:]) == [6, 8]
     summary = json.loads((out / "training.json").read_text())
     assert summary["validation"]["source"] == "the last 20% of each training image along its longer side"
-    assert summary["validation"]["images"] == ["corner.tif rows 240-300"]
+    (name,) = summary["validation"]["images"]  # 20% of 300 rows, cut between cells near row 240
+    cut = int(name.removeprefix("corner.tif rows ").split("-")[0])
+    assert name == f"corner.tif rows {cut}-300" and abs(cut - 240) <= 24
     # the baseline row is Otsu + watershed on exactly that strip
+    from gpubio.imaging.training import ImageSet, hold_out
+
     image, masks = nuclei
-    diameter = median_diameter([masks[:240, :160]])
-    expected = average_precision(masks[240:300, :160], otsu_watershed(image[240:300, :160], diameter))
+    diameter = median_diameter([masks[:300, :160]])
+    held = hold_out(ImageSet([image[None, :300, :160]], [masks[:300, :160]], ["corner.tif"]), 0.2, diameter)[1]
+    expected = average_precision(held.labels[0], otsu_watershed(image[cut:300, :160], diameter))
     assert table["ap_50"].iloc[0] == pytest.approx(expected["ap"], abs=1e-4)
     assert table["objects"].iloc[0] == expected["true"]
     assert summary["steps"] == 4 and summary["crops_seen"] == 8 and len(summary["losses"]) == 4

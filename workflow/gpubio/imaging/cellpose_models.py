@@ -371,6 +371,11 @@ def train_model(
         extra = {"channels": None}
     network_diameter = float(model.net.diam_mean.item()) if major < 4 else None
     settings["crop_size"] = crop_size or default_crop_size(major, network_diameter)
+    log.info(
+        "network: %s, crops of %d px",
+        f"cells scaled to {network_diameter:.1f} px" if network_diameter else "Cellpose-SAM",
+        settings["crop_size"],
+    )
     out_dir = Path(out_dir)
     out_dir.joinpath("models").mkdir(parents=True, exist_ok=True)
     if on_checkpoint is not None:

@@ -170,8 +170,8 @@ def _train_cellpose(args) -> None:
     cellpose = import_cellpose()
     base = None if args.base_model in ("", "none") else resolve_model(args.base_model, cellpose, args.download_models)
     log.info(
-        "training cellpose %s on %d image(s) (%d objects, median diameter %.1f px), %s, %d steps of %d crops "
-        "of %s px; validation: %s%s",
+        "training cellpose %s on %d image(s) (%d objects, median diameter %.1f px), %s, %d steps of %d crops; "
+        "validation: %s%s",
         cellpose.version,
         len(train.images),
         train.objects(),
@@ -179,7 +179,6 @@ def _train_cellpose(args) -> None:
         f"from {base.describe()}" if base else "from scratch",
         args.steps,
         args.batch_size,
-        args.crop_size or "default",
         source,
         f" ({len(validation.images)} image(s), {validation.objects()} objects)" if validation else "",
     )
