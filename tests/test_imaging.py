@@ -279,7 +279,7 @@ class FakeModel:
     def __init__(self, **kwargs):
         self.kwargs = kwargs
         FakeModel.calls.append(("init", kwargs))
-        self.net = object()
+        self.net = types.SimpleNamespace(diam_mean=np.float32(kwargs.get("diam_mean", 30.0)))
 
     def eval(self, x, **kwargs):
         FakeModel.calls.append(("eval", {"shape": x.shape, **kwargs}))
@@ -349,9 +349,11 @@ def test_training_dispatch(tmp_path, weights, version, extra):
     images = [np.zeros((2, 40, 40), np.float32)]
     labels = [np.zeros((40, 40), np.int32)]
     labels[0][5:12, 5:12], labels[0][20:30, 20:30] = 1, 2
-    result = cm.train_model(images, labels, tmp_path / "work", "m", "cpu", cellpose=cp, epochs=3, crop_size=32)
+    result = cm.train_model(images, labels, tmp_path / "work", "m", "cpu", cellpose=cp, steps=3, crop_size=32)
     kwargs = cp.train.saved[0]
     assert (kwargs["n_epochs"], kwargs["bsize"], kwargs["normalize"]) == (3, 32, False)
+    assert kwargs["nimg_per_epoch"] == kwargs["batch_size"] == 8  # an epoch is one step of one batch
+    assert kwargs["test_data"] is None
     defaults = cm.TRAINING_DEFAULTS[int(version[0])]  # learning rate and weight decay left unset
     assert (kwargs["learning_rate"], kwargs["weight_decay"]) == (defaults["learning_rate"], defaults["weight_decay"])
     assert {k: kwargs[k] for k in extra} == extra and ("channels" in kwargs) == bool(extra)
@@ -360,10 +362,22 @@ def test_training_dispatch(tmp_path, weights, version, extra):
         assert init["pretrained_model"] is False and init["nchan"] == 2
         assert init["diam_mean"] == pytest.approx(result["diameter"])
         assert kwargs["train_data"][0].shape == (2, 40, 40)
+        cm.train_model(images, labels, tmp_path / "work2", "m", "cpu", cellpose=cp, steps=3, object_diameter=17)
+        assert FakeModel.calls[-1][1]["diam_mean"] == 17
+        assert cp.train.saved[-1]["bsize"] == 128  # as many diameters as Cellpose's 224 px crops of 30 px cells
     else:  # Cellpose-SAM is fine-tuned from cpsam, on 3 channels
         assert init["pretrained_model"] == str(weights / "cpsam") and "nchan" not in init
         assert kwargs["train_data"][0].shape == (3, 40, 40)
+        cm.train_model(images, labels, tmp_path / "work2", "m", "cpu", cellpose=cp, steps=3, object_diameter=17)
+        assert cp.train.saved[-1]["bsize"] == 256  # Cellpose-SAM's own
     assert Path(result["model"]).read_bytes() == b"weights" and len(result["losses"]) == 3
+
+
+def test_generalist_is_the_installed_versions_general_purpose_model(weights):
+    assert cm.resolve_model("generalist", fake_cellpose("3.1.1.3", weights)).path == weights / "cyto3"
+    assert cm.resolve_model("generalist", fake_cellpose("4.0.7", weights)).path == weights / "cpsam"
+    with pytest.raises(cm.ModelError, match=r"cellpose model 'cyto3' needs its weights file 'cyto3'"):
+        cm.resolve_model("generalist", fake_cellpose("3.1.1.3", weights.parent / "empty"))
 
 
 def test_model_errors_say_what_to_do(tmp_path, weights):
@@ -434,7 +448,8 @@ def settings(**changes):
 def test_config_problems_name_the_key_and_the_fix(tmp_path):
     from gpubio.imaging.settings import config_problems
 
-    problems = config_problems(settings(), "config.yaml", tmp_path)
+    assert config_problems(settings(), "config.yaml", tmp_path) == []  # the generalist model needs nothing
+    problems = config_problems(settings(segmentation__model="trained"), "config.yaml", tmp_path)
     assert problems == [
         "config.yaml: imaging.segmentation.model is 'trained' but imaging.training.images is not set; "
         "set it to a folder of <name>.tif + <name>_masks.tif, or give a built-in model name or a model file"
@@ -448,7 +463,9 @@ def test_config_problems_name_the_key_and_the_fix(tmp_path):
     assert any("tile_overlap (60) must be less than half of tile_size (100)" in p for p in problems)
     (tmp_path / "train").mkdir()
     tifffile.imwrite(tmp_path / "train" / "x.tif", np.zeros((8, 8), np.uint16))
-    problems = config_problems(settings(training__images="train"), "config.yaml", tmp_path)
+    problems = config_problems(
+        settings(segmentation__model="trained", training__images="train"), "config.yaml", tmp_path
+    )
     assert problems == [
         "config.yaml: imaging.training.images: training folder 'train': no masks for x.tif; "
         "each image <name>.tif needs <name>_masks.tif (a label image) next to it"
@@ -467,8 +484,12 @@ def test_rule_options_spell_out_the_settings():
         "--method learned --channel 1 --learned-transform rigid --deformable"
     )
     assert "--tile-size 2048 --tile-overlap 64" in segmentation_options(settings())
-    assert training_options(settings()) == "--channels 1 0 --base-model none --epochs 100 --batch-size 8 --seed 0"
-    assert training_options(settings(training__learning_rate=0.01)).endswith("--seed 0 --learning-rate 0.01")
+    assert training_options(settings()) == (
+        "--channels 1 0 --validation-fraction 0.2 --base-model none --steps 400 --validate-every 50 --batch-size 4"
+        " --seed 0 --network-diameter 17 --diameter 0 --flow-threshold 0.4 --cellprob-threshold 0 --min-size 15"
+    )
+    assert "--seed 0 --learning-rate 0.01 --network" in training_options(settings(training__learning_rate=0.01))
+    assert "--validation held --validation-fraction" in training_options(settings(training__validation="held"))
 
 
 def test_cellpose_vram_grows_with_tile_and_batch_size():

@@ -41,6 +41,10 @@ def test_trained_demo_model_segments_with_ap_above_0_8(demo_run, demo, truth, mo
     training = json.loads((demo_run / "results/imaging/model/training.json").read_text())
     assert training["objects"] == 8 * 12 and training["cellpose_version"].startswith("3.")
     assert training["losses"][-1] < training["losses"][0] / 5
+    # judged on the held-out strips: above the classical baseline, no warning
+    scores = {row["model"]: row for row in training["scores"]}
+    assert scores["trained"]["ap_50"] >= 0.8 and scores["trained"]["ap_50"] > scores["otsu_watershed"]["ap_50"]
+    assert training["warnings"] == []
     assert model.stat().st_size > 1e6  # a real Cellpose network, trained here, nothing downloaded
     # nuclei1 is segmented after registration: its truth is the masks on the reference grid
     for sample, truth_masks in (("nuclei1", "nuclei1_reference_masks.tif"), ("nuclei2", "nuclei2_masks.tif")):
@@ -91,8 +95,11 @@ def test_cell_tables_and_figures(demo_run, truth):
         assert (demo_run / f"results/imaging/{sample}/overlay.png").read_bytes()[:4] == b"\x89PNG"
     assert (demo_run / "results/imaging/nuclei1/checkerboard.png").read_bytes()[:4] == b"\x89PNG"
     html = (demo_run / "results/report.html").read_text(errors="replace")
-    for name in ("overlay.png", "checkerboard.png", "cells.tsv", "training_loss.png"):
+    for name in ("overlay.png", "checkerboard.png", "cells.tsv", "training.png", "validation.tsv"):
         assert name in html, name
+    summary = pd.read_csv(demo_run / "results/imaging/segmentation_summary.tsv", sep="\t", keep_default_na=False)
+    assert list(summary["sample"]) == ["nuclei1", "nuclei2"] and (summary["cells"] > 30).all()
+    assert (summary["warning"] == "").all()
 
 
 def test_gpu_steps_are_placed_on_gpus_and_ran_on_the_cpu_path(demo_run):

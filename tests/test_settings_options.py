@@ -64,7 +64,7 @@ def test_step_tables_of_each_domain_build_their_commands():
         "segmentation": {"channels": [3, 0], "download_models": True},
         "training": {
             "base_model": "my model.pt",
-            "epochs": 5,
+            "steps": 5,
             "batch_size": 2,
             "seed": 9,
             "learning_rate": None,
@@ -73,6 +73,6 @@ def test_step_tables_of_each_domain_build_their_commands():
         },
     }
     assert settings_options(imaging, TRAINING_OPTIONS) == (
-        "--channels 3 0 --base-model 'my model.pt' --epochs 5 --batch-size 2 --seed 9"
+        "--channels 3 0 --base-model 'my model.pt' --steps 5 --batch-size 2 --seed 9"
         " --weight-decay 1e-05 --download-models"
     )

@@ -96,6 +96,11 @@ def test_needs_follow_the_config(tmp_path):
     assert model_needs({"genomics": {"variant_effects": {"enabled": False, "weights": "x"}}}) == []
     trained = model_needs({"imaging": {"segmentation": {"model": "trained"}, "training": {"base_model": "cyto2"}}})
     assert [(n.config_key, n.target) for n in trained] == [("imaging.training.base_model", "cellpose/cyto2torch_0")]
+    # the default model, the installed Cellpose's generalist: cyto3 with Cellpose 3
+    generalist = model_needs({"imaging": {"samples": "config/imaging.tsv"}})
+    assert [(n.config_key, n.name, n.target) for n in generalist] == [
+        ("imaging.segmentation.model", "cyto3", "cellpose/cyto3")
+    ]
 
 
 def test_check_passes_on_a_complete_site_and_prints_the_config_lines(tmp_path):

@@ -447,9 +447,10 @@ def imaging_targets():
         "segmentation.json",
     ]
     registered = ["registered.tif", "transform.json", "checkerboard.png"]
-    trained = ["cellpose_trained", "training.json", "training_loss.png"]
+    trained = ["cellpose_trained", "training.json", "validation.tsv", "training.png"]
     return (
         expand("results/imaging/{sample}/{name}", sample=samples, name=per_sample)
+        + ["results/imaging/segmentation_summary.tsv"]
         + [
             f"results/imaging/{sample}/{name}"
             for sample in samples
@@ -530,6 +531,12 @@ def get_cellpose_model(wildcards):
 
 def get_training_files(wildcards):
     return training_files(IMAGING)
+
+
+def get_segmentation_records(wildcards):
+    return expand(
+        "results/imaging/{sample}/segmentation.json", sample=PROJECT.samples("imaging")
+    )
 
 
 # ---------------------------------------------------------------- histopathology

@@ -66,15 +66,22 @@ rule register_image:
         " --out-transform {output.transform} --out-png {output.png} > {log} 2>&1"
 
 
-# Cellpose 2.0 recipe: train on a folder of images + masks; segmentation then uses the model
+# Cellpose 2.0 recipe: train on a folder of images + masks; segmentation then uses the model.
+# Scored on held-out validation images while it trains, beside Otsu + watershed (and a built-in model).
 rule train_cellpose:
     input:
         get_training_files,
     output:
         model="results/imaging/model/cellpose_trained",
         json="results/imaging/model/training.json",
+        tsv=report(
+            "results/imaging/model/validation.tsv",
+            caption="../report/imaging_validation.rst",
+            category="imaging",
+            subcategory="segmentation model",
+        ),
         png=report(
-            "results/imaging/model/training_loss.png",
+            "results/imaging/model/training.png",
             caption="../report/imaging_training.rst",
             category="imaging",
             subcategory="segmentation model",
@@ -106,7 +113,7 @@ rule train_cellpose:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} train-cellpose"
         " --images {params.images:q} {params.options} --out {output.model} --out-json {output.json}"
-        " --out-png {output.png} > {log} 2>&1"
+        " --out-tsv {output.tsv} --out-png {output.png} > {log} 2>&1"
 
 
 # Cellpose 3 denoise / deblur / upsample; one network pass per tile, so VRAM grows with the tile size
@@ -195,8 +202,30 @@ rule segment_cells:
     shell:
         "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
         " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} segment-cells"
-        " {input.image:q} --model {params.model:q} {params.options} {params.footprint}"
+        " {input.image:q} --sample {wildcards.sample} --model {params.model:q} {params.options} {params.footprint}"
         " --out-masks {output.masks} --out-json {output.json} > {log} 2>&1"
+
+
+# Cells found in each image, and the images where Cellpose found none although objects stand out
+rule segmentation_summary:
+    input:
+        get_segmentation_records,
+    output:
+        report(
+            "results/imaging/segmentation_summary.tsv",
+            caption="../report/imaging_segmentation_summary.rst",
+            category="imaging",
+            subcategory="segmentation",
+        ),
+    log:
+        "logs/imaging/segmentation_summary.log",
+    conda:
+        "../../envs/imaging.yaml"
+    threads: 1
+    resources:
+        **cpu_resources(mem_mb=1000, runtime=10),
+    shell:
+        "python -m gpubio segmentation-summary --out-tsv {output} {input:q} > {log} 2>&1"
 
 
 rule cell_features:

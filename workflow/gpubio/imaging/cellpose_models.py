@@ -8,6 +8,9 @@ The installed major version decides the calls:
 - 4.x: the Cellpose-SAM transformer; no ``channels``/``nchan`` arguments (it reads up to
   three channels as given), one built-in model, ``cpsam``; training starts from it.
 
+``generalist`` names each version's general-purpose built-in model (``cyto3``, ``cpsam``):
+what a lab segments with before it trains a model of its own.
+
 Images reach the network already reduced to the configured channels and normalised
 (``network_input``), so both versions, the training and every tile of a large image see
 the same input.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,11 +35,23 @@ log = logging.getLogger("gpubio")
 # Weight files of the built-in Cellpose 3 models in the model folder (see cellpose.models.model_path)
 _V3_WEIGHT_FILES = {"cyto": "cytotorch_0", "cyto2": "cyto2torch_0", "nuclei": "nucleitorch_0"}
 V4_BUILTIN = ("cpsam",)
-# Each version's own training defaults: Cellpose-SAM is fine-tuned gently, on 256 px crops
+GENERALIST = "generalist"
+GENERALIST_MODELS = {3: "cyto3", 4: "cpsam"}  # each version's general-purpose built-in model
+# Each version's own training defaults: Cellpose-SAM is fine-tuned gently, on 256 px crops;
+# Cellpose 3's crops span 224 / 30 object diameters (its 224 px crops of 30 px cells)
 TRAINING_DEFAULTS = {
     3: {"learning_rate": 0.005, "weight_decay": 1e-5, "crop_size": 224},
     4: {"learning_rate": 5e-5, "weight_decay": 0.1, "crop_size": 256},
 }
+CELLPOSE3_CROP_DIAMETERS = 224 / 30
+
+
+def default_crop_size(major: int, network_diameter: float | None = None) -> int:
+    """Training crop size when none is set: Cellpose 4's 256 px; for Cellpose 3 as many object
+    diameters as its own 224 px crops of 30 px cells (128 px for 17 px objects), in steps of 16."""
+    if major >= 4 or not network_diameter:
+        return TRAINING_DEFAULTS[min(major, 4)]["crop_size"]
+    return max(64, 16 * round(CELLPOSE3_CROP_DIAMETERS * network_diameter / 16))
 
 
 class ModelError(UnusableInput):
@@ -69,6 +85,11 @@ def builtin_models(cellpose: ModuleType) -> tuple[str, ...]:
     return tuple(dict.fromkeys(getattr(cellpose.models, "MODEL_NAMES", ())))
 
 
+def generalist_model(cellpose: ModuleType) -> str:
+    """The installed version's general-purpose built-in model: cyto3 (3.x) or cpsam (4.x)."""
+    return GENERALIST_MODELS[min(major_version(cellpose), 4)]
+
+
 def model_dir(cellpose: ModuleType) -> Path:
     """Where cellpose keeps (and would download) built-in weights; $CELLPOSE_LOCAL_MODELS_PATH sets it."""
     return Path(getattr(cellpose.models, "MODEL_DIR", Path.home() / ".cellpose" / "models"))
@@ -95,6 +116,8 @@ def resolve_model(spec: str, cellpose: ModuleType, allow_download: bool = False)
     """
     major = major_version(cellpose)
     builtins = builtin_models(cellpose)
+    if spec == GENERALIST:
+        spec = generalist_model(cellpose)
     path = Path(spec).expanduser()
     if path.is_file():
         return ModelChoice(name=path.name, path=path, builtin=False)
@@ -123,7 +146,8 @@ def resolve_model(spec: str, cellpose: ModuleType, allow_download: bool = False)
             f"cellpose model file '{spec}' does not exist; fix the path (relative paths are from the working directory)"
         )
     raise ModelError(
-        f"unknown cellpose model '{spec}': give a built-in name ({', '.join(builtins)}) or the path of a model file"
+        f"unknown cellpose model '{spec}': give {GENERALIST}, a built-in name ({', '.join(builtins)}) "
+        "or the path of a model file"
     )
 
 
@@ -229,13 +253,16 @@ class CellposeSegmenter:
 # --------------------------------------------------------------------------- training
 
 
-def read_training_set(folder: str | os.PathLike, mask_suffix: str = "_masks") -> list[tuple[Path, Path]]:
-    """(image, masks) file pairs in Cellpose's naming: <name>.tif next to <name>_masks.tif."""
+def read_training_set(
+    folder: str | os.PathLike, key: str = "imaging.training.images", mask_suffix: str = "_masks"
+) -> list[tuple[Path, Path]]:
+    """(image, masks) file pairs in Cellpose's naming: <name>.tif next to <name>_masks.tif.
+
+    `key`: the setting that names the folder, for the error messages."""
     folder = Path(folder)
+    kind = "validation" if key.endswith("validation") else "training"
     if not folder.is_dir():
-        raise ModelError(
-            f"training folder '{folder}' does not exist; set imaging.training.images to a folder of images and masks"
-        )
+        raise ModelError(f"{kind} folder '{folder}' does not exist; set {key} to a folder of images and masks")
     pairs, missing = [], []
     for image in sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")):
         stem = image.name[: -len(".ome.tif")] if image.name.lower().endswith(".ome.tif") else image.stem
@@ -249,23 +276,23 @@ def read_training_set(folder: str | os.PathLike, mask_suffix: str = "_masks") ->
             pairs.append((image, found))
     if missing:
         raise ModelError(
-            f"training folder '{folder}': no masks for {', '.join(missing)}; "
+            f"{kind} folder '{folder}': no masks for {', '.join(missing)}; "
             f"each image <name>.tif needs <name>{mask_suffix}.tif (a label image) next to it"
         )
     if not pairs:
         raise ModelError(
-            f"training folder '{folder}' has no images; put <name>.tif + <name>{mask_suffix}.tif pairs there"
+            f"{kind} folder '{folder}' has no images; put <name>.tif + <name>{mask_suffix}.tif pairs there"
         )
     return pairs
 
 
-def load_training_set(folder: str | os.PathLike, channels: tuple[int, int]):
+def load_training_set(folder: str | os.PathLike, channels: tuple[int, int], key: str = "imaging.training.images"):
     """(file pairs, network inputs, label images) of a training folder, normalised like segmentation."""
     import tifffile
 
     from gpubio.imaging.io import read_image
 
-    pairs = read_training_set(folder)
+    pairs = read_training_set(folder, key)
     images, labels = [], []
     for image_path, mask_path in pairs:
         selected = select_channels(read_image(str(image_path))[0], channels)
@@ -291,25 +318,36 @@ def train_model(
     device: Any,
     base_model: ModelChoice | None = None,
     cellpose: ModuleType | None = None,
-    epochs: int = 100,
+    steps: int = 100,
     learning_rate: float | None = None,
     weight_decay: float | None = None,
     batch_size: int = 8,
     crop_size: int | None = None,
-    min_train_masks: int = 1,
+    object_diameter: float | None = None,
+    validation: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
     checkpoint_every: int = 0,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
+    min_train_masks: int = 1,
 ) -> dict:
     """Train a Cellpose model on network inputs (each (2, Y, X) in [0, 1]) and their label images.
 
-    Cellpose 3 trains from scratch when no base model is given (the network's size is
-    set to the training objects' median diameter, so nothing is rescaled); Cellpose 4
-    fine-tunes Cellpose-SAM. Settings left None take the installed version's defaults
-    (TRAINING_DEFAULTS). `checkpoint_every` > 0 also keeps the model every that many epochs.
-    Returns the model file, losses, the training diameter, the settings and any checkpoints.
+    Training lasts `steps` optimiser steps of `batch_size` random crops each, however many
+    images there are: Cellpose's epoch is set to one batch (``nimg_per_epoch``), so its
+    learning-rate schedule (warm-up, then halving over the last 50 or 100 steps) runs in steps.
+    Cellpose 3 trains from scratch when no base model is given, its network sized for
+    objects of `object_diameter` px (default: the training objects' median diameter): each
+    image is scaled so that its objects have that size, in training and in segmentation alike,
+    so one crop size fits small and large nuclei. Cellpose 4 fine-tunes Cellpose-SAM. Settings
+    left None take the installed version's defaults (TRAINING_DEFAULTS).
+
+    `validation` (images, labels): Cellpose computes its test loss on them (without, its log
+    shows test_loss=0). `on_checkpoint(model file, step)` is called every `checkpoint_every`
+    steps and at the end, while training goes on, e.g. to score the model on validation images.
+    Returns the model file, the loss of each step, the training diameter and the settings.
     """
     cellpose = cellpose or import_cellpose()
     major = major_version(cellpose)
-    given = {"learning_rate": learning_rate, "weight_decay": weight_decay, "crop_size": crop_size}
+    given = {"learning_rate": learning_rate, "weight_decay": weight_decay}
     settings = {k: TRAINING_DEFAULTS[min(major, 4)][k] if v is None else v for k, v in given.items()}
     gpu = getattr(device, "type", str(device)) != "cpu"
     CellposeModel = cellpose.models.CellposeModel
@@ -317,31 +355,46 @@ def train_model(
     if major >= 4:
         start = base_model.path if base_model else model_dir(cellpose) / "cpsam"
         model = CellposeModel(gpu=gpu, device=device, pretrained_model=str(start))
-        data = [np.concatenate([x, np.zeros((1,) + x.shape[1:], x.dtype)]) for x in images]
+        data = [_three_channels(x) for x in images]
+        test = [_three_channels(x) for x in validation[0]] if validation else None
         extra = {}
     else:
         if base_model is None:
-            model = CellposeModel(gpu=gpu, device=device, pretrained_model=False, nchan=2, diam_mean=diameter)
+            size = object_diameter or diameter
+            model = CellposeModel(gpu=gpu, device=device, pretrained_model=False, nchan=2, diam_mean=size)
         elif base_model.builtin:
             model = CellposeModel(gpu=gpu, device=device, model_type=base_model.name, nchan=2)
         else:
             model = CellposeModel(gpu=gpu, device=device, pretrained_model=str(base_model.path), nchan=2)
         data = list(images)
+        test = list(validation[0]) if validation else None
         extra = {"channels": None}
+    network_diameter = float(model.net.diam_mean.item()) if major < 4 else None
+    settings["crop_size"] = crop_size or default_crop_size(major, network_diameter)
+    log.info(
+        "network: %s, crops of %d px",
+        f"cells scaled to {network_diameter:.1f} px" if network_diameter else "Cellpose-SAM",
+        settings["crop_size"],
+    )
     out_dir = Path(out_dir)
     out_dir.joinpath("models").mkdir(parents=True, exist_ok=True)
-    path, train_losses, _ = cellpose.train.train_seg(
+    if on_checkpoint is not None:
+        _report_checkpoints(model.net, steps, on_checkpoint)
+    path, train_losses, test_losses = cellpose.train.train_seg(
         model.net,
         train_data=data,
         train_labels=labels,
+        test_data=test,
+        test_labels=list(validation[1]) if validation else None,
         normalize=False,
-        n_epochs=epochs,
+        n_epochs=steps,
+        nimg_per_epoch=batch_size,
         learning_rate=settings["learning_rate"],
         weight_decay=settings["weight_decay"],
         batch_size=batch_size,
         bsize=settings["crop_size"],
         save_path=str(out_dir),
-        save_every=checkpoint_every or max(epochs, 1),
+        save_every=checkpoint_every or steps,
         save_each=bool(checkpoint_every),
         model_name=model_name,
         min_train_masks=min_train_masks,
@@ -349,9 +402,43 @@ def train_model(
     )
     return {
         "model": str(path),
-        "checkpoints": sorted(str(p) for p in Path(path).parent.glob(f"{model_name}_epoch_*")),
         "losses": [float(v) for v in np.asarray(train_losses).ravel()],
+        "validation_losses": _logged_test_losses(test_losses) if validation else [],
         "diameter": diameter,
+        "network_diameter": network_diameter,
         "cellpose_major": major,
         **settings,
     }
+
+
+def _three_channels(x: np.ndarray) -> np.ndarray:
+    """Cellpose-SAM reads three channels: the two selected ones and a zero channel."""
+    return np.concatenate([x, np.zeros((1,) + x.shape[1:], x.dtype)])
+
+
+def _logged_test_losses(losses) -> list[tuple[int, float]]:
+    """(step, loss) where Cellpose computed its test loss (steps 6, 11, 21, ...: the rest are 0)."""
+    values = np.asarray(losses if losses is not None else []).ravel()
+    return [(i + 1, float(v)) for i, v in enumerate(values) if i == 5 or i % 10 == 0]
+
+
+def _report_checkpoints(net, steps: int, on_checkpoint: Callable[[Path, int], None]) -> None:
+    """Make the network hand each model file Cellpose saves to `on_checkpoint`, with its step.
+
+    train_seg saves <name>_epoch_<i> (0-based epoch = step - 1) every `save_every` steps, and
+    <name> at the end (twice); each step is reported once, intermediate files are removed
+    once reported.
+    """
+    save, reported = net.save_model, set()
+
+    def save_and_report(filename):
+        save(filename)
+        path = Path(filename)
+        step = int(path.name.rsplit("_epoch_", 1)[1]) + 1 if "_epoch_" in path.name else steps
+        if step not in reported:
+            reported.add(step)
+            on_checkpoint(path, step)
+        if "_epoch_" in path.name:
+            path.unlink(missing_ok=True)
+
+    net.save_model = save_and_report

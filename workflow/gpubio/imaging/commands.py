@@ -49,6 +49,16 @@ def _register_image(args) -> None:
             raise SystemExit(
                 f"gpubio: register-image: channel {args.channel} does not exist in the {name} ({data.shape[0]} channel(s))"
             )
+    size, grid = image.shape[1:], reference.shape[1:]
+    if size != grid:  # accepted (README, Imaging: Inputs): the reference's grid is the result's
+        log.info(
+            "note: the image is %d x %d px and its reference %d x %d px: the image is registered onto the "
+            "reference's pixel grid (1 px = 1 px), so the registered image, its masks and cells are %d x %d px; "
+            "image parts outside the reference are cut off, reference pixels it does not cover are 0 (footprint.tif)",
+            *size,
+            *grid,
+            *grid,
+        )
     if args.method == "elastix":
         log.info(
             "registration: itk-elastix, transforms %s on %d CPU thread(s)",
@@ -100,6 +110,8 @@ def _register_image(args) -> None:
         "method": result.method,
         "image": args.image,
         "reference": args.reference,
+        "image_shape": list(size),
+        "reference_shape": list(grid),
         "channel": args.channel,
         "ncc_before": before,
         "ncc_after": after,
@@ -130,90 +142,162 @@ def _train_cellpose(args) -> None:
     import torch
 
     from gpubio.atomic import atomic_path, scratch_dir, write_text_atomic
-    from gpubio.imaging.cellpose_models import import_cellpose, load_training_set, resolve_model, train_model
+    from gpubio.imaging import training as judged
+    from gpubio.imaging.cellpose_models import (
+        ModelChoice,
+        import_cellpose,
+        load_training_set,
+        median_diameter,
+        resolve_model,
+        train_model,
+    )
 
-    pairs, images, labels = load_training_set(args.images, tuple(args.channels))
+    channels = tuple(args.channels)
+    pairs, images, labels = load_training_set(args.images, channels)
+    train = judged.ImageSet(images, labels, [p.name for p, _ in pairs])
+    diameter = median_diameter(labels)
+    if args.validation:
+        held, held_images, held_labels = load_training_set(args.validation, channels, "imaging.training.validation")
+        validation = judged.ImageSet(held_images, held_labels, [p.name for p, _ in held])
+        source = f"folder {args.validation}"
+    elif args.validation_fraction > 0:
+        train, validation = judged.hold_out(train, args.validation_fraction, diameter)
+        source = f"the last {args.validation_fraction:.0%} of each training image along its longer side"
+    else:
+        validation, source = None, "none (imaging.training.validation_fraction: 0)"
     device = torch_device("Cellpose training", args.threads)
     cellpose = import_cellpose()
     base = None if args.base_model in ("", "none") else resolve_model(args.base_model, cellpose, args.download_models)
     log.info(
-        "training cellpose %s on %d image(s) (%d objects), %s, %d epochs, crops of %s px, batch %d",
+        "training cellpose %s on %d image(s) (%d objects, median diameter %.1f px), %s, %d steps of %d crops; "
+        "validation: %s%s",
         cellpose.version,
-        len(images),
-        sum(len(np.unique(lab)) - 1 for lab in labels),
+        len(train.images),
+        train.objects(),
+        diameter,
         f"from {base.describe()}" if base else "from scratch",
-        args.epochs,
-        args.crop_size or "default",
+        args.steps,
         args.batch_size,
+        source,
+        f" ({len(validation.images)} image(s), {validation.objects()} objects)" if validation else "",
     )
+    judge = None
+    if validation:
+        settings = {
+            "diameter": args.diameter,
+            "flow_threshold": args.flow_threshold,
+            "cellprob_threshold": args.cellprob_threshold,
+            "min_size": args.min_size,
+        }
+        judge = judged.Judge(validation, diameter, settings, device, cellpose)
+        classical = judge.classical()
+        log.info(
+            "validation, classical Otsu + watershed: AP@0.5 %.3f, AP@0.75 %.3f", classical["ap_50"], classical["ap_75"]
+        )
+        builtin = judged.builtin_baseline(args.base_model, cellpose, args.download_models)
+        if builtin:
+            row = judge.cellpose_model(builtin.name, builtin, diameter=args.diameter or diameter)
+            log.info("validation, built-in %s: AP@0.5 %.3f, AP@0.75 %.3f", builtin.name, row["ap_50"], row["ap_75"])
+
+    def validate(path: Path, step: int) -> None:
+        row = judge.cellpose_model(
+            judged.TRAINED, ModelChoice(path.name, path, builtin=False), step=step, crops_seen=step * args.batch_size
+        )
+        log.info(
+            "validation at step %d/%d (%d crops): AP@0.5 %.3f, AP@0.75 %.3f (%d of %d objects predicted)",
+            step,
+            args.steps,
+            step * args.batch_size,
+            row["ap_50"],
+            row["ap_75"],
+            row["predicted"],
+            row["objects"],
+        )
+
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     out = Path(args.out)
     start = time.perf_counter()
     with scratch_dir(out, "train") as work:  # also removes what a killed training left
         result = train_model(
-            images,
-            labels,
+            train.images,
+            train.labels,
             work,
             model_name=out.name,
             device=device,
             base_model=base,
             cellpose=cellpose,
-            epochs=args.epochs,
+            steps=args.steps,
             learning_rate=args.learning_rate,
             weight_decay=args.weight_decay,
             batch_size=args.batch_size,
             crop_size=args.crop_size,
+            object_diameter=args.network_diameter,
+            validation=(validation.images, validation.labels) if validation else None,
+            checkpoint_every=args.validate_every if judge else 0,
+            on_checkpoint=validate if judge else None,
         )
         with atomic_path(out) as tmp:
             shutil.move(result["model"], tmp)
     seconds = time.perf_counter() - start
     losses = result["losses"]
     log.info("trained in %.1f s; loss %.4f -> %.4f; model %s", seconds, losses[0], losses[-1], out)
+    rows = judge.rows if judge else []
+    previous = 0
+    for row in (r for r in rows if r["model"] == judged.TRAINED):  # mean training loss since the last checkpoint
+        row["train_loss"] = float(np.mean(losses[previous : row["step"]]))
+        previous = row["step"]
+    warnings = (
+        judged.verdict(judge)
+        if judge
+        else [
+            "the trained model was not judged: there are no validation images (imaging.training.validation is empty "
+            "and validation_fraction is 0); set one of them to see how well it segments"
+        ]
+    )
+    for warning in warnings:
+        log.warning("%s", warning)
     summary = {
         "model": str(out),
         "images": [str(p) for p, _ in pairs],
         "objects": int(sum(len(np.unique(lab)) - 1 for lab in labels)),
         "median_diameter_px": result["diameter"],
+        "network_diameter_px": result["network_diameter"],
+        "validation": {
+            "source": source,
+            "images": validation.names if validation else [],
+            "objects": validation.objects() if validation else 0,
+        },
+        "scores": rows,
+        "warnings": warnings,
         "cellpose_version": cellpose.version,
         "base_model": base.describe() if base else None,
         "device": str(device),
-        "epochs": args.epochs,
+        "steps": args.steps,
+        "crops_seen": args.steps * args.batch_size,
         "learning_rate": result["learning_rate"],
         "weight_decay": result["weight_decay"],
         "batch_size": args.batch_size,
         "crop_size": result["crop_size"],
         "seconds": round(seconds, 2),
         "losses": losses,
+        "validation_losses": result["validation_losses"],
     }
     write_text_atomic(args.out_json, json.dumps(summary, indent=2) + "\n")
+    if args.out_tsv:
+        judged.write_validation_table(rows, args.out_tsv)
     if args.out_png:
-        _write_loss_png(args.out_png, losses, f"Cellpose training: {len(images)} images, {args.epochs} epochs")
-
-
-def _write_loss_png(path, losses, title) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from gpubio.atomic import atomic_path
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(losses) + 1), losses, marker=".")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
-    ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+        title = (
+            f"Cellpose training: {len(train.images)} image(s), {args.steps} steps x {args.batch_size} crops; "
+            f"validation: {len(validation.images) if validation else 0} image(s)"
+        )
+        judged.write_training_png(args.out_png, losses, judge, warnings, title)
 
 
 def _segment_cells(args) -> None:
     from gpubio.atomic import write_text_atomic
     from gpubio.imaging.cellpose_models import CellposeSegmenter, import_cellpose, resolve_model
-    from gpubio.imaging.tiling import segment_file
+    from gpubio.imaging.tiling import no_cell_warning, segment_file
 
     device = torch_device("Cellpose segmentation", args.threads)
     cellpose = import_cellpose()
@@ -237,12 +321,45 @@ def _segment_cells(args) -> None:
         args.tile_size,
         args.tile_overlap,
         footprint=args.footprint,
+        diameter=args.diameter,
     )
     summary |= {"model": choice.describe(), "cellpose_version": cellpose.version, "device": str(device)}
     log.info(
         "%d cells in %.1f s (%.3g megapixels/s)", summary["cells"], summary["seconds"], summary["megapixels_per_s"]
     )
+    warning = no_cell_warning(summary, args.sample or args.image)
+    summary["warnings"] = [warning] if warning else []
+    if warning:
+        log.warning("%s", warning)
     write_text_atomic(args.out_json, json.dumps(summary, indent=2) + "\n")
+
+
+def _segmentation_summary(args) -> None:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from gpubio.atomic import atomic_path
+
+    rows = []
+    for path in args.records:
+        record = json.loads(Path(path).read_text())
+        rows.append(
+            {
+                "sample": Path(path).parent.name,
+                "cells": record["cells"],
+                "foreground_objects": record.get("foreground_objects"),
+                "model": record.get("model"),
+                "device": record.get("device"),
+                "seconds": record.get("seconds"),
+                "warning": " | ".join(record.get("warnings", [])),
+            }
+        )
+        for warning in record.get("warnings", []):
+            log.warning("%s", warning)
+    with atomic_path(args.out_tsv) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, sep="\t", index=False)
+    log.info("%d sample(s), %d with a warning", len(rows), sum(bool(r["warning"]) for r in rows))
 
 
 def _restore_image(args) -> None:
@@ -334,28 +451,55 @@ def register(sub) -> None:
     p.set_defaults(func=_register_image)
 
     model_help = "built-in name (cyto3, nuclei; cpsam with Cellpose 4) or a model file"
-    p = sub.add_parser("train-cellpose", help="train a Cellpose model on a folder of <name>.tif + <name>_masks.tif")
+    p = sub.add_parser(
+        "train-cellpose",
+        help="train a Cellpose model on a folder of <name>.tif + <name>_masks.tif, judged on validation images",
+    )
     p.add_argument("--images", required=True, help="the training folder")
+    p.add_argument("--validation", default=training["validation"], help="a folder of validation images and masks")
+    p.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=float(training["validation_fraction"]),
+        help="without --validation: hold out this fraction of each training image (0 = no validation)",
+    )
     p.add_argument("--channels", type=int, nargs=2, default=seg["channels"], metavar=("SEGMENT", "NUCLEAR"))
     p.add_argument(
         "--base-model", default=training["base_model"], help=f"none (from scratch, Cellpose 3) or a {model_help}"
     )
     p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
-    p.add_argument("--epochs", type=int, default=training["epochs"])
+    p.add_argument("--steps", type=int, default=training["steps"], help="optimiser steps of --batch-size crops each")
+    p.add_argument("--validate-every", type=int, default=training["validate_every"], help="steps between validations")
     p.add_argument("--learning-rate", type=float, help="default: the installed Cellpose's (3: 0.005, 4: 5e-5)")
     p.add_argument("--weight-decay", type=float, help="default: the installed Cellpose's (3: 1e-5, 4: 0.1)")
     p.add_argument("--batch-size", type=int, default=training["batch_size"])
     p.add_argument(
-        "--crop-size", type=int, help="training crops in px; default: the installed Cellpose's (3: 224, 4: 256)"
+        "--crop-size",
+        type=int,
+        help="training crops in px on the network's scale; default: as many object diameters as Cellpose 3's "
+        "224 px at 30 px cells (Cellpose 4: 256)",
+    )
+    p.add_argument(
+        "--network-diameter",
+        type=float,
+        default=float(training["network_diameter"]),
+        help="Cellpose 3 from scratch: objects are scaled to this diameter (px); 0 = the training objects' own",
     )
     p.add_argument("--seed", type=int, default=training["seed"])
+    # how validation segments: as the segmentation step will
+    p.add_argument("--diameter", type=float, default=float(seg["diameter"]), help="0 = the model's own")
+    p.add_argument("--flow-threshold", type=float, default=float(seg["flow_threshold"]))
+    p.add_argument("--cellprob-threshold", type=float, default=float(seg["cellprob_threshold"]))
+    p.add_argument("--min-size", type=int, default=seg["min_size"])
     p.add_argument("--out", required=True, help="the model file")
     p.add_argument("--out-json", required=True)
-    p.add_argument("--out-png")
+    p.add_argument("--out-tsv", help="validation scores of the model and the baselines")
+    p.add_argument("--out-png", help="training loss and validation scores")
     p.set_defaults(func=_train_cellpose)
 
     p = sub.add_parser("segment-cells", help="Cellpose segmentation, tiled for large images")
     p.add_argument("image")
+    p.add_argument("--sample", default="", help="the sample's name, for its warnings")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
     p.add_argument("--channels", type=int, nargs=2, default=seg["channels"], metavar=("SEGMENT", "NUCLEAR"))
@@ -372,6 +516,11 @@ def register(sub) -> None:
     p.add_argument("--out-masks", required=True)
     p.add_argument("--out-json", required=True)
     p.set_defaults(func=_segment_cells)
+
+    p = sub.add_parser("segmentation-summary", help="cells per sample and segmentation warnings, one table")
+    p.add_argument("records", nargs="+", help="segmentation.json files (results/imaging/<sample>/)")
+    p.add_argument("--out-tsv", required=True)
+    p.set_defaults(func=_segmentation_summary)
 
     p = sub.add_parser("restore-image", help="Cellpose 3 image restoration (denoise, deblur, upsample), tiled")
     p.add_argument("image")

@@ -18,6 +18,10 @@ from gpubio.errors import UnusableInput
 
 log = logging.getLogger("gpubio")
 
+# Fewer pixels than this per side hold no cell worth segmenting: a thumbnail, or an export
+# that went wrong (a 1 x 1 px "image" reads fine and used to give 0 cells).
+MIN_IMAGE_SIDE = 16
+
 
 class ImageError(UnusableInput):
     """An image that cannot be read, or lacks what the settings ask of it (a channel); the
@@ -64,6 +68,7 @@ def tiff_problem(path) -> str | None:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0] if tif.series else None
             axes = series.axes.upper() if series else ""
+            sizes = dict(zip(axes, series.shape)) if series else {}
             pages = [p for p in (series.pages[0], series.pages[-1]) if p is not None] if series else []
             needed = max((_page_data_end(p) for p in pages), default=0)
         error = None
@@ -87,6 +92,11 @@ def tiff_problem(path) -> str | None:
         return "has no image in it; export the image again as TIFF or OME-TIFF"
     if "Y" not in axes or "X" not in axes:
         return f"has no Y and X axes (axes {series.axes!r}); give a 2D image, with optional channels, Z or T"
+    if min(sizes["Y"], sizes["X"]) < MIN_IMAGE_SIDE:
+        return (
+            f"is only {sizes['Y']} x {sizes['X']} px, too small to hold a cell (at least {MIN_IMAGE_SIDE} px a side); "
+            "export the whole image again (a thumbnail or a failed export?)"
+        )
     return None
 
 

@@ -10,10 +10,19 @@ def saturation_value(dtype) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
+def blank_image_message(path, what: str = "every pixel") -> str:
+    return (
+        f"{path}: {what} is 0, so there is nothing to segment (an empty or failed export?); "
+        "export the image again, or take its row out of the sample sheet"
+    )
+
+
 def image_qc(path: str, max_saturated_fraction: float = 0.01) -> dict:
-    from gpubio.imaging.io import read_image
+    from gpubio.imaging.io import ImageError, read_image
 
     image, axes = read_image(path)
+    if not image.any():
+        raise ImageError(blank_image_message(path))
     top = saturation_value(image.dtype)
     saturated = [float((c >= top).mean()) for c in image]
     return {

@@ -70,6 +70,7 @@ def config_problems(
                 )
             else:
                 problems += _training_file_problems(pairs, folder, config_file)
+        problems += _validation_problems(training.get("validation"), config_file, workdir)
     for key, value in (("segmentation.model", seg["model"]), ("training.base_model", training["base_model"])):
         if value not in ("trained", "none") and _looks_like_path(value) and not (workdir / value).is_file():
             problems.append(
@@ -114,7 +115,21 @@ def _restoration_problems(settings: dict, config_file: str, workdir: Path, cellp
     return problems
 
 
-def _training_file_problems(pairs, folder: str, config_file: str) -> list[str]:
+def _validation_problems(folder: str | None, config_file: str, workdir: Path) -> list[str]:
+    """The validation folder, when one is given: pairs of readable TIFFs, like the training folder."""
+    from gpubio.imaging.cellpose_models import ModelError, read_training_set
+
+    if not folder:
+        return []
+    key = "imaging.training.validation"
+    try:
+        pairs = read_training_set(workdir / folder, key)
+    except ModelError as error:
+        return [f"{config_file}: {key}: {error}".replace(str(workdir / folder), folder)]
+    return _training_file_problems(pairs, folder, config_file, key)
+
+
+def _training_file_problems(pairs, folder: str, config_file: str, key: str = "imaging.training.images") -> list[str]:
     """One line per training image or mask that is not a readable TIFF (headers only)."""
     from gpubio.imaging.io import tiff_problem
 
@@ -122,7 +137,7 @@ def _training_file_problems(pairs, folder: str, config_file: str) -> list[str]:
     for path in (p for pair in pairs for p in pair if p.suffix.lower() in (".tif", ".tiff")):  # masks may be PNG
         problem = tiff_problem(path)
         if problem:
-            problems.append(f"{config_file}: imaging.training.images: '{Path(folder) / path.name}': {problem}")
+            problems.append(f"{config_file}: {key}: '{Path(folder) / path.name}': {problem}")
     return problems
 
 
@@ -158,14 +173,24 @@ RESTORATION_OPTIONS = {
 }
 TRAINING_OPTIONS = {
     "segmentation.channels": "--channels",
+    "training.validation": "--validation",
+    "training.validation_fraction": "--validation-fraction",
     "training.base_model": "--base-model",
-    "training.epochs": "--epochs",
+    "training.steps": "--steps",
+    "training.validate_every": "--validate-every",
     "training.batch_size": "--batch-size",
     "training.seed": "--seed",
     # unset (null): the installed Cellpose's default
     "training.learning_rate": "--learning-rate",
     "training.weight_decay": "--weight-decay",
     "training.crop_size": "--crop-size",
+    # unset (null): the training objects' own size
+    "training.network_diameter": "--network-diameter",
+    # validation segments as the segmentation step will
+    "segmentation.diameter": "--diameter",
+    "segmentation.flow_threshold": "--flow-threshold",
+    "segmentation.cellprob_threshold": "--cellprob-threshold",
+    "segmentation.min_size": "--min-size",
     "segmentation.download_models": Flag("--download-models", negatable=False),
 }
 
@@ -202,14 +227,17 @@ def training_options(settings: dict) -> str:
 
 
 def training_files(settings: dict, workdir: str | Path = ".") -> list[str]:
-    """The training images and masks (inputs of the training rule), as given in config."""
+    """The training and validation images and masks (inputs of the training rule), as given in config."""
     from gpubio.imaging.cellpose_models import ModelError, read_training_set
 
-    folder = settings["training"].get("images")
-    if not folder:
-        return []
-    try:
-        pairs = read_training_set(Path(workdir) / folder)
-    except ModelError:
-        return []
-    return [str(Path(folder) / p.name) for pair in pairs for p in pair]
+    files = []
+    for key in ("images", "validation"):
+        folder = settings["training"].get(key)
+        if not folder:
+            continue
+        try:
+            pairs = read_training_set(Path(workdir) / folder)
+        except ModelError:
+            continue
+        files += [str(Path(folder) / p.name) for pair in pairs for p in pair]
+    return files

@@ -24,6 +24,8 @@ import numpy as np
 
 log = logging.getLogger("gpubio")
 
+FOREGROUND_DIAMETER = 15.0  # px: object size the no-cell check looks for when no diameter is set
+
 
 @dataclass(frozen=True)
 class Tile:
@@ -152,29 +154,81 @@ def image_intensity_range(image, image_path, channels: tuple[int, int], footprin
 
 
 def segment_file(
-    image_path, out_masks, segmenter, channels: tuple[int, int], tile_size: int, overlap: int, footprint=None
+    image_path,
+    out_masks,
+    segmenter,
+    channels: tuple[int, int],
+    tile_size: int,
+    overlap: int,
+    footprint=None,
+    diameter: float = 0.0,
 ) -> dict:
     """Segment a TIFF into a uint32 label TIFF, tile by tile (see module doc).
 
     The intensity range used to normalise every tile comes from the whole image
     (`image_intensity_range`), so all tiles, and an untiled run, feed the network the same scale.
+    A segmented channel without a nonzero pixel is an ImageError. When no cell is found, the
+    summary says how many objects stand out of the image's background all the same
+    (`foreground_objects`, for objects of about `diameter` px; 0 = FOREGROUND_DIAMETER).
     """
     from gpubio.atomic import atomic_path
     from gpubio.imaging.cellpose_models import network_input, select_channels
-    from gpubio.imaging.io import LabelImage, TiffImage
+    from gpubio.imaging.io import ImageError, LabelImage, TiffImage
+    from gpubio.imaging.qc import blank_image_message
 
     image = TiffImage(image_path)
     _, height, width = image.shape
     lowhigh = image_intensity_range(image, image_path, channels, footprint)
+    signal = False  # any nonzero pixel in the segmented channel
 
     def segment(block: np.ndarray) -> np.ndarray:
-        return segmenter.segment(network_input(select_channels(block, channels), lowhigh))
+        nonlocal signal
+        selected = select_channels(block, channels)
+        signal = signal or bool(selected[0].any())
+        return segmenter.segment(network_input(selected, lowhigh))
 
     with atomic_path(out_masks) as tmp:
         summary = segment_tiled(image, LabelImage(tmp, (height, width)), segment, tile_size, overlap)
+        if not signal:
+            raise ImageError(
+                blank_image_message(image_path, f"channel {channels[0]}" if channels[0] else "every pixel")
+            )
+    if summary["cells"] == 0:
+        summary["foreground_objects"] = _foreground_objects(image, channels, footprint, diameter)
     return summary | tiled_run_record(
         image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"]
     )
+
+
+def no_cell_warning(summary: dict, sample: str) -> str | None:
+    """The warning for a segmentation that found no cell where the image shows objects, with what to try."""
+    objects = summary.get("foreground_objects", 0)
+    if summary["cells"] or not objects:
+        return None
+    return (
+        f"sample {sample}: Cellpose found no cell in {summary['image']}, but {objects} object(s) stand out of its "
+        "background; try imaging.segmentation.diameter (the cells' diameter in px; 0 = the model's own), a lower "
+        "imaging.segmentation.cellprob_threshold (e.g. -2), the right imaging.segmentation.channels, another "
+        "imaging.segmentation.model, or a model trained on a few of these images (model: trained)"
+    )
+
+
+def _foreground_objects(image, channels: tuple[int, int], footprint, diameter: float) -> int:
+    """Objects brighter than the background of an image (read at a stride; a registered
+    image's fill outside its footprint counts as background): what a segmentation that
+    found no cell has missed, if anything."""
+    from gpubio.imaging.cellpose_models import select_channels
+    from gpubio.imaging.classical import foreground_objects
+    from gpubio.imaging.io import TiffImage
+
+    _, height, width = image.shape
+    step = max(1, math.ceil(math.sqrt(height * width / 4e6)))
+    plane = select_channels(image.strided(step), channels)[0]
+    if footprint is not None:
+        covered = TiffImage(footprint).strided(step)[0] > 0
+        if covered.any():
+            plane = np.where(covered, plane, np.median(plane[covered]))
+    return foreground_objects(plane, max(2.0, (diameter or FOREGROUND_DIAMETER) / step))
 
 
 def tiled_run_record(

@@ -146,13 +146,20 @@ def model_needs(
     if restoration.get("enabled") and spec and "/" not in spec and not Path(spec).suffix:
         needs.append(ModelNeed("cellpose", spec, f"cellpose/{spec}", "imaging.restoration.model", ""))
 
-    segmentation = str(_get(config, "imaging.segmentation.model", "trained") or "trained")
+    # a config with an imaging section segments with the schema's default model unless it names one
+    segmentation = str(_get(config, "imaging.segmentation.model", "generalist") or "generalist")
+    segmentation = segmentation if "imaging" in config else "trained"
     base = str(_get(config, "imaging.training.base_model", "none") or "none")
     for key, spec in (("imaging.segmentation.model", segmentation), ("imaging.training.base_model", base)):
         if spec in ("trained", "none") or "/" in spec or Path(spec).suffix:
             continue  # trained here, or already a model file
         if key == "imaging.training.base_model" and segmentation != "trained":
             continue  # no training step runs
+        if spec == "generalist":  # the installed Cellpose's general-purpose model
+            from gpubio.imaging.cellpose_models import GENERALIST_MODELS
+            from gpubio.imaging.resources import installed_cellpose_major
+
+            spec = GENERALIST_MODELS[min(installed_cellpose_major(), 4)]
         weights = CELLPOSE_WEIGHT_FILES.get(spec, spec)
         needs.append(ModelNeed("cellpose", spec, f"cellpose/{weights}", key, ""))
     return needs
