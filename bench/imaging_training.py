@@ -16,7 +16,7 @@ Bowl 2018 stage 1 training set (images/<id>.png, masks/*.png, one mask per nucle
 
     python bench/imaging_training.py [--pair IMAGE MASKS ...] [--dsb DIR ...] [--split lr ...]
                                      [--threads 2] [--config config/config.yaml]
-                                     [--out bench/results/imaging_training.md]
+                                     [--out bench/results/imaging_training.md] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--config", type=Path, default=REPO / "config" / "config.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "imaging_training.md")
+    parser.add_argument("--keep", type=Path, help="keep each case's model, logs and masks in this folder")
     args = parser.parse_args()
 
     settings = imaging_settings(yaml.safe_load(args.config.read_text()))
@@ -209,10 +210,11 @@ def main() -> None:
         ]
     results = []
     with tempfile.TemporaryDirectory(prefix="gpubio-training-bench-") as work:
+        work = args.keep or Path(work)
         for name, image, masks in cases:
             for split in args.split or ["lr"]:
                 results.append(
-                    run_case(name, np.asarray(image), np.asarray(masks), split, settings, args.threads, Path(work))
+                    run_case(name, np.asarray(image), np.asarray(masks), split, settings, args.threads, work)
                 )
     command = shlex.join(["python", "bench/imaging_training.py", *sys.argv[1:]])
     write_report(args.out, results, command, settings, args.threads)

@@ -224,7 +224,7 @@ def segmentation_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     np.random.seed(0)
     work = tmp_path_factory.mktemp("segmentation-model")
-    result = train_model(images, labels, work, "cells", torch.device("cpu"), epochs=40, batch_size=4, crop_size=64)
+    result = train_model(images, labels, work, "cells", torch.device("cpu"), steps=80, batch_size=4, crop_size=64)
     return Path(result["model"])
 
 
@@ -308,7 +308,7 @@ def test_dry_run_shows_segmentation_reading_the_restored_image_and_the_gpu_place
     proc = run_snakemake(restoration_project, "-n", "-p")
     out = proc.stdout
     assert "restore-image 'images/cells a.tif' --model models/restorer --sample sa" in out  # the space is quoted
-    assert "segment-cells results/imaging/sa/restored.tif --model models/segmenter --channels 1 0" in out
+    assert "segment-cells results/imaging/sa/restored.tif --sample sa --model models/segmenter --channels 1 0" in out
     assert "cell-features 'images/cells a.tif' results/imaging/sa/masks.tif" in out  # features: the raw image
     proc = run_snakemake(
         restoration_project, "-n", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules"

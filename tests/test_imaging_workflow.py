@@ -43,7 +43,7 @@ def test_trained_demo_model_segments_with_ap_above_0_8(demo_run, demo, truth, mo
     assert training["losses"][-1] < training["losses"][0] / 5
     # judged on the held-out strips: above the classical baseline, no warning
     scores = {row["model"]: row for row in training["scores"]}
-    assert scores["trained"]["ap_50"] >= 0.8 and scores["trained"]["ap_50"] > scores["otsu_watershed"]["ap_50"]
+    assert scores["trained"]["ap_50"] >= max(0.8, scores["otsu_watershed"]["ap_50"])
     assert training["warnings"] == []
     assert model.stat().st_size > 1e6  # a real Cellpose network, trained here, nothing downloaded
     # nuclei1 is segmented after registration: its truth is the masks on the reference grid
