@@ -100,9 +100,9 @@ def _plan(args) -> None:
 
 
 def _gpu_usage_report(args) -> None:
-    from gpubio.gpu import configure_site
     import json
 
+    from gpubio.gpu import configure_site
     from gpubio.gpu.usage_report import parse_prices, write_usage_report
 
     try:
