@@ -2,15 +2,16 @@
 a throw-away SLURM cluster, in one run: wall times and their ratio, SLURM jobs submitted,
 and jobs per rule or group.
 
-    PYTHONPATH=workflow .venv/bin/python bench/slurm_demo.py [--jobs 4] [--status-checks S] [--keep DIR]
+    PYTHONPATH=workflow .venv/bin/python bench/slurm_demo.py [--jobs N] [--status-checks S] [--keep DIR]
 
 Needs root and slurm-wlm + munge (.ci/install-slurm.sh), like the SLURM tests. The cluster
 is tests/slurm_cluster.py with nodes large enough for the demo's requests (nothing is
 enforced; all jobs share this machine's cores). The local run is `make demo`'s: the local
 profile on all cores, in a project of its own, just before the cluster run. The count of
 submissions comes from SLURM itself (`squeue --states=all`, every job kept for the run's
-length), not from Snakemake's log. ``--status-checks S`` asks SLURM for job states S seconds
-after a job ends and between checks (the profile's 10 s otherwise). Prints one Markdown
+length), not from Snakemake's log. ``--jobs N`` queues at most N jobs at once (the profile's
+100 otherwise); ``--status-checks S`` asks SLURM for job states S seconds after a job ends
+and between checks (the profile's 10 s otherwise). Prints one Markdown
 table row (the last columns: median notice lag, see notice_lags, and the 5-minute load
 average at the end).
 """
@@ -88,7 +89,7 @@ def run_local(workdir: Path) -> tuple[float, subprocess.CompletedProcess]:
 
 
 def run_demo(
-    workdir: Path, cluster: SlurmCluster, jobs: int, status_checks: int | None = None
+    workdir: Path, cluster: SlurmCluster, jobs: int | None = None, status_checks: int | None = None
 ) -> tuple[float, subprocess.CompletedProcess]:
     cmd = [
         str(SNAKEMAKE),
@@ -98,12 +99,12 @@ def run_demo(
         str(workdir),
         "--profile",
         str(REPO / "profiles" / "slurm-gpu"),
-        "--jobs",
-        str(jobs),
         # the test cluster has no accounting database
         "--slurm-status-command",
         "squeue",
     ]
+    if jobs is not None:
+        cmd += ["--jobs", str(jobs)]
     if status_checks is not None:
         cmd += ["--slurm-init-seconds-before-status-checks", str(status_checks)]
         cmd += ["--seconds-between-status-checks", str(status_checks)]
@@ -123,7 +124,7 @@ def make_project(root: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=4, help="Snakemake --jobs (jobs queued at once)")
+    parser.add_argument("--jobs", type=int, help="Snakemake --jobs (jobs queued at once; default: the profile's)")
     parser.add_argument("--status-checks", type=int, help="seconds before and between SLURM status checks")
     parser.add_argument("--keep", type=Path, help="run in this directory and keep it")
     parser.add_argument("--lags", type=Path, help="only report the notice lags of a run kept in this directory")
