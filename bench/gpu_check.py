@@ -2,7 +2,7 @@
 time of each (GPU / CPU ratio in the same run), agreement of the two, peak GPU memory against
 what the rule declares.
 
-Paths: Cellpose segmentation on a tiled image and Cellpose training for a few epochs (Cellpose
+Paths: Cellpose segmentation on a tiled image and Cellpose training for a few steps (Cellpose
 3, from scratch), learned registration, Enformer-style and DeepSEA (Beluga) variant scoring,
 scVI training for a few epochs, CONCH tile embedding, Geneformer- and scGPT-style cell
 embedding. The networks have the published architectures at small size with random weights
@@ -40,7 +40,7 @@ SIZES = {
         "tile": 512,
         "overlap": 64,
         "train_images": 4,
-        "epochs": 60,
+        "train_steps": 60,
         "register": 256,
         "register_iterations": 200,
         "variants": 64,
@@ -55,7 +55,7 @@ SIZES = {
         "tile": 80,
         "overlap": 16,
         "train_images": 1,
-        "epochs": 1,
+        "train_steps": 1,
         "register": 48,
         "register_iterations": 10,
         "variants": 4,
@@ -139,7 +139,7 @@ def cellpose_training(size: dict, work: Path):
             "check",
             torch.device(device),
             cellpose=cellpose,
-            epochs=size["epochs"],
+            steps=size["train_steps"],
             crop_size=128,
             batch_size=8,
         )
