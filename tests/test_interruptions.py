@@ -173,7 +173,7 @@ def test_a_training_run_removes_the_working_folder_a_killed_training_left(tmp_pa
     keep.write_text("keep")
 
     cmd = [sys.executable, "-m", "gpubio", "train-cellpose", "--images", str(images), "--channels", "0", "0"]
-    cmd += ["--epochs", "1", "--crop-size", "64", "--batch-size", "1", "--out", str(out)]
+    cmd += ["--steps", "1", "--crop-size", "64", "--batch-size", "1", "--out", str(out)]
     proc = subprocess.run(cmd + ["--out-json", str(tmp_path / "training.json")], capture_output=True, text=True)
 
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -86,11 +86,11 @@ def test_read_image_axes(tmp_path, shape, axes, expected):
 
 
 def test_image_qc_saturation(tmp_path):
-    data = np.full((2, 10, 10), 100, dtype=np.uint16)
-    data[0, :2, :] = 65535  # 20 % saturated in channel 0
+    data = np.full((2, 20, 20), 100, dtype=np.uint16)  # 20 px: smaller images are refused
+    data[0, :4, :] = 65535  # 20 % saturated in channel 0
     tifffile.imwrite(tmp_path / "s.tif", data, metadata={"axes": "CYX"})
     result = image_qc(str(tmp_path / "s.tif"), max_saturated_fraction=0.1)
-    assert result["shape"] == [10, 10] and result["channels"] == 2
+    assert result["shape"] == [20, 20] and result["channels"] == 2
     assert result["saturated_fraction"] == [0.2, 0.0]
     assert result["min"] == [100, 100] and result["max"] == [65535, 100]
     assert result["saturation_flag"] is True
