@@ -40,6 +40,14 @@ include: "workflow/rules/histopathology.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every rule has declared its GPU need: one that no partition can hold stops the run here,
+# before the DAG is built, naming the rule.
+try:
+    check_declared_needs(SITE)
+except PlacementError as error:
+    raise WorkflowError(f"gpubio: {error}") from None
+
+
 rule all:
     default_target: True
     input:

@@ -474,15 +474,19 @@ def test_sheet_problems_name_row_and_fix(tmp_path):
 
 
 def test_parabricks_gets_one_stream_per_gpu_on_16_gb_cards():
-    from gpubio.gpu import configure_site, reset_site
+    from gpubio.gpu import GpuNeed, build_site, gpu_resources
 
-    try:
-        configure_site(REPO / "profiles" / "slurm-gpu" / "partitions.yaml")
-        assert variants.parabricks_memory_options("gpu-t4", "t4") == "--num-streams-per-gpu 1"
-        assert variants.parabricks_memory_options("gpu-a100", "a100") == ""  # 40 GB after escalation
-        assert variants.parabricks_memory_options(None, None) == ""
-    finally:
-        reset_site()
+    site = build_site(REPO / "profiles" / "slurm-gpu" / "partitions.yaml")
+    res = gpu_resources(site, "call_parabricks", vram_gb=16)
+    wildcards = {"sample": "s1"}
+    assert site.job_placement("call_parabricks", wildcards) is None  # not placed yet
+    assert variants.parabricks_memory_options(None) == ""
+    # the job's resources place it once; its params read that placement back
+    assert res["slurm_partition"](wildcards, attempt=1, rulename="call_parabricks") == "gpu-t4"
+    placed = site.job_placement("call_parabricks", wildcards)
+    assert placed.partition == "gpu-t4" and placed.model.vram_gb == 16
+    assert variants.parabricks_memory_options(placed) == "--num-streams-per-gpu 1"
+    assert variants.parabricks_memory_options(site.place(GpuNeed(vram_gb=20))) == ""  # an A100-40
 
 
 # --------------------------------------------------------------------------- variant effects

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import BIN, GPU_WORKFLOW, REPO, TEST_PARTITIONS
-from gpubio.gpu import configure_site, gpu_resources, reset_site
+from gpubio.gpu import build_site, check_declared_needs, gpu_resources
 from gpubio.gpu.catalogue import BUILTIN_CATALOGUE
 from gpubio.gpu.local_site import LocalGpu, LocalGpus, parse_nvidia_smi, site_is_local
 from gpubio.gpu.placement import GpuNeed, PlacementError, Site
@@ -195,24 +195,24 @@ def test_require_names_only_the_rules_of_jobs_the_run_will_run(monkeypatch):
     from gpubio.gpu import planned_job_problems
 
     monkeypatch.setenv("GPUBIO_NUM_GPUS", "0")
-    reset_site()
-    try:
-        gpu_resources(vram_gb=500, rule="giant")
-        gpu_resources(vram_gb=8, rule="unplanned")
-        site = configure_site(kind="local", require=True)  # nothing planned yet: no refusal
+    site = build_site(kind="local", require=True)
+    gpu_resources(site, "giant", vram_gb=500)
+    gpu_resources(site, "unplanned", vram_gb=8)  # declared: no refusal before a job is planned
 
-        def job(rule):
-            return SimpleNamespace(rule=SimpleNamespace(name=rule), threads=1, input=[])
+    def job(rule):
+        return SimpleNamespace(rule=SimpleNamespace(name=rule), threads=1, input=[])
 
-        [line] = planned_job_problems([job("giant"), job("giant"), job("other")], site)
-        assert line.startswith("rule 'giant': gpu.require is true") and "no GPU ($GPUBIO_NUM_GPUS=0)" in line
-        assert line.endswith("(2 jobs of this run)")
-        assert planned_job_problems([], site) == []
-        assert planned_job_problems([job("giant")], configure_site(kind="local")) == []  # CPU path allowed
-        with pytest.raises(PlacementError, match="rule 'giant': no partition in"):
-            configure_site(kind="cluster")
-    finally:
-        reset_site()
+    [line] = planned_job_problems([job("giant"), job("giant"), job("other")], site)
+    assert line.startswith("rule 'giant': gpu.require is true") and "no GPU ($GPUBIO_NUM_GPUS=0)" in line
+    assert line.endswith("(2 jobs of this run)")
+    assert planned_job_problems([], site) == []
+    relaxed = build_site(kind="local")
+    gpu_resources(relaxed, "giant", vram_gb=500)
+    assert planned_job_problems([job("giant")], relaxed) == []  # CPU path allowed
+    cluster = build_site(kind="cluster")
+    gpu_resources(cluster, "giant", vram_gb=500)
+    with pytest.raises(PlacementError, match="rule 'giant': no partition in"):
+        check_declared_needs(cluster)
 
 
 class _Inputs(list):

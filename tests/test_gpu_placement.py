@@ -20,9 +20,9 @@ from gpubio.gpu import (
     InventoryError,
     PlacementError,
     check_declared_needs,
-    configure_site,
+    build_site,
     cpu_resources,
-    current_site,
+    builtin_site,
     gpu_pools,
     gpu_resources,
     inventory_from_dict,
@@ -30,19 +30,11 @@ from gpubio.gpu import (
     load_inventory,
     place_gpu_job,
     planned_job_problems,
-    reset_site,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITIONS = REPO / "profiles" / "slurm-gpu" / "partitions.yaml"
 CAT = BUILTIN_CATALOGUE
-
-
-@pytest.fixture(autouse=True)
-def _fresh_site():
-    reset_site()
-    yield
-    reset_site()
 
 
 @pytest.fixture
@@ -198,7 +190,7 @@ def test_plugin_accepts_every_placement_we_make(site_inv):
     """The plugin's own scoring admits the partition and GRES type gpubio picked."""
     partitions = pytest.importorskip("snakemake_executor_plugin_slurm.partitions")
     theirs = {p.name: p for p in partitions.read_partition_file(PARTITIONS)}
-    res = gpu_resources(vram_gb=8)
+    res = gpu_resources(builtin_site(), vram_gb=8)
     for attempt in (1, 2, 3):
         job = SimpleNamespace(
             name="demo",
@@ -270,9 +262,9 @@ def test_unknown_gres_type_fails_when_the_site_is_configured(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("partitions:\n  gpu-mi:\n    max_gpu: 8\n    available_gpu_models: [mi300x]\n")
     with pytest.raises(CatalogueError, match=r"partition 'gpu-mi': GPU type 'mi300x'"):
-        configure_site(partitions_file=path)
+        site = build_site(partitions_file=path)
     # declaring the model in the catalogue fixes it
-    site = configure_site(
+    site = build_site(
         partitions_file=path,
         catalogue_overrides={
             "mi300x": {
@@ -391,7 +383,7 @@ def test_bad_need(kwargs, message):
 
 
 def test_gpu_resources_standard_keys():
-    res = gpu_resources(vram_gb=7.2)
+    res = gpu_resources(builtin_site(), vram_gb=7.2)
     assert set(res) == {
         "gpu",
         "gpu_model",
@@ -403,14 +395,15 @@ def test_gpu_resources_standard_keys():
     }
     # no cpus_per_task: the SLURM plugin then asks for the job's threads (tests/test_job_cpus.py)
     assert (res["gpu"], res["mem_mb"], res["runtime"], res["vram_gb"]) == (1, 16000, 60, 8)
-    assert gpu_resources(gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
+    assert gpu_resources(builtin_site(), gpus=2, cpus=12, mem_mb=64000, runtime=240)["cpus_per_task"] == 12
 
 
 def test_gpu_resources_default_site_is_built_in():
-    # no configure_site: the built-in inventory (= the shipped example partitions); nothing
-    # says why a retry failed, so it stays on the same GPU class
-    assert current_site().inventory is BUILTIN_INVENTORY
-    res = gpu_resources(vram_gb=8)
+    # the built-in inventory (= the shipped example partitions); nothing says why a retry
+    # failed, so it stays on the same GPU class
+    site = builtin_site()
+    assert site.inventory is BUILTIN_INVENTORY
+    res = gpu_resources(site, vram_gb=8)
     assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == ["gpu-t4"] * 3
 
 
@@ -420,14 +413,14 @@ def oom_site(tmp_path, log_text: str, partitions=PARTITIONS):
 
     log = tmp_path / "job.log"
     log.write_text(log_text)
-    return configure_site(
+    return build_site(
         partitions_file=partitions, job_files=lambda rule, wc: JobFiles((str(log),)), workdir=tmp_path
     )
 
 
 def test_gpu_resources_escalate_after_gpu_out_of_memory_and_follow_the_inventory(tmp_path):
-    oom_site(tmp_path, "RuntimeError: CUDA error: out of memory\n")
-    res = gpu_resources(vram_gb=8)  # the rule: declared once, never edited below
+    site = oom_site(tmp_path, "RuntimeError: CUDA error: out of memory\n")
+    res = gpu_resources(site, vram_gb=8)  # the rule: declared once, never edited below
     place = [(evaluate(res["slurm_partition"], a), evaluate(res["gpu_model"], a)) for a in (1, 2, 3, 4)]
     assert place == [
         ("gpu-t4", "t4"),
@@ -436,7 +429,9 @@ def test_gpu_resources_escalate_after_gpu_out_of_memory_and_follow_the_inventory
         ("gpu-h100", "h100"),
     ]
 
-    oom_site(tmp_path, "cudaErrorMemoryAllocation\n", write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+    # the same rule on a site without H100s (a changed partitions file)
+    site = oom_site(tmp_path, "cudaErrorMemoryAllocation\n", write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+    res = gpu_resources(site, vram_gb=8)
     assert [evaluate(res["slurm_partition"], a) for a in (1, 2, 3)] == [
         "gpu-t4",
         "gpu-a100",
@@ -455,16 +450,16 @@ def test_gpu_resources_escalate_after_gpu_out_of_memory_and_follow_the_inventory
     ids=["bad-input", "host-memory", "nothing"],
 )
 def test_a_failure_that_is_not_gpu_out_of_memory_retries_on_the_same_gpu_class(tmp_path, log_text):
-    oom_site(tmp_path, log_text)
-    res = gpu_resources(vram_gb=8)
+    site = oom_site(tmp_path, log_text)
+    res = gpu_resources(site, vram_gb=8)
     assert [evaluate(res["gpu_model"], a) for a in (1, 2, 3)] == ["t4", "t4", "t4"]
     reasons = (tmp_path / "logs" / "gpu_retries.tsv").read_text()
     assert "attempt 2 stays on the same GPU class" in reasons and "larger GPU" not in reasons
 
 
 def test_gpu_resources_size_dependent():
-    configure_site(partitions_file=PARTITIONS)
-    res = gpu_resources(vram_gb=lambda size_mb: size_mb / 100)
+    site = build_site(partitions_file=PARTITIONS)
+    res = gpu_resources(site, vram_gb=lambda size_mb: size_mb / 100)
     assert evaluate(res["vram_gb"], size_mb=3000) == 30
     assert evaluate(res["gpu_model"], size_mb=3000) == "a100"
     assert evaluate(res["gpu_model"], size_mb=1000) == "t4"
@@ -479,8 +474,8 @@ def test_size_dependent_resources_read_the_input_files_as_snakemake_does(tmp_pat
     from snakemake.iocontainers import InputFiles
     from snakemake.resources import Resource
 
-    configure_site(partitions_file=PARTITIONS)
-    res = gpu_resources(vram_gb=lambda size_mb: size_mb / 100)
+    site = build_site(partitions_file=PARTITIONS)
+    res = gpu_resources(site, vram_gb=lambda size_mb: size_mb / 100)
     for name, mb in (("a.h5", 1000), ("b.h5", 2000)):
         with open(tmp_path / name, "wb") as fh:
             fh.truncate(mb * 1024 * 1024)  # a sparse file: its size without the disk space
@@ -494,37 +489,41 @@ def test_size_dependent_resources_read_the_input_files_as_snakemake_does(tmp_pat
     assert isinstance(evaluate_on("a.h5", "not-made-yet.h5"), TBDString)
 
 
-def test_impossible_static_need_fails_at_declaration():
-    configure_site(partitions_file=PARTITIONS)
-    with pytest.raises(PlacementError, match="Largest GPU available: H100"):
-        gpu_resources(vram_gb=300)
+def test_impossible_static_need_fails_once_the_rules_are_declared():
+    site = build_site(partitions_file=PARTITIONS)
+    gpu_resources(site, "huge", vram_gb=300)
+    with pytest.raises(PlacementError, match="rule 'huge': .*Largest GPU available: H100"):
+        check_declared_needs(site)
 
 
-def test_needs_declared_before_the_site_are_checked_when_it_is_set(tmp_path):
-    gpu_resources(vram_gb=8)
-    gpu_resources(vram_gb=60, rule="big")  # fits the built-in default (H100)...
-    assert [p.partition for p in check_declared_needs()] == ["gpu-t4", "gpu-h100"]
+def test_declared_needs_are_checked_against_their_own_site(tmp_path):
+    site = builtin_site()
+    gpu_resources(site, vram_gb=8)
+    gpu_resources(site, "big", vram_gb=60)  # fits the built-in default (H100)...
+    assert [p.partition for p in check_declared_needs(site)] == ["gpu-t4", "gpu-h100"]
+    smaller = build_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+    gpu_resources(smaller, "big", vram_gb=60)
     with pytest.raises(PlacementError, match="rule 'big'.*Largest GPU available: A100-40"):
-        # ...but not a site without H100s
-        configure_site(partitions_file=write_partitions(tmp_path / "p.yaml", drop=("gpu-h100",)))
+        check_declared_needs(smaller)  # ...but not a site without H100s
+    assert len(check_declared_needs(site)) == 2  # the first site is unchanged
 
 
 def test_cpu_partition_is_fixed_where_threads_cannot_move_it(tmp_path):
-    configure_site(partitions_file=PARTITIONS)
+    site = build_site(partitions_file=PARTITIONS)
     # the shipped cpu partition allows the most CPUs per task (128): every CPU job goes there,
     # a plain string Snakemake need not evaluate per job
-    assert cpu_resources()["slurm_partition"] == "cpu"
-    assert cpu_resources(mem_mb=400_000)["slurm_partition"] == "cpu"
+    assert cpu_resources(site)["slurm_partition"] == "cpu"
+    assert cpu_resources(site, mem_mb=400_000)["slurm_partition"] == "cpu"
     # two CPU partitions, the first one smaller: each job's threads decide between them
     data = yaml.safe_load(PARTITIONS.read_text())
     data["partitions"] = {"short": {"max_gpu": 0, "max_cpus_per_task": 8}, **data["partitions"]}
     (tmp_path / "two-cpu.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    configure_site(partitions_file=tmp_path / "two-cpu.yaml")
-    res = cpu_resources()
+    site = build_site(partitions_file=tmp_path / "two-cpu.yaml")
+    res = cpu_resources(site)
     assert callable(res["slurm_partition"])
     assert [evaluate(res["slurm_partition"], threads=t) for t in (1, 8, 9, 128)] == ["short", "short", "cpu", "cpu"]
     # a CPU job with its own CPU count is placed per job as before
-    assert callable(cpu_resources(cpus=4)["slurm_partition"])
+    assert callable(cpu_resources(site, cpus=4)["slurm_partition"])
 
 
 def job(rule: str, threads: int = 1) -> SimpleNamespace:
@@ -539,11 +538,11 @@ def test_cpu_jobs_never_go_to_a_gpu_partition_when_the_cpu_partition_is_smaller(
     data = yaml.safe_load(PARTITIONS.read_text())
     data["partitions"]["cpu"].update(max_cpus_per_task=8, max_mem_mb=64000)
     (tmp_path / "small-cpu.yaml").write_text(yaml.safe_dump(data))
-    site = configure_site(partitions_file=tmp_path / "small-cpu.yaml")
-    res = gpu_resources(gpus=0, mem_mb=2000, rule="demo")  # what cpu_resources declares, named
+    site = build_site(partitions_file=tmp_path / "small-cpu.yaml")
+    res = gpu_resources(site, gpus=0, mem_mb=2000, rule="demo")  # what cpu_resources declares, named
     assert res["slurm_partition"] == "cpu"  # no GPU partition, whatever the threads
     # its own CPU count, evaluated per job (a dry-run): the widest CPU partition, said once
-    per_job = cpu_resources(cpus=16)["slurm_partition"]
+    per_job = cpu_resources(site, cpus=16)["slurm_partition"]
     assert [evaluate(per_job, rulename="align", threads=16) for _ in range(2)] == ["cpu", "cpu"]
     [said] = capsys.readouterr().err.splitlines()
     assert said.startswith("gpubio: rule 'align': no partition without GPUs in ") and "stops here" in said
@@ -573,13 +572,13 @@ def test_a_site_without_cpu_partitions_puts_cpu_jobs_on_its_cheapest_gpus_and_sa
             sort_keys=False,
         )
     )
-    site = configure_site(partitions_file=tmp_path / "gpus-only.yaml")
-    per_job = cpu_resources()["slurm_partition"]
+    site = build_site(partitions_file=tmp_path / "gpus-only.yaml")
+    per_job = cpu_resources(site)["slurm_partition"]
     assert [evaluate(per_job, threads=t) for t in (1, 16, 17)] == ["gpu-t4", "gpu-t4", "gpu-a100"]
     note = site.cpu_jobs_note()
     assert note.startswith(f"{tmp_path / 'gpus-only.yaml'} has no partition without GPUs (max_gpu: 0), so CPU jobs")
     assert "'gpu-t4', the partition with the cheapest GPUs" in note
-    assert configure_site(partitions_file=PARTITIONS).cpu_jobs_note() is None
+    assert build_site(partitions_file=PARTITIONS).cpu_jobs_note() is None
 
 
 def test_a_cpu_partition_that_lists_gpu_models_is_refused(tmp_path):
@@ -594,8 +593,8 @@ def test_a_cpu_partition_that_lists_gpu_models_is_refused(tmp_path):
 
 
 def test_cpu_only_site():
-    configure_site(partitions_file=PARTITIONS, cpu_only=True)
-    res = gpu_resources(vram_gb=8)
+    site = build_site(partitions_file=PARTITIONS, cpu_only=True)
+    res = gpu_resources(site, vram_gb=8)
     assert res["gpu"] == 0 and "gpu_model" not in res
     assert evaluate(res["slurm_partition"]) == "cpu"
 
@@ -604,9 +603,9 @@ def test_cpu_only_site():
 
 
 SNAKEFILE = """
-from gpubio.gpu import configure_site, gpu_resources
+from gpubio.gpu import build_site, gpu_resources
 from gpubio.gpu.retry import snakemake_job_files
-configure_site(partitions_file=config["partitions"], job_files=snakemake_job_files(workflow))
+SITE = build_site(partitions_file=config["partitions"], job_files=snakemake_job_files(workflow))
 
 rule all:
     input: "retried.txt", "sized.txt", "failing.txt"
@@ -614,7 +613,7 @@ rule all:
 rule retried:
     output: "retried.txt"
     log: "logs/retried.log"
-    resources: **gpu_resources(vram_gb=8)
+    resources: **gpu_resources(SITE, vram_gb=8)
     # fails twice out of GPU memory (as PyTorch says it), then succeeds
     shell:
         "echo {resources.slurm_partition} >> attempts.txt; "
@@ -625,7 +624,7 @@ rule retried:
 rule failing:
     output: "failing.txt"
     log: "logs/failing.log"
-    resources: **gpu_resources(vram_gb=8)
+    resources: **gpu_resources(SITE, vram_gb=8)
     # fails twice for another reason, then succeeds
     shell:
         "echo {resources.slurm_partition} >> failing-attempts.txt; "
@@ -636,7 +635,7 @@ rule failing:
 rule sized:
     input: "input.bin"
     output: "sized.txt"
-    resources: **gpu_resources(vram_gb=lambda size_mb: size_mb * 10)
+    resources: **gpu_resources(SITE, vram_gb=lambda size_mb: size_mb * 10)
     shell: "echo {resources.gpu_model} {resources.vram_gb} > {output}"
 """
 
@@ -723,7 +722,7 @@ PRICES = {"T4": 0.53, "a100-40": 4.10, "H100": 15.0}
 def test_the_objective_chooses_among_fitting_gpus_by_expected_cost_and_time(site_inv, objective, model):
     from gpubio.gpu.placement import Economics
 
-    site = configure_site(partitions_file=PARTITIONS, prices=PRICES, objective=objective)
+    site = build_site(partitions_file=PARTITIONS, prices=PRICES, objective=objective)
     placed = place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), site_inv, CAT, economics=site.economics)
     assert placed.model.name == model  # the objective, not the rule's policy
     assert placed.why.startswith(f"gpu.objective {objective}: ")
@@ -736,7 +735,7 @@ def test_the_objective_chooses_among_fitting_gpus_by_expected_cost_and_time(site
 
 
 def test_without_an_objective_each_rule_keeps_its_policy(site_inv):
-    site = configure_site(partitions_file=PARTITIONS, prices=PRICES)
+    site = build_site(partitions_file=PARTITIONS, prices=PRICES)
     assert place_gpu_job(GpuNeed(vram_gb=8), site_inv, CAT, economics=site.economics).model.name == "T4"
     fastest = place_gpu_job(GpuNeed(vram_gb=8, policy="fastest"), site_inv, CAT, economics=site.economics)
     assert fastest.model.name == "H100" and fastest.why.startswith("rule policy fastest: speed")
@@ -744,20 +743,20 @@ def test_without_an_objective_each_rule_keeps_its_policy(site_inv):
 
 def test_prices_must_cover_every_gpu_model_of_the_site_and_name_known_models():
     with pytest.raises(CatalogueError) as missing:
-        configure_site(partitions_file=PARTITIONS, prices={"T4": 0.53})
+        site = build_site(partitions_file=PARTITIONS, prices={"T4": 0.53})
     text = str(missing.value)
     assert text.startswith("gpu.prices has no price for A100-40 (partition gpu-a100), H100 (partition gpu-h100)")
     assert str(PARTITIONS) in text and "leave gpu.prices empty" in text
     with pytest.raises(CatalogueError, match=r"gpu.prices\['Z9'\]: GPU type 'Z9' is not in the GPU catalogue"):
-        configure_site(partitions_file=PARTITIONS, prices={**PRICES, "Z9": 1.0})
+        site = build_site(partitions_file=PARTITIONS, prices={**PRICES, "Z9": 1.0})
     with pytest.raises(CatalogueError, match=r"gpu.prices\['T4'\] must be a price per GPU-hour above 0, got 0"):
-        configure_site(partitions_file=PARTITIONS, prices={**PRICES, "T4": 0})
+        site = build_site(partitions_file=PARTITIONS, prices={**PRICES, "T4": 0})
 
 
 def spread_site(tmp_path, partitions: dict, objective: str | None = None):
     path = tmp_path / "partitions.yaml"
     path.write_text(yaml.safe_dump({"partitions": partitions}, sort_keys=False))
-    site = configure_site(partitions_file=path, spread=True, objective=objective)
+    site = build_site(partitions_file=path, spread=True, objective=objective)
     return site
 
 
@@ -808,14 +807,14 @@ def test_spread_resources_are_what_the_slurm_plugin_submits(tmp_path):
     without a type when gpu_model is empty (snakemake-executor-plugin-slurm utils.set_gres_string)."""
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-    spread_site(
+    site = spread_site(
         tmp_path,
         {
             "gpu-a100": {"max_gpu": 4, "available_gpu_models": ["a100_40g"], **LIMITS},
             "gpu-h100": {"max_gpu": 2, "available_gpu_models": ["h100"], **LIMITS},
         },
     )
-    res = gpu_resources(vram_gb=30, runtime=60)
+    res = gpu_resources(site, vram_gb=30, runtime=60)
     job = SimpleNamespace(
         resources={"gpu": res["gpu"], "gpu_model": evaluate(res["gpu_model"])}, name="demo", threads=1
     )

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gpubio.gpu import configure_site, reset_site
+from gpubio.gpu import build_site
 from gpubio.gpu.calibrate import calibrate, fit_rule, load_needs, needs_to_yaml, upper_line
 from gpubio.gpu.placement import GpuNeed
 from gpubio.gpu.usage import UsageRecord, read_records, record_usage
@@ -60,8 +60,6 @@ class FakeNvml:
 def _clean(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("GPUBIO_DECLARED_NEEDS", raising=False)
-    yield
-    reset_site()
 
 
 # --------------------------------------------------------------------------- records
@@ -252,16 +250,16 @@ def test_a_rule_that_used_3_of_16_gb_moves_to_a_cheaper_gpu(tmp_path, monkeypatc
     """Declared 16 GB (an A100 at this site: the T4 has exactly 16 but the A100 is the
     cheapest above a 17 GB need); measured 3 GB: placed on the T4 after calibration."""
     need = GpuNeed(gpus=1, vram_gb=17, rule="call_parabricks", min_vram_gb=0)
-    declared = configure_site(PARTITIONS)
+    declared = build_site(PARTITIONS)
     assert declared.place(need).model.name.startswith("A100")
     needs = calibrate(_records("call_parabricks", lambda s: 3.0, [50, 100, 150], model_vram=40.0))
     (tmp_path / "gpu_needs.yaml").write_text(needs_to_yaml(needs, ["x"], 0.2))
-    site = configure_site(PARTITIONS, needs_file=tmp_path / "gpu_needs.yaml")
+    site = build_site(PARTITIONS, needs_file=tmp_path / "gpu_needs.yaml")
     assert site.place(need).model.name == "T4"
     floor = GpuNeed(gpus=1, vram_gb=17, rule="call_parabricks", min_vram_gb=20)  # the tool's minimum wins
     assert site.place(floor).model.vram_gb >= 20
     monkeypatch.setenv("GPUBIO_DECLARED_NEEDS", "1")  # the plan's "declared" pass ignores the file
-    assert configure_site(PARTITIONS, needs_file=tmp_path / "gpu_needs.yaml").place(need).model.name.startswith("A100")
+    assert build_site(PARTITIONS, needs_file=tmp_path / "gpu_needs.yaml").place(need).model.name.startswith("A100")
 
 
 def test_calibrate_command_reads_run_directories_and_writes_the_needs_file(tmp_path):
@@ -313,8 +311,8 @@ def test_gpu_usage_resource_tells_the_job_what_the_plan_gave_it(tmp_path):
 
     log = tmp_path / "segment.log"
     log.write_text("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
-    configure_site(PARTITIONS, job_files=lambda rule, wildcards: JobFiles((str(log),)), workdir=tmp_path)
-    resources = gpu_resources(vram_gb=lambda mb: 10 + mb, runtime=90)
+    site = build_site(PARTITIONS, job_files=lambda rule, wildcards: JobFiles((str(log),)), workdir=tmp_path)
+    resources = gpu_resources(site, vram_gb=lambda mb: 10 + mb, runtime=90)
     wildcards = SimpleNamespace(items=lambda: [("sample", "s1")])
     spec = resources["gpu_usage"](wildcards, SimpleNamespace(size_mb=10.0), attempt=2, rulename="segment_cells")
     job = parse_job_spec(spec)
@@ -338,7 +336,7 @@ def test_report_compares_planned_with_measured_and_flags_both_ways_a_need_is_wro
     from gpubio.gpu.usage import write_record
     from gpubio.gpu.usage_report import write_usage_report
 
-    site = configure_site(PARTITIONS)
+    site = build_site(PARTITIONS)
     records = {
         # 3 GB on a 16 GB T4 for 30 min, planned 60 min: a cheaper GPU would do (there is none cheaper
         # than a T4 here, but the flag is about the share of memory used)
@@ -582,7 +580,7 @@ def test_report_puts_measured_cost_beside_the_plans_expected_and_reserved_cost(t
     from gpubio.gpu.usage_report import write_usage_report
 
     prices = {"T4": 0.5, "A100-40": 4.0, "H100": 8.0}
-    site = configure_site(PARTITIONS, prices=prices)
+    site = build_site(PARTITIONS, prices=prices)
     # planned on a T4 (a spread job may run elsewhere: the device decides the price)
     write_record(
         tmp_path / "benchmarks" / "a.gpu.json",

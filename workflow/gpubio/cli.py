@@ -50,7 +50,7 @@ def _demo_data(args) -> None:
 
 def _plan(args) -> None:
     from gpubio.config import project_file
-    from gpubio.gpu import configure_site
+    from gpubio.gpu import build_site
     from gpubio.gpu.plan import (
         compare_totals,
         configfiles,
@@ -75,7 +75,7 @@ def _plan(args) -> None:
     partitions = args.partitions or gpu.get("partitions", "profiles/slurm-gpu/partitions.yaml")
     needs = gpu.get("needs", "config/gpu_needs.yaml")
     calibrated = bool(needs) and (Path(directory) / needs).is_file()
-    site = configure_site(
+    site = build_site(
         project_file(partitions, directory) or partitions,
         gpu.get("catalogue"),
         needs_file=Path(directory) / needs if calibrated else None,
@@ -102,7 +102,7 @@ def _plan(args) -> None:
 def _gpu_usage_report(args) -> None:
     import json
 
-    from gpubio.gpu import configure_site
+    from gpubio.gpu import build_site
     from gpubio.gpu.usage_report import parse_prices, write_usage_report
 
     try:
@@ -110,7 +110,7 @@ def _gpu_usage_report(args) -> None:
     except ValueError as error:
         sys.exit(f"gpubio gpu-usage-report: {error}")
     catalogue = json.loads(args.catalogue) if args.catalogue else None
-    site = configure_site(args.partitions, catalogue, prices=prices) if args.partitions else None
+    site = build_site(args.partitions, catalogue, prices=prices) if args.partitions else None
     table = write_usage_report(
         args.records, args.out_tsv, args.out_models, args.out_png, site, args.sample_folders, args.plan
     )

@@ -146,12 +146,12 @@ def _site_problems(
 ) -> list[str]:
     """The partitions file, GPU catalogue overrides, prices and calibrated needs, as the site
     jobs go to."""
-    from gpubio.gpu import CatalogueError, InventoryError, PlacementError, configure_site
+    from gpubio.gpu import CatalogueError, InventoryError, PlacementError, build_site
     from gpubio.gpu.calibrate import NeedsError
 
     gpu = startup.settings["gpu"]
     try:
-        startup.site = configure_site(
+        startup.site = build_site(
             partitions_file=gpu["partitions"],
             catalogue_overrides=gpu["catalogue"],
             needs_file=gpu["needs"],

@@ -6,6 +6,8 @@ from gpubio import dag_memory
 from gpubio.config import ConfigError
 from gpubio.gpu import (
     BalancedGroup,
+    PlacementError,
+    check_declared_needs,
     cpu_resources,
     gpu_resources,
     input_files_mb,
@@ -90,7 +92,7 @@ onstart:
     # Jobs the site cannot take (a CPU job no CPU partition holds, a GPU job gpu.require
     # refuses here) stop the run before its first job; checked once the DAG says which jobs
     # run, so a rule without jobs (a module that is off) is never named.
-    JOB_PROBLEMS = planned_job_problems(workflow.dag.needrun_jobs())
+    JOB_PROBLEMS = planned_job_problems(workflow.dag.needrun_jobs(), SITE)
     if JOB_PROBLEMS:
         raise WorkflowError(ConfigError(JOB_PROBLEMS).report())
 

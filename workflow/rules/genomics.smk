@@ -22,7 +22,7 @@ rule reference_index:
         "../../envs/genomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=2000, runtime=30),
+        **cpu_resources(SITE, "reference_index", mem_mb=2000, runtime=30),
     shell:
         "python -c 'import pysam, sys; pysam.faidx(sys.argv[1])' {input:q} > {log} 2>&1"
 
@@ -43,7 +43,7 @@ rule pod5_read_table:
         "../../envs/genomics.yaml"
     threads: 2
     resources:
-        **cpu_resources(mem_mb=2000, runtime=60),
+        **cpu_resources(SITE, "pod5_read_table", mem_mb=2000, runtime=60),
     shell:
         "pod5 view {input:q} --recursive --include read_id,num_samples --threads {threads}"
         " --output {output} > {log} 2>&1"
@@ -65,7 +65,7 @@ rule pod5_shards:
         "../../envs/genomics.yaml"
     threads: 2
     resources:
-        **cpu_resources(mem_mb=4000, runtime=120),
+        **cpu_resources(SITE, "pod5_shards", mem_mb=4000, runtime=120),
     params:
         shards=get_shard_count,
     shell:
@@ -111,6 +111,8 @@ rule basecall:
     threads: 8
     resources:
         **gpu_resources(
+            SITE,
+            "basecall",
             gpus=1,
             vram_gb=8,
             min_compute_capability=6.0,
@@ -145,7 +147,7 @@ rule merge_basecalls:
         "../../envs/genomics.yaml"
     threads: 2
     resources:
-        **cpu_resources(mem_mb=2000, runtime=120),
+        **cpu_resources(SITE, "merge_basecalls", mem_mb=2000, runtime=120),
     shell:
         "python -m gpubio --threads {threads} merge-basecalls {input:q} --out {output} > {log} 2>&1"
 
@@ -168,7 +170,7 @@ rule demux:
         GENOMICS["modules"]["dorado"],
     threads: 4
     resources:
-        **cpu_resources(mem_mb=8000, runtime=240),
+        **cpu_resources(SITE, "demux", mem_mb=8000, runtime=240),
     shell:
         "dorado demux --no-classify --output-dir {output} --threads {threads} {input:q} > {log} 2>&1"
 
@@ -186,7 +188,7 @@ rule sample_reads:
         "../../envs/genomics.yaml"
     threads: 2
     resources:
-        **cpu_resources(mem_mb=2000, runtime=120),
+        **cpu_resources(SITE, "sample_reads", mem_mb=2000, runtime=120),
     params:
         barcode=get_barcode_option,
     shell:
@@ -215,7 +217,7 @@ rule read_qc:
         "../../envs/genomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=1000, runtime=30),
+        **cpu_resources(SITE, "read_qc", mem_mb=1000, runtime=30),
     shell:
         "python -m gpubio --threads {threads} read-qc {input:q} --out {output} > {log} 2>&1"
 
@@ -235,7 +237,7 @@ rule align_mappy:
         "../../envs/genomics.yaml"
     threads: 4
     resources:
-        **cpu_resources(mem_mb=8000, runtime=240),
+        **cpu_resources(SITE, "align_mappy", mem_mb=8000, runtime=240),
     params:
         platform=genomics_platform,
     shell:
@@ -262,7 +264,7 @@ rule align_dorado:
         GENOMICS["modules"]["dorado"],
     threads: 8
     resources:
-        **cpu_resources(mem_mb=16000, runtime=240),
+        **cpu_resources(SITE, "align_dorado", mem_mb=16000, runtime=240),
     params:
         options=quote_extra_options(GENOMICS["align"]["dorado_options"]),
     shell:
@@ -286,7 +288,7 @@ rule sort_bam:
         "../../envs/genomics.yaml"
     threads: 2
     resources:
-        **cpu_resources(mem_mb=4000, runtime=120),
+        **cpu_resources(SITE, "sort_bam", mem_mb=4000, runtime=120),
     params:
         platform=genomics_platform,
     shell:
@@ -312,7 +314,7 @@ rule alignment_qc:
         "../../envs/genomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=2000, runtime=60),
+        **cpu_resources(SITE, "alignment_qc", mem_mb=2000, runtime=60),
     shell:
         "python -m gpubio --threads {threads} alignment-qc {input.bam:q} --read-qc {input.read_qc:q}"
         " --out-json {output.json} --out-coverage {output.coverage} > {log} 2>&1"
@@ -339,7 +341,7 @@ rule call_bcftools:
         "../../envs/genomics.yaml"
     threads: 2
     resources:
-        **cpu_resources(mem_mb=4000, runtime=240),
+        **cpu_resources(SITE, "call_bcftools", mem_mb=4000, runtime=240),
     params:
         platform=genomics_platform,
         options=quote_option(
@@ -374,6 +376,8 @@ rule call_parabricks:
     threads: 16
     resources:
         **gpu_resources(
+            SITE,
+            "call_parabricks",
             gpus=GENOMICS["variants"]["parabricks"]["gpus"],
             vram_gb=16,
             policy="cheapest",
@@ -383,8 +387,9 @@ rule call_parabricks:
     params:
         usage=usage_record("genomics/{sample}/call_parabricks"),
         mode=lambda wc: {"illumina": "shortread", "ont": "ont"}[genomics_platform(wc)],
+        # the GPU the job was placed on (its resources placed it before params are read)
         memory=lambda wc, resources: parabricks_memory_options(
-            resources.get("slurm_partition"), resources.get("gpu_model")
+            SITE.job_placement("call_parabricks", wc)
         ),
         options=quote_extra_options(GENOMICS["variants"]["parabricks"]["options"]),
     shell:
@@ -415,7 +420,7 @@ rule call_deepvariant:
         GENOMICS["modules"]["deepvariant"],
     threads: 8
     resources:
-        **cpu_resources(mem_mb=32000, runtime=1440),
+        **cpu_resources(SITE, "call_deepvariant", mem_mb=32000, runtime=1440),
     params:
         model_type=lambda wc: GENOMICS["variants"]["deepvariant"]["model_type"][
             genomics_platform(wc)
@@ -449,7 +454,7 @@ rule call_clair3:
         GENOMICS["modules"]["clair3"],
     threads: 8
     resources:
-        **cpu_resources(mem_mb=32000, runtime=720),
+        **cpu_resources(SITE, "call_clair3", mem_mb=32000, runtime=720),
     params:
         platform=lambda wc: {"illumina": "ilmn", "ont": "ont"}[genomics_platform(wc)],
         model=GENOMICS["variants"]["clair3"]["model"],
@@ -478,7 +483,7 @@ rule finish_variants:
         "../../envs/genomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=2000, runtime=60),
+        **cpu_resources(SITE, "finish_variants", mem_mb=2000, runtime=60),
     params:
         options=settings_options(GENOMICS["variants"], FINISH_VARIANTS_OPTIONS),
     shell:
@@ -508,6 +513,8 @@ rule variant_effects:
     threads: GENOMICS["variant_effects"]["threads"]
     resources:
         **gpu_resources(
+            SITE,
+            "variant_effects",
             gpus=1,
             vram_gb=effect_vram_gb(GENOMICS["variant_effects"]),
             policy="cheapest",
@@ -564,7 +571,7 @@ rule genomics_plots:
         "../../envs/genomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=2000, runtime=30),
+        **cpu_resources(SITE, "genomics_plots", mem_mb=2000, runtime=30),
     params:
         options=settings_options(GENOMICS["variants"], FINISH_VARIANTS_OPTIONS),
         effects=lambda wc, input: quote_option_list(

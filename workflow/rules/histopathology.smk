@@ -17,7 +17,7 @@ rule tile_slide:
         "../../envs/histopathology.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=2000, runtime=30),
+        **cpu_resources(SITE, "tile_slide", mem_mb=2000, runtime=30),
     params:
         mpp=slide_mpp_option,
         options=tiling_options(HISTOPATHOLOGY),
@@ -42,6 +42,8 @@ rule embed_tiles:
     threads: 4
     resources:
         **gpu_resources(
+            SITE,
+            "embed_tiles",
             gpus=1,
             vram_gb=tile_embedding_vram_gb(
                 HISTOPATHOLOGY["model"], HISTOPATHOLOGY["embedding"]["batch_size"]
@@ -86,7 +88,7 @@ rule zero_shot_labels:
         "../../envs/histopathology.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=3000, runtime=30),
+        **cpu_resources(SITE, "zero_shot_labels", mem_mb=3000, runtime=30),
     params:
         mpp=slide_mpp_option,
         model=HISTOPATHOLOGY["model"],
@@ -119,7 +121,7 @@ rule slide_fractions:
         "../../envs/report.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=1000, runtime=10),
+        **cpu_resources(SITE, "slide_fractions", mem_mb=1000, runtime=10),
     params:
         samples=PROJECT.samples("histopathology"),
     shell:

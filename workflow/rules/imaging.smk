@@ -16,7 +16,7 @@ rule image_qc:
         "../../envs/imaging.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=2000, runtime=30),
+        **cpu_resources(SITE, "image_qc", mem_mb=2000, runtime=30),
     params:
         options=settings_options(IMAGING, IMAGE_QC_OPTIONS),
     shell:
@@ -49,6 +49,8 @@ rule register_image:
     threads: 2
     resources:
         **gpu_resources(
+            SITE,
+            "register_image",
             gpus=IMAGING_REGISTRATION_GPUS,
             vram_gb=registration_vram_gb,
             mem_mb=lambda wc, input: registration_mem_mb(input_files_mb(input)),
@@ -95,6 +97,8 @@ rule train_cellpose:
     threads: 4
     resources:
         **gpu_resources(
+            SITE,
+            "train_cellpose",
             gpus=1,
             vram_gb=cellpose_training_vram_gb(
                 IMAGING["training"]["crop_size"],
@@ -141,6 +145,8 @@ rule restore_image:
     threads: 4
     resources:
         **gpu_resources(
+            SITE,
+            "restore_image",
             gpus=1,
             vram_gb=restoration_vram_gb(
                 IMAGING["restoration"]["tile_size"],
@@ -184,6 +190,8 @@ rule segment_cells:
     threads: 4
     resources:
         **gpu_resources(
+            SITE,
+            "segment_cells",
             gpus=1,
             vram_gb=cellpose_vram_gb(
                 IMAGING["segmentation"]["tile_size"],
@@ -223,7 +231,7 @@ rule segmentation_summary:
         "../../envs/imaging.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=1000, runtime=10),
+        **cpu_resources(SITE, "segmentation_summary", mem_mb=1000, runtime=10),
     shell:
         "python -m gpubio segmentation-summary --out-tsv {output} {input:q} > {log} 2>&1"
 
@@ -255,7 +263,7 @@ rule cell_features:
         "../../envs/imaging.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=3000, runtime=30),
+        **cpu_resources(SITE, "cell_features", mem_mb=3000, runtime=30),
     params:
         channel=max(1, IMAGING["segmentation"]["channels"][0]),
     shell:

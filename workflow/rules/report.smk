@@ -25,7 +25,7 @@ rule qc_summary:
         "../../envs/report.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=1000, runtime=10),
+        **cpu_resources(SITE, "qc_summary", mem_mb=1000, runtime=10),
     shell:
         "python -m gpubio qc-summary --domain {wildcards.domain} --out-tsv {output.tsv}"
         " --out-png {output.png} {input:q} > {log} 2>&1"
@@ -56,7 +56,7 @@ rule gpu_plan:
         "logs/gpu_plan.log",
     threads: 1
     resources:
-        **cpu_resources(mem_mb=1000, runtime=10),
+        **cpu_resources(SITE, "gpu_plan", mem_mb=1000, runtime=10),
     params:
         snakefile=workflow.main_snakefile,
         invoked_in=workflow.workdir_init,
@@ -100,7 +100,7 @@ rule gpu_usage_report:
         "../../envs/report.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=1000, runtime=10),
+        **cpu_resources(SITE, "gpu_usage_report", mem_mb=1000, runtime=10),
     params:
         partitions=GPU["partitions"],
         prices=gpu_prices_option(GPU),

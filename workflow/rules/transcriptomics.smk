@@ -31,7 +31,7 @@ rule cell_qc:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=4000, runtime=30),
+        **cpu_resources(SITE, "cell_qc", mem_mb=4000, runtime=30),
     params:
         batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
         options=settings_options(TRANSCRIPTOMICS, CELL_QC_OPTIONS),
@@ -64,6 +64,8 @@ rule integrate_cells:
     threads: 8
     resources:
         **gpu_resources(
+            SITE,
+            "integrate_cells",
             gpus=1,
             vram_gb=atlas_vram_gb(TRANSCRIPTOMICS_INPUT_MB),
             min_compute_capability=7.0,
@@ -96,7 +98,7 @@ rule train_celltypist:
         "../../envs/transcriptomics.yaml"
     threads: 4
     resources:
-        **cpu_resources(mem_mb=8000, runtime=120),
+        **cpu_resources(SITE, "train_celltypist", mem_mb=8000, runtime=120),
     params:
         options=settings_options(TRANSCRIPTOMICS, TRAIN_CELLTYPIST_OPTIONS),
     shell:
@@ -118,7 +120,7 @@ rule annotate_celltypist:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+        **cpu_resources(SITE, "annotate_celltypist", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
     params:
         voting=settings_options(TRANSCRIPTOMICS, ANNOTATE_CELLTYPIST_OPTIONS),
     shell:
@@ -142,6 +144,8 @@ rule annotate_scanvi:
     threads: 2
     resources:
         **gpu_resources(
+            SITE,
+            "annotate_scanvi",
             gpus=1,
             vram_gb=8,
             policy="cheapest",
@@ -177,6 +181,8 @@ rule embed_cells:
     threads: 4
     resources:
         **gpu_resources(
+            SITE,
+            "embed_cells",
             gpus=1,
             vram_gb=embedding_vram_gb(TRANSCRIPTOMICS["embeddings"]),
             policy="cheapest",
@@ -207,7 +213,7 @@ rule build_atlas:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+        **cpu_resources(SITE, "build_atlas", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
     params:
         embeddings=lambda wildcards, input: quote_option_list(
             "--embeddings", input.embeddings
@@ -247,7 +253,7 @@ rule plot_atlas:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+        **cpu_resources(SITE, "plot_atlas", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
     params:
         options=settings_options(TRANSCRIPTOMICS, PLOT_ATLAS_OPTIONS),
     shell:
@@ -277,7 +283,7 @@ rule spatial_stats:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=120),
+        **cpu_resources(SITE, "spatial_stats", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=120),
     params:
         options=cli_options(TRANSCRIPTOMICS["spatial"], SpatialParams),
         interactions=lambda wildcards, input: quote_option_list(

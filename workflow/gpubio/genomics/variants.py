@@ -195,19 +195,8 @@ SMALL_GPU_GB = 16
 SMALL_GPU_OPTIONS = "--num-streams-per-gpu 1"
 
 
-def placed_vram_gb(partition: str | None, gres_type: str | None) -> float | None:
-    """VRAM of the GPU model a job was placed on (partition + GRES type), from the site catalogue."""
-    from gpubio.gpu import current_site
-
-    if not partition or not gres_type:
-        return None
-    site = current_site()
-    for part in site.inventory.partitions:
-        if part.name == partition:
-            return site.catalogue.resolve(part.catalogue_name(gres_type)).vram_gb
-    return None
-
-
-def parabricks_memory_options(partition: str | None, gres_type: str | None) -> str:
-    vram = placed_vram_gb(partition, gres_type)
-    return SMALL_GPU_OPTIONS if vram is not None and vram <= SMALL_GPU_GB else ""
+def parabricks_memory_options(placement) -> str:
+    """Options for a job placed on a 16 GB GPU or smaller (``placement``: the job's
+    :class:`gpubio.gpu.Placement`, from ``SITE.job_placement``), else ""."""
+    model = getattr(placement, "model", None)
+    return SMALL_GPU_OPTIONS if model is not None and model.vram_gb <= SMALL_GPU_GB else ""

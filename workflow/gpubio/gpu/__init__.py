@@ -1,8 +1,8 @@
 """GPU placement: catalogue (what GPUs can do), inventory (what the site has),
 placement (where one job goes), balance (where all jobs go), devices (local pinning).
 
-The Snakefile calls ``configure_site`` once; rules declare
-``resources: **gpu_resources(vram_gb=..., policy=...)``.
+Start-up builds the site once (``build_site``); rules declare
+``resources: **gpu_resources(SITE, "rule", vram_gb=..., policy=...)``.
 """
 
 from __future__ import annotations
@@ -31,17 +31,16 @@ from .placement import (
     Placement,
     PlacementError,
     Site,
+    build_site,
+    builtin_site,
     check_declared_needs,
-    configure_site,
     cpu_resources,
-    current_site,
     gpu_pools,
     gpu_resources,
     input_files_mb,
     place_gpu_job,
     planned_job_problems,
     pool_fits,
-    reset_site,
 )
 
 if TYPE_CHECKING:
@@ -97,9 +96,9 @@ __all__ = [
     "SitePartition",
     "acquire_gpus",
     "check_declared_needs",
-    "configure_site",
+    "build_site",
+    "builtin_site",
     "cpu_resources",
-    "current_site",
     "detect_gpu_count",
     "estimate_assignment",
     "gpu_pools",
@@ -113,7 +112,6 @@ __all__ = [
     "plan_balanced",
     "planned_job_problems",
     "pool_fits",
-    "reset_site",
     "schedule_makespan",
 ]
 

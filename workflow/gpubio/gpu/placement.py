@@ -8,9 +8,10 @@ wraps it into the standard Snakemake resources a rule declares::
         resources:
             **gpu_resources(vram_gb=lambda size_mb: 4 + size_mb / 1000, policy="cheapest"),
 
-The site (inventory + catalogue) is module state set once by the Snakefile with
-``configure_site``; rules never name a partition or model. Without it, the built-in
-inventory (the shipped example partitions) and catalogue are used.
+The site (inventory + catalogue, needs, mode) is one object, built once at start-up by
+``build_site`` and passed to every rule's resources (``gpu_resources(SITE, ...)``); rules
+never name a partition or model. ``builtin_site()`` is the shipped example partitions and
+catalogue.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import functools
 import inspect
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -44,17 +44,16 @@ __all__ = [
     "PlacementError",
     "Policy",
     "Site",
+    "build_site",
+    "builtin_site",
     "check_declared_needs",
     "escalate",
-    "configure_site",
     "cpu_resources",
-    "current_site",
     "gpu_pools",
     "gpu_resources",
     "place_gpu_job",
     "planned_job_problems",
     "pool_fits",
-    "reset_site",
 ]
 
 Policy = Literal["cheapest", "fastest", "balanced"]
@@ -547,7 +546,22 @@ class Site:
     explain: bool = False
     # (need, attempt, size, larger) -> Placement: every job of a rule asks the same question
     _placements: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # (rule, wildcards, attempt, threads, input MB) -> Placement: one job's placement, shared by
+    # all its resources
+    _jobs: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # (rule, wildcards) -> the placement of the job's latest attempt, for the params that need
+    # it (call_parabricks' small-GPU options): Snakemake evaluates params after resources
+    _latest: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     notices: JobNotices = field(default_factory=JobNotices, compare=False, hash=False, repr=False)
+    # the needs the rules declared (gpu_resources / cpu_resources), for check_declared_needs
+    declared: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # rule -> its need, as declared (rule=) or as named when Snakemake first evaluated it
+    rule_needs: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def job_placement(self, rule: str, wildcards: Any) -> Placement | None:
+        """Where the latest attempt of one job of ``rule`` was placed (its resources placed
+        it), else None."""
+        return self._latest.get((rule, _wildcards_key(wildcards)))
 
     def place(self, need: GpuNeed, attempt: int = 1, input_size_mb: float | None = None, larger: int = 0) -> Placement:
         """Where a job with this need goes; ``larger``: steps to a larger GPU (its GPU
@@ -627,14 +641,12 @@ class Site:
         return replace(need, vram_gb=round(vram, 2), runtime=runtime if runtime else need.runtime)
 
 
-DEFAULT_SITE = Site(BUILTIN_INVENTORY, BUILTIN_CATALOGUE)
-_configured: Site | None = None
-# Needs declared through gpu_resources, named after the rule declaring them where it is
-# known, for check_declared_needs; keyed to drop repeats.
-_declared: dict[GpuNeed, None] = {}
+def builtin_site() -> Site:
+    """A new site of the built-in inventory (the shipped example partitions) and catalogue."""
+    return Site(BUILTIN_INVENTORY, BUILTIN_CATALOGUE)
 
 
-def configure_site(
+def build_site(
     partitions_file: str | Path | None = None,
     catalogue_overrides: Mapping[str, Any] | None = None,
     cpu_only: bool = False,
@@ -650,7 +662,7 @@ def configure_site(
     main_process: bool = True,
     workdir: str | os.PathLike = ".",
 ) -> Site:
-    """Set the site every later placement uses; call once, before the rules.
+    """The site GPU jobs are placed on; built once at start-up and passed to the rules.
 
     ``kind`` (config gpu.site): ``cluster`` judges needs by the inventory, ``local`` by
     this machine's GPUs, ``auto`` picks local unless inside a SLURM job or given
@@ -658,7 +670,7 @@ def configure_site(
     :mod:`gpubio.gpu.local_site`. ``require`` (gpu.require) matters only locally.
 
     ``partitions_file`` None keeps the built-in inventory. Every GRES type must resolve
-    in the catalogue (checked here), and needs already declared are re-checked.
+    in the catalogue (checked here).
     ``needs_file``: calibrated needs (``gpubio calibrate``), used when the file exists,
     unless ``$GPUBIO_DECLARED_NEEDS`` is set (the plan's "declared" column).
 
@@ -669,7 +681,6 @@ def configure_site(
     without it retries stay on the same GPU class. ``main_process``: this Snakemake process
     schedules the run (false inside a cluster job, which reads the retry decisions back).
     """
-    global _configured
     inventory = BUILTIN_INVENTORY if partitions_file is None else load_inventory(partitions_file)
     needs = {}
     if needs_file and Path(needs_file).is_file() and not os.environ.get(ENV_DECLARED_NEEDS):
@@ -685,7 +696,7 @@ def configure_site(
     from .retry import RetryTracker
 
     retries = RetryTracker(job_files, workdir, main_process) if job_files is not None else None
-    site = Site(
+    return Site(
         inventory,
         catalogue,
         cpu_only,
@@ -696,9 +707,6 @@ def configure_site(
         retries,
         explain=bool(os.environ.get(ENV_EXPLAIN)),
     )
-    _configured = site
-    check_declared_needs(site)
-    return site
 
 
 def _model_prices(
@@ -725,28 +733,16 @@ def _model_prices(
     return resolved
 
 
-def current_site() -> Site:
-    """The configured site, else the built-in default."""
-    return _configured if _configured is not None else DEFAULT_SITE
-
-
-def reset_site() -> None:
-    """Forget the configured site and declared needs (tests, notebooks)."""
-    global _configured
-    _configured = None
-    _declared.clear()
-
-
-def check_declared_needs(site: Site | None = None) -> list[Placement]:
-    """Place every static GPU need declared so far (attempt 1); raise one error listing all misfits.
+def check_declared_needs(site: Site) -> list[Placement]:
+    """Place every static GPU need the rules declared (attempt 1); raise one error listing all
+    misfits. The Snakefile calls it once every rule is declared, before the DAG is built.
 
     Size-dependent needs are checked when Snakemake evaluates them, which is still
     while it builds the DAG. A CPU job's CPUs are its threads, known per job: CPU needs are
     checked for the jobs a run will run (:func:`planned_job_problems`).
     """
-    site = site or current_site()
     placements, errors = [], []
-    for need in _declared:
+    for need in site.declared:
         if not need.is_static or not need.gpus:
             continue
         try:
@@ -759,6 +755,9 @@ def check_declared_needs(site: Site | None = None) -> list[Placement]:
 
 
 def gpu_resources(
+    site: Site,
+    rule: str | None = None,
+    *,
     gpus: int = 1,
     vram_gb: VramSpec = 0.0,
     min_compute_capability: float = 0.0,
@@ -766,12 +765,14 @@ def gpu_resources(
     cpus: int | None = None,
     mem_mb: int | Callable[..., Any] | None = None,
     runtime: int | str | Callable[..., Any] | None = None,
-    *,
     min_vram_gb: float = 0.0,
-    rule: str | None = None,
     group: Any = None,
 ) -> dict[str, Any]:
-    """Standard Snakemake resources for a GPU job: ``resources: **gpu_resources(...)``.
+    """Standard Snakemake resources for a GPU job: ``resources: **gpu_resources(SITE, "rule", ...)``.
+
+    ``site``: the site built at start-up (:func:`build_site`); ``rule``: the rule's name, for
+    start-up messages and its calibrated need (without it the need is named when Snakemake
+    first evaluates it).
 
     Returns ``gpu`` (int), ``gpu_model`` and ``slurm_partition`` (callables of
     ``attempt``, and of ``input`` when VRAM depends on input size), ``mem_mb``, ``runtime``
@@ -779,8 +780,8 @@ def gpu_resources(
     ``--cores``): the SLURM plugin asks for ``--cpus-per-task`` = threads, and placement
     checks that number against the partitions' CPU limits. ``cpus`` overrides it (then
     ``cpus_per_task`` is set). ``mem_mb``/``runtime`` may be
-    Snakemake resource callables; they pass through. A static need is checked against
-    a configured site at once, so an impossible one fails when the rule is parsed.
+    Snakemake resource callables; they pass through. Static needs are checked against the
+    site by :func:`check_declared_needs` once every rule is declared.
 
     ``policy="balanced"`` takes ``group``, a :class:`gpubio.gpu.balance.BalancedGroup`
     holding all jobs of the rule: each job then goes where the group's plan puts it.
@@ -792,7 +793,6 @@ def gpu_resources(
         raise ValueError(
             f"{'rule ' + repr(rule) + ': ' if rule else ''}policy='balanced' and group=BalancedGroup(...) go together"
         )
-    site_now = current_site()
     need = GpuNeed(
         gpus=gpus,
         vram_gb=vram_gb,
@@ -804,32 +804,43 @@ def gpu_resources(
         rule=rule,
         min_vram_gb=min_vram_gb,
     )
-    named = need if need.rule else replace(need, rule=_rule_being_declared())
-    _declared[named] = None
-    if _configured is not None and need.is_static and need.gpus:
-        site_now.place(named)
+    site.declared[need] = None
+    if rule:
+        site.rule_needs[rule] = need
 
-    gpu_count = 0 if site_now.cpu_only else gpus
+    gpu_count = 0 if site.cpu_only else gpus
     resources: dict[str, Any] = {
         "gpu": gpu_count,
-        "slurm_partition": _fixed_cpu_partition(named) or _placement_resource(need, lambda p: p.partition, group),
+        "slurm_partition": _fixed_cpu_partition(site, need) or _placement_resource(site, need, _partition, group),
         # without cpus_per_task the SLURM plugin asks for --cpus-per-task = the job's threads
         **({"cpus_per_task": cpus} if cpus is not None else {}),
         "mem_mb": (
             mem_mb if mem_mb is not None else (DEFAULT_MEM_MB_PER_GPU * gpus if gpus else DEFAULT_CPU_JOB_MEM_MB)
         ),
-        "runtime": _runtime_resource(need, runtime if runtime is not None else DEFAULT_RUNTIME_MIN),
-        "vram_gb": _vram_resource(need),
+        "runtime": _runtime_resource(site, need, runtime if runtime is not None else DEFAULT_RUNTIME_MIN),
+        "vram_gb": _vram_resource(site, need),
     }
     if gpu_count:
-        resources["gpu_model"] = _placement_resource(need, lambda p: p.gpu_model, group)
-    resources["gpu_usage"] = _usage_resource(need, group)
-    if site_now.explain and gpus:
-        resources["gpu_why"] = _placement_resource(need, lambda p: p.why, group)
+        resources["gpu_model"] = _placement_resource(site, need, _gpu_model, group)
+    resources["gpu_usage"] = _usage_resource(site, need, group)
+    if site.explain and gpus:
+        resources["gpu_why"] = _placement_resource(site, need, _why_placed, group)
     return resources
 
 
-def _fixed_cpu_partition(need: GpuNeed) -> str | None:
+def _partition(placement: Placement) -> str:
+    return placement.partition
+
+
+def _gpu_model(placement: Placement) -> str | None:
+    return placement.gpu_model
+
+
+def _why_placed(placement: Placement) -> str:
+    return placement.why
+
+
+def _fixed_cpu_partition(site: Site, need: GpuNeed) -> str | None:
     """The partition of a CPU rule's jobs when their thread counts cannot change it, else None.
 
     A CPU job goes to the first partition without GPUs whose limits fit; its CPUs are its
@@ -838,8 +849,7 @@ def _fixed_cpu_partition(need: GpuNeed) -> str | None:
     it cannot take fits nowhere (the run refuses it before its first job). Then the partition
     is a fixed string: Snakemake evaluates a resource function for every job of a large DAG.
     """
-    site = current_site()
-    if _configured is None or need.gpus or need.cpus is not None or not need.is_static:
+    if need.gpus or need.cpus is not None or not need.is_static:
         return None
     try:
         name = site.place(need).partition
@@ -854,51 +864,19 @@ def _fixed_cpu_partition(need: GpuNeed) -> str | None:
 
 
 def cpu_resources(
+    site: Site,
+    rule: str | None = None,
+    *,
     cpus: int | None = None,
     mem_mb: int | Callable[..., Any] | None = None,
     runtime: int | str | Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Resources of a CPU job: the CPU partition of the site, CPUs (the rule's ``threads``
     unless ``cpus`` is given), memory and runtime."""
-    resources = gpu_resources(gpus=0, cpus=cpus, mem_mb=mem_mb, runtime=runtime)
+    resources = gpu_resources(site, rule, gpus=0, cpus=cpus, mem_mb=mem_mb, runtime=runtime)
     for key in ("gpu", "vram_gb", "gpu_usage", "gpu_why"):
         resources.pop(key, None)
     return resources
-
-
-def _rule_being_declared() -> str | None:
-    """The rule whose ``resources:`` calls gpu_resources, so start-up errors can name it.
-
-    Snakemake compiles a Snakefile and keeps a map from compiled to source lines; the
-    calling line in the source leads back to the ``rule NAME:`` header above it.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        workflow = frame.f_globals.get("workflow")
-        linemap = getattr(workflow, "linemaps", {}).get(frame.f_code.co_filename)
-        if linemap and frame.f_lineno in linemap:
-            return _rule_above(frame.f_code.co_filename, linemap[frame.f_lineno])
-        frame = frame.f_back
-    return None
-
-
-_RULE_HEADER = re.compile(r"^\s*(?:rule|checkpoint)\s+(\w+)\s*:")
-
-
-@functools.cache
-def _source_lines(path: str) -> tuple[str, ...]:
-    try:
-        return tuple(Path(path).read_text().splitlines())
-    except OSError:
-        return ()
-
-
-def _rule_above(path: str, lineno: int) -> str | None:
-    for line in reversed(_source_lines(path)[:lineno]):
-        match = _RULE_HEADER.match(line)
-        if match:
-            return match.group(1)
-    return None
 
 
 def _resource_callable(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -922,7 +900,13 @@ def input_files_mb(input: Any) -> float:
     return sum(os.path.getsize(path) / 1024 / 1024 for path in input)  # Snakemake's rounding, per file
 
 
+def _wildcards_key(wildcards: Any) -> tuple:
+    items = wildcards.items() if hasattr(wildcards, "items") else ()
+    return tuple((str(k), str(v)) for k, v in items)
+
+
 def _placed(
+    site: Site,
     need: GpuNeed,
     group: Any,
     wildcards: Any,
@@ -931,14 +915,31 @@ def _placed(
     threads: int | None,
     size_mb: float | None,
 ) -> Placement:
-    """Where one job goes: its balanced group's plan, else the site's placement of its need.
+    """Where one job goes: its balanced group's plan, else the site's placement of its need;
+    computed once per job (rule, wildcards, attempt) and shared by all its resources.
 
     A CPU job no partition without GPUs holds, or a GPU job gpu.require refuses here, is said
     once per rule (a dry-run's view) and a run refuses it before its first job
     (:func:`planned_job_problems`); its resources meanwhile name the widest CPU partition.
     """
-    site = current_site()
     named = _named(need, rulename, threads)
+    if named.rule and named.rule not in site.rule_needs:
+        site.rule_needs[named.rule] = _named(need, rulename)
+    # threads and input size are part of a job's key: --cores may lower its threads, and an
+    # input made again may have changed size
+    key = (named.rule, _wildcards_key(wildcards), attempt, threads, size_mb)
+    placed = site._jobs.get(key) if named.rule else None
+    if placed is None:
+        placed = _place_job(site, need, named, group, wildcards, attempt, size_mb)
+        if named.rule:
+            site._jobs[key] = placed
+            site._latest[key[:2]] = placed
+    return placed
+
+
+def _place_job(
+    site: Site, need: GpuNeed, named: GpuNeed, group: Any, wildcards: Any, attempt: int, size_mb: float | None
+) -> Placement:
     require_problem = site.require_problem(named, size_mb)
     if require_problem:
         site.notices.say(named.rule, require_problem)
@@ -960,23 +961,21 @@ def _widest(inventory: Inventory) -> SitePartition:
     return max(candidates, key=lambda p: (p.max_cpus_per_task, p.max_mem_mb, p.max_runtime))
 
 
-def planned_job_problems(jobs: Iterable[Any], site: Site | None = None) -> list[str]:
+def planned_job_problems(jobs: Iterable[Any], site: Site) -> list[str]:
     """What stops the jobs a run will run where the site is known before the first one: a CPU
     job no partition without GPUs holds (its CPUs are its threads), a GPU job gpu.require
     refuses on this machine. One line per rule, naming how many of its jobs; a rule without
     jobs in this run is never named. ``jobs``: Snakemake's jobs (``.rule.name``, ``.threads``,
     ``.input``), e.g. ``workflow.dag.needrun_jobs()`` in an ``onstart`` handler.
     """
-    site = site or current_site()
     if site.local is not None and not site.require:
         return []  # a local run places every job (partition "local" where the file has none)
     site.notices.silent = True  # a job's threads come from its resources: said here instead
-    by_rule = {need.rule: need for need in _declared if need.rule}
     rule_fits: dict[str, bool] = {}  # CPU rule -> whether its declared threads fit (fewer always do)
     found: dict[str, list] = {}  # rule -> [problem, jobs]
     for job in jobs:
         rule = job.rule.name
-        need = by_rule.get(rule)
+        need = site.rule_needs.get(rule)
         if need is None:
             continue
         if need.gpus and not site.cpu_only:
@@ -1017,12 +1016,10 @@ def _known_size(input: Any) -> float | None:
         return None
 
 
-def _placement_resource(need: GpuNeed, pick: Callable[[Placement], Any], group: Any = None) -> Callable[..., Any]:
-    """A Snakemake resource callable; Snakemake passes only the parameters named here.
-
-    The site is read when Snakemake evaluates the resource, so a changed inventory
-    re-places jobs without touching any rule.
-    """
+def _placement_resource(
+    site: Site, need: GpuNeed, pick: Callable[[Placement], Any], group: Any = None
+) -> Callable[..., Any]:
+    """A Snakemake resource callable; Snakemake passes only the parameters named here."""
     if group is not None and not need.is_static:
         raise ValueError("a balanced group needs a fixed vram_gb (its jobs are planned together)")
 
@@ -1032,7 +1029,7 @@ def _placement_resource(need: GpuNeed, pick: Callable[[Placement], Any], group: 
         def static_resource(
             wildcards: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
         ) -> Any:
-            return pick(_placed(need, group, wildcards, attempt, rulename, threads, None))
+            return pick(_placed(site, need, group, wildcards, attempt, rulename, threads, None))
 
         return static_resource
 
@@ -1040,12 +1037,12 @@ def _placement_resource(need: GpuNeed, pick: Callable[[Placement], Any], group: 
     def sized_resource(
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> Any:
-        return pick(_placed(need, group, wildcards, attempt, rulename, threads, input_files_mb(input)))
+        return pick(_placed(site, need, group, wildcards, attempt, rulename, threads, input_files_mb(input)))
 
     return sized_resource
 
 
-def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
+def _usage_resource(site: Site, need: GpuNeed, group: Any = None) -> Callable[..., str]:
     """``resources.gpu_usage``: what the plan gave this job, for its usage record
     (``--usage-job``): rule, wildcards, attempt, model, partition, VRAM, runtime, input size.
     A string resource: Snakemake schedules nothing by it; it is evaluated once inputs exist."""
@@ -1055,8 +1052,8 @@ def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
         wildcards: Any, input: Any, attempt: int = 1, rulename: str | None = None, threads: int | None = None
     ) -> str:
         size = input_files_mb(input)
-        placed = _placed(need, group, wildcards, attempt, rulename, threads, size)
-        effective = current_site().effective_need(_named(need, rulename), size)
+        placed = _placed(site, need, group, wildcards, attempt, rulename, threads, size)
+        effective = site.effective_need(_named(need, rulename), size)
         vram = effective.at_input_size(size).vram_gb if not effective.is_static else effective.vram_gb
         job = ",".join(f"{k}={v}" for k, v in wildcards.items())
         fields = {
@@ -1070,16 +1067,16 @@ def _usage_resource(need: GpuNeed, group: Any = None) -> Callable[..., str]:
             "input_mb": round(size, 3),
         }
         if attempt > 1:  # why the attempt before failed: it decided this one's GPU
-            fields["after"] = current_site().retry(rulename or need.rule, wildcards, attempt).after
+            fields["after"] = site.retry(rulename or need.rule, wildcards, attempt).after
         return ";".join(f"{k}={v}" for k, v in fields.items())
 
     return gpu_usage
 
 
-def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
+def _vram_resource(site: Site, need: GpuNeed) -> int | Callable[..., int]:
     """VRAM per GPU in whole GB (Snakemake rounds floats; round up instead): the
     calibrated need where the site has one for the rule, else the declared one."""
-    calibrated = bool(current_site().needs) and need.gpus > 0
+    calibrated = bool(site.needs) and need.gpus > 0
     if need.is_static and not calibrated:
         assert not callable(need.vram_gb)
         return math.ceil(need.vram_gb)
@@ -1088,14 +1085,14 @@ def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
 
         @_resource_callable
         def static_vram_gb(wildcards: Any, rulename: str | None = None) -> int:
-            return math.ceil(current_site().effective_need(_named(need, rulename)).vram_gb)
+            return math.ceil(site.effective_need(_named(need, rulename)).vram_gb)
 
         return static_vram_gb
 
     @_resource_callable
     def vram_gb(wildcards: Any, input: Any, rulename: str | None = None) -> int:
         size = input_files_mb(input)
-        named = current_site().effective_need(_named(need, rulename), size)
+        named = site.effective_need(_named(need, rulename), size)
         sized = named.at_input_size(size)
         assert not callable(sized.vram_gb)
         return math.ceil(sized.vram_gb)
@@ -1103,15 +1100,15 @@ def _vram_resource(need: GpuNeed) -> int | Callable[..., int]:
     return vram_gb
 
 
-def _runtime_resource(need: GpuNeed, declared: Any) -> Any:
+def _runtime_resource(site: Site, need: GpuNeed, declared: Any) -> Any:
     """The runtime limit (minutes): the calibrated one where the site measured the rule
     (a GPU job with a fixed declared limit), else the declared limit."""
-    if not (current_site().needs and need.gpus and isinstance(declared, int)):
+    if not (site.needs and need.gpus and isinstance(declared, int)):
         return declared
 
     @_resource_callable
     def runtime(wildcards: Any, rulename: str | None = None) -> int:
-        return current_site().effective_need(_named(need, rulename)).runtime or declared
+        return site.effective_need(_named(need, rulename)).runtime or declared
 
     return runtime
 
