@@ -80,6 +80,7 @@ def train_study(workdir: Path, threads: int, every: int) -> tuple[Path, dict]:
     import yaml
 
     from gpubio.demo.imaging import make_imaging
+    from gpubio.image_io import read_image
     from gpubio.imaging.cellpose_models import (
         CellposeSegmenter,
         ModelChoice,
@@ -90,7 +91,6 @@ def train_study(workdir: Path, threads: int, every: int) -> tuple[Path, dict]:
         select_channels,
         train_model,
     )
-    from gpubio.imaging.io import read_image
     from gpubio.imaging.metrics import average_precision
     from gpubio.imaging.settings import imaging_settings
 

@@ -19,10 +19,10 @@ from gpubio.gpu import (
     GpuNeed,
     InventoryError,
     PlacementError,
-    check_declared_needs,
     build_site,
-    cpu_resources,
     builtin_site,
+    check_declared_needs,
+    cpu_resources,
     gpu_pools,
     gpu_resources,
     inventory_from_dict,
@@ -413,9 +413,7 @@ def oom_site(tmp_path, log_text: str, partitions=PARTITIONS):
 
     log = tmp_path / "job.log"
     log.write_text(log_text)
-    return build_site(
-        partitions_file=partitions, job_files=lambda rule, wc: JobFiles((str(log),)), workdir=tmp_path
-    )
+    return build_site(partitions_file=partitions, job_files=lambda rule, wc: JobFiles((str(log),)), workdir=tmp_path)
 
 
 def test_gpu_resources_escalate_after_gpu_out_of_memory_and_follow_the_inventory(tmp_path):
@@ -743,14 +741,14 @@ def test_without_an_objective_each_rule_keeps_its_policy(site_inv):
 
 def test_prices_must_cover_every_gpu_model_of_the_site_and_name_known_models():
     with pytest.raises(CatalogueError) as missing:
-        site = build_site(partitions_file=PARTITIONS, prices={"T4": 0.53})
+        build_site(partitions_file=PARTITIONS, prices={"T4": 0.53})
     text = str(missing.value)
     assert text.startswith("gpu.prices has no price for A100-40 (partition gpu-a100), H100 (partition gpu-h100)")
     assert str(PARTITIONS) in text and "leave gpu.prices empty" in text
     with pytest.raises(CatalogueError, match=r"gpu.prices\['Z9'\]: GPU type 'Z9' is not in the GPU catalogue"):
-        site = build_site(partitions_file=PARTITIONS, prices={**PRICES, "Z9": 1.0})
+        build_site(partitions_file=PARTITIONS, prices={**PRICES, "Z9": 1.0})
     with pytest.raises(CatalogueError, match=r"gpu.prices\['T4'\] must be a price per GPU-hour above 0, got 0"):
-        site = build_site(partitions_file=PARTITIONS, prices={**PRICES, "T4": 0})
+        build_site(partitions_file=PARTITIONS, prices={**PRICES, "T4": 0})
 
 
 def spread_site(tmp_path, partitions: dict, objective: str | None = None):

@@ -13,8 +13,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from gpubio.image_io import LabelImage, TiffImage, read_image
 from gpubio.imaging import cellpose_models as cm
-from gpubio.imaging.io import LabelImage, TiffImage, read_image
 from gpubio.imaging.metrics import average_precision
 from gpubio.imaging.tiling import segment_tiled, stitch_tile, tile_grid
 

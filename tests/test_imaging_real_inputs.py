@@ -249,7 +249,7 @@ def corrupt_images(folder: Path) -> dict[str, Path]:
 
 
 def test_image_header_check_names_each_bad_file(tmp_path):
-    from gpubio.imaging.io import tiff_problem
+    from gpubio.image_io import tiff_problem
 
     files = corrupt_images(tmp_path)
     assert tiff_problem(files["good"]) is None and tiff_problem(files["plane"]) is None
@@ -339,7 +339,7 @@ def test_a_job_given_a_bad_image_ends_with_one_line(tmp_path):
 
 
 def test_segmentation_names_the_image_when_a_channel_is_missing(tmp_path):
-    from gpubio.imaging.io import ImageError
+    from gpubio.image_io import ImageError
     from gpubio.imaging.tiling import segment_file
 
     files = corrupt_images(tmp_path)

@@ -342,7 +342,7 @@ def test_a_1x1_image_is_refused_at_start_up_with_one_line(tmp_path):
 
 
 def test_an_all_zero_image_fails_qc_and_segmentation_with_one_line(tmp_path):
-    from gpubio.imaging.io import ImageError
+    from gpubio.image_io import ImageError
     from gpubio.imaging.tiling import segment_file
 
     blank = tmp_path / "blank.tif"

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import tifffile
 
 from gpubio.genomics.read_qc import n50, read_qc
-from gpubio.imaging.io import read_image
+from gpubio.image_io import read_image
 from gpubio.imaging.qc import image_qc
 from gpubio.transcriptomics.qc import filter_cells
 

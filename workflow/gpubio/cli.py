@@ -174,7 +174,7 @@ def _check_yaml(args) -> None:
 def _qc_summary(args) -> None:
     from gpubio.qc_summary import write_qc_summary
 
-    write_qc_summary(args.domain, args.qc, args.out_tsv, args.out_png)
+    write_qc_summary(args.domain, args.qc, args.out_tsv, args.out_png, args.tables)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", required=True, choices=["genomics", "transcriptomics", "imaging"])
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-png", required=True)
+    p.add_argument(
+        "--tables", nargs="*", default=[], help="per-sample TSV tables (a 'sample' column) whose columns join the table"
+    )
     p.add_argument("qc", nargs="+")
     p.set_defaults(func=_qc_summary)
     return parser

@@ -1,4 +1,5 @@
-"""One table and one figure per domain from the per-sample QC JSON files (for the report)."""
+"""One table and one figure per domain from the per-sample QC JSON files (for the report), with
+the columns of any per-sample table a later step adds (a ``sample`` column + numbers)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ PANELS = {
 }
 
 
+def pd_numeric(column) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
+
+
 def _lookup(record: dict, path: tuple):
     value = record
     for key in path:
@@ -33,7 +40,9 @@ def _lookup(record: dict, path: tuple):
     return value
 
 
-def qc_table(domain: str, json_files: list[str]):
+def qc_table(domain: str, json_files: list[str], tables: list[str] = ()):
+    """The per-sample QC records as one table; each of ``tables`` (TSV, one row per sample in a
+    ``sample`` column) adds its columns, matched by sample."""
     import pandas as pd
 
     rows = []
@@ -42,10 +51,16 @@ def qc_table(domain: str, json_files: list[str]):
         row = {"sample": Path(f).parent.name}
         row |= {col: _lookup(record, path) for col, path, _ in PANELS[domain]}
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for path in tables:
+        extra = pd.read_csv(path, sep="\t", dtype={"sample": str})
+        if "sample" not in extra.columns:
+            raise ValueError(f"{path}: a QC table needs a 'sample' column")
+        table = table.merge(extra, on="sample", how="left", suffixes=("", f" ({Path(path).stem})"))
+    return table
 
 
-def write_qc_summary(domain: str, json_files: list[str], out_tsv: str, out_png: str) -> None:
+def write_qc_summary(domain: str, json_files: list[str], out_tsv: str, out_png: str, tables: list[str] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,8 +68,10 @@ def write_qc_summary(domain: str, json_files: list[str], out_tsv: str, out_png: 
 
     from gpubio.atomic import atomic_path
 
-    table = qc_table(domain, json_files)
-    panels = PANELS[domain]
+    table = qc_table(domain, json_files, tables)
+    known = {col for col, _, _ in PANELS[domain]}
+    added = [c for c in table.columns if c != "sample" and c not in known and pd_numeric(table[c])]
+    panels = PANELS[domain] + [(col, (), col.replace("_", " ")) for col in added]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, (col, _, label) in zip(axes[0], panels):
         ax.bar(table["sample"], table[col], color="#4477aa")

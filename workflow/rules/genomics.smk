@@ -3,6 +3,16 @@
 # normalised, QUAL-filtered VCF -> variant effects (Enformer). Entry at POD5, FASTQ or BAM.
 
 
+# this domain's settings, targets and input functions
+include: "genomics_inputs.smk"
+
+
+# On a cluster the short CPU steps of one genomics sample run as one job (rules read_qc,
+# sort_bam, alignment_qc, call_bcftools). A local run has no use for groups (Snakemake runs
+# grouped jobs one by one there), and a group costs the DAG work at every start.
+GENOMICS_SAMPLE_GROUP = None if SITE.local is not None else "genomics_sample"
+
+
 wildcard_constraints:
     run="[A-Za-z0-9._-]+",
     shard="shard[0-9]+",
@@ -125,10 +135,8 @@ rule basecall:
         model=GENOMICS["basecall"]["model"],
         flags=settings_options(GENOMICS["basecall"], BASECALL_OPTIONS),
         options=quote_extra_options(GENOMICS["basecall"]["options"]),
-        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} tool-on-device"
+        gpu_step() + " tool-on-device"
         " --gpu-args='--device cuda:all' --cpu-args='-x cpu' --stdout {output} --"
         " dorado basecaller {params.model:q} {input:q}/{wildcards.shard}.pod5 {params.flags}"
         " {params.options} > {log} 2>&1"
@@ -393,8 +401,7 @@ rule call_parabricks:
         ),
         options=quote_extra_options(GENOMICS["variants"]["parabricks"]["options"]),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} --require-gpu"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} tool-on-device"
+        gpu_step(require=True) + " tool-on-device"
         " --gpu-args= --cpu-args= -- pbrun deepvariant --ref {input.reference:q} --in-bam {input.bam:q} --out-variants {output}"
         " --mode {params.mode} --num-gpus {resources.gpu} {params.memory} {params.options}"
         " > {log} 2>&1"
@@ -524,10 +531,8 @@ rule variant_effects:
     params:
         usage=usage_record("genomics/{sample}/variant_effects"),
         options=settings_options(GENOMICS["variant_effects"], VARIANT_EFFECTS_OPTIONS),
-        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} variant-effects"
+        gpu_step() + " variant-effects"
         " --vcf {input.vcf:q} --reference {input.reference:q} --weights {input.weights:q}"
         " {params.options} --out {output} > {log} 2>&1"
 

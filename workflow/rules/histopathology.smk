@@ -2,6 +2,10 @@
 # vision-language model (GPU) -> zero-shot tile labels from text prompts -> slide fractions.
 
 
+# this domain's settings, targets and input functions
+include: "histopathology_inputs.smk"
+
+
 rule tile_slide:
     input:
         get_slide,
@@ -57,10 +61,8 @@ rule embed_tiles:
         model=HISTOPATHOLOGY["model"],
         tile_size=HISTOPATHOLOGY["tiling"]["tile_size"],
         batch_size=HISTOPATHOLOGY["embedding"]["batch_size"],
-        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} embed-tiles"
+        gpu_step() + " embed-tiles"
         " {input.slide:q} {input.tiles} {params.mpp} --sample {wildcards.sample} --model {params.model:q}"
         " --tile-size {params.tile_size} --batch-size {params.batch_size} --out {output} > {log} 2>&1"
 

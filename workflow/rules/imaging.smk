@@ -3,6 +3,10 @@
 # features and overlays.
 
 
+# this domain's settings, targets and input functions
+include: "imaging_inputs.smk"
+
+
 rule image_qc:
     input:
         get_image,
@@ -59,10 +63,8 @@ rule register_image:
     params:
         usage=usage_record("imaging/{sample}/register_image"),
         options=registration_options(IMAGING),
-        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} register-image"
+        gpu_step() + " register-image"
         " {input.image:q} --reference {input.reference:q} --sample {wildcards.sample} {params.options}"
         " --out-image {output.image} --out-footprint {output.footprint}"
         " --out-transform {output.transform} --out-png {output.png} > {log} 2>&1"
@@ -112,10 +114,8 @@ rule train_cellpose:
         usage=usage_record("imaging/train_cellpose"),
         images=IMAGING["training"]["images"],
         options=training_options(IMAGING),
-        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} train-cellpose"
+        gpu_step() + " train-cellpose"
         " --images {params.images:q} {params.options} --out {output.model} --out-json {output.json}"
         " --out-tsv {output.tsv} --out-png {output.png} > {log} 2>&1"
 
@@ -163,10 +163,8 @@ rule restore_image:
         model=IMAGING_RESTORATION_MODEL,
         options=restoration_options(IMAGING),
         footprint=footprint_option,
-        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} restore-image"
+        gpu_step() + " restore-image"
         " {input.image:q} --model {params.model:q} --sample {wildcards.sample} {params.options}"
         " {params.footprint} --out-image {output.image} --out-json {output.json}"
         " --out-png {output.png} > {log} 2>&1"
@@ -206,10 +204,8 @@ rule segment_cells:
         model=IMAGING_CELLPOSE_MODEL,
         options=segmentation_options(IMAGING),
         footprint=footprint_option,
-        require_gpu=REQUIRE_GPU,
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} segment-cells"
+        gpu_step() + " segment-cells"
         " {input.image:q} --sample {wildcards.sample} --model {params.model:q} {params.options} {params.footprint}"
         " --out-masks {output.masks} --out-json {output.json} > {log} 2>&1"
 

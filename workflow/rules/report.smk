@@ -5,7 +5,8 @@ from gpubio.gpu.usage_report import gpu_prices_option
 
 rule qc_summary:
     input:
-        get_qc_files,
+        qc=get_qc_files,
+        tables=get_qc_tables,
     output:
         tsv=report(
             "results/{domain}/qc_summary.tsv",
@@ -28,7 +29,7 @@ rule qc_summary:
         **cpu_resources(SITE, "qc_summary", mem_mb=1000, runtime=10),
     shell:
         "python -m gpubio qc-summary --domain {wildcards.domain} --out-tsv {output.tsv}"
-        " --out-png {output.png} {input:q} > {log} 2>&1"
+        " --out-png {output.png} --tables {input.tables:q} -- {input.qc:q} > {log} 2>&1"
 
 
 # Where every job of the DAG goes (model, partition, GPU-hours, cost), from Snakemake's own

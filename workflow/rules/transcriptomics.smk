@@ -1,6 +1,12 @@
 # Transcriptomics: per-sample cell QC -> all samples integrated and clustered (GPU or CPU)
 # -> CellTypist / scANVI labels, optional foundation-model embeddings -> atlas, figures,
 # spatial statistics per sample with coordinates.
+
+
+# this domain's settings, targets and input functions
+include: "transcriptomics_inputs.smk"
+
+
 from gpubio.transcriptomics.annotation import ScanviParams
 from gpubio.transcriptomics.cluster import ClusterParams
 from gpubio.transcriptomics.commands import cli_options
@@ -75,12 +81,10 @@ rule integrate_cells:
         ),
     params:
         usage=usage_record("transcriptomics/integrate_cells"),
-        require_gpu=REQUIRE_GPU,
         steps=settings_options(TRANSCRIPTOMICS, INTEGRATE_OPTIONS),
         options=cli_options(TRANSCRIPTOMICS["cluster"], ClusterParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} integrate-cells {input:q}"
+        gpu_step() + " integrate-cells {input:q}"
         " {params.steps} {params.options}"
         " --out-h5ad {output.h5ad} --out-markers {output.markers} > {log} 2>&1"
 
@@ -120,7 +124,12 @@ rule annotate_celltypist:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(SITE, "annotate_celltypist", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+        **cpu_resources(
+            SITE,
+            "annotate_celltypist",
+            mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
+            runtime=60,
+        ),
     params:
         voting=settings_options(TRANSCRIPTOMICS, ANNOTATE_CELLTYPIST_OPTIONS),
     shell:
@@ -154,12 +163,10 @@ rule annotate_scanvi:
         ),
     params:
         usage=usage_record("transcriptomics/annotate_scanvi"),
-        require_gpu=REQUIRE_GPU,
         label_key=settings_options(TRANSCRIPTOMICS, ANNOTATE_SCANVI_OPTIONS),
         options=cli_options(TRANSCRIPTOMICS["annotation"]["scanvi"], ScanviParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} annotate-scanvi"
+        gpu_step() + " annotate-scanvi"
         " --integrated {input.integrated:q} --reference {input.reference:q} {params.label_key}"
         " {params.options} --out {output} > {log} 2>&1"
 
@@ -191,11 +198,9 @@ rule embed_cells:
         ),
     params:
         usage=usage_record("transcriptomics/embed_cells"),
-        require_gpu=REQUIRE_GPU,
         options=cli_options(TRANSCRIPTOMICS["embeddings"], EmbeddingParams),
     shell:
-        "python -m gpubio --threads {threads} --gpus {resources.gpu} {params.require_gpu}"
-        " --usage {params.usage:q} --usage-job {resources.gpu_usage:q} embed-cells"
+        gpu_step() + " embed-cells"
         " --integrated {input.integrated:q} --weights {input.weights:q} {params.options}"
         " --out {output} > {log} 2>&1"
 
@@ -213,7 +218,12 @@ rule build_atlas:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(SITE, "build_atlas", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+        **cpu_resources(
+            SITE,
+            "build_atlas",
+            mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
+            runtime=60,
+        ),
     params:
         embeddings=lambda wildcards, input: quote_option_list(
             "--embeddings", input.embeddings
@@ -253,7 +263,12 @@ rule plot_atlas:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(SITE, "plot_atlas", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=60),
+        **cpu_resources(
+            SITE,
+            "plot_atlas",
+            mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
+            runtime=60,
+        ),
     params:
         options=settings_options(TRANSCRIPTOMICS, PLOT_ATLAS_OPTIONS),
     shell:
@@ -283,7 +298,12 @@ rule spatial_stats:
         "../../envs/transcriptomics.yaml"
     threads: 1
     resources:
-        **cpu_resources(SITE, "spatial_stats", mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB), runtime=120),
+        **cpu_resources(
+            SITE,
+            "spatial_stats",
+            mem_mb=atlas_mem_mb(TRANSCRIPTOMICS_INPUT_MB),
+            runtime=120,
+        ),
     params:
         options=cli_options(TRANSCRIPTOMICS["spatial"], SpatialParams),
         interactions=lambda wildcards, input: quote_option_list(

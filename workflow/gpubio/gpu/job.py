@@ -71,3 +71,10 @@ def torch_device(step: str, threads: int | None = None) -> str:
     job.record.backend, job.record.device_model = "cuda", job.record.device_model or name
     log.info("%s on the GPU: %s (devices %s)", step, name, job.devices)
     return "cuda"
+
+
+def step_torch_device(step: str, threads: int):
+    """:func:`torch_device` as a ``torch.device``, for the steps that pass one to their models."""
+    import torch
+
+    return torch.device(torch_device(step, max(1, threads)))

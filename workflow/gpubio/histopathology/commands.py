@@ -69,13 +69,13 @@ def _embed_tiles(args) -> None:
     import pandas as pd
 
     from gpubio.atomic import atomic_path
+    from gpubio.gpu.job import step_torch_device
     from gpubio.histopathology.model import load_model
     from gpubio.histopathology.slide import Slide
     from gpubio.histopathology.tiling import read_tile
-    from gpubio.imaging.commands import torch_device
 
     tiles = pd.read_csv(args.tiles, sep="\t")
-    device = torch_device("tile embedding", args.threads)
+    device = step_torch_device("tile embedding", args.threads)
     model = load_model(args.model, device)
     start, batches = time.perf_counter(), []
     with Slide(args.slide, args.mpp) as slide:
@@ -114,14 +114,14 @@ def _zero_shot_labels(args) -> None:
     import tifffile
 
     from gpubio.atomic import atomic_path
+    from gpubio.gpu.job import step_torch_device
     from gpubio.histopathology.model import load_model
     from gpubio.histopathology.plots import write_heatmap_png
     from gpubio.histopathology.slide import Slide
     from gpubio.histopathology.zero_shot import class_embeddings, class_probabilities, label_table, slide_fractions
-    from gpubio.imaging.commands import torch_device
 
     prompts = {name: texts for name, *texts in args.class_prompts}
-    model = load_model(args.model, torch_device("prompt embedding", args.threads))
+    model = load_model(args.model, step_torch_device("prompt embedding", args.threads))
     names, classes = class_embeddings({name: model.embed_texts(texts) for name, texts in prompts.items()})
     adata = ad.read_h5ad(args.embeddings)
     probabilities = class_probabilities(adata.X, classes, model.logit_scale)

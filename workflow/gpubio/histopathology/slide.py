@@ -162,7 +162,7 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
 
 def slide_problem(path, mpp: float | None, needs_mpp: bool = True) -> str | None:
     """What keeps a slide from being tiled, from its headers alone; None when it is fine."""
-    from gpubio.imaging.io import tiff_problem
+    from gpubio.image_io import tiff_problem
 
     problem = tiff_problem(path)
     if problem:

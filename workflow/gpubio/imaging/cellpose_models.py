@@ -160,7 +160,7 @@ def select_channels(image: np.ndarray, channels: tuple[int, int]) -> np.ndarray:
     Cellpose's convention: the first entry 0 means grayscale (the mean of all channels),
     the second 0 means no nuclear channel (zeros).
     """
-    from gpubio.imaging.io import ImageError
+    from gpubio.image_io import ImageError
 
     seg, nuc = channels
     for value in channels:
@@ -290,7 +290,7 @@ def load_training_set(folder: str | os.PathLike, channels: tuple[int, int], key:
     """(file pairs, network inputs, label images) of a training folder, normalised like segmentation."""
     import tifffile
 
-    from gpubio.imaging.io import read_image
+    from gpubio.image_io import read_image
 
     pairs = read_training_set(folder, key)
     images, labels = [], []

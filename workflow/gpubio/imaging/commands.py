@@ -9,15 +9,6 @@ import logging
 log = logging.getLogger("gpubio")
 
 
-def torch_device(step: str, threads: int):
-    """The torch device of this job's step (gpubio.gpu.job decides and logs it truthfully)."""
-    import torch
-
-    from gpubio.gpu.job import torch_device as job_torch_device
-
-    return torch.device(job_torch_device(step, max(1, threads)))
-
-
 def _image_qc(args) -> None:
     from gpubio.imaging.qc import write_image_qc
 
@@ -31,7 +22,7 @@ def _register_image(args) -> None:
     import numpy as np
 
     from gpubio.atomic import write_text_atomic
-    from gpubio.imaging.io import read_image, write_image
+    from gpubio.image_io import read_image, write_image
     from gpubio.imaging.registration import (
         ncc,
         on_grid,
@@ -76,7 +67,9 @@ def _register_image(args) -> None:
             threads=args.threads,
         )
     else:
-        device = torch_device("learned registration", args.threads)
+        from gpubio.gpu.job import step_torch_device
+
+        device = step_torch_device("learned registration", args.threads)
         result = register_learned(
             reference,
             image,
@@ -165,7 +158,9 @@ def _train_cellpose(args) -> None:
         source = f"the last {args.validation_fraction:.0%} of each training image along its longer side"
     else:
         validation, source = None, "none (imaging.training.validation_fraction: 0)"
-    device = torch_device("Cellpose training", args.threads)
+    from gpubio.gpu.job import step_torch_device
+
+    device = step_torch_device("Cellpose training", args.threads)
     cellpose = import_cellpose()
     base = None if args.base_model in ("", "none") else resolve_model(args.base_model, cellpose, args.download_models)
     log.info(
@@ -296,10 +291,11 @@ def _train_cellpose(args) -> None:
 
 def _segment_cells(args) -> None:
     from gpubio.atomic import write_text_atomic
+    from gpubio.gpu.job import step_torch_device
     from gpubio.imaging.cellpose_models import CellposeSegmenter, import_cellpose, resolve_model
     from gpubio.imaging.tiling import no_cell_warning, segment_file
 
-    device = torch_device("Cellpose segmentation", args.threads)
+    device = step_torch_device("Cellpose segmentation", args.threads)
     cellpose = import_cellpose()
     choice = resolve_model(args.model, cellpose, args.download_models)
     log.info("cellpose %s, %s", cellpose.version, choice.describe())
@@ -364,6 +360,7 @@ def _segmentation_summary(args) -> None:
 
 def _restore_image(args) -> None:
     from gpubio.atomic import write_text_atomic
+    from gpubio.gpu.job import step_torch_device
     from gpubio.imaging.cellpose_models import import_cellpose
     from gpubio.imaging.restoration import (
         CellposeRestorer,
@@ -372,7 +369,7 @@ def _restore_image(args) -> None:
         write_restoration_png,
     )
 
-    device = torch_device("Cellpose restoration", args.threads)
+    device = step_torch_device("Cellpose restoration", args.threads)
     cellpose = import_cellpose()
     choice = resolve_restoration_model(args.model, cellpose, args.download_models)
     log.info("cellpose %s, restoration %s", cellpose.version, choice.describe())
@@ -390,8 +387,8 @@ def _restore_image(args) -> None:
 
 def _cell_features(args) -> None:
     from gpubio.atomic import atomic_path
+    from gpubio.image_io import TiffImage
     from gpubio.imaging.features import cell_features, write_overlay_png
-    from gpubio.imaging.io import TiffImage
 
     image, masks = TiffImage(args.image), TiffImage(args.masks)
     table = cell_features(image, masks, args.sample)

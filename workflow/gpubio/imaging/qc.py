@@ -18,7 +18,7 @@ def blank_image_message(path, what: str = "every pixel") -> str:
 
 
 def image_qc(path: str, max_saturated_fraction: float = 0.01) -> dict:
-    from gpubio.imaging.io import ImageError, read_image
+    from gpubio.image_io import ImageError, read_image
 
     image, axes = read_image(path)
     if not image.any():

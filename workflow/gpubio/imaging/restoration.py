@@ -193,8 +193,8 @@ def restore_file(
 ) -> dict:
     """Restore a TIFF's segmentation (and nuclear) channel into a float32 TIFF (see module doc)."""
     from gpubio.atomic import atomic_path
+    from gpubio.image_io import TiffImage
     from gpubio.imaging.cellpose_models import network_input, select_channels
-    from gpubio.imaging.io import TiffImage
     from gpubio.imaging.tiling import image_intensity_range, tiled_run_record
 
     image = TiffImage(image_path)
@@ -225,8 +225,8 @@ def write_restoration_png(path, raw_path, restored_path, channels: tuple[int, in
     import matplotlib.pyplot as plt
 
     from gpubio.atomic import atomic_path
+    from gpubio.image_io import TiffImage
     from gpubio.imaging.cellpose_models import network_input, select_channels
-    from gpubio.imaging.io import TiffImage
 
     raw, restored = TiffImage(raw_path), TiffImage(restored_path)
     step = max(1, math.ceil(max(raw.shape[1:]) / 1000))  # a figure, not the data: ~1000 px a side

@@ -131,7 +131,7 @@ def _validation_problems(folder: str | None, config_file: str, workdir: Path) ->
 
 def _training_file_problems(pairs, folder: str, config_file: str, key: str = "imaging.training.images") -> list[str]:
     """One line per training image or mask that is not a readable TIFF (headers only)."""
-    from gpubio.imaging.io import tiff_problem
+    from gpubio.image_io import tiff_problem
 
     problems = []
     for path in (p for pair in pairs for p in pair if p.suffix.lower() in (".tif", ".tiff")):  # masks may be PNG

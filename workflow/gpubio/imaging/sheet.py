@@ -15,7 +15,7 @@ IMAGE_COLUMNS = ("image", "reference_image")
 def image_file_problems(sheet, sheet_path: str, workdir: str | Path = ".") -> list[str]:
     """One line per unreadable image in the sheet: row, column, file, problem and fix."""
     from gpubio.config import row_where
-    from gpubio.imaging.io import tiff_problem
+    from gpubio.image_io import tiff_problem
 
     if sheet is None:
         return []

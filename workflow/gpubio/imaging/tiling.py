@@ -124,8 +124,8 @@ def image_intensity_range(image, image_path, channels: tuple[int, int], footprin
     With a `footprint` (a registered image's mask of covered pixels, nonzero = covered),
     only covered pixels count.
     """
+    from gpubio.image_io import ImageError, TiffImage
     from gpubio.imaging.cellpose_models import intensity_range, select_channels
-    from gpubio.imaging.io import ImageError, TiffImage
 
     _, height, width = image.shape
     step = max(1, math.ceil(math.sqrt(height * width / 4e6)))  # at most ~4 megapixels sampled
@@ -172,8 +172,8 @@ def segment_file(
     (`foreground_objects`, for objects of about `diameter` px; 0 = FOREGROUND_DIAMETER).
     """
     from gpubio.atomic import atomic_path
+    from gpubio.image_io import ImageError, LabelImage, TiffImage
     from gpubio.imaging.cellpose_models import network_input, select_channels
-    from gpubio.imaging.io import ImageError, LabelImage, TiffImage
     from gpubio.imaging.qc import blank_image_message
 
     image = TiffImage(image_path)
@@ -217,9 +217,9 @@ def _foreground_objects(image, channels: tuple[int, int], footprint, diameter: f
     """Objects brighter than the background of an image (read at a stride; a registered
     image's fill outside its footprint counts as background): what a segmentation that
     found no cell has missed, if anything."""
+    from gpubio.image_io import TiffImage
     from gpubio.imaging.cellpose_models import select_channels
     from gpubio.imaging.classical import foreground_objects
-    from gpubio.imaging.io import TiffImage
 
     _, height, width = image.shape
     step = max(1, math.ceil(math.sqrt(height * width / 4e6)))
