@@ -22,7 +22,7 @@ rule image_qc:
     resources:
         **cpu_resources(SITE, "image_qc", mem_mb=2000, runtime=30),
     params:
-        options=settings_options(IMAGING, IMAGE_QC_OPTIONS),
+        options=image_qc_options(IMAGING),
     shell:
         "python -m gpubio --threads {threads} image-qc {input:q} --out {output}"
         " {params.options} > {log} 2>&1"

@@ -10,8 +10,8 @@ from gpubio.imaging.resources import (
     restoration_vram_gb,
 )
 from gpubio.imaging.settings import (
-    IMAGE_QC_OPTIONS,
     cellpose_model,
+    image_qc_options,
     registration_options,
     restoration_enabled,
     restoration_options,

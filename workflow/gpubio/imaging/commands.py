@@ -53,7 +53,7 @@ def _register_image(args) -> None:
     if args.method == "elastix":
         log.info(
             "registration: itk-elastix, transforms %s on %d CPU thread(s)",
-            args.parameter_file or args.transforms,
+            args.parameter_files or args.transforms,
             args.threads,
         )
         result = register_elastix(
@@ -62,8 +62,8 @@ def _register_image(args) -> None:
             channel=channel,
             transforms=args.transforms,
             grid_spacing=args.grid_spacing,
-            iterations=args.iterations or None,
-            parameter_files=args.parameter_file or (),
+            iterations=args.elastix_iterations or None,  # 0: elastix's own default
+            parameter_files=args.parameter_files or (),
             threads=args.threads,
         )
     else:
@@ -76,7 +76,7 @@ def _register_image(args) -> None:
             channel=channel,
             transform=args.learned_transform,
             deformable=args.deformable,
-            iterations=args.iterations or None,
+            iterations=args.learned_iterations,
             learning_rate=args.learning_rate,
             smoothness=args.smoothness,
             device=device,
@@ -400,47 +400,20 @@ def _cell_features(args) -> None:
 
 
 def register(sub) -> None:
-    from gpubio.imaging.settings import imaging_defaults
+    from gpubio.steps import add_step_options
 
-    # defaults for use by hand come from the schema, like the workflow's settings
-    defaults = imaging_defaults()
-    qc, registration, training, seg = (defaults[k] for k in ("qc", "registration", "training", "segmentation"))
-    elastix = registration["elastix"]
+    # every setting's option, default and help come from the schema (gpubio.steps)
     p = sub.add_parser("image-qc", help="shape, channels, intensity range and saturation of an image")
     p.add_argument("image")
     p.add_argument("--out", required=True)
-    p.add_argument("--max-saturated-fraction", type=float, default=float(qc["max_saturated_fraction"]))
+    add_step_options(p, "image-qc")
     p.set_defaults(func=_image_qc)
 
     p = sub.add_parser("register-image", help="register an image to its reference (itk-elastix or learned, torch)")
     p.add_argument("image")
     p.add_argument("--reference", required=True)
     p.add_argument("--sample", default="")
-    p.add_argument("--method", choices=["elastix", "learned"], default=registration["method"])
-    p.add_argument(
-        "--channel", type=int, default=registration["channel"], help="1-based channel both images are registered on"
-    )
-    p.add_argument("--transforms", nargs="+", default=elastix["transforms"], help="elastix maps, run in order")
-    p.add_argument(
-        "--grid-spacing",
-        type=float,
-        default=float(elastix["bspline_grid_spacing"]),
-        help="elastix B-spline control-point spacing (px)",
-    )
-    p.add_argument(
-        "--parameter-file", action="append", help="your own elastix parameter file(s), instead of --transforms"
-    )
-    p.add_argument(
-        "--iterations",
-        type=int,
-        default=elastix["iterations"],
-        help="optimiser iterations per level (0 = the method's default)",
-    )
-    # learned settings left out take imaging.registration.learned's defaults (the schema's)
-    p.add_argument("--learned-transform", choices=["rigid", "affine"])
-    p.add_argument("--deformable", action=argparse.BooleanOptionalAction)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--smoothness", type=float, help="weight of the displacement field's smoothness penalty")
+    add_step_options(p, "register-image")  # the settings of both methods; --method picks one
     p.add_argument("--out-image", required=True)
     p.add_argument("--out-transform", required=True)
     p.add_argument("--out-png", required=True)
@@ -453,41 +426,7 @@ def register(sub) -> None:
         help="train a Cellpose model on a folder of <name>.tif + <name>_masks.tif, judged on validation images",
     )
     p.add_argument("--images", required=True, help="the training folder")
-    p.add_argument("--validation", default=training["validation"], help="a folder of validation images and masks")
-    p.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=float(training["validation_fraction"]),
-        help="without --validation: hold out this fraction of each training image (0 = no validation)",
-    )
-    p.add_argument("--channels", type=int, nargs=2, default=seg["channels"], metavar=("SEGMENT", "NUCLEAR"))
-    p.add_argument(
-        "--base-model", default=training["base_model"], help=f"none (from scratch, Cellpose 3) or a {model_help}"
-    )
-    p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
-    p.add_argument("--steps", type=int, default=training["steps"], help="optimiser steps of --batch-size crops each")
-    p.add_argument("--validate-every", type=int, default=training["validate_every"], help="steps between validations")
-    p.add_argument("--learning-rate", type=float, help="default: the installed Cellpose's (3: 0.005, 4: 5e-5)")
-    p.add_argument("--weight-decay", type=float, help="default: the installed Cellpose's (3: 1e-5, 4: 0.1)")
-    p.add_argument("--batch-size", type=int, default=training["batch_size"])
-    p.add_argument(
-        "--crop-size",
-        type=int,
-        help="training crops in px on the network's scale; default: as many object diameters as Cellpose 3's "
-        "224 px at 30 px cells (Cellpose 4: 256)",
-    )
-    p.add_argument(
-        "--network-diameter",
-        type=float,
-        default=float(training["network_diameter"]),
-        help="Cellpose 3 from scratch: objects are scaled to this diameter (px); 0 = the training objects' own",
-    )
-    p.add_argument("--seed", type=int, default=training["seed"])
-    # how validation segments: as the segmentation step will
-    p.add_argument("--diameter", type=float, default=float(seg["diameter"]), help="0 = the model's own")
-    p.add_argument("--flow-threshold", type=float, default=float(seg["flow_threshold"]))
-    p.add_argument("--cellprob-threshold", type=float, default=float(seg["cellprob_threshold"]))
-    p.add_argument("--min-size", type=int, default=seg["min_size"])
+    add_step_options(p, "train-cellpose")  # training settings, and segmentation's for validation
     p.add_argument("--out", required=True, help="the model file")
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-tsv", help="validation scores of the model and the baselines")
@@ -498,17 +437,7 @@ def register(sub) -> None:
     p.add_argument("image")
     p.add_argument("--sample", default="", help="the sample's name, for its warnings")
     p.add_argument("--model", required=True, help=model_help)
-    p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
-    p.add_argument("--channels", type=int, nargs=2, default=seg["channels"], metavar=("SEGMENT", "NUCLEAR"))
-    p.add_argument(
-        "--diameter", type=float, default=float(seg["diameter"]), help="cell diameter in px; 0 = the model's own"
-    )
-    p.add_argument("--flow-threshold", type=float, default=float(seg["flow_threshold"]))
-    p.add_argument("--cellprob-threshold", type=float, default=float(seg["cellprob_threshold"]))
-    p.add_argument("--min-size", type=int, default=seg["min_size"])
-    p.add_argument("--batch-size", type=int, default=seg["batch_size"])
-    p.add_argument("--tile-size", type=int, default=seg["tile_size"])
-    p.add_argument("--tile-overlap", type=int, default=seg["tile_overlap"])
+    add_step_options(p, "segment-cells")
     p.add_argument("--footprint", help="a registered image's footprint: normalise over its covered pixels only")
     p.add_argument("--out-masks", required=True)
     p.add_argument("--out-json", required=True)
@@ -523,11 +452,7 @@ def register(sub) -> None:
     p.add_argument("image")
     p.add_argument("--model", required=True, help="built-in restoration model (denoise_cyto3, ...) or a model file")
     p.add_argument("--sample", default="")
-    p.add_argument("--download-models", action="store_true", help="let cellpose download missing built-in weights")
-    p.add_argument("--channels", type=int, nargs=2, default=[1, 0], metavar=("SEGMENT", "NUCLEAR"))
-    p.add_argument("--diameter", type=float, default=0.0, help="cell diameter in px; 0 = the model's own")
-    p.add_argument("--tile-size", type=int, default=2048, help="each tile (plus overlap) is one network pass")
-    p.add_argument("--tile-overlap", type=int, default=64)
+    add_step_options(p, "restore-image")
     p.add_argument("--footprint", help="a registered image's footprint: normalise over its covered pixels only")
     p.add_argument("--out-image", required=True, help="float32 TIFF: restored segmentation (and nuclear) channel")
     p.add_argument("--out-json", required=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpubio.shell import Flag, settings_options
+from gpubio.steps import step_options
 
 TRAINED_MODEL = "results/imaging/model/cellpose_trained"
 
@@ -141,72 +141,16 @@ def _training_file_problems(pairs, folder: str, config_file: str, key: str = "im
     return problems
 
 
-# Each step's table: setting (dotted key in the imaging section) -> its command-line flag.
-IMAGE_QC_OPTIONS = {"qc.max_saturated_fraction": "--max-saturated-fraction"}
-REGISTRATION_OPTIONS = {"registration.method": "--method", "registration.channel": "--channel"}
-ELASTIX_FILE_OPTIONS = {"parameter_files": Flag("--parameter-file", each=True), "iterations": "--iterations"}
-ELASTIX_OPTIONS = {"transforms": "--transforms", "bspline_grid_spacing": "--grid-spacing", "iterations": "--iterations"}
-LEARNED_OPTIONS = {
-    "transform": "--learned-transform",
-    "deformable": "--deformable",
-    "iterations": "--iterations",
-    "learning_rate": "--learning-rate",
-    "smoothness": "--smoothness",
-}
-SEGMENTATION_OPTIONS = {
-    "segmentation.channels": "--channels",
-    "segmentation.diameter": "--diameter",
-    "segmentation.flow_threshold": "--flow-threshold",
-    "segmentation.cellprob_threshold": "--cellprob-threshold",
-    "segmentation.min_size": "--min-size",
-    "segmentation.batch_size": "--batch-size",
-    "segmentation.tile_size": "--tile-size",
-    "segmentation.tile_overlap": "--tile-overlap",
-    "segmentation.download_models": Flag("--download-models", negatable=False),
-}
-RESTORATION_OPTIONS = {
-    "segmentation.channels": "--channels",
-    "segmentation.diameter": "--diameter",
-    "restoration.tile_size": "--tile-size",
-    "restoration.tile_overlap": "--tile-overlap",
-    "segmentation.download_models": Flag("--download-models", negatable=False),
-}
-TRAINING_OPTIONS = {
-    "segmentation.channels": "--channels",
-    "training.validation": "--validation",
-    "training.validation_fraction": "--validation-fraction",
-    "training.base_model": "--base-model",
-    "training.steps": "--steps",
-    "training.validate_every": "--validate-every",
-    "training.batch_size": "--batch-size",
-    "training.seed": "--seed",
-    # unset (null): the installed Cellpose's default
-    "training.learning_rate": "--learning-rate",
-    "training.weight_decay": "--weight-decay",
-    "training.crop_size": "--crop-size",
-    # unset (null): the training objects' own size
-    "training.network_diameter": "--network-diameter",
-    # validation segments as the segmentation step will
-    "segmentation.diameter": "--diameter",
-    "segmentation.flow_threshold": "--flow-threshold",
-    "segmentation.cellprob_threshold": "--cellprob-threshold",
-    "segmentation.min_size": "--min-size",
-    "segmentation.download_models": Flag("--download-models", negatable=False),
-}
-
-
 def registration_options(settings: dict) -> str:
-    """register-image options for the configured method."""
+    """register-image options of the configured method (elastix: its parameter files replace
+    the built-in transforms)."""
     reg = settings["registration"]
-    options = [settings_options(settings, REGISTRATION_OPTIONS)]
-    if reg["method"] == "elastix":
-        # parameter files replace the built-in transforms; 0 iterations = elastix's own default
-        elastix = dict(reg["elastix"], iterations=reg["elastix"]["iterations"] or None)
-        table = ELASTIX_FILE_OPTIONS if elastix["parameter_files"] else ELASTIX_OPTIONS
-        options.append(settings_options(elastix, table))
-    else:
-        options.append(settings_options(reg["learned"], LEARNED_OPTIONS))
-    return " ".join(o for o in options if o)
+    if reg["method"] == "learned":
+        return step_options(settings, "register-image", exclude=("registration.elastix",))
+    skip = ("registration.elastix.transforms", "registration.elastix.bspline_grid_spacing")
+    return step_options(
+        settings, "register-image", exclude=("registration.learned", *(skip if reg["elastix"]["parameter_files"] else ()))
+    )
 
 
 def segmentation_options(settings: dict) -> str:
@@ -214,16 +158,20 @@ def segmentation_options(settings: dict) -> str:
     if restoration_enabled(settings):
         # the restored image holds the segmentation channel first, then the nuclear one (if any)
         seg["channels"] = [1, 2 if seg["channels"][1] else 0]
-    return settings_options({**settings, "segmentation": seg}, SEGMENTATION_OPTIONS)
+    return step_options({**settings, "segmentation": seg}, "segment-cells")
 
 
 def restoration_options(settings: dict) -> str:
     """restore-image options; channels and diameter are segmentation's, so both see the same cells."""
-    return settings_options(settings, RESTORATION_OPTIONS)
+    return step_options(settings, "restore-image")
 
 
 def training_options(settings: dict) -> str:
-    return settings_options(settings, TRAINING_OPTIONS)
+    return step_options(settings, "train-cellpose")
+
+
+def image_qc_options(settings: dict) -> str:
+    return step_options(settings, "image-qc")
 
 
 def training_files(settings: dict, workdir: str | Path = ".") -> list[str]:
