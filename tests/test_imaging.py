@@ -354,8 +354,9 @@ def test_training_dispatch(tmp_path, weights, version, extra):
     assert (kwargs["n_epochs"], kwargs["bsize"], kwargs["normalize"]) == (3, 32, False)
     assert kwargs["nimg_per_epoch"] == kwargs["batch_size"] == 8  # an epoch is one step of one batch
     assert kwargs["test_data"] is None
-    defaults = cm.TRAINING_DEFAULTS[int(version[0])]  # learning rate and weight decay left unset
-    assert (kwargs["learning_rate"], kwargs["weight_decay"]) == (defaults["learning_rate"], defaults["weight_decay"])
+    # learning rate and weight decay left unset: each version's own (Cellpose 3.1's train_seg; Cellpose-SAM's)
+    expected = {"3": (0.005, 1e-5), "4": (5e-5, 0.1)}[version[0]]
+    assert (kwargs["learning_rate"], kwargs["weight_decay"]) == expected
     assert {k: kwargs[k] for k in extra} == extra and ("channels" in kwargs) == bool(extra)
     init = FakeModel.calls[0][1]
     if version.startswith("3"):  # from scratch, sized to the training objects
@@ -477,7 +478,8 @@ def test_rule_options_spell_out_the_settings():
     from gpubio.imaging.settings import registration_options, segmentation_options, training_options
 
     assert (
-        registration_options(settings()) == "--method elastix --channel 1 --transforms rigid bspline --grid-spacing 32"
+        registration_options(settings())
+        == "--method elastix --channel 1 --transforms rigid bspline --grid-spacing 32 --elastix-iterations 0"
     )
     learned = settings(registration__method="learned")
     assert registration_options(learned).startswith(
@@ -485,10 +487,13 @@ def test_rule_options_spell_out_the_settings():
     )
     assert "--tile-size 2048 --tile-overlap 64" in segmentation_options(settings())
     assert training_options(settings()) == (
-        "--channels 1 0 --validation-fraction 0.2 --base-model none --steps 400 --validate-every 50 --batch-size 4"
-        " --seed 0 --network-diameter 17 --diameter 0 --flow-threshold 0.4 --cellprob-threshold 0 --min-size 15"
+        "--no-download-models --channels 1 0 --diameter 0 --flow-threshold 0.4 --cellprob-threshold 0 --min-size 15"
+        " --validation-fraction 0.2 --base-model none --steps 400 --validate-every 50 --batch-size 4"
+        " --network-diameter 17 --seed 0"
     )
-    assert "--seed 0 --learning-rate 0.01 --network" in training_options(settings(training__learning_rate=0.01))
+    assert "--validate-every 50 --learning-rate 0.01 --batch-size" in training_options(
+        settings(training__learning_rate=0.01)
+    )
     assert "--validation held --validation-fraction" in training_options(settings(training__validation="held"))
 
 

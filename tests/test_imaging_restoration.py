@@ -308,7 +308,10 @@ def test_dry_run_shows_segmentation_reading_the_restored_image_and_the_gpu_place
     proc = run_snakemake(restoration_project, "-n", "-p")
     out = proc.stdout
     assert "restore-image 'images/cells a.tif' --model models/restorer --sample sa" in out  # the space is quoted
-    assert "segment-cells results/imaging/sa/restored.tif --sample sa --model models/segmenter --channels 1 0" in out
+    assert (
+        "segment-cells results/imaging/sa/restored.tif --sample sa --model models/segmenter --no-download-models --channels 1 0"
+        in out
+    )
     assert "cell-features 'images/cells a.tif' results/imaging/sa/masks.tif" in out  # features: the raw image
     proc = run_snakemake(
         restoration_project, "-n", "--profile", str(REPO / "profiles" / "slurm-gpu"), "--sdm", "env-modules"

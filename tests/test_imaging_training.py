@@ -428,7 +428,7 @@ def test_a_reference_of_another_size_is_registered_onto_its_grid_with_a_note(tmp
         "--method",
         "learned",
         "--no-deformable",
-        "--iterations",
+        "--learned-iterations",
         "5",
         "--out-image",
         str(out["registered.tif"]),

@@ -232,7 +232,7 @@ def test_learned_registration_command_on_the_cpu_path(demo, truth, tmp_path):
             str(demo / "nuclei1_reference.tif"),
             "--method",
             "learned",
-            "--iterations",
+            "--learned-iterations",
             "80",
             "--out-image",
             str(out["registered.tif"]),

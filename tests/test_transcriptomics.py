@@ -287,8 +287,9 @@ def test_schema_defaults_are_the_parameter_defaults():
 
 def test_config_options_reach_the_command_unchanged():
     from gpubio.cli import build_parser
+    from gpubio.steps import step_options
     from gpubio.transcriptomics.cluster import ClusterParams
-    from gpubio.transcriptomics.commands import cli_options, params_from
+    from gpubio.transcriptomics.commands import params_from
 
     section = {"n_top_genes": 500, "harmony": False, "leiden_resolution": 0.7, "marker_method": "t-test"}
     args = build_parser().parse_args(
@@ -299,7 +300,7 @@ def test_config_options_reach_the_command_unchanged():
             "o",
             "--out-markers",
             "m",
-            *cli_options(section, ClusterParams).split(),
+            *step_options({"cluster": section}, "integrate-cells").split(),
         ]
     )
     assert params_from(args, ClusterParams) == ClusterParams(**section)
@@ -449,14 +450,15 @@ def test_embeddings_rule_runs_only_when_weights_are_configured(workdir, tmp_path
 def test_scanvi_epochs_default_to_scvi_tools_rule_and_an_integer_overrides():
     from gpubio.cli import build_parser
     from gpubio.config import load_schema
+    from gpubio.steps import step_options
     from gpubio.transcriptomics.annotation import ScanviParams
-    from gpubio.transcriptomics.commands import cli_options, params_from
+    from gpubio.transcriptomics.commands import params_from
 
     scanvi = load_schema("config.transcriptomics")["properties"]["annotation"]["properties"]["scanvi"]["properties"]
     assert [scanvi[k]["default"] for k in ("scvi_epochs", "scanvi_epochs", "query_epochs")] == [None, None, None]
     assert scanvi["n_top_genes"]["default"] == 2000
     section = {"scvi_epochs": None, "scanvi_epochs": 7, "query_epochs": None, "n_top_genes": 2000}
-    options = cli_options(section, ScanviParams)
+    options = step_options({"annotation": {"scanvi": section}}, "annotate-scanvi")
     assert options == "--n-top-genes 2000 --scanvi-epochs 7"  # null: no flag, scvi-tools decides
     base = ["annotate-scanvi", "--integrated", "i.h5ad", "--reference", "r.h5ad", "--out", "o.tsv"]
     params = params_from(build_parser().parse_args([*base, *options.split()]), ScanviParams)

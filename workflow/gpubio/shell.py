@@ -9,8 +9,7 @@ nothing. The quoting is visible as typed in `snakemake -n -p`.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 
 
 def quote_option(flag: str, value, *, joined: bool = False) -> str:
@@ -30,51 +29,6 @@ def quote_option_list(flag: str, values: Iterable) -> str:
     """``flag v1 v2 ...`` quoted, or "" for no values."""
     values = [str(v) for v in values]
     return shlex.join([flag, *values]) if values else ""
-
-
-@dataclass(frozen=True)
-class Flag:
-    """How one setting becomes command-line words, for a step's table of key -> flag.
-
-    each: a list gives the flag before every item (``--file a --file b``), not ``--file a b``.
-    negatable: false gives ``--no-<flag>``; else a false switch gives nothing.
-    """
-
-    name: str
-    each: bool = False
-    negatable: bool = True
-
-    def words(self, value) -> list[str]:
-        if value is None or value == "" or value == []:
-            return []  # unset: the command's own default
-        if isinstance(value, bool):
-            if value:
-                return [self.name]
-            return ["--no-" + self.name.removeprefix("--")] if self.negatable else []
-        if isinstance(value, (list, tuple)):
-            items = [_word(v) for v in value]
-            return [w for item in items for w in (self.name, item)] if self.each else [self.name, *items]
-        return [self.name, _word(value)]
-
-
-def _word(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def settings_options(settings: Mapping, flags: Mapping[str, str | Flag]) -> str:
-    """A step's settings as quoted command-line options, the one way every domain builds them.
-
-    flags: the step's table, setting key (dotted for nested sections) -> flag ("--tile-size"
-    or a Flag); keys absent from the settings and unset values ("", None, []) give nothing.
-    Adding an option to a step is one schema entry, one line in its table, one CLI argument.
-    """
-    words = []
-    for key, flag in flags.items():
-        node = settings
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, Mapping) else None
-        words += (flag if isinstance(flag, Flag) else Flag(flag)).words(node)
-    return shlex.join(words)
 
 
 def quote_extra_options(text: str | None) -> str:

@@ -69,7 +69,10 @@ class StepOption:
         help_text = f"{text} (config: {self.config_key}; default: %(default)s)" if text else None
         if help_text is None:
             help_text = f"config: {self.config_key}; default: %(default)s"
-        kwargs: dict[str, Any] = {"default": self.default, "help": help_text.replace("%", "%%").replace("%%(default)s", "%(default)s")}
+        kwargs: dict[str, Any] = {
+            "default": self.default,
+            "help": help_text.replace("%", "%%").replace("%%(default)s", "%(default)s"),
+        }
         if kind == "boolean":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind == "array":
@@ -153,3 +156,29 @@ def step_options(settings: Mapping[str, Any], step: str, exclude: Iterable[str] 
             node = node.get(part) if isinstance(node, Mapping) else None
         words += option.words(node)
     return shlex.join(words)
+
+
+def settings_class(name: str, step: str, section: str, doc: str = "") -> type:
+    """A frozen dataclass of a step's settings under ``section`` (dotted, in the domain's
+    section), with the schema's types and defaults: the typed settings a library function
+    takes. Field names are the keys' last parts; a step's flag for one is ``--<field>``."""
+    import dataclasses
+
+    fields = []
+    for option in options_of(step):
+        if not option.key.startswith(f"{section}."):
+            continue
+        field_name = option.key.rsplit(".", 1)[1]
+        kind = option.kind()
+        annotation: Any = list if kind == "array" else _TYPES[kind]
+        if option.default is None:
+            annotation = annotation | None
+        default = option.default
+        if kind == "number" and isinstance(default, int) and not isinstance(default, bool):
+            default = float(default)
+        fields.append((field_name, annotation, dataclasses.field(default=default)))
+    if not fields:
+        raise ValueError(f"no setting of step {step!r} under {section!r} in the schema")
+    cls = dataclasses.make_dataclass(name, fields, frozen=True)
+    cls.__doc__ = doc or f"The settings under {section} that step {step} takes (defaults: the schema's)."
+    return cls

@@ -17,8 +17,8 @@ from gpubio.shell import (
     quote_extra_options,
     quote_option,
     quote_option_list,
-    settings_options,
 )
+from gpubio.steps import step_options
 from gpubio.gpu.retry import snakemake_job_files
 from gpubio.startup import (
     ENV_RUN_SIZES,

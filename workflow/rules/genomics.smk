@@ -133,7 +133,7 @@ rule basecall:
     params:
         usage=usage_record("genomics/runs/{run}/basecall_{shard}"),
         model=GENOMICS["basecall"]["model"],
-        flags=settings_options(GENOMICS["basecall"], BASECALL_OPTIONS),
+        flags=step_options(GENOMICS, "dorado-basecaller"),
         options=quote_extra_options(GENOMICS["basecall"]["options"]),
     shell:
         gpu_step() + " tool-on-device"
@@ -492,7 +492,7 @@ rule finish_variants:
     resources:
         **cpu_resources(SITE, "finish_variants", mem_mb=2000, runtime=60),
     params:
-        options=settings_options(GENOMICS["variants"], FINISH_VARIANTS_OPTIONS),
+        options=step_options(GENOMICS, "finish-variants"),
     shell:
         "python -m gpubio --threads {threads} finish-variants {input.calls:q} --reference {input.reference:q}"
         " --sample {wildcards.sample} {params.options} --out {output.vcf} > {log} 2>&1"
@@ -530,7 +530,7 @@ rule variant_effects:
         ),
     params:
         usage=usage_record("genomics/{sample}/variant_effects"),
-        options=settings_options(GENOMICS["variant_effects"], VARIANT_EFFECTS_OPTIONS),
+        options=step_options(GENOMICS, "variant-effects"),
     shell:
         gpu_step() + " variant-effects"
         " --vcf {input.vcf:q} --reference {input.reference:q} --weights {input.weights:q}"
@@ -578,7 +578,7 @@ rule genomics_plots:
     resources:
         **cpu_resources(SITE, "genomics_plots", mem_mb=2000, runtime=30),
     params:
-        options=settings_options(GENOMICS["variants"], FINISH_VARIANTS_OPTIONS),
+        options=step_options(GENOMICS, "genomics-plots"),
         effects=lambda wc, input: quote_option_list(
             "--effects", input.effects if "effects" in input.keys() else []
         ),

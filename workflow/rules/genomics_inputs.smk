@@ -3,9 +3,6 @@
 from gpubio.genomics.align import is_aligned_bam
 from gpubio.genomics.basecall import shard_count, shard_names, shard_work
 from gpubio.genomics.sheet import (
-    BASECALL_OPTIONS,
-    FINISH_VARIANTS_OPTIONS,
-    VARIANT_EFFECTS_OPTIONS,
     caller_for,
     sequencing_runs,
 )

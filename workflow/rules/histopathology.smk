@@ -59,12 +59,11 @@ rule embed_tiles:
         usage=usage_record("histopathology/{sample}/embed_tiles"),
         mpp=slide_mpp_option,
         model=HISTOPATHOLOGY["model"],
-        tile_size=HISTOPATHOLOGY["tiling"]["tile_size"],
-        batch_size=HISTOPATHOLOGY["embedding"]["batch_size"],
+        options=embedding_options(HISTOPATHOLOGY),
     shell:
         gpu_step() + " embed-tiles"
         " {input.slide:q} {input.tiles} {params.mpp} --sample {wildcards.sample} --model {params.model:q}"
-        " --tile-size {params.tile_size} --batch-size {params.batch_size} --out {output} > {log} 2>&1"
+        " {params.options} --out {output} > {log} 2>&1"
 
 
 # the text tower runs once per class prompt: cheap enough for the CPU

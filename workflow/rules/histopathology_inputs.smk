@@ -2,6 +2,7 @@
 
 from gpubio.histopathology.settings import (
     class_options,
+    embedding_options,
     tile_embedding_vram_gb,
     tiling_options,
 )

@@ -7,20 +7,8 @@
 include: "transcriptomics_inputs.smk"
 
 
-from gpubio.transcriptomics.annotation import ScanviParams
-from gpubio.transcriptomics.cluster import ClusterParams
-from gpubio.transcriptomics.commands import cli_options
-from gpubio.transcriptomics.embeddings import EmbeddingParams
-from gpubio.transcriptomics.settings import (
-    ANNOTATE_CELLTYPIST_OPTIONS,
-    ANNOTATE_SCANVI_OPTIONS,
-    CELL_QC_OPTIONS,
-    INTEGRATE_OPTIONS,
-    PLOT_ATLAS_OPTIONS,
-    TRAIN_CELLTYPIST_OPTIONS,
-)
+from gpubio.steps import step_options
 from gpubio.transcriptomics.sizing import atlas_mem_mb, atlas_vram_gb, embedding_vram_gb
-from gpubio.transcriptomics.spatial import SpatialParams
 
 
 rule cell_qc:
@@ -40,7 +28,7 @@ rule cell_qc:
         **cpu_resources(SITE, "cell_qc", mem_mb=4000, runtime=30),
     params:
         batch=lambda wc: sheet_row("transcriptomics", wc.sample)["batch"],
-        options=settings_options(TRANSCRIPTOMICS, CELL_QC_OPTIONS),
+        options=step_options(TRANSCRIPTOMICS, "cell-qc"),
     shell:
         "python -m gpubio --threads {threads} cell-qc --counts {input:q} --sample {wildcards.sample}"
         " --batch {params.batch:q} {params.options}"
@@ -81,11 +69,10 @@ rule integrate_cells:
         ),
     params:
         usage=usage_record("transcriptomics/integrate_cells"),
-        steps=settings_options(TRANSCRIPTOMICS, INTEGRATE_OPTIONS),
-        options=cli_options(TRANSCRIPTOMICS["cluster"], ClusterParams),
+        options=step_options(TRANSCRIPTOMICS, "integrate-cells"),
     shell:
         gpu_step() + " integrate-cells {input:q}"
-        " {params.steps} {params.options}"
+        " {params.options}"
         " --out-h5ad {output.h5ad} --out-markers {output.markers} > {log} 2>&1"
 
 
@@ -104,7 +91,7 @@ rule train_celltypist:
     resources:
         **cpu_resources(SITE, "train_celltypist", mem_mb=8000, runtime=120),
     params:
-        options=settings_options(TRANSCRIPTOMICS, TRAIN_CELLTYPIST_OPTIONS),
+        options=step_options(TRANSCRIPTOMICS, "train-celltypist"),
     shell:
         "python -m gpubio --threads {threads} train-celltypist --reference {input.reference:q}"
         " {params.options} --out {output} > {log} 2>&1"
@@ -131,7 +118,7 @@ rule annotate_celltypist:
             runtime=60,
         ),
     params:
-        voting=settings_options(TRANSCRIPTOMICS, ANNOTATE_CELLTYPIST_OPTIONS),
+        voting=step_options(TRANSCRIPTOMICS, "annotate-celltypist"),
     shell:
         "python -m gpubio --threads {threads} annotate-celltypist --integrated {input.integrated:q}"
         " --model {input.model:q} {params.voting} --out {output} > {log} 2>&1"
@@ -163,11 +150,10 @@ rule annotate_scanvi:
         ),
     params:
         usage=usage_record("transcriptomics/annotate_scanvi"),
-        label_key=settings_options(TRANSCRIPTOMICS, ANNOTATE_SCANVI_OPTIONS),
-        options=cli_options(TRANSCRIPTOMICS["annotation"]["scanvi"], ScanviParams),
+        options=step_options(TRANSCRIPTOMICS, "annotate-scanvi"),
     shell:
         gpu_step() + " annotate-scanvi"
-        " --integrated {input.integrated:q} --reference {input.reference:q} {params.label_key}"
+        " --integrated {input.integrated:q} --reference {input.reference:q} "
         " {params.options} --out {output} > {log} 2>&1"
 
 
@@ -198,7 +184,7 @@ rule embed_cells:
         ),
     params:
         usage=usage_record("transcriptomics/embed_cells"),
-        options=cli_options(TRANSCRIPTOMICS["embeddings"], EmbeddingParams),
+        options=step_options(TRANSCRIPTOMICS, "embed-cells"),
     shell:
         gpu_step() + " embed-cells"
         " --integrated {input.integrated:q} --weights {input.weights:q} {params.options}"
@@ -270,7 +256,7 @@ rule plot_atlas:
             runtime=60,
         ),
     params:
-        options=settings_options(TRANSCRIPTOMICS, PLOT_ATLAS_OPTIONS),
+        options=step_options(TRANSCRIPTOMICS, "plot-atlas"),
     shell:
         "python -m gpubio --threads {threads} plot-atlas --atlas {input:q} {params.options}"
         " --out-umap {output.umap} --out-violins {output.violins} --out-dotplot {output.dotplot} > {log} 2>&1"
@@ -305,7 +291,7 @@ rule spatial_stats:
             runtime=120,
         ),
     params:
-        options=cli_options(TRANSCRIPTOMICS["spatial"], SpatialParams),
+        options=step_options(TRANSCRIPTOMICS, "spatial-stats"),
         interactions=lambda wildcards, input: quote_option_list(
             "--interactions", input.interactions
         ),

@@ -85,10 +85,9 @@ def _genomics_plots(args) -> None:
 
 
 def register(sub) -> None:
-    from gpubio.genomics.sheet import genomics_settings
+    from gpubio.steps import add_step_options
 
-    # defaults for use by hand come from the schema, like the workflow's settings
-    effects = genomics_settings({})["variant_effects"]
+    # settings' options, defaults and help come from the schema (gpubio.steps)
     p = sub.add_parser("read-qc", help="read count, N50 and base quality of FASTQ/BAM files")
     p.add_argument("reads", nargs="+")
     p.add_argument("--out", required=True)
@@ -146,19 +145,15 @@ def register(sub) -> None:
     p.add_argument("calls")
     p.add_argument("--reference", required=True)
     p.add_argument("--sample", required=True)
-    p.add_argument("--min-qual", type=float, required=True)
+    add_step_options(p, "finish-variants")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_finish_variants)
 
     p = sub.add_parser("variant-effects", help="score PASS variants with a sequence model (ref vs alt windows)")
     p.add_argument("--vcf", required=True)
     p.add_argument("--reference", required=True)
-    p.add_argument("--family", default=effects["family"])
     p.add_argument("--weights", required=True, help="local weights directory")
-    p.add_argument("--sequence-length", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=effects["batch_size"])
-    p.add_argument("--head", default=effects["head"])
-    p.add_argument("--track-names", default=effects["track_names"])
+    add_step_options(p, "variant-effects")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_variant_effects)
 
@@ -167,7 +162,7 @@ def register(sub) -> None:
     p.add_argument("--coverage", nargs="+", required=True)
     p.add_argument("--vcf", nargs="+", required=True)
     p.add_argument("--effects", nargs="*")
-    p.add_argument("--min-qual", type=float, required=True)
+    add_step_options(p, "genomics-plots")
     p.add_argument("--out-read-qc", required=True)
     p.add_argument("--out-coverage", required=True)
     p.add_argument("--out-variants", required=True)

@@ -12,16 +12,6 @@ CALLERS = ("bcftools", "deepvariant_gpu", "deepvariant", "clair3")
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-# Each step's table: setting (key in its section of genomics) -> flag of its command.
-BASECALL_OPTIONS = {"models_directory": "--models-directory", "kit_name": "--kit-name"}
-FINISH_VARIANTS_OPTIONS = {"min_qual": "--min-qual"}
-VARIANT_EFFECTS_OPTIONS = {
-    "family": "--family",
-    "sequence_length": "--sequence-length",
-    "batch_size": "--batch-size",
-    "head": "--head",
-    "track_names": "--track-names",
-}
 # Free-form option strings passed through to tools: each must split into shell words.
 OPTION_STRINGS = (
     "genomics.basecall.options",

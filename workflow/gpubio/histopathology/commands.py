@@ -164,20 +164,15 @@ def _slide_fractions(args) -> None:
 
 
 def register(sub) -> None:
+    from gpubio.steps import add_step_options
+
     slide_help = "the whole-slide image (SVS, pyramidal TIFF, OME-TIFF)"
     mpp_help = "microns per pixel at level 0 (the sheet's mpp); default: what the file says"
 
     p = sub.add_parser("tile-slide", help="tissue detection on a thumbnail and the tile grid over the tissue")
     p.add_argument("slide", help=slide_help)
     p.add_argument("--mpp", type=float, help=mpp_help)
-    p.add_argument(
-        "--magnification", type=float, default=20, help="tile resolution as objective power (10 / magnification µm/px)"
-    )
-    p.add_argument("--target-mpp", type=float, help="tile resolution in µm/px (instead of --magnification)")
-    p.add_argument("--tile-size", type=int, default=224)
-    p.add_argument("--min-tissue-fraction", type=float, default=0.5)
-    p.add_argument("--min-saturation", type=float, default=0.05)
-    p.add_argument("--min-area-um2", type=float, default=10000)
+    add_step_options(p, "tile-slide")  # --target-mpp, when given, is used instead of --magnification
     p.add_argument("--out-tiles", required=True)
     p.add_argument("--out-mask", required=True)
     p.add_argument("--out-json", required=True)
@@ -191,8 +186,7 @@ def register(sub) -> None:
     p.add_argument(
         "--model", required=True, help="CONCH weights directory: pytorch_model.bin, conch_byte_level_bpe_uncased.json"
     )
-    p.add_argument("--tile-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=64)
+    add_step_options(p, "embed-tiles")
     p.add_argument("--out", required=True, help="the .h5ad (X: embeddings; obs: x, y, level, tissue_fraction)")
     p.set_defaults(func=_embed_tiles)
 

@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 
 from gpubio.histopathology.weights import PUBLISHED_CONFIG, ModelError, architecture, read_model_config
+from gpubio.steps import step_options
 
 CUDA_CONTEXT_GB = 1.0
 
@@ -63,22 +64,11 @@ def slide_problems(sheet, sheet_path: str, workdir: str | Path = ".") -> list[st
 
 
 def tiling_options(settings: dict) -> str:
-    tiling, tissue = settings["tiling"], settings["tissue"]
-    options = [
-        "--tile-size",
-        str(tiling["tile_size"]),
-        "--min-tissue-fraction",
-        f"{tiling['min_tissue_fraction']:g}",
-        "--min-saturation",
-        f"{tissue['min_saturation']:g}",
-        "--min-area-um2",
-        f"{tissue['min_area_um2']:g}",
-    ]
-    if tiling["mpp"]:
-        options += ["--target-mpp", f"{tiling['mpp']:g}"]
-    else:
-        options += ["--magnification", f"{tiling['magnification']:g}"]
-    return shlex.join(options)
+    return step_options(settings, "tile-slide")
+
+
+def embedding_options(settings: dict) -> str:
+    return step_options(settings, "embed-tiles")
 
 
 def class_options(settings: dict) -> str:

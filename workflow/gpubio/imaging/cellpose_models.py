@@ -1,12 +1,7 @@
 """Cellpose 3.x and 4.x (Cellpose-SAM) behind one interface: find, load, segment, train.
 
-The installed major version decides the calls:
-
-- 3.x: a 2-channel network (``nchan=2``); built-in models ``cyto3``, ``nuclei``, ...;
-  ``pretrained_model=False`` builds an untrained network, so a model can be trained
-  from scratch.
-- 4.x: the Cellpose-SAM transformer; no ``channels``/``nchan`` arguments (it reads up to
-  three channels as given), one built-in model, ``cpsam``; training starts from it.
+What differs between the versions (model names, network inputs, training defaults,
+restoration) is :mod:`gpubio.imaging.cellpose_api`'s; this module asks it.
 
 ``generalist`` names each version's general-purpose built-in model (``cyto3``, ``cpsam``):
 what a lab segments with before it trains a model of its own.
@@ -28,34 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from gpubio.errors import UnusableInput
+from gpubio.imaging.cellpose_api import VERSIONS, ModelError, cellpose_api, installed_major
 
 log = logging.getLogger("gpubio")
 
-# Weight files of the built-in Cellpose 3 models in the model folder (see cellpose.models.model_path)
-_V3_WEIGHT_FILES = {"cyto": "cytotorch_0", "cyto2": "cyto2torch_0", "nuclei": "nucleitorch_0"}
-V4_BUILTIN = ("cpsam",)
 GENERALIST = "generalist"
-GENERALIST_MODELS = {3: "cyto3", 4: "cpsam"}  # each version's general-purpose built-in model
-# Each version's own training defaults: Cellpose-SAM is fine-tuned gently, on 256 px crops;
-# Cellpose 3's crops span 224 / 30 object diameters (its 224 px crops of 30 px cells)
-TRAINING_DEFAULTS = {
-    3: {"learning_rate": 0.005, "weight_decay": 1e-5, "crop_size": 224},
-    4: {"learning_rate": 5e-5, "weight_decay": 0.1, "crop_size": 256},
-}
-CELLPOSE3_CROP_DIAMETERS = 224 / 30
-
-
-def default_crop_size(major: int, network_diameter: float | None = None) -> int:
-    """Training crop size when none is set: Cellpose 4's 256 px; for Cellpose 3 as many object
-    diameters as its own 224 px crops of 30 px cells (128 px for 17 px objects), in steps of 16."""
-    if major >= 4 or not network_diameter:
-        return TRAINING_DEFAULTS[min(major, 4)]["crop_size"]
-    return max(64, 16 * round(CELLPOSE3_CROP_DIAMETERS * network_diameter / 16))
-
-
-class ModelError(UnusableInput):
-    """A model cannot be found or loaded; the message says what to do."""
 
 
 def import_cellpose() -> ModuleType:
@@ -67,27 +39,16 @@ def import_cellpose() -> ModuleType:
     return cellpose
 
 
-def major_version(cellpose: ModuleType) -> int:
-    """3 or 4 (and later): the API generation of an imported cellpose package."""
-    text = str(getattr(cellpose, "version", "") or getattr(cellpose, "__version__", ""))
-    try:
-        major = int(text.split(".")[0])
-    except ValueError:
-        raise ModelError(f"cannot tell the cellpose version from {text!r}; install cellpose 3.x or 4.x") from None
-    if major < 3:
-        raise ModelError(f"cellpose {text} is too old: install cellpose 3.x or 4.x")
-    return major
+major_version = installed_major
 
 
 def builtin_models(cellpose: ModuleType) -> tuple[str, ...]:
-    if major_version(cellpose) >= 4:
-        return V4_BUILTIN
-    return tuple(dict.fromkeys(getattr(cellpose.models, "MODEL_NAMES", ())))
+    return cellpose_api(cellpose).builtin_models(cellpose)
 
 
 def generalist_model(cellpose: ModuleType) -> str:
     """The installed version's general-purpose built-in model: cyto3 (3.x) or cpsam (4.x)."""
-    return GENERALIST_MODELS[min(major_version(cellpose), 4)]
+    return cellpose_api(cellpose).generalist
 
 
 def model_dir(cellpose: ModuleType) -> Path:
@@ -114,15 +75,15 @@ def resolve_model(spec: str, cellpose: ModuleType, allow_download: bool = False)
     name whose weights are not in the local model folder is an error naming the file
     and the fixes.
     """
-    major = major_version(cellpose)
-    builtins = builtin_models(cellpose)
+    api = cellpose_api(cellpose)
+    builtins = api.builtin_models(cellpose)
     if spec == GENERALIST:
         spec = generalist_model(cellpose)
     path = Path(spec).expanduser()
     if path.is_file():
         return ModelChoice(name=path.name, path=path, builtin=False)
     if spec in builtins:
-        basename = spec if major >= 4 else _V3_WEIGHT_FILES.get(spec, spec)
+        basename = api.weight_file(spec)
         weights = model_dir(cellpose) / basename
         if not weights.is_file() and not allow_download:
             raise ModelError(
@@ -133,10 +94,9 @@ def resolve_model(spec: str, cellpose: ModuleType, allow_download: bool = False)
                 "imaging.segmentation.download_models: true where downloads work"
             )
         return ModelChoice(name=spec, path=weights, builtin=True)
-    other = V4_BUILTIN if major < 4 else tuple(_V3_WEIGHT_FILES) + ("cyto3",)
-    if spec in other:
+    if spec in api.other_versions_models():
         installed = getattr(cellpose, "version", "?")
-        wanted = "4.x (Cellpose-SAM)" if major < 4 else "3.x"
+        wanted = next(v.label for v in VERSIONS.values() if v is not api)
         raise ModelError(
             f"cellpose model '{spec}' needs cellpose {wanted}, but cellpose {installed} is installed; "
             f"use one of {', '.join(builtins)} or a local model file, or install cellpose {wanted}"
@@ -212,7 +172,7 @@ class CellposeSegmenter:
         min_size: int = 15,
     ):
         self.cellpose = cellpose or import_cellpose()
-        self.major = major_version(self.cellpose)
+        self.api = cellpose_api(self.cellpose)
         self.choice = choice
         self.device = device
         self.eval_args = dict(
@@ -225,14 +185,8 @@ class CellposeSegmenter:
         self.model = self._load()
 
     def _load(self):
-        gpu = getattr(self.device, "type", str(self.device)) != "cpu"
-        CellposeModel = self.cellpose.models.CellposeModel
         try:
-            if self.major >= 4:
-                return CellposeModel(gpu=gpu, device=self.device, pretrained_model=str(self.choice.path))
-            if self.choice.builtin:
-                return CellposeModel(gpu=gpu, device=self.device, model_type=self.choice.name, nchan=2)
-            return CellposeModel(gpu=gpu, device=self.device, pretrained_model=str(self.choice.path), nchan=2)
+            return self.api.load(self.cellpose, self.choice, self.device)
         except (OSError, RuntimeError, KeyError) as error:
             raise ModelError(f"cannot load cellpose {self.choice.describe()}: {error}") from error
 
@@ -240,14 +194,8 @@ class CellposeSegmenter:
         """Labels (uint32, Y x X) of one (2, Y, X) network input in [0, 1]."""
         if not np.any(x):
             return np.zeros(x.shape[1:], dtype=np.uint32)  # nothing above background: no cells
-        image = np.moveaxis(x, 0, -1)
-        if self.major >= 4:
-            # Cellpose-SAM reads up to 3 channels as given: pad to 3, no `channels` argument
-            image = np.concatenate([image, np.zeros(image.shape[:2] + (1,), image.dtype)], axis=-1)
-            result = self.model.eval(image, channel_axis=-1, normalize=False, **self.eval_args)
-        else:
-            result = self.model.eval(image, channels=[1, 2], channel_axis=-1, normalize=False, **self.eval_args)
-        return np.asarray(result[0], dtype=np.uint32)
+        labels = self.api.segment(self.model, np.moveaxis(x, 0, -1), self.eval_args)
+        return np.asarray(labels, dtype=np.uint32)
 
 
 # --------------------------------------------------------------------------- training
@@ -338,7 +286,7 @@ def train_model(
     objects of `object_diameter` px (default: the training objects' median diameter): each
     image is scaled so that its objects have that size, in training and in segmentation alike,
     so one crop size fits small and large nuclei. Cellpose 4 fine-tunes Cellpose-SAM. Settings
-    left None take the installed version's defaults (TRAINING_DEFAULTS).
+    left None take the installed version's defaults (cellpose_api).
 
     `validation` (images, labels): Cellpose computes its test loss on them (without, its log
     shows test_loss=0). `on_checkpoint(model file, step)` is called every `checkpoint_every`
@@ -346,31 +294,16 @@ def train_model(
     Returns the model file, the loss of each step, the training diameter and the settings.
     """
     cellpose = cellpose or import_cellpose()
-    major = major_version(cellpose)
+    api = cellpose_api(cellpose)
     given = {"learning_rate": learning_rate, "weight_decay": weight_decay}
-    settings = {k: TRAINING_DEFAULTS[min(major, 4)][k] if v is None else v for k, v in given.items()}
-    gpu = getattr(device, "type", str(device)) != "cpu"
-    CellposeModel = cellpose.models.CellposeModel
+    settings = {k: api.training_defaults[k] if v is None else v for k, v in given.items()}
     diameter = median_diameter(labels)
-    if major >= 4:
-        start = base_model.path if base_model else model_dir(cellpose) / "cpsam"
-        model = CellposeModel(gpu=gpu, device=device, pretrained_model=str(start))
-        data = [_three_channels(x) for x in images]
-        test = [_three_channels(x) for x in validation[0]] if validation else None
-        extra = {}
-    else:
-        if base_model is None:
-            size = object_diameter or diameter
-            model = CellposeModel(gpu=gpu, device=device, pretrained_model=False, nchan=2, diam_mean=size)
-        elif base_model.builtin:
-            model = CellposeModel(gpu=gpu, device=device, model_type=base_model.name, nchan=2)
-        else:
-            model = CellposeModel(gpu=gpu, device=device, pretrained_model=str(base_model.path), nchan=2)
-        data = list(images)
-        test = list(validation[0]) if validation else None
-        extra = {"channels": None}
-    network_diameter = float(model.net.diam_mean.item()) if major < 4 else None
-    settings["crop_size"] = crop_size or default_crop_size(major, network_diameter)
+    model = api.training_model(cellpose, base_model, device, object_diameter or diameter)
+    data = [api.training_input(x) for x in images]
+    test = [api.training_input(x) for x in validation[0]] if validation else None
+    extra = api.training_arguments()
+    network_diameter = api.network_diameter(model)
+    settings["crop_size"] = crop_size or api.default_crop_size(network_diameter)
     log.info(
         "network: %s, crops of %d px",
         f"cells scaled to {network_diameter:.1f} px" if network_diameter else "Cellpose-SAM",
@@ -406,14 +339,9 @@ def train_model(
         "validation_losses": _logged_test_losses(test_losses) if validation else [],
         "diameter": diameter,
         "network_diameter": network_diameter,
-        "cellpose_major": major,
+        "cellpose_major": api.major,
         **settings,
     }
-
-
-def _three_channels(x: np.ndarray) -> np.ndarray:
-    """Cellpose-SAM reads three channels: the two selected ones and a zero channel."""
-    return np.concatenate([x, np.zeros((1,) + x.shape[1:], x.dtype)])
 
 
 def _logged_test_losses(losses) -> list[tuple[int, float]]:

@@ -28,9 +28,8 @@ def cellpose_vram_gb(tile_size: int, batch_size: int, model: str = "", major: in
     transformer (plus its 1.2 GB of weights); the mask reconstruction then holds the
     whole tile's flows on the GPU.
     """
-    major = major or installed_cellpose_major()
-    sam = major >= 4 or model == "cpsam"
-    weights, per_patch = (1.2, 0.6) if sam else (0.1, 0.15)
+    vram = _cellpose(model, major).inference_vram_gb
+    weights, per_patch = vram["weights"], vram["per_patch"]
     tile = tile_size * tile_size * BYTES_PER_TILE_PIXEL / 1e9
     return round(CUDA_CONTEXT_GB + weights + per_patch * batch_size + tile, 1)
 
@@ -42,11 +41,17 @@ def cellpose_training_vram_gb(
 
     `crop_size` None (the config's default) is the installed Cellpose's own: 224 px (3.x), 256 px (4.x).
     """
-    major = major or installed_cellpose_major()
-    sam = major >= 4 or model == "cpsam"
-    crop_size = crop_size or (256 if major >= 4 else 224)
-    per_crop = (2.0 if sam else 0.5) * (crop_size / 224) ** 2
-    return round(CUDA_CONTEXT_GB + (3.6 if sam else 0.3) + per_crop * batch_size, 1)
+    api = _cellpose(model, major)
+    crop_size = crop_size or api.training_defaults["crop_size"]
+    per_crop = api.training_vram_gb["per_crop"] * (crop_size / 224) ** 2
+    return round(CUDA_CONTEXT_GB + api.training_vram_gb["weights"] + per_crop * batch_size, 1)
+
+
+def _cellpose(model: str, major: int | None):
+    """The adapter of the Cellpose version a model runs on (cpsam: 4.x, else the installed one)."""
+    from gpubio.imaging.cellpose_api import cellpose_api
+
+    return cellpose_api(4 if model == "cpsam" else (major or installed_cellpose_major()))
 
 
 # Cellpose 3 restoration network over one whole tile: ~1.7 kB of activations per pixel,

@@ -50,7 +50,9 @@ NO_RESTORATION_IN_CELLPOSE_4 = "Cellpose 4 (Cellpose-SAM) has no restoration mod
 
 def restoration_model_problem(spec: str, cellpose_major: int) -> str | None:
     """Why a restoration model setting cannot work (without touching files), or None."""
-    if cellpose_major >= 4:
+    from gpubio.imaging.cellpose_api import cellpose_api
+
+    if not cellpose_api(cellpose_major).restoration:
         return f"{NO_RESTORATION_IN_CELLPOSE_4}; install cellpose 3.x or turn imaging.restoration.enabled off"
     looks_like_path = "/" in spec or "\\" in spec or bool(Path(spec).suffix)
     if spec not in BUILTIN_RESTORATION_MODELS and not looks_like_path:
@@ -69,10 +71,11 @@ def resolve_restoration_model(spec: str, cellpose: ModuleType, allow_download: b
     folder Cellpose downloads to; unless `allow_download`, a missing one is an error naming
     the file and the fixes (this step does not download).
     """
-    major = major_version(cellpose)
+    from gpubio.imaging.cellpose_api import cellpose_api
+
     path = Path(spec).expanduser()
-    problem = restoration_model_problem(spec, major)
-    if problem and (major >= 4 or not path.is_file()):  # a local file may have any name, in Cellpose 3
+    problem = restoration_model_problem(spec, major_version(cellpose))
+    if problem and (not cellpose_api(cellpose).restoration or not path.is_file()):  # a file may have any name
         raise ModelError(problem)
     if path.is_file():
         return ModelChoice(name=path.name, path=path, builtin=False)

@@ -149,7 +149,9 @@ def registration_options(settings: dict) -> str:
         return step_options(settings, "register-image", exclude=("registration.elastix",))
     skip = ("registration.elastix.transforms", "registration.elastix.bspline_grid_spacing")
     return step_options(
-        settings, "register-image", exclude=("registration.learned", *(skip if reg["elastix"]["parameter_files"] else ()))
+        settings,
+        "register-image",
+        exclude=("registration.learned", *(skip if reg["elastix"]["parameter_files"] else ())),
     )
 
 

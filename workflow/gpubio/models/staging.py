@@ -156,10 +156,10 @@ def model_needs(
         if key == "imaging.training.base_model" and segmentation != "trained":
             continue  # no training step runs
         if spec == "generalist":  # the installed Cellpose's general-purpose model
-            from gpubio.imaging.cellpose_models import GENERALIST_MODELS
+            from gpubio.imaging.cellpose_api import cellpose_api
             from gpubio.imaging.resources import installed_cellpose_major
 
-            spec = GENERALIST_MODELS[min(installed_cellpose_major(), 4)]
+            spec = cellpose_api(installed_cellpose_major()).generalist
         weights = CELLPOSE_WEIGHT_FILES.get(spec, spec)
         needs.append(ModelNeed("cellpose", spec, f"cellpose/{weights}", key, ""))
     return needs

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+
+from gpubio.steps import settings_class
 
 log = logging.getLogger("gpubio")
 
@@ -143,21 +144,8 @@ def annotate_celltypist(integrated: str, model: str, out_tsv: str, majority_voti
 # --------------------------------------------------------------------------- scANVI
 
 
-@dataclass(frozen=True)
-class ScanviParams:
-    """transcriptomics.annotation.scanvi in config.yaml."""
-
-    n_top_genes: int = 2000
-    n_latent: int = 10
-    n_hidden: int = 128
-    # None: scvi-tools' own rule (scVI and the query: min(round(20,000 / cells x 400), 400);
-    # scANVI from a trained scVI: a third of that, between 2 and 10)
-    scvi_epochs: int | None = None
-    scanvi_epochs: int | None = None
-    query_epochs: int | None = None
-    learning_rate: float = 0.001
-    batch_size: int = 128
-    seed: int = 0
+# transcriptomics.annotation.scanvi in config.yaml (epochs None: scvi-tools' own rule); fields, types and defaults from the schema (gpubio.steps)
+ScanviParams = settings_class("ScanviParams", "annotate-scanvi", "annotation.scanvi")
 
 
 def trained_epochs(model, phase: str, configured: int | None, key: str) -> int:

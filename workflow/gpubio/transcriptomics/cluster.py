@@ -7,7 +7,9 @@ decides whether that means scanpy on the CPU or rapids-singlecell on a GPU.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+
+from gpubio.steps import settings_class
 
 log = logging.getLogger("gpubio")
 
@@ -21,23 +23,8 @@ MARKER_COLUMNS = {
 }
 
 
-@dataclass(frozen=True)
-class ClusterParams:
-    """transcriptomics.cluster in config.yaml."""
-
-    target_sum: float = 1e4
-    n_top_genes: int = 2000
-    n_pcs: int = 30
-    scale: bool = True
-    scale_max_value: float = 10.0
-    harmony: bool = True
-    harmony_max_iter: int = 10
-    harmony_theta: float = 2.0
-    n_neighbors: int = 15
-    umap_min_dist: float = 0.5
-    leiden_resolution: float = 0.5
-    marker_method: str = "wilcoxon"
-    seed: int = 0
+# transcriptomics.cluster in config.yaml; fields, types and defaults from the schema (gpubio.steps)
+ClusterParams = settings_class("ClusterParams", "integrate-cells", "cluster")
 
 
 def shared_genes(paths: list[str], parts: list) -> list[str]:

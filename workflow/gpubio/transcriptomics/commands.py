@@ -2,50 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import typing
 
 log = logging.getLogger("gpubio")
 
 
-# --------------------------------------------------------------------------- options from config
-
-
-def value_type(params_class, field: dataclasses.Field) -> type:
-    """The type a field's value is read as: its default's, or for an optional field (``int | None``,
-    default None = the library decides) the type beside None."""
-    if field.default is not None:
-        return type(field.default)
-    hint = typing.get_type_hints(params_class)[field.name]
-    return next(t for t in typing.get_args(hint) if t is not type(None))
-
-
-def add_options(parser: argparse.ArgumentParser, params_class) -> None:
-    """One --flag per field of a parameter dataclass (the keys of its config.yaml section)."""
-    for f in dataclasses.fields(params_class):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            parser.add_argument(flag, type=value_type(params_class, f), default=f.default)
-
-
 def params_from(args, params_class):
+    """A step's typed settings (a :func:`gpubio.steps.settings_class`) from its parsed options."""
     return params_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(params_class)})
-
-
-def option_table(params_class) -> dict[str, str]:
-    """A step's table, setting -> flag: one --flag per field of its parameter dataclass."""
-    return {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(params_class)}
-
-
-def cli_options(section: dict, params_class) -> str:
-    """The flags for a config.yaml section, for a rule's shell command (shown by `snakemake -n -p`)."""
-    from gpubio.shell import settings_options
-
-    return settings_options(section, option_table(params_class))
 
 
 # --------------------------------------------------------------------------- commands
@@ -150,75 +115,44 @@ def _spatial(args) -> None:
     )
 
 
-def add_symbol_column(parser: argparse.ArgumentParser, defaults: dict) -> None:
-    parser.add_argument(
-        "--gene-symbol-column",
-        default=defaults["gene_symbol_column"],
-        help="var column with gene symbols where gene names are Ensembl ids (default: found by its usual names)",
-    )
-
-
 def register(sub) -> None:
-    from gpubio.transcriptomics.annotation import ScanviParams
-    from gpubio.transcriptomics.backend import BACKENDS
-    from gpubio.transcriptomics.cluster import ClusterParams
-    from gpubio.transcriptomics.embeddings import EmbeddingParams
-    from gpubio.transcriptomics.settings import transcriptomics_settings
-    from gpubio.transcriptomics.spatial import SpatialParams
+    from gpubio.steps import add_step_options
 
-    # defaults for use by hand come from the schema, like the workflow's settings
-    defaults = transcriptomics_settings({})
-    qc, celltypist = defaults["qc"], defaults["annotation"]["celltypist"]
+    # every setting's option, default and help come from the schema (gpubio.steps)
     p = sub.add_parser("cell-qc", help="single-cell QC and filtering of one sample")
     p.add_argument("--counts", required=True)
     p.add_argument("--sample", required=True)
     p.add_argument("--batch", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-h5ad", required=True)
-    p.add_argument("--min-genes", type=int, default=qc["min_genes"])
-    p.add_argument("--min-counts", type=int, default=qc["min_counts"])
-    p.add_argument("--max-mito-pct", type=float, default=float(qc["max_mito_pct"]))
-    p.add_argument("--min-cells", type=int, default=qc["min_cells"])
-    p.add_argument("--mito-prefix", default=qc["mito_prefix"])
-    add_symbol_column(p, defaults)
+    add_step_options(p, "cell-qc")
     p.set_defaults(func=_cell_qc)
 
     p = sub.add_parser("integrate-cells", help="all samples in one object: HVG, PCA, Harmony, UMAP, Leiden, markers")
     p.add_argument("filtered", nargs="+", help="per-sample filtered.h5ad files from cell-qc")
     p.add_argument("--out-h5ad", required=True)
     p.add_argument("--out-markers", required=True)
-    p.add_argument(
-        "--backend", choices=BACKENDS, default=defaults["backend"], help="auto: rapids-singlecell when given a GPU"
-    )
-    p.add_argument(
-        "--n-markers", type=int, default=defaults["markers"]["n_genes"], help="marker genes per cluster in the table"
-    )
-    add_options(p, ClusterParams)
+    add_step_options(p, "integrate-cells")
     p.set_defaults(func=_integrate)
 
     p = sub.add_parser("train-celltypist", help="train a CellTypist model on a labelled reference .h5ad")
     p.add_argument("--reference", required=True)
-    p.add_argument("--label-key", default=defaults["annotation"]["label_key"])
     p.add_argument("--out", required=True)
-    p.add_argument("--max-iter", type=int, default=celltypist["max_iter"])
-    p.add_argument("--seed", type=int, default=celltypist["seed"])
-    add_symbol_column(p, defaults)
+    add_step_options(p, "train-celltypist")
     p.set_defaults(func=_train_celltypist)
 
     p = sub.add_parser("annotate-celltypist", help="label cells with a CellTypist model file")
     p.add_argument("--integrated", required=True)
     p.add_argument("--model", required=True, help="a .pkl model path")
     p.add_argument("--out", required=True)
-    p.add_argument("--majority-voting", action=argparse.BooleanOptionalAction, default=celltypist["majority_voting"])
+    add_step_options(p, "annotate-celltypist")
     p.set_defaults(func=_annotate_celltypist)
 
     p = sub.add_parser("annotate-scanvi", help="label cells by mapping them onto a reference with scANVI")
     p.add_argument("--integrated", required=True)
     p.add_argument("--reference", required=True)
-    p.add_argument("--label-key", default=defaults["annotation"]["label_key"])
     p.add_argument("--out", required=True)
-    add_symbol_column(p, defaults)
-    add_options(p, ScanviParams)
+    add_step_options(p, "annotate-scanvi")
     p.set_defaults(func=_annotate_scanvi)
 
     p = sub.add_parser("embed-cells", help="Geneformer- or scGPT-style cell embeddings from a local model")
@@ -230,7 +164,7 @@ def register(sub) -> None:
         "scgpt: args.json, best_model.pt, vocab.json)",
     )
     p.add_argument("--out", required=True)
-    add_options(p, EmbeddingParams)
+    add_step_options(p, "embed-cells")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("build-atlas", help="join label tables and embeddings into the atlas .h5ad")
@@ -245,7 +179,7 @@ def register(sub) -> None:
     p.add_argument("--out-umap", required=True)
     p.add_argument("--out-violins", required=True)
     p.add_argument("--out-dotplot", required=True)
-    p.add_argument("--dotplot-genes", type=int, default=defaults["markers"]["dotplot_genes"])
+    add_step_options(p, "plot-atlas")
     p.set_defaults(func=_plot_atlas)
 
     p = sub.add_parser("spatial-stats", help="squidpy neighbourhood enrichment and Moran's I of one sample")
@@ -255,5 +189,5 @@ def register(sub) -> None:
     p.add_argument("--out-tsv", required=True)
     p.add_argument("--out-png", required=True)
     p.add_argument("--interactions", help="ligand-receptor pairs (columns source, target) for ligrec")
-    add_options(p, SpatialParams)
+    add_step_options(p, "spatial-stats")
     p.set_defaults(func=_spatial)

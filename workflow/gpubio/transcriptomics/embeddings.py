@@ -19,24 +19,15 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
+
+from gpubio.steps import settings_class
 
 log = logging.getLogger("gpubio")
 
 
-@dataclass(frozen=True)
-class EmbeddingParams:
-    """transcriptomics.embeddings in config.yaml (both families; some keys are one family's)."""
-
-    family: str = "geneformer"  # geneformer | scgpt
-    gene_id_column: str = "gene_ids"
-    max_length: int = 2048
-    batch_size: int = 16
-    layer: int = -2  # index into the hidden states: -1 last layer, -2 the one before (Geneformer's default)
-    symbol_column: str = ""  # scgpt: var column with gene symbols, "" = var_names
-    min_vocab_fraction: float = 0.5  # scgpt: refuse when fewer genes than this are in the vocabulary
-    normalize: bool = True  # scgpt: L2-normalise the <cls> embeddings
+# transcriptomics.embeddings in config.yaml (both families; some keys are one family's); fields, types and defaults from the schema (gpubio.steps)
+EmbeddingParams = settings_class("EmbeddingParams", "embed-cells", "embeddings")
 
 
 def _dictionary(weights: str, stem: str, required: bool) -> dict | None:

@@ -5,27 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Steps whose settings are not a parameter dataclass: their table, setting (dotted key in
-# the transcriptomics section) -> flag of their command.
-CELL_QC_OPTIONS = {
-    "qc.min_genes": "--min-genes",
-    "qc.min_counts": "--min-counts",
-    "qc.max_mito_pct": "--max-mito-pct",
-    "qc.min_cells": "--min-cells",
-    "qc.mito_prefix": "--mito-prefix",
-    "gene_symbol_column": "--gene-symbol-column",
-}
-INTEGRATE_OPTIONS = {"backend": "--backend", "markers.n_genes": "--n-markers"}
-TRAIN_CELLTYPIST_OPTIONS = {
-    "annotation.label_key": "--label-key",
-    "gene_symbol_column": "--gene-symbol-column",
-    "annotation.celltypist.max_iter": "--max-iter",
-    "annotation.celltypist.seed": "--seed",
-}
-ANNOTATE_CELLTYPIST_OPTIONS = {"annotation.celltypist.majority_voting": "--majority-voting"}
-ANNOTATE_SCANVI_OPTIONS = {"annotation.label_key": "--label-key", "gene_symbol_column": "--gene-symbol-column"}
-PLOT_ATLAS_OPTIONS = {"markers.dotplot_genes": "--dotplot-genes"}
-
 
 def transcriptomics_settings(config: dict) -> dict:
     """The transcriptomics section with schema defaults filled (also when the section is absent)."""

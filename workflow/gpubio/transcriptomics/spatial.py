@@ -9,22 +9,16 @@ Everything runs offline: ligrec is only called with ``interactions=`` from a loc
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+
+from gpubio.steps import settings_class
 
 log = logging.getLogger("gpubio")
 
 TABLE_COLUMNS = ["statistic", "first", "second", "value", "pvalue"]
 
 
-@dataclass(frozen=True)
-class SpatialParams:
-    """transcriptomics.spatial in config.yaml."""
-
-    cluster_key: str = "leiden"
-    n_neighbors: int = 6
-    n_perms: int = 1000
-    n_genes: int = 100
-    seed: int = 0
+# transcriptomics.spatial in config.yaml; fields, types and defaults from the schema (gpubio.steps)
+SpatialParams = settings_class("SpatialParams", "spatial-stats", "spatial")
 
 
 def read_coordinates(path: str):
