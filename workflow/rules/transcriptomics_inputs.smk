@@ -56,12 +56,14 @@ def get_counts(wildcards):
     return sheet_row("transcriptomics", wildcards.sample)["counts"]
 
 
+# What the integration step reads of each sample: cell QC's filtered cells, unless a step
+# between them (declared beside its rule in transcriptomics.smk) hands on its own file.
+CELLS_TO_INTEGRATE = "results/transcriptomics/{sample}/filtered.h5ad"
+
+
 def get_filtered_cells(wildcards):
-    """Every sample's QC-filtered cells: the integration step reads them all."""
-    return expand(
-        "results/transcriptomics/{sample}/filtered.h5ad",
-        sample=PROJECT.samples("transcriptomics"),
-    )
+    """Every sample's cells as integration reads them: the integration step reads them all."""
+    return expand(CELLS_TO_INTEGRATE, sample=PROJECT.samples("transcriptomics"))
 
 
 def get_celltypist_model(wildcards):
