@@ -52,11 +52,15 @@ def qc_table(domain: str, json_files: list[str], tables: list[str] = ()):
         row |= {col: _lookup(record, path) for col, path, _ in PANELS[domain]}
         rows.append(row)
     table = pd.DataFrame(rows)
-    for path in tables:
+    parts = []
+    for path in tables:  # one row per sample each (a step's table per sample), or several
         extra = pd.read_csv(path, sep="\t", dtype={"sample": str})
         if "sample" not in extra.columns:
             raise ValueError(f"{path}: a QC table needs a 'sample' column")
-        table = table.merge(extra, on="sample", how="left", suffixes=("", f" ({Path(path).stem})"))
+        parts.append(extra)
+    if parts:
+        extra = pd.concat(parts, ignore_index=True).groupby("sample", sort=False).first().reset_index()
+        table = table.merge(extra, on="sample", how="left")
     return table
 
 
