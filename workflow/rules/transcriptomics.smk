@@ -35,6 +35,53 @@ rule cell_qc:
         " --out-json {output.json} --out-h5ad {output.h5ad} > {log} 2>&1"
 
 
+# Doublets: Scrublet per batch on each sample's QC-filtered cells (rapids-singlecell on a GPU,
+# scanpy on the CPU). Integration reads the flagged cells; the counts join the QC table.
+if TRANSCRIPTOMICS["doublets"]["enabled"]:
+    CELLS_TO_INTEGRATE = "results/transcriptomics/{sample}/doublets.h5ad"
+    QC_TABLES["transcriptomics"] += expand(
+        "results/transcriptomics/{sample}/doublets.tsv",
+        sample=PROJECT.samples("transcriptomics"),
+    )
+
+
+rule detect_doublets:
+    input:
+        "results/transcriptomics/{sample}/filtered.h5ad",
+    output:
+        h5ad="results/transcriptomics/{sample}/doublets.h5ad",
+        tsv="results/transcriptomics/{sample}/doublets.tsv",
+        png=report(
+            "results/transcriptomics/{sample}/doublets.png",
+            category="transcriptomics",
+            subcategory="Doublets",
+        ),
+    log:
+        "logs/transcriptomics/{sample}/detect_doublets.log",
+    benchmark:
+        "benchmarks/transcriptomics/{sample}/detect_doublets.tsv"
+    conda:
+        "../../envs/transcriptomics-rapids.yaml"
+    threads: 2
+    resources:
+        **gpu_resources(
+            SITE,
+            "detect_doublets",
+            gpus=1,
+            vram_gb=lambda size_mb: 2 + 6 * size_mb / 1000,
+            min_compute_capability=7.0,
+            mem_mb=lambda wildcards, input: 2000 + int(8 * input.size_mb),
+            runtime=60,
+        ),
+    params:
+        usage=usage_record("transcriptomics/{sample}/detect_doublets"),
+        options=step_options(TRANSCRIPTOMICS, "detect-doublets"),
+    shell:
+        gpu_step()
+        + " detect-doublets {input:q} --sample {wildcards.sample} {params.options}"
+        " --out-h5ad {output.h5ad} --out-tsv {output.tsv} --out-png {output.png} > {log} 2>&1"
+
+
 # One job over all samples. VRAM grows with cells x genes (the size of the inputs, known from
 # the sheet's count files): a small data set fits a T4, a million-cell atlas needs an 80 GB
 # card. No GPU: the same code on scanpy.

@@ -35,6 +35,24 @@ def _cell_qc(args) -> None:
     log.info("cell QC %s: %d of %d cells kept", args.sample, result["cells_after_qc"], result["cells"])
 
 
+def _detect_doublets(args) -> None:
+    from gpubio.transcriptomics.doublets import detect_doublets
+
+    detect_doublets(
+        args.filtered,
+        args.sample,
+        args.out_h5ad,
+        args.out_tsv,
+        args.out_png,
+        expected_rate=args.expected_rate,
+        threshold=args.threshold,
+        remove=args.remove,
+        seed=args.seed,
+        backend=args.backend,
+        threads=args.threads,
+    )
+
+
 def _integrate(args) -> None:
     from gpubio.transcriptomics.cluster import ClusterParams, integrate_samples
 
@@ -127,6 +145,15 @@ def register(sub) -> None:
     p.add_argument("--out-h5ad", required=True)
     add_step_options(p, "cell-qc")
     p.set_defaults(func=_cell_qc)
+
+    p = sub.add_parser("detect-doublets", help="Scrublet doublet scores of one sample's cells, per batch")
+    p.add_argument("filtered", help="the sample's filtered.h5ad from cell-qc")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--out-h5ad", required=True, help="the cells with obs doublet_score and predicted_doublet")
+    p.add_argument("--out-tsv", required=True, help="the sample's doublet counts (one row, for the QC table)")
+    p.add_argument("--out-png", required=True, help="histogram of the doublet scores")
+    add_step_options(p, "detect-doublets")
+    p.set_defaults(func=_detect_doublets)
 
     p = sub.add_parser("integrate-cells", help="all samples in one object: HVG, PCA, Harmony, UMAP, Leiden, markers")
     p.add_argument("filtered", nargs="+", help="per-sample filtered.h5ad files from cell-qc")
