@@ -117,3 +117,27 @@ def test_problems_name_the_layer_that_sets_the_key(tmp_path, demo_data):
         for line in lines
     ), lines
     assert "config/config.yaml: genomics has samples but no 'reference'; add genomics.reference: <FASTA>" in lines
+
+
+def test_shipped_config_shows_every_setting_of_the_schema():
+    """A lab reads config/config.yaml, not the schema: every setting is there to edit."""
+    from gpubio.config import load_schema
+
+    shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+    def leaves(node, prefix=""):
+        for key, entry in (node.get("properties") or {}).items():
+            if entry.get("type") == "object" and entry.get("properties"):
+                yield from leaves(entry, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    missing = []
+    for section, schema in load_schema("config")["properties"].items():
+        for key in leaves(schema) if schema.get("type") == "object" else ():
+            node = shipped.get(section)
+            for part in key.split("."):
+                node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+            if node is KeyError:
+                missing.append(f"{section}.{key}")
+    assert missing == []
