@@ -64,11 +64,8 @@ if workflow.is_main_process:
 dag_memory.freeze()  # what the start-up pass read lives for the whole run
 PROJECT = STARTUP.project
 # The settings the rules read: each section with every schema default, also for modules
-# that are off. Rules never read raw config.
+# that are off (each domain takes its own in <domain>_inputs.smk). Rules never read raw config.
 GPU = STARTUP.settings["gpu"]
-GENOMICS = STARTUP.settings["genomics"]
-TRANSCRIPTOMICS = STARTUP.settings["transcriptomics"]
-IMAGING = STARTUP.settings["imaging"]
 # The site GPU jobs are placed on. Rules declare needs; the partitions file says what exists.
 SITE = STARTUP.site
 # which modules run, and why the others do not (an empty sheet is the usual reason)
@@ -163,7 +160,11 @@ def get_usage_record_folders(wildcards):
         f"{domain}/{sample}"
         for domain in DOMAIN_TARGETS
         for sample in PROJECT.samples(domain)
-    ] + [f"genomics/runs/{run}" for run in GENOMICS_RUNS]
+    ] + USAGE_RECORD_FOLDERS
+
+
+# record folders of jobs that are not one sample's (a domain adds them, e.g. genomics' POD5 runs)
+USAGE_RECORD_FOLDERS = []
 
 
 def usage_record(step):

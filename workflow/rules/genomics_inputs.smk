@@ -8,9 +8,12 @@ from gpubio.genomics.sheet import (
 )
 from gpubio.genomics.variants import parabricks_memory_options
 
+GENOMICS = STARTUP.settings["genomics"]
 GENOMICS_SHEET = PROJECT.sheets.get("genomics")
 GENOMICS_REFERENCE = GENOMICS["reference"] or "reference.fa"
 GENOMICS_RUNS = sequencing_runs(GENOMICS_SHEET)
+# a POD5 run's basecalling jobs keep their usage records in its own folder
+USAGE_RECORD_FOLDERS += [f"genomics/runs/{run}" for run in GENOMICS_RUNS]
 
 
 def genomics_targets():

@@ -22,6 +22,7 @@ from gpubio.imaging.settings import (
 )
 
 # learned registration is the GPU option; elastix runs on CPUs
+IMAGING = STARTUP.settings["imaging"]
 IMAGING_REGISTRATION_GPUS = 1 if IMAGING["registration"]["method"] == "learned" else 0
 IMAGING_CELLPOSE_MODEL = cellpose_model(IMAGING)
 

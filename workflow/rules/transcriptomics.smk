@@ -68,9 +68,11 @@ rule detect_doublets:
             SITE,
             "detect_doublets",
             gpus=1,
-            vram_gb=lambda size_mb: 2 + 6 * size_mb / 1000,
+            # Scrublet works on a sample's counts plus as many simulated doublets (PCA and
+            # neighbours of twice its cells): a few GB for a 10x lane, known before the run
+            vram_gb=4,
             min_compute_capability=7.0,
-            mem_mb=lambda wildcards, input: 2000 + int(8 * input.size_mb),
+            mem_mb=8000,
             runtime=60,
         ),
     params:

@@ -2,6 +2,7 @@
 
 from gpubio.transcriptomics.settings import annotation_steps
 
+TRANSCRIPTOMICS = STARTUP.settings["transcriptomics"]
 TRANSCRIPTOMICS_STEPS = annotation_steps(TRANSCRIPTOMICS)
 # size of what the integration step will read (cells x genes), for its VRAM and memory
 TRANSCRIPTOMICS_INPUT_MB = STARTUP.input_mb["transcriptomics"]
