@@ -87,10 +87,24 @@ def rule_conda_env(block: str) -> Path | None:
     return (RULES[0].parent / match.group(1)).resolve() if match else None
 
 
+# what gpu_step() (common.smk, the GPU prologue of a rule's command) starts a command with
+GPU_STEP = "python -m gpubio --threads {threads} --gpus {resources.gpu} --usage {params.usage:q} --usage-job {resources.gpu_usage:q}"
+
+
 def rule_command(block: str) -> str:
-    """The rule's shell command: its string literals joined."""
+    """The rule's shell command: its string literals joined, gpu_step() spelled out."""
     match = re.search(r"^    shell:\n((?:        .*\n?)+)", block, re.M)
-    return "".join(ast.literal_eval(line.strip()) for line in match.group(1).splitlines()) if match else ""
+    if not match:
+        return ""
+
+    def text(node) -> str:
+        if isinstance(node, ast.BinOp):
+            return text(node.left) + text(node.right)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "gpu_step":
+            return GPU_STEP
+        return ast.literal_eval(node)
+
+    return text(ast.parse(" ".join(line.strip() for line in match.group(1).splitlines()), mode="eval").body)
 
 
 def local_rules() -> set[str]:
