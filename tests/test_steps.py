@@ -117,3 +117,10 @@ def test_the_rules_words_parse_back_to_the_configured_values(step):
         for part in opt.key.split("."):
             node = node[part]
         assert getattr(args, opt.dest) == (node if node != "" else opt.default), opt.flag
+
+
+def test_every_subcommands_help_shows_each_settings_config_key_and_default():
+    for name, parser in subcommands().items():
+        text = " ".join(parser.format_help().split())
+        for option in options_of(name):
+            assert f"config: {option.config_key}; default: {option.default}" in text, (name, option.flag)
