@@ -45,6 +45,7 @@ RULE_ESTIMATES: Mapping[str, WorkEstimate] = {
     "train_cellpose": WorkEstimate(5.0, 0.2, "Cellpose training: minutes for a few training images"),
     "restore_image": WorkEstimate(0.5, 0.005, "Cellpose 3 restoration: about 0.5 s per megapixel"),
     "segment_cells": WorkEstimate(0.5, 0.01, "Cellpose segmentation: about 1 s per megapixel"),
+    "detect_doublets": WorkEstimate(0.5, 0.01, "Scrublet on rapids-singlecell: about a minute for 10,000 cells"),
     "integrate_cells": WorkEstimate(1.0, 0.02, "rapids-singlecell: minutes for 100,000 cells"),
     "annotate_scanvi": WorkEstimate(2.0, 0.06, "scANVI training: about 20 min for 100,000 cells"),
     "embed_cells": WorkEstimate(1.0, 0.01, "Geneformer / scGPT inference: about 1,000 cells per second"),
