@@ -41,6 +41,7 @@ LOCAL_RULES = {"all", "gpu_plan"}
 GPU_STEP_LOGS = {
     "basecall": "logs/genomics/runs/{run}/basecall_{shard}.log",
     "variant_effects": "logs/genomics/{sample}/variant_effects.log",
+    "detect_doublets": "logs/transcriptomics/{sample}/detect_doublets.log",
     "integrate_cells": "logs/transcriptomics/integrate_cells.log",
     "annotate_scanvi": "logs/transcriptomics/annotate_scanvi.log",
     "embed_cells": "logs/transcriptomics/embed_cells.log",
@@ -226,7 +227,7 @@ def test_demo_on_slurm_torch_steps_say_they_ran_on_the_cpu_and_why(slurm_demo):
     for (rule, wildcards), text in logs.items():
         assert re.search(r"\bCPU\b|\bcpu\b", text), (rule, wildcards, text[-2000:])
         # SLURM assigned a (fake) GPU; what the step runs cannot use it, and the log says why
-        if rule == "integrate_cells":  # rapids-singlecell, not torch
+        if rule in ("integrate_cells", "detect_doublets"):  # rapids-singlecell, not torch
             assert "falling back to the CPU: rapids_singlecell" in text, (rule, text[-2000:])
             continue
         assert re.search(r"on the CPU: GPU\(s\) \[\d+\] assigned, but torch \S+ sees no CUDA device", text), (
