@@ -506,3 +506,28 @@ def test_cellpose_vram_grows_with_tile_and_batch_size():
     assert cellpose_vram_gb(2048, 8, major=4) > base + 4  # Cellpose-SAM's transformer
     assert cellpose_vram_gb(2048, 8, model="cpsam", major=3) == cellpose_vram_gb(2048, 8, major=4)
     assert cellpose_mem_mb(8192) > cellpose_mem_mb(2048)
+
+
+def test_noise_traced_as_an_object_is_dropped_and_a_faint_real_cell_kept(tmp_path):
+    """In a field where nothing stands out of the background, a network may trace a blob in
+    the noise: segment-cells keeps only objects that differ from the background themselves."""
+    from gpubio.imaging.tiling import segment_file
+
+    rng = np.random.default_rng(1)
+    noise = rng.normal(400, 30, (2, 160, 160))
+    yy, xx = np.mgrid[:160, :160]
+    cell = (yy - 40) ** 2 + (xx - 40) ** 2 <= 8**2  # a real cell, 1.5 noise deviations brighter
+    blob = (yy - 110) ** 2 + (xx - 110) ** 2 <= 8**2  # the noise's own texture
+    image = noise.copy()
+    image[0][cell] += 45
+    tifffile.imwrite(tmp_path / "faint.tif", np.clip(image, 0, None).astype(np.uint16), metadata={"axes": "CYX"})
+
+    class Traces:  # a segmenter that finds both places, as a network might
+        def segment(self, x):
+            return (cell * 1 + blob * 2).astype(np.uint32)[: x.shape[1], : x.shape[2]]
+
+    summary = segment_file(tmp_path / "faint.tif", tmp_path / "masks.tif", Traces(), (1, 0), 2048, 32)
+    masks = tifffile.imread(tmp_path / "masks.tif")
+    assert summary["foreground_objects"] == 0  # Otsu sees nothing: a faint, sparse image
+    assert summary["cells"] == 1 and summary["noise_objects_dropped"] == 1
+    assert masks[cell].min() == 1 and not masks[blob].any() and set(np.unique(masks)) == {0, 1}

@@ -193,11 +193,54 @@ def segment_file(
             raise ImageError(
                 blank_image_message(image_path, f"channel {channels[0]}" if channels[0] else "every pixel")
             )
-    if summary["cells"] == 0:
-        summary["foreground_objects"] = _foreground_objects(image, channels, footprint, diameter)
+    summary["foreground_objects"] = _foreground_objects(image, channels, footprint, diameter)
+    if summary["cells"] and summary["foreground_objects"] == 0:
+        # nothing stands out of this image's background: keep only objects that do themselves
+        dropped = drop_noise_objects(out_masks, select_channels(image.region(0, height, 0, width), channels)[0])
+        if dropped:
+            log.info(
+                "%s: %d object(s) dropped: no brighter or darker than the image's background noise", image_path, dropped
+            )
+            summary["cells"] -= dropped
+            summary["noise_objects_dropped"] = dropped
     return summary | tiled_run_record(
         image_path, (height, width), channels, tile_size, overlap, lowhigh, footprint, summary["seconds"]
     )
+
+
+# an object whose mean differs from the background by less than this many noise deviations
+# is the noise's own texture (a real cell this faint is not seen by eye either)
+MIN_OBJECT_CONTRAST = 1.0
+
+
+def drop_noise_objects(masks_path, plane: np.ndarray) -> int:
+    """Remove from a label TIFF the objects whose mean intensity in `plane` is within
+    MIN_OBJECT_CONTRAST noise deviations of the background (the pixels outside every object);
+    the others are relabelled 1..n. Returns how many were removed. For images in which
+    nothing stands out of the background (a noise-only field), where a network can still
+    trace a blob in the noise."""
+    import tifffile
+    from scipy import ndimage
+    from skimage.segmentation import relabel_sequential
+
+    from gpubio.atomic import atomic_path
+
+    masks = tifffile.imread(masks_path)
+    plane = np.asarray(plane, dtype=np.float64)
+    background = plane[masks == 0]
+    if not background.size:
+        return 0
+    centre = float(np.median(background))
+    noise = 1.4826 * float(np.median(np.abs(background - centre))) or float(np.std(background)) or 1.0
+    labels = np.unique(masks[masks > 0])
+    means = np.asarray(ndimage.mean(plane, masks, labels))
+    faint = labels[np.abs(means - centre) < MIN_OBJECT_CONTRAST * noise]
+    if not faint.size:
+        return 0
+    kept, _, _ = relabel_sequential(np.where(np.isin(masks, faint), 0, masks))
+    with atomic_path(masks_path) as tmp:
+        tifffile.imwrite(tmp, kept.astype(masks.dtype))
+    return int(faint.size)
 
 
 def no_cell_warning(summary: dict, sample: str) -> str | None:
