@@ -346,7 +346,7 @@ def test_version_dispatch_cellpose4(weights):
 def test_training_dispatch(tmp_path, weights, version, extra):
     FakeModel.calls = []
     cp = fake_cellpose(version, weights)
-    images = [np.zeros((2, 40, 40), np.float32)]
+    images = [np.full((2, 40, 40), 0.5, np.float32)]
     labels = [np.zeros((40, 40), np.int32)]
     labels[0][5:12, 5:12], labels[0][20:30, 20:30] = 1, 2
     result = cm.train_model(images, labels, tmp_path / "work", "m", "cpu", cellpose=cp, steps=3, crop_size=32)
@@ -363,6 +363,9 @@ def test_training_dispatch(tmp_path, weights, version, extra):
         assert init["pretrained_model"] is False and init["nchan"] == 2
         assert init["diam_mean"] == pytest.approx(result["diameter"])
         assert kwargs["train_data"][0].shape == (2, 40, 40)
+        # each image also at half and double contrast, with its labels
+        assert [float(x.max()) for x in kwargs["train_data"]] == [0.5, 0.25, 1.0]
+        assert len(kwargs["train_labels"]) == 3 and all(y is labels[0] for y in kwargs["train_labels"])
         cm.train_model(images, labels, tmp_path / "work2", "m", "cpu", cellpose=cp, steps=3, object_diameter=17)
         assert FakeModel.calls[-1][1]["diam_mean"] == 17
         assert cp.train.saved[-1]["bsize"] == 128  # as many diameters as Cellpose's 224 px crops of 30 px cells

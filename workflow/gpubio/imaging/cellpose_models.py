@@ -28,6 +28,10 @@ from gpubio.imaging.cellpose_api import VERSIONS, ModelError, cellpose_api, inst
 log = logging.getLogger("gpubio")
 
 GENERALIST = "generalist"
+# Cellpose varies the scale and orientation of training crops but not their brightness, so a
+# model learnt from a few images misses nuclei brighter or dimmer than those (on a real image,
+# the bright small ones): every training image is also given at these contrasts
+CONTRAST_COPIES = (0.5, 2.0)
 
 
 def import_cellpose() -> ModuleType:
@@ -276,6 +280,7 @@ def train_model(
     checkpoint_every: int = 0,
     on_checkpoint: Callable[[Path, int], None] | None = None,
     min_train_masks: int = 1,
+    contrast_copies: tuple[float, ...] = CONTRAST_COPIES,
 ) -> dict:
     """Train a Cellpose model on network inputs (each (2, Y, X) in [0, 1]) and their label images.
 
@@ -291,6 +296,8 @@ def train_model(
     `validation` (images, labels): Cellpose computes its test loss on them (without, its log
     shows test_loss=0). `on_checkpoint(model file, step)` is called every `checkpoint_every`
     steps and at the end, while training goes on, e.g. to score the model on validation images.
+    `contrast_copies`: each training image is also trained on multiplied by each of these
+    factors (the steps stay the same; a step's crops come from any of the copies).
     Returns the model file, the loss of each step, the training diameter and the settings.
     """
     cellpose = cellpose or import_cellpose()
@@ -313,10 +320,11 @@ def train_model(
     out_dir.joinpath("models").mkdir(parents=True, exist_ok=True)
     if on_checkpoint is not None:
         _report_checkpoints(model.net, steps, on_checkpoint)
+    copies = [1.0, *contrast_copies]
     path, train_losses, test_losses = cellpose.train.train_seg(
         model.net,
-        train_data=data,
-        train_labels=labels,
+        train_data=[x * factor if factor != 1.0 else x for factor in copies for x in data],
+        train_labels=[y for _ in copies for y in labels],
         test_data=test,
         test_labels=list(validation[1]) if validation else None,
         normalize=False,
