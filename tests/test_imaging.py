@@ -492,7 +492,7 @@ def test_rule_options_spell_out_the_settings():
     assert training_options(settings()) == (
         "--no-download-models --channels 1 0 --diameter 0 --flow-threshold 0.4 --cellprob-threshold 0 --min-size 15"
         " --validation-fraction 0.2 --base-model none --steps 400 --validate-every 50 --batch-size 4"
-        " --network-diameter 17 --seed 0"
+        " --network-diameter 17 --contrast-copies 0.5 2 --seed 0"
     )
     assert "--validate-every 50 --learning-rate 0.01 --batch-size" in training_options(
         settings(training__learning_rate=0.01)

@@ -76,6 +76,9 @@ def test_values_become_the_words_the_command_expects():
     assert option("--scale", type="boolean").words(False) == ["--no-scale"]
     assert option("--files", type="array").words(["a b.txt", "c.txt"]) == ["--files", "a b.txt", "c.txt"]
     assert option("--unset", type="string").words("") == [] and option("--n", type="integer").words(None) == []
+    # an empty list where the default has items is said, not left to the default
+    assert option("--copies", type="array", default=[0.5, 2.0]).words([]) == ["--copies"]
+    assert option("--files", type="array", default=[]).words([]) == []
 
 
 def test_each_domains_rule_words_written_out():

@@ -90,6 +90,8 @@ class StepOption:
 
     def words(self, value: Any) -> list[str]:
         """The configured value as command-line words; unset ("", None, []) gives none."""
+        if value == [] and self.default:  # an empty list where the default has items: say so
+            return [self.flag]
         if value is None or value == "" or value == []:
             return []
         if isinstance(value, bool):

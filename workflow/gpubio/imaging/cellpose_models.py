@@ -31,6 +31,7 @@ GENERALIST = "generalist"
 # Cellpose varies the scale and orientation of training crops but not their brightness, so a
 # model learnt from a few images misses nuclei brighter or dimmer than those (on a real image,
 # the bright small ones): every training image is also given at these contrasts
+# (imaging.training.contrast_copies, whose default this is)
 CONTRAST_COPIES = (0.5, 2.0)
 
 
@@ -348,6 +349,7 @@ def train_model(
         "diameter": diameter,
         "network_diameter": network_diameter,
         "cellpose_major": api.major,
+        "contrast_copies": list(contrast_copies),
         **settings,
     }
 

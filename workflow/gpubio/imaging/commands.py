@@ -227,6 +227,7 @@ def _train_cellpose(args) -> None:
             batch_size=args.batch_size,
             crop_size=args.crop_size,
             object_diameter=args.network_diameter,
+            contrast_copies=tuple(args.contrast_copies),
             validation=(validation.images, validation.labels) if validation else None,
             checkpoint_every=args.validate_every if judge else 0,
             on_checkpoint=validate if judge else None,
