@@ -65,14 +65,10 @@ class StepOption:
     def argument(self) -> tuple[tuple[str, ...], dict[str, Any]]:
         """The ``add_argument`` call of this option."""
         kind = self.kind()
-        text = self.entry.get("description", "").strip()
-        help_text = f"{text} (config: {self.config_key}; default: %(default)s)" if text else None
-        if help_text is None:
-            help_text = f"config: {self.config_key}; default: %(default)s"
-        kwargs: dict[str, Any] = {
-            "default": self.default,
-            "help": help_text.replace("%", "%%").replace("%%(default)s", "%(default)s"),
-        }
+        # argparse formats help with %: a description's own % is doubled, %(default)s is its default
+        text = self.entry.get("description", "").strip().replace("%", "%%")
+        where = f"config: {self.config_key}; default: %(default)s"
+        kwargs: dict[str, Any] = {"default": self.default, "help": f"{text} ({where})" if text else where}
         if kind == "boolean":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind == "array":

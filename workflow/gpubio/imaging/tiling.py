@@ -167,13 +167,15 @@ def segment_file(
 
     The intensity range used to normalise every tile comes from the whole image
     (`image_intensity_range`), so all tiles, and an untiled run, feed the network the same scale.
-    A segmented channel without a nonzero pixel is an ImageError. When no cell is found, the
-    summary says how many objects stand out of the image's background all the same
-    (`foreground_objects`, for objects of about `diameter` px; 0 = FOREGROUND_DIAMETER).
+    A segmented channel without a nonzero pixel is an ImageError. The summary says how many
+    objects stand out of the image's background (`foreground_objects`, for objects of about
+    `diameter` px; 0 = FOREGROUND_DIAMETER): what a segmentation that found no cell missed,
+    and where it is 0, objects the network traced in the noise are dropped (drop_noise_objects).
     """
     from gpubio.atomic import atomic_path
     from gpubio.image_io import ImageError, LabelImage, TiffImage
     from gpubio.imaging.cellpose_models import network_input, select_channels
+    from gpubio.imaging.classical import foreground_objects
     from gpubio.imaging.qc import blank_image_message
 
     image = TiffImage(image_path)
@@ -193,10 +195,11 @@ def segment_file(
             raise ImageError(
                 blank_image_message(image_path, f"channel {channels[0]}" if channels[0] else "every pixel")
             )
-    summary["foreground_objects"] = _foreground_objects(image, channels, footprint, diameter)
+    plane, step = _strided_plane(image, channels, footprint)
+    summary["foreground_objects"] = foreground_objects(plane, max(2.0, (diameter or FOREGROUND_DIAMETER) / step))
     if summary["cells"] and summary["foreground_objects"] == 0:
         # nothing stands out of this image's background: keep only objects that do themselves
-        dropped = drop_noise_objects(out_masks, select_channels(image.region(0, height, 0, width), channels)[0])
+        dropped = drop_noise_objects(out_masks, plane, step)
         if dropped:
             log.info(
                 "%s: %d object(s) dropped: no brighter or darker than the image's background noise", image_path, dropped
@@ -213,33 +216,35 @@ def segment_file(
 MIN_OBJECT_CONTRAST = 1.0
 
 
-def drop_noise_objects(masks_path, plane: np.ndarray) -> int:
-    """Remove from a label TIFF the objects whose mean intensity in `plane` is within
-    MIN_OBJECT_CONTRAST noise deviations of the background (the pixels outside every object);
-    the others are relabelled 1..n. Returns how many were removed. For images in which
-    nothing stands out of the background (a noise-only field), where a network can still
-    trace a blob in the noise."""
+def drop_noise_objects(masks_path, plane: np.ndarray, step: int) -> int:
+    """Remove from a label TIFF the objects whose mean intensity is within MIN_OBJECT_CONTRAST
+    noise deviations of the background (the pixels outside every object), judged on `plane`,
+    the segmented channel read at `step`; the others are relabelled 1..n, window by window in
+    the file. Returns how many were removed. For images in which nothing stands out of the
+    background (a noise-only field), where a network can still trace a blob in the noise;
+    an object too small to be seen at `step` is kept."""
     import tifffile
     from scipy import ndimage
-    from skimage.segmentation import relabel_sequential
 
-    from gpubio.atomic import atomic_path
-
-    masks = tifffile.imread(masks_path)
-    plane = np.asarray(plane, dtype=np.float64)
-    background = plane[masks == 0]
+    masks = tifffile.memmap(masks_path, mode="r+")
+    seen = np.asarray(masks[::step, ::step])[: plane.shape[0], : plane.shape[1]]
+    plane = np.asarray(plane, dtype=np.float64)[: seen.shape[0], : seen.shape[1]]
+    background = plane[seen == 0]
     if not background.size:
         return 0
     centre = float(np.median(background))
     noise = 1.4826 * float(np.median(np.abs(background - centre))) or float(np.std(background)) or 1.0
-    labels = np.unique(masks[masks > 0])
-    means = np.asarray(ndimage.mean(plane, masks, labels))
+    labels = np.unique(seen[seen > 0])
+    means = np.asarray(ndimage.mean(plane, seen, labels))
     faint = labels[np.abs(means - centre) < MIN_OBJECT_CONTRAST * noise]
     if not faint.size:
         return 0
-    kept, _, _ = relabel_sequential(np.where(np.isin(masks, faint), 0, masks))
-    with atomic_path(masks_path) as tmp:
-        tifffile.imwrite(tmp, kept.astype(masks.dtype))
+    new = np.zeros(int(masks.max()) + 1, dtype=masks.dtype)  # old label -> new label (0: removed)
+    kept = np.setdiff1d(np.arange(1, new.size), faint)
+    new[kept] = np.arange(1, kept.size + 1)
+    for y0 in range(0, masks.shape[0], 1024):
+        masks[y0 : y0 + 1024] = new[masks[y0 : y0 + 1024]]
+    masks.flush()
     return int(faint.size)
 
 
@@ -256,13 +261,12 @@ def no_cell_warning(summary: dict, sample: str) -> str | None:
     )
 
 
-def _foreground_objects(image, channels: tuple[int, int], footprint, diameter: float) -> int:
-    """Objects brighter than the background of an image (read at a stride; a registered
-    image's fill outside its footprint counts as background): what a segmentation that
-    found no cell has missed, if anything."""
+def _strided_plane(image, channels: tuple[int, int], footprint) -> tuple[np.ndarray, int]:
+    """The segmented channel read at a stride (at most ~4 megapixels) and that stride; a
+    registered image's fill outside its footprint set to the covered pixels' median, so it
+    counts as background."""
     from gpubio.image_io import TiffImage
     from gpubio.imaging.cellpose_models import select_channels
-    from gpubio.imaging.classical import foreground_objects
 
     _, height, width = image.shape
     step = max(1, math.ceil(math.sqrt(height * width / 4e6)))
@@ -271,7 +275,7 @@ def _foreground_objects(image, channels: tuple[int, int], footprint, diameter: f
         covered = TiffImage(footprint).strided(step)[0] > 0
         if covered.any():
             plane = np.where(covered, plane, np.median(plane[covered]))
-    return foreground_objects(plane, max(2.0, (diameter or FOREGROUND_DIAMETER) / step))
+    return plane, step
 
 
 def tiled_run_record(
