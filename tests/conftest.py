@@ -88,6 +88,11 @@ def demo_run(demo_data, tmp_path_factory) -> Path:
     return root
 
 
+def gpubio(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m gpubio ARGS` in this environment (the offline guard included), output captured."""
+    return subprocess.run([sys.executable, "-m", "gpubio", *args], capture_output=True, text=True, cwd=cwd)
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run the repository's workflow in workdir; returns the completed process (output captured)."""
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]

@@ -8,14 +8,13 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pysam
 import pytest
 
-from conftest import run_snakemake
+from conftest import gpubio, run_snakemake
 
 READ_LENGTH = 100
 
@@ -39,10 +38,6 @@ def fastq_text(reads: list[tuple[str, str]]) -> str:
 def sampled_reads(rng: np.random.Generator, genome: str, count: int, prefix: str = "read") -> list[tuple[str, str]]:
     starts = rng.integers(0, len(genome) - READ_LENGTH, count)
     return [(f"{prefix}{i}", genome[s : s + READ_LENGTH]) for i, s in enumerate(starts)]
-
-
-def gpubio(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gpubio", *args], capture_output=True, text=True)
 
 
 def the_one_line(proc: subprocess.CompletedProcess, command: str) -> str:

@@ -6,8 +6,6 @@ finds no cell where there are nuclei, and bad images refused with one line each.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 import tifffile
 import yaml
 
-from conftest import REPO
+from conftest import REPO, gpubio
 from gpubio.imaging.metrics import average_precision
 
 NUCLEI = REPO / "tests" / "data" / "nuclei"
@@ -26,10 +24,6 @@ HALVES = {"left": np.s_[:, :256], "right": np.s_[:, 256:], "top": np.s_[:256], "
 def nuclei() -> tuple[np.ndarray, np.ndarray]:
     """A real fluorescence image of nuclei (512 x 512, uint16) and its expert label image."""
     return tifffile.imread(NUCLEI / "dsb2018_nuclei.tif"), tifffile.imread(NUCLEI / "dsb2018_nuclei_masks.tif")
-
-
-def gpubio(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gpubio", *args], capture_output=True, text=True, cwd=cwd)
 
 
 # --------------------------------------------------------------------------- the classical baseline

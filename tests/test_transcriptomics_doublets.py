@@ -7,15 +7,12 @@ the sum of two cells of different types, the way two cells in one droplet are co
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import gpubio, run_snakemake
 
 TYPES, GENES, MARKERS = 3, 600, 40
 
@@ -59,28 +56,20 @@ def write_sample(path, counts, batch="run1"):
 
 def detect(tmp_path, source, *options):
     out = {name: tmp_path / f"doublets.{name}" for name in ("h5ad", "tsv", "png")}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gpubio",
-            "--threads",
-            "1",
-            "detect-doublets",
-            str(source),
-            "--sample",
-            "s1",
-            *options,
-            "--out-h5ad",
-            str(out["h5ad"]),
-            "--out-tsv",
-            str(out["tsv"]),
-            "--out-png",
-            str(out["png"]),
-        ],
-        capture_output=True,
-        text=True,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO / "workflow")},
+    proc = gpubio(
+        "--threads",
+        "1",
+        "detect-doublets",
+        str(source),
+        "--sample",
+        "s1",
+        *options,
+        "--out-h5ad",
+        str(out["h5ad"]),
+        "--out-tsv",
+        str(out["tsv"]),
+        "--out-png",
+        str(out["png"]),
     )
     assert proc.returncode == 0, proc.stderr
     return out, proc
