@@ -69,8 +69,9 @@ def detect_doublets(
     from gpubio.transcriptomics.io import SampleError
 
     adata = ad.read_h5ad(h5ad)
-    if "counts" in adata.layers:
+    if "counts" in adata.layers:  # Scrublet simulates doublets from raw counts
         adata.X = adata.layers["counts"].copy()
+        adata.uns.pop("log1p", None)  # X is no longer log-transformed (scanpy would warn it is)
     if adata.n_obs < 50:
         raise SampleError(
             f"{h5ad}: {adata.n_obs} cells; Scrublet needs at least 50 (or turn transcriptomics.doublets off)"
