@@ -27,7 +27,7 @@ PANELS = {
 }
 
 
-def pd_numeric(column) -> bool:
+def _numeric_column(column) -> bool:
     import pandas as pd
 
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
@@ -74,7 +74,7 @@ def write_qc_summary(domain: str, json_files: list[str], out_tsv: str, out_png: 
 
     table = qc_table(domain, json_files, tables)
     known = {col for col, _, _ in PANELS[domain]}
-    added = [c for c in table.columns if c != "sample" and c not in known and pd_numeric(table[c])]
+    added = [c for c in table.columns if c != "sample" and c not in known and _numeric_column(table[c])]
     panels = PANELS[domain] + [(col, (), col.replace("_", " ")) for col in added]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, (col, _, label) in zip(axes[0], panels):
